@@ -1,0 +1,433 @@
+//! Data-driven classifier tests: each is one line over a real console log in
+//! `harness/tests/data/console/` (copied from public bug reports; the first line names the source).
+
+use super::*;
+
+fn sample(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/console")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Classifies a sample as an offline log and checks verdict and stage.
+fn check(name: &str, verdict: Verdict, stage: Stage) -> (Classifier, Decision) {
+    let (cls, d) = classify_log(&sample(name));
+    assert_eq!(
+        (d.verdict, d.stage),
+        (verdict, stage),
+        "{name}: {}",
+        d.reason
+    );
+    (cls, d)
+}
+
+fn dump(cls: &Classifier, d: &Decision) -> ExceptionDump {
+    let f = &cls.current().findings[d.finding.expect("decided by a finding")];
+    f.exception.clone().expect("an exception finding")
+}
+
+#[test]
+fn shim_sbat_failure() {
+    check("crash-bitpixie-2-1.txt", Verdict::ShimError, Stage::Shim);
+}
+
+#[test]
+fn sync_exception_entering_shim_with_backtrace_and_registers() {
+    let (cls, d) = check(
+        "crash-fedora-coreos-tracker-1014-1.txt",
+        Verdict::SyncException,
+        Stage::Shim,
+    );
+    assert!(d.before_grub);
+    let x = dump(&cls, &d);
+    assert_eq!(x.address.as_deref(), Some("0x00000000BBC3B398"));
+    assert_eq!(x.banner_count, 2);
+    assert_eq!(x.backtrace.len(), 6);
+    assert_eq!(
+        x.backtrace[0],
+        Frame {
+            pc: "0x0000BBC3B398".into(),
+            module: None,
+            base: None,
+            offset: None
+        }
+    );
+    assert_eq!(x.backtrace[2].module.as_deref(), Some("DxeCore.dll"));
+    assert_eq!(x.backtrace[2].offset.as_deref(), Some("0x00007650"));
+    assert!(x.modules[&2].ends_with("/BdsDxe.dll"));
+    assert_eq!(
+        x.registers.get("X15").map(String::as_str),
+        Some("0x0000000000000000")
+    );
+    assert_eq!(x.registers.len(), 16);
+}
+
+#[test]
+fn efistub_error_then_boot_option_failure() {
+    check(
+        "crash-fedora-coreos-tracker-1271-1.txt",
+        Verdict::EfistubError,
+        Stage::KernelHandoff,
+    );
+}
+
+#[test]
+fn grub_rescue_shell() {
+    let (cls, d) = check(
+        "crash-fedora-coreos-tracker-1886-1.txt",
+        Verdict::GrubError,
+        Stage::Grub,
+    );
+    assert_eq!(
+        cls.current().findings[d.finding.unwrap()].pattern,
+        "grub-rescue"
+    );
+}
+
+#[test]
+fn sync_exception_in_firmware_dxe() {
+    for name in [
+        "crash-kubernetes-the-harder-way-6-1.txt",
+        "crash-lima-1996-1.txt",
+    ] {
+        let (cls, d) = check(name, Verdict::SyncException, Stage::Firmware);
+        let x = dump(&cls, &d);
+        assert_eq!(
+            x.backtrace[0].module.as_deref(),
+            Some("ArmCpuDxe.dll"),
+            "{name}"
+        );
+        assert_eq!(x.backtrace.len(), 11, "{name}");
+    }
+}
+
+#[test]
+fn pxe_after_every_boot_option_failed() {
+    check(
+        "crash-lima-1337-1.txt",
+        Verdict::NoBootableDevice,
+        Stage::Firmware,
+    );
+}
+
+#[test]
+fn sync_exception_in_ipxe() {
+    let (cls, d) = check("crash-lima-3141-1.txt", Verdict::SyncException, Stage::None);
+    assert_eq!(
+        dump(&cls, &d).address.as_deref(),
+        Some("0x0000000079EE9C7C")
+    );
+}
+
+#[test]
+fn secure_boot_access_denied() {
+    check(
+        "crash-lxc-ci-150-1.txt",
+        Verdict::SecureBootDenied,
+        Stage::Firmware,
+    );
+}
+
+#[test]
+fn sync_exception_in_a_started_boot_option() {
+    let (cls, d) = check(
+        "crash-mkosi-1140-1.txt",
+        Verdict::SyncException,
+        Stage::Firmware,
+    );
+    assert!(d.before_grub);
+    assert_eq!(dump(&cls, &d).banner_count, 2);
+    // The benign "failed to load Boot0001" line is a note, not a failure.
+    assert!(
+        cls.current()
+            .findings
+            .iter()
+            .any(|f| f.pattern == "bds-load-failed" && f.kind == FindingKind::Note)
+    );
+}
+
+#[test]
+fn sync_exception_in_shim_fallback_memattr() {
+    for name in ["crash-pftf-rpi4-235-1.txt", "crash-rhboot-shim-585-1.txt"] {
+        let (cls, d) = check(name, Verdict::SyncException, Stage::Shim);
+        let x = dump(&cls, &d);
+        assert!(
+            x.address.as_deref().unwrap().ends_with("000"),
+            "{name}: page-aligned fault"
+        );
+    }
+}
+
+#[test]
+fn kernel_serror_panics() {
+    check(
+        "crash-qualcomm-linux-kernel-297-1.txt",
+        Verdict::KernelPanic,
+        Stage::Kernel,
+    );
+    check(
+        "crash-qualcomm-linux-kernel-541-1.txt",
+        Verdict::KernelPanic,
+        Stage::Kernel,
+    );
+}
+
+#[test]
+fn sync_exception_after_shim_started() {
+    let (cls, d) = check(
+        "crash-rhboot-shim-371-1.txt",
+        Verdict::SyncException,
+        Stage::Shim,
+    );
+    assert_eq!(
+        dump(&cls, &d).backtrace[2].module.as_deref(),
+        Some("DxeCore.dll")
+    );
+}
+
+#[test]
+fn shim_cannot_read_the_next_stage() {
+    check(
+        "crash-rhboot-shim-490-1.txt",
+        Verdict::ShimError,
+        Stage::Shim,
+    );
+}
+
+#[test]
+fn grub_cannot_find_the_kernel() {
+    check(
+        "crash-rhel-edge-1231-1.txt",
+        Verdict::GrubError,
+        Stage::Grub,
+    );
+}
+
+#[test]
+fn sync_exception_from_the_boot_manager_ui() {
+    let (cls, d) = check(
+        "crash-ventoy-1658-1.txt",
+        Verdict::SyncException,
+        Stage::None,
+    );
+    let x = dump(&cls, &d);
+    assert!(
+        x.backtrace
+            .iter()
+            .any(|f| f.module.as_deref() == Some("UiApp.dll"))
+    );
+}
+
+#[test]
+fn healthy_boots_with_benign_warnings_are_reached() {
+    let (cls, _) = check(
+        "ok-canonical-lxd-12211-1.txt",
+        Verdict::Reached,
+        Stage::Kernel,
+    );
+    let notes: Vec<_> = cls
+        .current()
+        .findings
+        .iter()
+        .map(|f| (f.pattern.as_str(), f.kind))
+        .collect();
+    assert_eq!(notes, vec![("efistub-firmware-bug", FindingKind::Note)]);
+    check(
+        "ok-clangbuiltlinux-1782-1.txt",
+        Verdict::Reached,
+        Stage::Kernel,
+    );
+}
+
+/// Every sample in the test data has an expectation above (a new sample needs a test).
+#[test]
+fn every_sample_is_covered() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/console");
+    let this = include_str!("tests.rs");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        assert!(
+            this.contains(&format!("\"{name}\"")),
+            "no test for sample {name}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------ streaming behaviour
+
+fn feed_lines(cls: &mut Classifier, lines: &[&str], t: f64) {
+    let mut s = lines.join("\n");
+    s.push('\n');
+    cls.feed_text(&s, Some(t));
+}
+
+#[test]
+fn a_recovering_grub_error_is_cleared_by_progress() {
+    let mut cls = Classifier::new();
+    feed_lines(
+        &mut cls,
+        &[
+            "Welcome to GRUB!",
+            "error: no such device: 1234.",
+            "Loading Linux 6.1 ...",
+        ],
+        1.0,
+    );
+    assert!(cls.current().suspect().is_none());
+    feed_lines(
+        &mut cls,
+        &[
+            "EFI stub: Booting Linux Kernel...",
+            "[    0.000000] Booting Linux on physical CPU 0x0",
+        ],
+        2.0,
+    );
+    let d = cls.decide(Some(Stage::Kernel), &End::Running).unwrap();
+    assert_eq!((d.verdict, d.exit_code), (Verdict::Reached, 0));
+    assert_eq!(cls.current().stage_time(Stage::Grub), Some(1.0));
+    assert_eq!(cls.current().stage_time(Stage::Kernel), Some(2.0));
+}
+
+#[test]
+fn running_decides_only_on_fatal_or_target() {
+    let mut cls = Classifier::new();
+    feed_lines(
+        &mut cls,
+        &[
+            "UEFI firmware (version 2022.11 built at 1 on 2)",
+            ">>Start PXE over IPv4.",
+        ],
+        1.0,
+    );
+    assert!(cls.decide(Some(Stage::Login), &End::Running).is_none());
+    let d = cls
+        .decide(Some(Stage::Login), &End::Silence { seconds: 10.0 })
+        .unwrap();
+    assert_eq!((d.verdict, d.exit_code), (Verdict::NoBootableDevice, 1));
+    feed_lines(
+        &mut cls,
+        &["Synchronous Exception at 0x0000000012345000"],
+        2.0,
+    );
+    assert!(cls.dump_open());
+    let d = cls.decide(Some(Stage::Login), &End::Running).unwrap();
+    assert_eq!(
+        (d.verdict, d.stage, d.before_grub),
+        (Verdict::SyncException, Stage::Firmware, true)
+    );
+}
+
+#[test]
+fn silence_timeout_and_exit_without_findings() {
+    let mut cls = Classifier::new();
+    feed_lines(
+        &mut cls,
+        &["BdsDxe: starting Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x1,0x0)"],
+        1.0,
+    );
+    let d = cls.decide(None, &End::Silence { seconds: 5.0 }).unwrap();
+    assert_eq!(
+        (d.verdict, d.stage, d.exit_code),
+        (Verdict::Hang, Stage::Firmware, 1)
+    );
+    let d = cls
+        .decide(Some(Stage::Login), &End::Timeout { seconds: 60.0 })
+        .unwrap();
+    assert_eq!((d.verdict, d.exit_code), (Verdict::Timeout, 125));
+    let poweroff = End::QemuExited {
+        clean_poweroff: true,
+        status: "exit status 0".into(),
+    };
+    assert_eq!(cls.decide(None, &poweroff).unwrap().exit_code, 0);
+    let d = cls.decide(Some(Stage::Login), &poweroff).unwrap();
+    assert_eq!((d.verdict, d.exit_code), (Verdict::QemuExited, 1));
+}
+
+#[test]
+fn prompt_on_the_unterminated_tail_counts_once() {
+    let mut cls = Classifier::new();
+    feed_lines(
+        &mut cls,
+        &["[  OK  ] Reached target multi-user.target."],
+        1.0,
+    );
+    cls.feed_partial("debian login: ", Some(2.0));
+    assert!(cls.current().reached(Stage::Login));
+    cls.feed_text("debian login: \n", Some(3.0));
+    let logins = cls
+        .current()
+        .timeline
+        .iter()
+        .filter(|m| m.stage == Stage::Login)
+        .count();
+    assert_eq!(logins, 1);
+    assert_eq!(cls.current().stage_time(Stage::Login), Some(2.0));
+}
+
+#[test]
+fn a_second_firmware_banner_or_a_reset_starts_a_new_boot() {
+    let mut cls = Classifier::new();
+    let banner = "UEFI firmware (version 2022.11 built at 1 on 2)";
+    feed_lines(&mut cls, &[banner, "Welcome to GRUB!"], 1.0);
+    feed_lines(
+        &mut cls,
+        &[banner, "Synchronous Exception at 0x0000000012345000"],
+        9.0,
+    );
+    assert_eq!(cls.boots().len(), 2);
+    assert_eq!(cls.boots()[0].stage, Stage::Grub);
+    assert_eq!(
+        cls.decide(None, &End::Running).unwrap().verdict,
+        Verdict::SyncException
+    );
+    cls.new_boot("reset", Some(10.0));
+    assert_eq!(cls.boots().len(), 3);
+    cls.new_boot("reset", Some(10.5)); // nothing printed since: no empty boot
+    assert_eq!(cls.boots().len(), 3);
+}
+
+#[test]
+fn register_dump_without_banner_is_a_firmware_exception() {
+    let mut cls = Classifier::new();
+    feed_lines(
+        &mut cls,
+        &[
+            "  X0 0x0000000000000001   X1 0x0000000000000002   X2 0x0000000000000003   X3 0x0000000000000004",
+        ],
+        1.0,
+    );
+    let d = cls.decide(None, &End::Running).unwrap();
+    assert_eq!(d.verdict, Verdict::FirmwareException);
+}
+
+#[test]
+fn debug_build_assert_ends_the_dump_and_does_not_replace_the_verdict() {
+    let mut cls = Classifier::new();
+    feed_lines(
+        &mut cls,
+        &[
+            "Synchronous Exception at 0x000000007C743000",
+            "  SP 0x000000007FFB3E90  ELR 0x000000007C743000  SPSR 0x60000205  FPSR 0x00000000",
+            " ESR 0x02000000          FAR 0x0000000000000000",
+            " ESR : EC 0x00  IL 0x1  ISS 0x00000000",
+            "ASSERT [ArmCpuDxe] /b/DefaultExceptionHandler.c(333): ((BOOLEAN)(0==1))",
+        ],
+        1.0,
+    );
+    let d = cls.decide(None, &End::Running).unwrap();
+    assert_eq!(d.verdict, Verdict::SyncException);
+    let x = cls.current().findings[d.finding.unwrap()]
+        .exception
+        .clone()
+        .unwrap();
+    assert_eq!(x.esr.as_deref(), Some("0x02000000"));
+    assert_eq!(x.elr.as_deref(), Some("0x000000007C743000"));
+    assert_eq!(x.far.as_deref(), Some("0x0000000000000000"));
+    assert!(x.assert.unwrap().contains("ArmCpuDxe"));
+    assert_eq!(
+        x.syndrome.as_deref(),
+        Some("ESR : EC 0x00  IL 0x1  ISS 0x00000000")
+    );
+    assert_eq!(cls.current().findings.len(), 1);
+}
