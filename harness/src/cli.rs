@@ -1,3 +1,534 @@
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! The `bootwatch` command line. The only module that prints.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::classify::{self, FindingKind};
+use crate::launch::{Accel, Forward};
+use crate::record::RunResult;
+use crate::run::{self, BootRequest, ConfigError};
+use crate::session::{SessionEvent, Timings};
+use crate::verdict::{Target, exit_code};
+use crate::{debian, fixtures};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bootwatch",
+    version,
+    about = "Boot ARM64 guests under QEMU + edk2, watch, and say exactly what happened"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Boot a disk under qemu-system-aarch64 + edk2 and judge the boot.
+    Boot(BootArgs),
+    /// Classify a saved console log offline.
+    Classify {
+        /// The log file (raw serial bytes or normalized text).
+        logfile: PathBuf,
+        /// Print one JSON object (verdict, stage, findings, timeline).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the test fixtures (crash.img, hello.img, silent.img: raw FAT images with a generated
+    /// EFI application as \EFI\BOOT\BOOTAA64.EFI).
+    Fixtures {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Firmware builds from Debian's archive.
+    Firmware {
+        #[command(subcommand)]
+        command: FirmwareCommand,
+    },
+    /// The embedded default: boot the crash and healthy fixtures with the host's firmware and
+    /// print the verdicts.
+    Demo {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Where the runs' results go.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        #[arg(long, default_value = "qemu-system-aarch64")]
+        qemu: PathBuf,
+        #[arg(long)]
+        firmware: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FirmwareCommand {
+    /// Download, verify and unpack Debian's qemu-efi-aarch64 of a version (e.g. 2025.02, or
+    /// 2025.02/strictnx for a variant) into the cache; prints the code and vars paths.
+    Fetch {
+        spec: String,
+        /// Debian archive mirror (default: BOOTWATCH_MIRROR, else the host's apt sources).
+        #[arg(long)]
+        mirror: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct BootArgs {
+    /// Firmware code image (default: the host's edk2, e.g. /usr/share/AAVMF/AAVMF_CODE.fd).
+    #[arg(long)]
+    firmware: Option<PathBuf>,
+    /// Vars template (default: the VARS file next to the code image); the run boots a copy.
+    #[arg(long)]
+    vars: Option<PathBuf>,
+    /// Disk image (raw or qcow2); repeat for more disks.
+    #[arg(long, required = true)]
+    disk: Vec<PathBuf>,
+    /// Never write the disks: QEMU keeps the guest's writes in a temporary overlay.
+    #[arg(long)]
+    snapshot: bool,
+    /// Stage to wait for; without it the run waits for a failure, a power-off, silence or the timeout.
+    #[arg(long, value_enum)]
+    until: Option<Target>,
+    /// Overall timeout in seconds.
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// Seconds without console output after which the guest is judged hung.
+    #[arg(long, default_value_t = 60.0)]
+    silence: f64,
+    /// Print result.json to stdout.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value = "qemu-system-aarch64")]
+    qemu: PathBuf,
+    #[arg(long, default_value = "virt")]
+    machine: String,
+    /// CPU model (default: cortex-a72 under TCG, host under KVM/HVF).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Accelerator (default: the best the host has).
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+    #[arg(long, default_value_t = 2)]
+    smp: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    memory: u32,
+    /// User-mode network with HOST:GUEST TCP forwards bound to 127.0.0.1 (repeatable).
+    #[arg(long = "forward", value_parser = parse_forward)]
+    forwards: Vec<Forward>,
+    /// Add a user-mode network even without forwards.
+    #[arg(long)]
+    net: bool,
+    /// Extra argument passed to QEMU verbatim (repeatable).
+    #[arg(long = "qemu-arg", allow_hyphen_values = true)]
+    qemu_args: Vec<OsString>,
+    /// Results root: the run writes DIR/<run-id>/.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+}
+
+fn parse_forward(s: &str) -> Result<Forward, String> {
+    let (h, g) = s
+        .split_once(':')
+        .ok_or("expected HOST:GUEST, e.g. 2222:22")?;
+    let p = |x: &str| x.parse::<u16>().map_err(|e| format!("{x:?}: {e}"));
+    Ok(Forward {
+        host_port: p(h)?,
+        guest_port: p(g)?,
+    })
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BOOTWATCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    // One thread: QEMU is spawned from the main thread, so its parent-death signal (which
+    // follows the spawning thread) fires exactly when the harness dies.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return fail(
+                exit_code::UNDETERMINED,
+                &format!("cannot start the runtime: {e}"),
+            );
+        }
+    };
+    rt.block_on(dispatch(cli))
+}
+
+fn fail(code: u8, msg: &str) -> ExitCode {
+    eprintln!("bootwatch: error: {msg}");
+    ExitCode::from(code)
+}
+
+/// Cancelled on SIGINT or SIGTERM.
+fn signal_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        t.cancel();
+    });
+    token
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Boot(args) => boot(args).await,
+        Command::Classify { logfile, json } => classify_cmd(&logfile, json),
+        Command::Fixtures { out } => match fixtures::write_all(&out) {
+            Ok(paths) => {
+                for p in paths {
+                    println!("{}", p.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(exit_code::UNDETERMINED, &format!("{e:#}")),
+        },
+        Command::Firmware {
+            command: FirmwareCommand::Fetch { spec, mirror, json },
+        } => firmware_fetch(&spec, mirror.as_deref(), json).await,
+        Command::Demo {
+            json,
+            results,
+            qemu,
+            firmware,
+        } => demo(json, &results, &qemu, firmware).await,
+    }
+}
+
+/// The host's edk2 for aarch64, where the usual distributions put it.
+pub fn host_firmware() -> Option<PathBuf> {
+    [
+        "/usr/share/AAVMF/AAVMF_CODE.fd",
+        "/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw",
+        "/usr/share/qemu/edk2-aarch64-code.fd",
+        "/opt/homebrew/share/qemu/edk2-aarch64-code.fd",
+        "/usr/local/share/qemu/edk2-aarch64-code.fd",
+        "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
+fn request_from(args: &BootArgs) -> Result<BootRequest, ConfigError> {
+    let firmware_code = match &args.firmware {
+        Some(f) => f.clone(),
+        None => host_firmware().ok_or_else(|| {
+            ConfigError(
+                "no host firmware found (install qemu-efi-aarch64, or pass --firmware CODE)".into(),
+            )
+        })?,
+    };
+    let secs = |flag: &str, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(ConfigError(format!(
+                "--{flag} must be a positive number of seconds, not {v}"
+            )))
+        }
+    };
+    let name = args
+        .disk
+        .first()
+        .and_then(|d| d.file_stem())
+        .map(|s| s.to_string_lossy().into_owned());
+    Ok(BootRequest {
+        qemu: args.qemu.clone(),
+        machine: args.machine.clone(),
+        cpu: args.cpu.clone(),
+        accel: args.accel,
+        smp: args.smp,
+        memory_mib: args.memory,
+        firmware_code,
+        vars_template: args.vars.clone(),
+        disks: args.disk.clone(),
+        snapshot: args.snapshot,
+        network: (args.net || !args.forwards.is_empty()).then(|| args.forwards.clone()),
+        extra_args: args.qemu_args.clone(),
+        target: args.until,
+        timeout: secs("timeout", args.timeout)?,
+        silence: secs("silence", args.silence)?,
+        results_root: args.results.clone(),
+        results_dir: None,
+        name: name.unwrap_or_else(|| "boot".into()),
+        timings: Timings::default(),
+    })
+}
+
+async fn boot(args: BootArgs) -> ExitCode {
+    let checked = match request_from(&args).and_then(run::validate) {
+        Ok(c) => c,
+        Err(e) => return fail(exit_code::USAGE, &e.0),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let quiet = args.json;
+    let progress = tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if !quiet {
+                show_progress(&ev);
+            }
+        }
+    });
+    let outcome = run::run(checked, signal_token(), Some(tx)).await;
+    let _ = progress.await;
+    match outcome {
+        Err(e) => fail(exit_code::UNDETERMINED, &format!("{e:#}")),
+        Ok(o) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&o.result).unwrap_or_default()
+                );
+            } else {
+                print_summary(&o.result, &o.dir);
+            }
+            ExitCode::from(o.result.exit_code)
+        }
+    }
+}
+
+fn show_progress(ev: &SessionEvent) {
+    match ev {
+        SessionEvent::Milestone {
+            boot,
+            stage,
+            t_s,
+            text,
+        } => {
+            let b = if *boot > 0 {
+                format!(" (boot {})", boot + 1)
+            } else {
+                String::new()
+            };
+            eprintln!("[{t_s:8.3}] {stage:<14}{b} {text}");
+        }
+        SessionEvent::QmpEvent { name, t_s } => eprintln!("[{t_s:8.3}] qmp event     {name}"),
+    }
+}
+
+fn print_summary(r: &RunResult, dir: &Path) {
+    let mut out = std::io::stdout().lock();
+    let where_ = if r.verdict.is_guest_failure() && r.before_grub {
+        ", before GRUB"
+    } else {
+        ""
+    };
+    let t = r
+        .time_to_verdict_s
+        .map(|t| format!(" after {t:.1} s"))
+        .unwrap_or_default();
+    let _ = writeln!(out, "verdict: {} (stage {}{where_}){t}", r.verdict, r.stage);
+    let _ = writeln!(out, "  {}", r.reason);
+    if let Some(x) = r.finding.as_ref().and_then(|f| f.exception.as_ref()) {
+        if let Some(a) = &x.address {
+            let _ = writeln!(out, "  exception: {} at {a}", x.kind);
+        }
+        for f in x.backtrace.iter().take(8) {
+            let _ = writeln!(out, "    PC {} {}", f.pc, f.module.as_deref().unwrap_or(""));
+        }
+    }
+    let _ = writeln!(out, "results: {}", dir.display());
+}
+
+fn classify_cmd(path: &Path, json: bool) -> ExitCode {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return fail(exit_code::USAGE, &format!("{}: {e}", path.display())),
+    };
+    let (cls, d) = classify::classify_log(&bytes);
+    let boot = cls.current();
+    if json {
+        let v = serde_json::json!({
+            "file": path,
+            "verdict": d.verdict,
+            "stage": d.stage,
+            "before_grub": d.before_grub,
+            "reason": d.reason,
+            "exit_code": d.exit_code,
+            "finding": d.finding.map(|i| &boot.findings[i]),
+            "findings": boot.findings,
+            "timeline": boot.timeline,
+            "boots": cls.boots().len(),
+            "lines": cls.lines(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!("verdict: {} (stage {})", d.verdict, d.stage);
+        println!("  {}", d.reason);
+        for f in &boot.findings {
+            let kind = match f.kind {
+                FindingKind::Fatal => "fatal",
+                FindingKind::Suspect if f.cleared => "cleared",
+                FindingKind::Suspect => "suspect",
+                FindingKind::Note => "note",
+            };
+            println!(
+                "  line {:>5} {kind:<8} {:<26} {}",
+                f.line,
+                f.pattern,
+                f.text.trim()
+            );
+        }
+    }
+    ExitCode::from(d.exit_code)
+}
+
+async fn firmware_fetch(spec: &str, mirror: Option<&str>, json: bool) -> ExitCode {
+    let (version, variant) = spec.split_once('/').unwrap_or((spec, "default"));
+    let result = async {
+        let mirror = debian::resolve_mirror(mirror)?;
+        let cache = debian::default_cache_root()?;
+        let build = debian::fetch_edk2(&mirror, version, &cache).await?;
+        let (code, vars) = build.firmware(variant)?;
+        anyhow::Ok((build, code, vars))
+    }
+    .await;
+    match result {
+        Err(e) => fail(exit_code::UNDETERMINED, &format!("{e:#}")),
+        Ok((build, code, vars)) => {
+            if json {
+                let v = serde_json::json!({ "debian_version": build.debian_version, "suite": build.suite,
+                    "variant": variant, "code": code, "vars": vars, "dir": build.dir });
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!(
+                    "edk2 {} ({}), variant {variant}",
+                    build.debian_version, build.suite
+                );
+                println!("code: {}", code.display());
+                println!("vars: {}", vars.display());
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The embedded default until the upgrade scenario lands: the crash and healthy fixtures.
+async fn demo(json: bool, results: &Path, qemu: &Path, firmware: Option<PathBuf>) -> ExitCode {
+    let result = async {
+        let fixtures_dir = debian::default_cache_root()?.join("fixtures");
+        fixtures::write_all(&fixtures_dir).context("writing the fixtures")?;
+        let firmware_code = firmware.or_else(host_firmware).ok_or_else(|| {
+            ConfigError(
+                "no host firmware found (install qemu-efi-aarch64, or pass --firmware CODE)".into(),
+            )
+        })?;
+        let cancel = signal_token();
+        let mut rows = Vec::new();
+        for fixture in [fixtures::Fixture::Crash, fixtures::Fixture::Hello] {
+            let req = BootRequest {
+                qemu: qemu.to_path_buf(),
+                machine: "virt".into(),
+                cpu: None,
+                accel: None,
+                smp: 1,
+                memory_mib: 512,
+                firmware_code: firmware_code.clone(),
+                vars_template: None,
+                disks: vec![fixtures_dir.join(fixture.image_file_name())],
+                snapshot: true,
+                network: None,
+                extra_args: Vec::new(),
+                target: None,
+                timeout: Duration::from_secs(120),
+                silence: Duration::from_secs(30),
+                results_root: results.to_path_buf(),
+                results_dir: None,
+                name: format!("demo-{}", fixture.name()),
+                timings: Timings::default(),
+            };
+            let checked = run::validate(req)?;
+            if !json {
+                eprintln!("booting the {} fixture ...", fixture.name());
+            }
+            let o = run::run(checked, cancel.clone(), None).await?;
+            rows.push((fixture.name(), o));
+            if cancel.is_cancelled() {
+                break;
+            }
+        }
+        anyhow::Ok(rows)
+    }
+    .await;
+    let rows = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let code = if e.is::<ConfigError>() {
+                exit_code::USAGE
+            } else {
+                exit_code::UNDETERMINED
+            };
+            return fail(code, &format!("{e:#}"));
+        }
+    };
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(name, o)| {
+                serde_json::json!({ "case": name, "verdict": o.result.verdict, "stage": o.result.stage,
+                    "before_grub": o.result.before_grub, "time_to_verdict_s": o.result.time_to_verdict_s,
+                    "exit_code": o.result.exit_code, "results": o.dir })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!(
+            "{:<8} {:<16} {:<10} {:>8}  results",
+            "case", "verdict", "stage", "time"
+        );
+        for (name, o) in &rows {
+            let t = o
+                .result
+                .time_to_verdict_s
+                .map(|t| format!("{t:.1} s"))
+                .unwrap_or_default();
+            println!(
+                "{name:<8} {:<16} {:<10} {t:>8}  {}",
+                o.result.verdict,
+                o.result.stage,
+                o.dir.display()
+            );
+        }
+    }
+    // The demo succeeds when each fixture gave the verdict it exists for.
+    let expected = rows.iter().all(|(name, o)| match *name {
+        "crash" => o.result.verdict == crate::verdict::Verdict::SyncException,
+        _ => o.result.verdict == crate::verdict::Verdict::QemuExited && o.result.exit_code == 0,
+    });
+    if expected && rows.len() == 2 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit_code::BAD)
+    }
 }

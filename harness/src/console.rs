@@ -91,11 +91,11 @@ impl Normalizer {
 /// Normalizes one raw line (without its '\n') and appends the resulting line(s) to `out`.
 fn normalize_line(raw: &[u8], out: &mut String) {
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-    if is_plain(raw) {
-        if let Ok(s) = std::str::from_utf8(raw) {
-            push_line(s, out);
-            return;
-        }
+    if is_plain(raw)
+        && let Ok(s) = std::str::from_utf8(raw)
+    {
+        push_line(s, out);
+        return;
     }
     let mut sink = Sink {
         line: String::new(),

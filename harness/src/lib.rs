@@ -4,4 +4,12 @@
 pub mod classify;
 pub mod cli;
 pub mod console;
+pub mod debian;
+pub mod fixtures;
+pub mod launch;
+pub mod qmp;
+pub mod record;
+pub mod run;
+pub mod session;
+pub mod supervise;
 pub mod verdict;

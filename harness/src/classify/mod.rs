@@ -6,14 +6,14 @@ pub mod patterns;
 use std::collections::BTreeMap;
 
 use regex::Captures;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use patterns::{Effect, PatternSet};
 
 use crate::verdict::{Stage, Verdict, exit_code};
 
 /// A stage milestone: the first time a stage pattern was seen in a boot.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Milestone {
     pub stage: Stage,
     pub pattern: String,
@@ -23,50 +23,50 @@ pub struct Milestone {
 }
 
 /// One frame of an edk2 backtrace (`PC 0x… (0x…+0x…) [ n] Module.dll`).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Frame {
     pub pc: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub module: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub base: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub offset: Option<String>,
 }
 
 /// What an edk2 exception dump said, parsed.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExceptionDump {
     /// `Synchronous`, `SError`, `IRQ`, `FIQ`, or `none` for a dump without its banner.
     pub kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub address: Option<String>,
     /// How many times the banner was printed (edk2 often prints it twice).
     pub banner_count: u32,
     pub backtrace: Vec<Frame>,
     /// Module legend lines: index -> path of the `.dll`.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub modules: BTreeMap<u32, String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub registers: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub esr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub elr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub far: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub syndrome: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub abort: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub assert: Option<String>,
     pub recursive: bool,
     /// Line number of the last line that belonged to the dump.
     pub last_line: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FindingKind {
     Fatal,
@@ -75,11 +75,11 @@ pub enum FindingKind {
 }
 
 /// A line that matters for the verdict.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Finding {
     pub pattern: String,
     pub kind: FindingKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub verdict: Option<Verdict>,
     /// The stage the boot was in when the line appeared.
     pub stage: Stage,
@@ -87,14 +87,14 @@ pub struct Finding {
     pub t_s: Option<f64>,
     pub text: String,
     /// A suspect is cleared when the boot later reaches a further stage.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub cleared: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub exception: Option<ExceptionDump>,
 }
 
 /// One boot: from power-on or a reset to the next reset.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Boot {
     pub index: usize,
     /// `power-on`, `reset` (QMP RESET event) or `firmware-restart` (the banner again).
@@ -163,7 +163,7 @@ pub enum End {
 }
 
 /// The verdict for one boot.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decision {
     pub verdict: Verdict,
     pub stage: Stage,
@@ -171,7 +171,7 @@ pub struct Decision {
     /// One sentence for humans.
     pub reason: String,
     /// Index into the boot's findings of the finding that decided, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub finding: Option<usize>,
     /// The process exit code this decision maps to (see `verdict::exit_code`).
     pub exit_code: u8,
@@ -265,11 +265,11 @@ impl Classifier {
             pos = end + 1;
         }
         self.line_no += memchr::memchr_iter(b'\n', &bytes[counted_to..]).count() as u64;
-        if let Some(last) = text.trim_end_matches('\n').rsplit('\n').next() {
-            if !last.trim().is_empty() {
-                self.last_line.clear();
-                self.last_line.push_str(last);
-            }
+        if let Some(last) = text.trim_end_matches('\n').rsplit('\n').next()
+            && !last.trim().is_empty()
+        {
+            self.last_line.clear();
+            self.last_line.push_str(last);
         }
     }
 
@@ -431,10 +431,10 @@ impl Classifier {
                 offset: hex("offset"),
             }),
             "edk2-module-legend" => {
-                if let (Some(i), Some(path)) = (caps.name("index"), caps.name("path")) {
-                    if let Ok(i) = i.as_str().parse() {
-                        dump.modules.insert(i, path.as_str().to_string());
-                    }
+                if let (Some(i), Some(path)) = (caps.name("index"), caps.name("path"))
+                    && let Ok(i) = i.as_str().parse()
+                {
+                    dump.modules.insert(i, path.as_str().to_string());
                 }
             }
             "edk2-syndrome" => dump.syndrome = Some(line.trim().to_string()),
@@ -506,17 +506,17 @@ pub fn decide_boot(boot: &Boot, target: Option<Stage>, end: &End) -> Option<Deci
     if let Some(f) = boot.fatal() {
         return Some(finding_decision(f, "fatal"));
     }
-    if let Some(target) = target {
-        if boot.reached(target) {
-            return Some(Decision {
-                verdict: Verdict::Reached,
-                stage: boot.stage,
-                before_grub: false,
-                reason: format!("reached {target}"),
-                finding: None,
-                exit_code: exit_code::GOOD,
-            });
-        }
+    if let Some(target) = target
+        && boot.reached(target)
+    {
+        return Some(Decision {
+            verdict: Verdict::Reached,
+            stage: boot.stage,
+            before_grub: false,
+            reason: format!("reached {target}"),
+            finding: None,
+            exit_code: exit_code::GOOD,
+        });
     }
     let plain = |verdict: Verdict, reason: String, exit_code: u8| Decision {
         verdict,

@@ -1,0 +1,459 @@
+//! A live VM: QEMU started paused, its serial console and QMP connected, then continued; the
+//! console is recorded (raw and normalized) and classified as it arrives, QMP events are
+//! recorded, and `watch` returns as soon as the evidence decides the boot.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::classify::{Classifier, Decision, End};
+use crate::console::Normalizer;
+use crate::launch::{self, VmConfig};
+use crate::qmp::{Qmp, QmpEvent, Transcript, round_ms};
+use crate::record::EventRecord;
+use crate::supervise::{ExitInfo, Qemu};
+use crate::verdict::Stage;
+
+/// Named deadlines of a session (scaled for TCG by the caller).
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// How long QEMU may take to create its sockets.
+    pub qmp_up: Duration,
+    /// Timeout of every QMP command.
+    pub qmp_call: Duration,
+    /// After a fatal line: the dump is over after this much quiet...
+    pub dump_quiet: Duration,
+    /// ...or at the latest this long after the fatal line.
+    pub dump_max: Duration,
+    /// How long QEMU gets to exit after `quit` before its group is killed.
+    pub stop_grace: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            qmp_up: Duration::from_secs(15),
+            qmp_call: Duration::from_secs(10),
+            dump_quiet: Duration::from_millis(500),
+            dump_max: Duration::from_millis(1500),
+            stop_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What `watch` waits for.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchSpec {
+    pub target: Option<Stage>,
+    pub timeout: Duration,
+    pub silence: Duration,
+}
+
+/// Progress a session reports while it runs (the CLI shows these; the engine never prints).
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    Milestone {
+        boot: usize,
+        stage: Stage,
+        t_s: f64,
+        text: String,
+    },
+    QmpEvent {
+        name: String,
+        t_s: f64,
+    },
+}
+
+/// How `watch` ended.
+#[derive(Debug, Clone)]
+pub enum WatchEnd {
+    Decided { decision: Decision, t_s: f64 },
+    Interrupted { t_s: f64 },
+}
+
+/// Files the session writes into the run's results directory.
+pub struct SessionPaths {
+    pub serial_raw: PathBuf,
+    pub console_log: PathBuf,
+    pub qmp_jsonl: PathBuf,
+    pub qemu_stderr: PathBuf,
+}
+
+impl SessionPaths {
+    pub fn in_dir(dir: &Path) -> SessionPaths {
+        SessionPaths {
+            serial_raw: dir.join("serial.raw"),
+            console_log: dir.join("console.log"),
+            qmp_jsonl: dir.join("qmp.jsonl"),
+            qemu_stderr: dir.join("qemu.stderr"),
+        }
+    }
+}
+
+pub struct Session {
+    qemu: Qemu,
+    pub qmp: Qmp,
+    console: Option<UnixStream>,
+    events: mpsc::UnboundedReceiver<QmpEvent>,
+    norm: Normalizer,
+    pub classifier: Classifier,
+    raw: tokio::fs::File,
+    log: tokio::fs::File,
+    pub event_log: Vec<EventRecord>,
+    pub console_bytes: u64,
+    last_output: Instant,
+    guest_shutdown: bool,
+    exit: Option<ExitInfo>,
+    ui: Option<mpsc::UnboundedSender<SessionEvent>>,
+    milestones_sent: usize,
+    timings: Timings,
+    pub qemu_version: Option<String>,
+    pub qemu_package: Option<String>,
+    /// CPU seconds the harness's event loop spent in `watch` (reading, recording, classifying).
+    pub watch_cpu_s: f64,
+}
+
+/// Errors before the guest ran: always a harness problem, never a guest result.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StartError {
+    pub message: String,
+}
+
+impl Session {
+    /// Starts QEMU paused, connects console and QMP, records the version, continues the VM.
+    pub async fn start(
+        vm: &VmConfig,
+        paths: &SessionPaths,
+        timings: Timings,
+        ui: Option<mpsc::UnboundedSender<SessionEvent>>,
+    ) -> Result<Session, StartError> {
+        let args = launch::argv(vm);
+        let err = |m: String| StartError { message: m };
+        let mut qemu = Qemu::spawn(&vm.qemu, &args, &paths.qemu_stderr)
+            .map_err(|e| err(format!("cannot start {}: {e}", vm.qemu.display())))?;
+        let zero = qemu.started();
+        // QEMU creates both sockets during start-up; it fails fast (bad argument, missing file).
+        let deadline = Instant::now() + timings.qmp_up;
+        loop {
+            if let Ok(Some(st)) = qemu.try_wait() {
+                let info = ExitInfo::from_status(st, false);
+                return Err(err(format!(
+                    "QEMU exited during start-up ({}): {}",
+                    info.describe(),
+                    one_line(&qemu.stderr_tail())
+                )));
+            }
+            if vm.serial_socket.exists() && vm.qmp_socket.exists() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(err(format!(
+                    "QEMU did not create its sockets within {:?}",
+                    timings.qmp_up
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let console = UnixStream::connect(&vm.serial_socket)
+            .await
+            .map_err(|e| err(format!("cannot connect to the serial console socket: {e}")))?;
+        let transcript = Transcript::create(&paths.qmp_jsonl, zero)
+            .map_err(|e| err(format!("qmp.jsonl: {e}")))?;
+        let (tx, events) = mpsc::unbounded_channel();
+        let qmp = Qmp::connect(&vm.qmp_socket, transcript, tx, timings.qmp_call)
+            .await
+            .map_err(|e| {
+                err(format!(
+                    "{e} (QEMU said: {})",
+                    one_line(&qemu.stderr_tail())
+                ))
+            })?;
+        let qemu_version = qmp.version();
+        let qemu_package = match qmp.execute(qapi::qmp::query_version {}).await {
+            Ok(v) => Some(v.package.trim().to_string()).filter(|p| !p.is_empty()),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let open = |p: &Path| {
+            std::fs::File::create(p)
+                .map(tokio::fs::File::from_std)
+                .map_err(|e| err(format!("{}: {e}", p.display())))
+        };
+        let raw = open(&paths.serial_raw)?;
+        let log = open(&paths.console_log)?;
+        qmp.execute(qapi::qmp::cont {})
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        Ok(Session {
+            qemu,
+            qmp,
+            console: Some(console),
+            events,
+            norm: Normalizer::new(),
+            classifier: Classifier::new(),
+            raw,
+            log,
+            event_log: Vec::new(),
+            console_bytes: 0,
+            last_output: Instant::now(),
+            guest_shutdown: false,
+            exit: None,
+            ui,
+            milestones_sent: 0,
+            timings,
+            qemu_version,
+            qemu_package,
+            watch_cpu_s: 0.0,
+        })
+    }
+
+    /// Seconds since QEMU started.
+    pub fn now_s(&self) -> f64 {
+        round_ms(self.qemu.elapsed_s())
+    }
+
+    pub fn exit_info(&self) -> Option<&ExitInfo> {
+        self.exit.as_ref()
+    }
+
+    /// Watches the console and QMP until the boot is decided (or `cancel` fires).
+    pub async fn watch(
+        &mut self,
+        spec: WatchSpec,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<WatchEnd> {
+        let cpu0 = thread_cpu_s();
+        let end = self.watch_inner(spec, cancel).await;
+        self.watch_cpu_s += thread_cpu_s() - cpu0;
+        end
+    }
+
+    async fn watch_inner(
+        &mut self,
+        spec: WatchSpec,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<WatchEnd> {
+        let started = Instant::now();
+        self.last_output = Instant::now();
+        let mut fatal_seen: Option<Instant> = None;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(d) = self.classifier.decide(spec.target, &End::Running) {
+                let fatal = d.verdict.is_guest_failure();
+                if !fatal {
+                    return Ok(WatchEnd::Decided {
+                        decision: d,
+                        t_s: self.now_s(),
+                    });
+                }
+                let since = *fatal_seen.get_or_insert_with(Instant::now);
+                let quiet = self.last_output.elapsed() >= self.timings.dump_quiet;
+                if quiet || since.elapsed() >= self.timings.dump_max || self.exit.is_some() {
+                    return Ok(WatchEnd::Decided {
+                        decision: d,
+                        t_s: self.now_s(),
+                    });
+                }
+            }
+            if let Some(exit) = &self.exit {
+                let end = End::QemuExited {
+                    clean_poweroff: self.guest_shutdown && exit.code == Some(0),
+                    status: exit.describe(),
+                };
+                let d = self
+                    .classifier
+                    .decide(spec.target, &end)
+                    .expect("an end always decides");
+                return Ok(WatchEnd::Decided {
+                    decision: d,
+                    t_s: self.now_s(),
+                });
+            }
+            let deadline = started + spec.timeout;
+            let silent_at = self.last_output + spec.silence;
+            let mut wake = deadline.min(silent_at);
+            if let Some(since) = fatal_seen {
+                wake = wake
+                    .min(self.last_output + self.timings.dump_quiet)
+                    .min(since + self.timings.dump_max);
+            }
+            let console_open = self.console.is_some();
+            let console = self.console.as_mut();
+            tokio::select! {
+                r = async { console.expect("guarded").read(&mut buf).await }, if console_open => {
+                    match r {
+                        Ok(n) if n > 0 => self.on_console(&buf[..n]).await?,
+                        _ => self.console = None, // QEMU closed it: it is exiting
+                    }
+                }
+                Some(ev) = self.events.recv() => self.on_event(ev),
+                st = self.qemu.wait() => {
+                    let st = st.context("waiting for QEMU")?;
+                    self.exit = Some(ExitInfo::from_status(st, false));
+                    self.drain_console().await?;
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    if fatal_seen.is_none() {
+                        let end = if now >= deadline {
+                            Some(End::Timeout { seconds: spec.timeout.as_secs_f64() })
+                        } else if now >= silent_at {
+                            Some(End::Silence { seconds: spec.silence.as_secs_f64() })
+                        } else {
+                            None
+                        };
+                        if let Some(end) = end {
+                            let d = self.classifier.decide(spec.target, &end).expect("an end always decides");
+                            return Ok(WatchEnd::Decided { decision: d, t_s: self.now_s() });
+                        }
+                    }
+                }
+                _ = cancel.cancelled() => return Ok(WatchEnd::Interrupted { t_s: self.now_s() }),
+            }
+        }
+    }
+
+    async fn on_console(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let t = self.now_s();
+        self.last_output = Instant::now();
+        self.console_bytes += bytes.len() as u64;
+        self.raw
+            .write_all(bytes)
+            .await
+            .context("writing serial.raw")?;
+        let mut text = String::new();
+        self.norm.feed(bytes, &mut text);
+        if !text.is_empty() {
+            let mut stamped = String::with_capacity(text.len() + 16 * text.matches('\n').count());
+            for line in text.lines() {
+                stamped.push_str(&format!("[{t:10.3}] {line}\n"));
+            }
+            self.log
+                .write_all(stamped.as_bytes())
+                .await
+                .context("writing console.log")?;
+            self.classifier.feed_text(&text, Some(t));
+        }
+        let partial = self.norm.partial();
+        if !partial.is_empty() {
+            self.classifier.feed_partial(&partial, Some(t));
+        }
+        self.report_milestones();
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: QmpEvent) {
+        match ev.name.as_str() {
+            "RESET" => self.classifier.new_boot("reset", Some(ev.t_s)),
+            "SHUTDOWN" => {
+                self.guest_shutdown = ev
+                    .data
+                    .get("guest")
+                    .and_then(|g| g.as_bool())
+                    .unwrap_or(false)
+            }
+            _ => {}
+        }
+        if let Some(ui) = &self.ui {
+            let _ = ui.send(SessionEvent::QmpEvent {
+                name: ev.name.clone(),
+                t_s: ev.t_s,
+            });
+        }
+        self.event_log.push(EventRecord {
+            name: ev.name,
+            t_s: ev.t_s,
+            data: ev.data,
+        });
+    }
+
+    /// After QEMU exited: whatever is still buffered in the console socket.
+    async fn drain_console(&mut self) -> anyhow::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Some(c) = self.console.as_mut() {
+            match tokio::time::timeout(Duration::from_millis(200), c.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => self.on_console(&buf[..n]).await?,
+                _ => self.console = None,
+            }
+        }
+        while let Ok(ev) = self.events.try_recv() {
+            self.on_event(ev);
+        }
+        Ok(())
+    }
+
+    fn report_milestones(&mut self) {
+        let Some(ui) = &self.ui else { return };
+        let boots = self.classifier.boots();
+        let all: Vec<_> = boots
+            .iter()
+            .flat_map(|b| b.timeline.iter().map(move |m| (b.index, m)))
+            .collect();
+        for (boot, m) in &all[self.milestones_sent.min(all.len())..] {
+            let _ = ui.send(SessionEvent::Milestone {
+                boot: *boot,
+                stage: m.stage,
+                t_s: m.t_s.unwrap_or(0.0),
+                text: m.text.clone(),
+            });
+        }
+        self.milestones_sent = all.len();
+    }
+
+    /// Ends the VM: QMP `quit`, a grace period, then SIGKILL to QEMU's group. Idempotent.
+    pub async fn shutdown(&mut self) -> anyhow::Result<ExitInfo> {
+        if let Some(e) = &self.exit {
+            return Ok(e.clone());
+        }
+        // Stop reading the console first: QEMU must never block on a console nobody reads.
+        self.console = None;
+        let q = tokio::time::timeout(Duration::from_secs(1), self.qmp.quit()).await;
+        tracing::debug!(t = self.now_s(), ?q, "sent quit");
+        let (st, killed) = self
+            .qemu
+            .stop(self.timings.stop_grace)
+            .await
+            .context("stopping QEMU")?;
+        tracing::debug!(t = self.now_s(), killed, "QEMU stopped");
+        let info = ExitInfo::from_status(st, true);
+        self.exit = Some(info.clone());
+        let _ = self.raw.flush().await;
+        let _ = self.log.flush().await;
+        while let Ok(ev) = self.events.try_recv() {
+            self.on_event(ev);
+        }
+        Ok(info)
+    }
+}
+
+/// CPU seconds (user + system) of the calling thread. The harness runs its event loop on one
+/// thread, so this is the cost of watching, without hashing or other blocking work.
+pub fn thread_cpu_s() -> f64 {
+    #[cfg(target_os = "linux")]
+    let who = nix::sys::resource::UsageWho::RUSAGE_THREAD;
+    #[cfg(not(target_os = "linux"))]
+    let who = nix::sys::resource::UsageWho::RUSAGE_SELF;
+    let Ok(u) = nix::sys::resource::getrusage(who) else {
+        return 0.0;
+    };
+    let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+fn one_line(s: &str) -> String {
+    let s = s
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    if s.is_empty() {
+        "nothing on stderr".into()
+    } else {
+        s
+    }
+}

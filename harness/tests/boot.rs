@@ -1,0 +1,315 @@
+//! End-to-end boots of the generated fixtures on real QEMU + Debian's edk2.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+#[test]
+fn crash_fixture_is_a_sync_exception_before_grub_decided_within_two_seconds() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let res = results_root();
+    let disk = fixtures().join("crash.img");
+    let (code, r, err) = boot_json(&[
+        "--snapshot",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--results",
+        res.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(r["verdict"], "sync-exception", "{r:#}");
+    assert_eq!(r["stage"], "firmware");
+    assert_eq!(r["before_grub"], true);
+    assert_eq!(r["status"], "complete");
+    let addr = r["finding"]["exception"]["address"].as_str().unwrap();
+    assert!(
+        addr.starts_with("0x") && addr.len() == 18 && addr.ends_with("000"),
+        "{addr}"
+    );
+    let delay = r["time_to_verdict_s"].as_f64().unwrap() - r["evidence_t_s"].as_f64().unwrap();
+    assert!(
+        (0.0..2.0).contains(&delay),
+        "verdict {delay:.3} s after the exception line"
+    );
+    assert_eq!(
+        r["qemu"]["version"].as_str().map(|v| v.split('.').count()),
+        Some(3)
+    );
+    assert_eq!(r["firmware"]["code"]["size"], 64 * 1024 * 1024);
+    assert_eq!(r["disks"][0]["size"], 1024 * 1024);
+    // The evidence is on disk, and the command line is a paste-able string.
+    let dir = res
+        .path()
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let log = std::fs::read_to_string(dir.join("console.log")).unwrap();
+    assert!(log.contains("Synchronous Exception at 0x"), "{log}");
+    assert!(std::fs::metadata(dir.join("serial.raw")).unwrap().len() > 0);
+    assert!(
+        std::fs::read_to_string(dir.join("qmp.jsonl"))
+            .unwrap()
+            .contains("\"query-version\"")
+    );
+    assert!(r["command_line"].as_str().unwrap().contains("-S"));
+}
+
+#[test]
+fn hello_fixture_prints_its_marker_and_powers_off() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let res = results_root();
+    let disk = fixtures().join("hello.img");
+    let (code, r, err) = boot_json(&[
+        "--snapshot",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--results",
+        res.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}\n{r:#}");
+    assert_eq!(r["verdict"], "qemu-exited");
+    assert_eq!(r["qemu"]["exit"]["code"], 0);
+    let shutdown = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SHUTDOWN")
+        .expect("a SHUTDOWN event");
+    assert_eq!(shutdown["data"]["guest"], true);
+    let dir = res
+        .path()
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let log = std::fs::read_to_string(dir.join("console.log")).unwrap();
+    assert!(log.contains("BOOTWATCH-FIXTURE-HELLO"), "{log}");
+}
+
+#[test]
+fn silent_fixture_hangs_after_the_silence_limit_not_the_timeout() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let res = results_root();
+    let disk = fixtures().join("silent.img");
+    let started = Instant::now();
+    let (code, r, err) = boot_json(&[
+        "--snapshot",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--results",
+        res.path().to_str().unwrap(),
+        "--silence",
+        "10",
+        "--timeout",
+        "300",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(r["verdict"], "hang", "{r:#}");
+    assert!(
+        r["last_line"]
+            .as_str()
+            .unwrap()
+            .contains("BdsDxe: starting Boot"),
+        "{}",
+        r["last_line"]
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_wrong_qemu_argument_is_a_harness_error_not_a_guest_failure() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let res = results_root();
+    let disk = fixtures().join("hello.img");
+    let (code, r, _) = boot_json(&[
+        "--snapshot",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--results",
+        res.path().to_str().unwrap(),
+        "--qemu-arg",
+        "-no-such-option",
+    ]);
+    assert_eq!(code, 125);
+    assert_eq!(r["verdict"], "harness-error");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no-such-option"),
+        "QEMU's own message is quoted: {reason}"
+    );
+}
+
+#[test]
+fn missing_inputs_are_usage_errors_that_name_the_file_and_write_nothing() {
+    let res = results_root();
+    let out = bin()
+        .args(["boot", "--disk", "/nonexistent/disk.img", "--results"])
+        .arg(res.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/disk.img"),
+        "{}",
+        text(&out)
+    );
+    let out = bin()
+        .args([
+            "boot",
+            "--firmware",
+            "/nonexistent/CODE.fd",
+            "--disk",
+            "/dev/null",
+            "--results",
+        ])
+        .arg(res.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/CODE.fd"),
+        "{}",
+        text(&out)
+    );
+    let out = bin()
+        .args([
+            "boot",
+            "--qemu",
+            "/nonexistent/qemu",
+            "--disk",
+            "/dev/null",
+            "--results",
+        ])
+        .arg(res.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("QEMU not found"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        res.path().read_dir().unwrap().count(),
+        0,
+        "nothing is written for a usage error"
+    );
+}
+
+/// Starts a boot of the silent fixture with a private TMPDIR (so its QEMU can be found by its
+/// socket paths), waits until QEMU runs, kills the harness with `signal`, and checks that no
+/// QEMU is left.
+fn kill_harness_mid_boot(signal: nix::sys::signal::Signal) -> tempfile::TempDir {
+    let res = results_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("bootwatch-killtest-")
+        .tempdir()
+        .unwrap();
+    let mut child = bin()
+        .args([
+            "boot",
+            "--snapshot",
+            "--silence",
+            "100",
+            "--timeout",
+            "200",
+            "--disk",
+        ])
+        .arg(fixtures().join("silent.img"))
+        .arg("--results")
+        .arg(res.path())
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("harness.stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let needle = tmp.path().to_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while processes_with(&needle).is_empty() {
+        let stderr =
+            || std::fs::read_to_string(tmp.path().join("harness.stderr")).unwrap_or_default();
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "the harness ended ({st}) before QEMU was seen: {}",
+                stderr()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "QEMU never started: {}",
+            stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2)); // mid-boot: the firmware is running
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_with(&needle).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU outlived the harness ({signal}): {:?}",
+            processes_with(&needle)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    res
+}
+
+#[test]
+fn sigterm_mid_boot_leaves_no_qemu_and_an_interrupted_result() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let res = kill_harness_mid_boot(nix::sys::signal::Signal::SIGTERM);
+    let dir = res
+        .path()
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(r["status"], "interrupted", "{r:#}");
+    assert_eq!(r["exit_code"], 125);
+}
+
+#[test]
+fn sigkill_mid_boot_leaves_no_qemu() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let res = kill_harness_mid_boot(nix::sys::signal::Signal::SIGKILL);
+    // The harness could not finish its record, but what it wrote is valid JSON saying so.
+    let dir = res
+        .path()
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(r["status"], "running");
+}

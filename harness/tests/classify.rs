@@ -1,0 +1,92 @@
+//! `bootwatch classify` on every real console log in the test data: the CLI contract (JSON
+//! fields, exit codes) and the expected verdict of each sample.
+
+mod common;
+
+use common::*;
+
+const EXPECTED: &[(&str, &str, &str)] = &[
+    ("crash-bitpixie-2-1.txt", "shim-error", "shim"),
+    (
+        "crash-fedora-coreos-tracker-1014-1.txt",
+        "sync-exception",
+        "shim",
+    ),
+    (
+        "crash-fedora-coreos-tracker-1271-1.txt",
+        "efistub-error",
+        "kernel-handoff",
+    ),
+    (
+        "crash-fedora-coreos-tracker-1886-1.txt",
+        "grub-error",
+        "grub",
+    ),
+    (
+        "crash-kubernetes-the-harder-way-6-1.txt",
+        "sync-exception",
+        "firmware",
+    ),
+    ("crash-lima-1337-1.txt", "no-bootable-device", "firmware"),
+    ("crash-lima-1996-1.txt", "sync-exception", "firmware"),
+    ("crash-lima-3141-1.txt", "sync-exception", "none"),
+    ("crash-lxc-ci-150-1.txt", "secure-boot-denied", "firmware"),
+    ("crash-mkosi-1140-1.txt", "sync-exception", "firmware"),
+    ("crash-pftf-rpi4-235-1.txt", "sync-exception", "shim"),
+    (
+        "crash-qualcomm-linux-kernel-297-1.txt",
+        "kernel-panic",
+        "kernel",
+    ),
+    (
+        "crash-qualcomm-linux-kernel-541-1.txt",
+        "kernel-panic",
+        "kernel",
+    ),
+    ("crash-rhboot-shim-371-1.txt", "sync-exception", "shim"),
+    ("crash-rhboot-shim-490-1.txt", "shim-error", "shim"),
+    ("crash-rhboot-shim-585-1.txt", "sync-exception", "shim"),
+    ("crash-rhel-edge-1231-1.txt", "grub-error", "grub"),
+    ("crash-ventoy-1658-1.txt", "sync-exception", "none"),
+    ("ok-canonical-lxd-12211-1.txt", "reached", "kernel"),
+    ("ok-clangbuiltlinux-1782-1.txt", "reached", "kernel"),
+];
+
+#[test]
+fn every_sample_gets_its_expected_verdict_stage_and_exit_code() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/console");
+    let on_disk = dir.read_dir().unwrap().count();
+    assert_eq!(
+        on_disk,
+        EXPECTED.len(),
+        "every sample needs an expectation here"
+    );
+    for (file, verdict, stage) in EXPECTED {
+        let out = bin()
+            .arg("classify")
+            .arg("--json")
+            .arg(dir.join(file))
+            .output()
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(
+            (v["verdict"].as_str().unwrap(), v["stage"].as_str().unwrap()),
+            (*verdict, *stage),
+            "{file}"
+        );
+        assert!(v["findings"].is_array(), "{file}");
+        let want = if *verdict == "reached" { 0 } else { 1 };
+        assert_eq!(out.status.code(), Some(want), "{file}");
+    }
+}
+
+#[test]
+fn a_missing_log_is_a_usage_error() {
+    let out = bin()
+        .args(["classify", "/nonexistent/console.log"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/console.log"));
+}
