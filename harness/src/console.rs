@@ -49,11 +49,9 @@ impl Normalizer {
                 }
             }
         }
-        let mut start = 0;
-        for nl in memchr::memchr_iter(b'\n', rest) {
-            normalize_line(&rest[start..nl], out);
-            start = nl + 1;
-        }
+        let complete = memchr::memrchr(b'\n', rest).map_or(0, |i| i + 1);
+        normalize_block(&rest[..complete], out);
+        let start = complete;
         self.pending.extend_from_slice(&rest[start..]);
         self.split_overlong(out);
     }
@@ -86,6 +84,78 @@ impl Normalizer {
             normalize_line(&line, out);
         }
     }
+}
+
+/// Normalizes complete lines (`block` is empty or ends with '\n'). Runs of lines that need
+/// nothing but CR removal are copied wholesale; only lines with escapes, other controls, invalid
+/// UTF-8 or excessive length take the per-line path.
+fn normalize_block(block: &[u8], out: &mut String) {
+    let mut pos = 0;
+    while pos < block.len() {
+        let rest = &block[pos..];
+        let Some(bad) = first_control(rest) else {
+            copy_clean(rest, out);
+            return;
+        };
+        let line_start = memchr::memrchr(b'\n', &rest[..bad]).map_or(0, |i| i + 1);
+        let line_end =
+            bad + memchr::memchr(b'\n', &rest[bad..]).expect("block ends with a newline");
+        copy_clean(&rest[..line_start], out);
+        normalize_line(&rest[line_start..line_end], out);
+        pos += line_end + 1;
+    }
+}
+
+/// Copies complete lines that contain no control byte but '\t', '\n' and '\r'. CR before LF is
+/// dropped; anything unusual (a lone CR, invalid UTF-8, an over-long line) goes line by line.
+fn copy_clean(region: &[u8], out: &mut String) {
+    if region.is_empty() {
+        return;
+    }
+    let per_line = |out: &mut String| {
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', region) {
+            normalize_line(&region[start..nl], out);
+            start = nl + 1;
+        }
+    };
+    let Ok(text) = std::str::from_utf8(region) else {
+        return per_line(out);
+    };
+    if region.len() > MAX_LINE {
+        let mut last = 0;
+        for nl in memchr::memchr_iter(b'\n', region) {
+            if nl - last > MAX_LINE {
+                return per_line(out);
+            }
+            last = nl + 1;
+        }
+    }
+    let mut start = 0;
+    for cr in memchr::memchr_iter(b'\r', region) {
+        if region.get(cr + 1) != Some(&b'\n') {
+            return per_line(out);
+        }
+    }
+    for cr in memchr::memchr_iter(b'\r', region) {
+        out.push_str(&text[start..cr]);
+        start = cr + 1;
+    }
+    out.push_str(&text[start..]);
+}
+
+/// The first byte that needs the escape parser: a C0 control other than tab, LF and CR, or DEL.
+fn first_control(b: &[u8]) -> Option<usize> {
+    let special = |x: u8| (x < 0x20 && x != b'\t' && x != b'\n' && x != b'\r') || x == 0x7f;
+    let mut base = 0;
+    for chunk in b.chunks(64) {
+        // Branch-free over the chunk so the compiler vectorizes it.
+        if chunk.iter().fold(false, |acc, &x| acc | special(x)) {
+            return chunk.iter().position(|&x| special(x)).map(|i| base + i);
+        }
+        base += chunk.len();
+    }
+    None
 }
 
 /// Normalizes one raw line (without its '\n') and appends the resulting line(s) to `out`.

@@ -252,7 +252,7 @@ impl Classifier {
         let mut pos = 0;
         while pos < bytes.len() {
             let input = aho_corasick::Input::new(bytes).range(pos..);
-            let Some(m) = self.set.prefilter.find(input) else {
+            let Some(m) = self.set.scan.find(input) else {
                 break;
             };
             let start = memchr::memrchr(b'\n', &bytes[..m.start()]).map_or(0, |i| i + 1);

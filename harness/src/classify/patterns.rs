@@ -62,9 +62,12 @@ pub struct Pattern {
 #[derive(Debug)]
 pub struct PatternSet {
     pub patterns: Vec<Pattern>,
-    /// Every literal of every pattern; `literal_owner[i]` is the pattern of literal `i`.
+    /// Finds lines that contain any literal (leftmost-first: this is what runs at SIMD speed).
+    pub(crate) scan: AhoCorasick,
+    /// The same literals with standard semantics, for finding every literal within one line.
     pub(crate) prefilter: AhoCorasick,
-    pub(crate) literal_owner: Vec<usize>,
+    /// `literal_owners[i]`: the patterns that list distinct literal `i`.
+    pub(crate) literal_owners: Vec<Vec<usize>>,
     /// Indexes of the patterns with `prompt = true`.
     pub(crate) prompts: Vec<usize>,
 }
@@ -75,8 +78,8 @@ impl PatternSet {
         let raw: RawFile =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("patterns.toml: {e}"))?;
         let mut patterns = Vec::new();
-        let mut literals = Vec::new();
-        let mut literal_owner = Vec::new();
+        let mut literals: Vec<String> = Vec::new();
+        let mut literal_owners: Vec<Vec<usize>> = Vec::new();
         let mut prompts = Vec::new();
         for (i, p) in raw.pattern.into_iter().enumerate() {
             let ctx = |what: &str| format!("patterns.toml: pattern {:?}: {what}", p.name);
@@ -112,8 +115,13 @@ impl PatternSet {
                 _ => {}
             }
             for l in &p.literals {
-                literals.push(l.clone());
-                literal_owner.push(i);
+                match literals.iter().position(|x| x == l) {
+                    Some(j) => literal_owners[j].push(i),
+                    None => {
+                        literals.push(l.clone());
+                        literal_owners.push(vec![i]);
+                    }
+                }
             }
             if p.prompt {
                 prompts.push(i);
@@ -129,14 +137,19 @@ impl PatternSet {
                 counter_examples: p.counter_examples,
             });
         }
-        let prefilter = AhoCorasick::builder()
-            .match_kind(MatchKind::Standard)
-            .build(&literals)
-            .map_err(|e| anyhow::anyhow!("patterns.toml: literal prefilter: {e}"))?;
+        let build = |kind| {
+            AhoCorasick::builder()
+                .match_kind(kind)
+                .build(&literals)
+                .map_err(|e| anyhow::anyhow!("patterns.toml: literal prefilter: {e}"))
+        };
+        let scan = build(MatchKind::LeftmostFirst)?;
+        let prefilter = build(MatchKind::Standard)?;
         Ok(PatternSet {
             patterns,
+            scan,
             prefilter,
-            literal_owner,
+            literal_owners,
             prompts,
         })
     }
@@ -154,7 +167,7 @@ impl PatternSet {
     pub fn first_match(&self, line: &str, candidates: &mut Vec<usize>) -> Option<usize> {
         candidates.clear();
         for m in self.prefilter.find_overlapping_iter(line) {
-            candidates.push(self.literal_owner[m.pattern().as_usize()]);
+            candidates.extend_from_slice(&self.literal_owners[m.pattern().as_usize()]);
         }
         candidates.sort_unstable();
         candidates.dedup();
@@ -212,6 +225,15 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn literals_stay_within_the_fast_prefilter() {
+        let n = PatternSet::builtin().literal_owners.len();
+        assert!(
+            n <= 64,
+            "{n} distinct literals: the prefilter leaves its SIMD fast path above 64"
+        );
     }
 
     #[test]

@@ -1,0 +1,89 @@
+//! The fixtures give the same verdicts on firmware from two Debian edk2 releases: the host's
+//! (bookworm, 2022.11) and trixie's 2025.02 (fetched from the archive the host's apt sources
+//! name, verified, unpacked and cached by `bootwatch firmware fetch`), including its strict-NX
+//! variant.
+
+mod common;
+
+use common::*;
+
+fn fetch(spec: &str) -> (String, String) {
+    let out = bin()
+        .args(["firmware", "fetch", spec, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "firmware fetch {spec}: {}",
+        text(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["debian_version"]
+            .as_str()
+            .unwrap()
+            .starts_with(spec.split('/').next().unwrap()),
+        "{v}"
+    );
+    (
+        v["code"].as_str().unwrap().to_string(),
+        v["vars"].as_str().unwrap().to_string(),
+    )
+}
+
+fn same_verdicts(code: &str, vars: &str) {
+    for (fixture, verdict, exit) in [
+        ("crash.img", "sync-exception", 1),
+        ("hello.img", "qemu-exited", 0),
+    ] {
+        let res = results_root();
+        let disk = fixtures().join(fixture);
+        let (c, r, err) = boot_json(&[
+            "--snapshot",
+            "--firmware",
+            code,
+            "--vars",
+            vars,
+            "--disk",
+            disk.to_str().unwrap(),
+            "--results",
+            res.path().to_str().unwrap(),
+        ]);
+        assert_eq!(
+            (r["verdict"].as_str().unwrap(), c),
+            (verdict, exit),
+            "{fixture} on {code}: {err}\n{}",
+            r["reason"]
+        );
+        assert_eq!(r["firmware"]["code"]["path"], code);
+        if verdict == "sync-exception" {
+            assert_eq!(r["before_grub"], true);
+            assert!(
+                r["finding"]["exception"]["address"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("0x")
+            );
+        }
+    }
+}
+
+#[test]
+fn bookworm_edk2_2022_11() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    same_verdicts(HOST_CODE, "/usr/share/AAVMF/AAVMF_VARS.fd");
+}
+
+#[test]
+fn trixie_edk2_2025_02_default_and_strict_nx() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let (code, vars) = fetch("2025.02");
+    same_verdicts(&code, &vars);
+    let (code, vars) = fetch("2025.02/strictnx");
+    assert!(code.ends_with("AAVMF_CODE.secboot.strictnx.fd"), "{code}");
+    same_verdicts(&code, &vars);
+}
