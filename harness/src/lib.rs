@@ -6,6 +6,7 @@ pub mod cli;
 pub mod console;
 pub mod debian;
 pub mod fixtures;
+pub mod images;
 pub mod launch;
 pub mod qmp;
 pub mod record;
