@@ -283,6 +283,8 @@ fn request_from(args: &BootArgs) -> Result<BootRequest, ConfigError> {
         results_dir: None,
         name: name.unwrap_or_else(|| "boot".into()),
         timings: Timings::default(),
+        image: None,
+        login: false,
     })
 }
 
@@ -467,6 +469,8 @@ async fn demo(json: bool, results: &Path, qemu: &Path, firmware: Option<PathBuf>
                 results_dir: None,
                 name: format!("demo-{}", fixture.name()),
                 timings: Timings::default(),
+                image: None,
+                login: false,
             };
             let checked = run::validate(req)?;
             if !json {

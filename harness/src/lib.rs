@@ -12,5 +12,6 @@ pub mod qmp;
 pub mod record;
 pub mod run;
 pub mod session;
+pub mod shell;
 pub mod supervise;
 pub mod verdict;

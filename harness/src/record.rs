@@ -177,7 +177,24 @@ pub struct RunResult {
     pub files: Files,
     /// For `harness-error`: what went wrong.
     pub error: Option<String>,
+    /// For image boots: the image, its overlay and the provisioned user.
+    pub provision: Option<Provision>,
+    /// Commands run on the serial shell (`--login`).
+    #[serde(default)]
+    pub commands: Vec<crate::shell::CommandResult>,
     pub bootwatch_version: String,
+}
+
+/// How an image boot was provisioned. The password is random per run and recorded so a person
+/// can log in to the same overlay later.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Provision {
+    pub image: String,
+    pub base: PathBuf,
+    pub base_sha256: String,
+    pub overlay: PathBuf,
+    pub user: String,
+    pub password: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,12 +10,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::classify::PatternSet;
+use crate::images::catalog::{GuestTraits, ImageFormat};
+use crate::images::{overlay, seed};
 use crate::launch::{self, Accel, Disk, DiskFormat, FirmwareLoad, Forward, PFLASH_SIZE, VmConfig};
+use crate::record::Provision;
 use crate::record::{
     FileInfo, Files, FirmwareInfo, HostInfo, QemuInfo, RESULT_SCHEMA, RunResult, RunStatus,
     write_json_atomic,
 };
 use crate::session::{Session, SessionEvent, SessionPaths, Timings, WatchEnd, WatchSpec};
+use crate::shell::{CommandResult, Shell};
 use crate::verdict::{Stage, Target, Verdict, exit_code};
 
 /// A boot to run, as the user asked for it (checked by `validate`).
@@ -43,6 +47,23 @@ pub struct BootRequest {
     pub results_dir: Option<PathBuf>,
     pub name: String,
     pub timings: Timings,
+    /// Boot a catalog or local image through a fresh overlay with its provisioning.
+    pub image: Option<ImageBoot>,
+    /// After the login prompt: log in on the serial console as the provisioned user and run a
+    /// few identifying commands (needs `image`).
+    pub login: bool,
+}
+
+/// A resolved (cached, verified) base image to boot through a per-run overlay.
+#[derive(Debug, Clone)]
+pub struct ImageBoot {
+    pub name: String,
+    pub base: PathBuf,
+    pub base_sha256: String,
+    pub format: ImageFormat,
+    pub guest: GuestTraits,
+    /// Keep the run's overlay (the guest's disk as the run left it) instead of deleting it.
+    pub keep_overlay: bool,
 }
 
 /// A configuration problem found before anything ran (exit code 2).
@@ -115,8 +136,24 @@ pub fn validate(req: BootRequest) -> Result<CheckedBoot, ConfigError> {
         }
         None
     };
-    if req.disks.is_empty() {
-        return Err(ConfigError("no disk given (--disk IMG)".into()));
+    if req.disks.is_empty() && req.image.is_none() {
+        return Err(ConfigError(
+            "no disk given (--disk IMG or --image NAME)".into(),
+        ));
+    }
+    if let Some(img) = &req.image {
+        if !img.base.is_file() {
+            return Err(ConfigError(format!(
+                "image {}: base file {} is missing",
+                img.name,
+                img.base.display()
+            )));
+        }
+    }
+    if req.login && req.image.is_none() {
+        return Err(ConfigError(
+            "--login needs --image (the user comes from the image's provisioning)".into(),
+        ));
     }
     let mut disks = Vec::new();
     for d in &req.disks {
@@ -210,6 +247,39 @@ pub async fn run(
             code: req.firmware_code.clone(),
         },
     };
+    let mut disks = boot.disks.clone();
+    let mut provision = None;
+    if let Some(img) = &req.image {
+        let qemu_img = overlay::qemu_img()?;
+        let ov = dir.join("overlay.qcow2");
+        overlay::create_overlay(&qemu_img, &img.base, img.format, &ov).await?;
+        let cfg = seed::SeedConfig::new(&img.guest.login_user, "bootwatch", &run_id)?;
+        let seed_path = dir.join("seed.img");
+        seed::write_seed(&seed_path, &cfg)?;
+        disks.insert(
+            0,
+            Disk {
+                path: ov.clone(),
+                format: DiskFormat::Qcow2,
+                read_only: false,
+                snapshot: false,
+            },
+        );
+        disks.push(Disk {
+            path: seed_path,
+            format: DiskFormat::Raw,
+            read_only: true,
+            snapshot: false,
+        });
+        provision = Some(Provision {
+            image: img.name.clone(),
+            base: img.base.clone(),
+            base_sha256: img.base_sha256.clone(),
+            overlay: ov,
+            user: cfg.user,
+            password: cfg.password,
+        });
+    }
     let vm = VmConfig {
         qemu: boot.qemu.clone(),
         machine: req.machine.clone(),
@@ -218,7 +288,7 @@ pub async fn run(
         smp: req.smp,
         memory_mib: req.memory_mib,
         firmware: firmware.clone(),
-        disks: boot.disks.clone(),
+        disks: disks.clone(),
         network: req.network.clone(),
         serial_socket: private.path().join("serial.sock"),
         qmp_socket: private.path().join("qmp.sock"),
@@ -278,6 +348,8 @@ pub async fn run(
         harness_watch_cpu_s: None,
         files: Files::default(),
         error: None,
+        provision: provision.clone(),
+        commands: Vec::new(),
         bootwatch_version: env!("CARGO_PKG_VERSION").into(),
     };
     let result_path = dir.join("result.json");
@@ -286,7 +358,7 @@ pub async fn run(
     // Hash inputs while the guest boots: it costs no wall time.
     let to_hash: Vec<PathBuf> = std::iter::once(req.firmware_code.clone())
         .chain(boot.vars_template.clone())
-        .chain(boot.disks.iter().map(|d| d.path.clone()))
+        .chain(disks.iter().map(|d| d.path.clone()))
         .collect();
     let hashing = tokio::task::spawn_blocking(move || {
         to_hash
@@ -309,7 +381,22 @@ pub async fn run(
             result.error = Some(e.message);
         }
         Ok(mut session) => {
-            let end = session.watch(spec, &cancel).await;
+            let mut end = session.watch(spec, &cancel).await;
+            if let (true, Some(p), Ok(WatchEnd::Decided { decision, .. })) =
+                (req.login, &provision, &end)
+            {
+                if decision.verdict == Verdict::Reached {
+                    match login_and_identify(&mut session, p, &cancel).await {
+                        Ok(cmds) => result.commands = cmds,
+                        Err(e) => {
+                            end = Err(anyhow::anyhow!(
+                                "logging in as {} on the serial console: {e}",
+                                p.user
+                            ));
+                        }
+                    }
+                }
+            }
             let exit = session.shutdown().await;
             record_session(&mut result, &session);
             if let FirmwareLoad::Pflash { vars, .. } = &firmware {
@@ -343,11 +430,30 @@ pub async fn run(
         }
         result.disks = it.flatten().collect();
     }
+    if let (Some(img), Some(p)) = (&req.image, &provision) {
+        if !img.keep_overlay {
+            let _ = std::fs::remove_file(&p.overlay);
+        }
+    }
     result.duration_s = crate::qmp::round_ms(started.elapsed().as_secs_f64());
     result.harness_cpu_s = cpu_seconds(nix::sys::resource::UsageWho::RUSAGE_SELF);
     result.qemu.cpu_s = cpu_seconds(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
     write_json_atomic(&result_path, &result).context("writing result.json")?;
     Ok(RunOutcome { dir, result })
+}
+
+/// Logs in as the provisioned user and records who and where the shell is.
+async fn login_and_identify(
+    s: &mut Session,
+    p: &Provision,
+    cancel: &CancellationToken,
+) -> Result<Vec<CommandResult>, crate::shell::ShellError> {
+    let mut sh = Shell::login(s, &p.user, &p.password, Duration::from_secs(120), cancel).await?;
+    let mut out = Vec::new();
+    for cmd in ["id -un", "uname -r", "cat /proc/cmdline"] {
+        out.push(sh.run(s, cmd, Duration::from_secs(60), cancel).await?);
+    }
+    Ok(out)
 }
 
 fn record_session(result: &mut RunResult, s: &Session) {

@@ -101,6 +101,12 @@ pub struct Session {
     console: Option<UnixStream>,
     events: mpsc::UnboundedReceiver<QmpEvent>,
     norm: Normalizer,
+    /// Recent normalized console text (complete lines), for `expect`; `recent_base` is the
+    /// absolute offset of its first byte.
+    recent: String,
+    recent_base: usize,
+    /// The unterminated tail as of the last read.
+    tail: String,
     pub classifier: Classifier,
     raw: tokio::fs::File,
     log: tokio::fs::File,
@@ -195,6 +201,9 @@ impl Session {
             console: Some(console),
             events,
             norm: Normalizer::new(),
+            recent: String::new(),
+            recent_base: 0,
+            tail: String::new(),
             classifier: Classifier::new(),
             raw,
             log,
@@ -338,8 +347,18 @@ impl Session {
                 .await
                 .context("writing console.log")?;
             self.classifier.feed_text(&text, Some(t));
+            self.recent.push_str(&text);
+            if self.recent.len() > RECENT_MAX {
+                let mut cut = self.recent.len() - RECENT_MAX / 2;
+                while !self.recent.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                self.recent.drain(..cut);
+                self.recent_base += cut;
+            }
         }
         let partial = self.norm.partial();
+        self.tail.clone_from(&partial);
         if !partial.is_empty() {
             self.classifier.feed_partial(&partial, Some(t));
         }
@@ -428,6 +447,102 @@ impl Session {
             self.on_event(ev);
         }
         Ok(info)
+    }
+}
+
+/// How much recent console text `expect` can look back over.
+const RECENT_MAX: usize = 1 << 20;
+
+/// How an `expect` ended.
+#[derive(Debug, Clone)]
+pub enum ExpectEnd {
+    /// The pattern matched; `text` is everything from the mark to the end of the match, and
+    /// `captures` the pattern's capture groups (None where a group did not take part).
+    Matched {
+        text: String,
+        captures: Vec<Option<String>>,
+    },
+    /// The classifier found a fatal failure first (call `watch` to let the dump finish).
+    Failed,
+    /// QEMU exited first.
+    Exited,
+    TimedOut,
+    Interrupted,
+}
+
+impl Session {
+    /// A position in the console text: `expect` looks only at what arrives after it.
+    pub fn mark(&self) -> usize {
+        self.recent_base + self.recent.len()
+    }
+
+    /// Types `bytes` on the serial console.
+    pub async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let Some(c) = self.console.as_mut() else {
+            anyhow::bail!("the serial console is closed")
+        };
+        c.write_all(bytes)
+            .await
+            .context("writing to the serial console")?;
+        Ok(())
+    }
+
+    /// Waits until `re` matches the console text after `since` (complete lines plus the
+    /// unterminated tail, so prompts match), while recording and classifying as `watch` does.
+    pub async fn expect(
+        &mut self,
+        re: &regex::Regex,
+        since: usize,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<ExpectEnd> {
+        let cpu0 = thread_cpu_s();
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 64 * 1024];
+        let end = loop {
+            let start = since
+                .saturating_sub(self.recent_base)
+                .min(self.recent.len());
+            let hay = format!("{}{}", &self.recent[start..], self.tail);
+            if let Some(c) = re.captures(&hay) {
+                let whole = c.get(0).expect("group 0");
+                let captures = c
+                    .iter()
+                    .skip(1)
+                    .map(|m| m.map(|m| m.as_str().to_string()))
+                    .collect();
+                break ExpectEnd::Matched {
+                    text: hay[..whole.end()].to_string(),
+                    captures,
+                };
+            }
+            if self.classifier.current().fatal().is_some() {
+                break ExpectEnd::Failed;
+            }
+            if self.exit.is_some() {
+                break ExpectEnd::Exited;
+            }
+            let console_open = self.console.is_some();
+            let console = self.console.as_mut();
+            tokio::select! {
+                r = async { console.expect("guarded").read(&mut buf).await }, if console_open => {
+                    match r {
+                        Ok(n) if n > 0 => self.on_console(&buf[..n]).await?,
+                        _ => self.console = None,
+                    }
+                }
+                Some(ev) = self.events.recv() => self.on_event(ev),
+                st = self.qemu.wait() => {
+                    let st = st.context("waiting for QEMU")?;
+                    self.exit = Some(ExitInfo::from_status(st, false));
+                    self.drain_console().await?;
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => break ExpectEnd::TimedOut,
+                _ = cancel.cancelled() => break ExpectEnd::Interrupted,
+            }
+        };
+        self.watch_cpu_s += thread_cpu_s() - cpu0;
+        Ok(end)
     }
 }
 
