@@ -141,14 +141,14 @@ pub fn validate(req: BootRequest) -> Result<CheckedBoot, ConfigError> {
             "no disk given (--disk IMG or --image NAME)".into(),
         ));
     }
-    if let Some(img) = &req.image {
-        if !img.base.is_file() {
-            return Err(ConfigError(format!(
-                "image {}: base file {} is missing",
-                img.name,
-                img.base.display()
-            )));
-        }
+    if let Some(img) = &req.image
+        && !img.base.is_file()
+    {
+        return Err(ConfigError(format!(
+            "image {}: base file {} is missing",
+            img.name,
+            img.base.display()
+        )));
     }
     if req.login && req.image.is_none() {
         return Err(ConfigError(
@@ -384,16 +384,15 @@ pub async fn run(
             let mut end = session.watch(spec, &cancel).await;
             if let (true, Some(p), Ok(WatchEnd::Decided { decision, .. })) =
                 (req.login, &provision, &end)
+                && decision.verdict == Verdict::Reached
             {
-                if decision.verdict == Verdict::Reached {
-                    match login_and_identify(&mut session, p, &cancel).await {
-                        Ok(cmds) => result.commands = cmds,
-                        Err(e) => {
-                            end = Err(anyhow::anyhow!(
-                                "logging in as {} on the serial console: {e}",
-                                p.user
-                            ));
-                        }
+                match login_and_identify(&mut session, p, &cancel).await {
+                    Ok(cmds) => result.commands = cmds,
+                    Err(e) => {
+                        end = Err(anyhow::anyhow!(
+                            "logging in as {} on the serial console: {e}",
+                            p.user
+                        ));
                     }
                 }
             }
@@ -430,10 +429,10 @@ pub async fn run(
         }
         result.disks = it.flatten().collect();
     }
-    if let (Some(img), Some(p)) = (&req.image, &provision) {
-        if !img.keep_overlay {
-            let _ = std::fs::remove_file(&p.overlay);
-        }
+    if let (Some(img), Some(p)) = (&req.image, &provision)
+        && !img.keep_overlay
+    {
+        let _ = std::fs::remove_file(&p.overlay);
     }
     result.duration_s = crate::qmp::round_ms(started.elapsed().as_secs_f64());
     result.harness_cpu_s = cpu_seconds(nix::sys::resource::UsageWho::RUSAGE_SELF);
