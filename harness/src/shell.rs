@@ -72,6 +72,8 @@ impl Shell {
         cancel: &CancellationToken,
     ) -> Result<Shell, ShellError> {
         let prompt = Regex::new(r"(?m)\S+ login: ?$").expect("valid regex");
+        let pw = Regex::new(r"(?m)[Pp]assword: ?$").expect("valid regex");
+        let outcome = Regex::new(r"(?m)(Login incorrect|[$#] ?$)").expect("valid regex");
         let mut since = 0;
         let mut attempts = 0;
         loop {
@@ -83,14 +85,12 @@ impl Shell {
             let mark = s.mark();
             s.send(format!("{user}\r").as_bytes()).await?;
             let step = Duration::from_secs(60);
-            let pw = Regex::new(r"(?m)[Pp]assword: ?$").expect("valid regex");
             match s.expect(&pw, mark, step, cancel).await? {
                 ExpectEnd::Matched { .. } => {}
                 end => return Err(expect_err(end, "password prompt", step, s)),
             }
             let mark = s.mark();
             s.send(format!("{password}\r").as_bytes()).await?;
-            let outcome = Regex::new(r"(?m)(Login incorrect|[$#] ?$)").expect("valid regex");
             match s.expect(&outcome, mark, step, cancel).await? {
                 ExpectEnd::Matched { captures, .. }
                     if captures.first().cloned().flatten().as_deref()
