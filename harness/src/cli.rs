@@ -11,9 +11,10 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::classify::{self, FindingKind};
+use crate::images::{self, Registry};
 use crate::launch::{Accel, Forward};
 use crate::record::RunResult;
-use crate::run::{self, BootRequest, ConfigError};
+use crate::run::{self, BootRequest, ConfigError, ImageBoot};
 use crate::session::{SessionEvent, Timings};
 use crate::verdict::{Target, exit_code};
 use crate::{debian, fixtures};
@@ -32,7 +33,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Boot a disk under qemu-system-aarch64 + edk2 and judge the boot.
-    Boot(BootArgs),
+    Boot(Box<BootArgs>),
     /// Classify a saved console log offline.
     Classify {
         /// The log file (raw serial bytes or normalized text).
@@ -46,6 +47,11 @@ enum Command {
     Fixtures {
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Guest images: the vendor catalog and local recipes.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
     },
     /// Firmware builds from Debian's archive.
     Firmware {
@@ -65,6 +71,24 @@ enum Command {
         qemu: PathBuf,
         #[arg(long)]
         firmware: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImagesCommand {
+    /// Every catalog image and local recipe, with its cache state.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download and verify a catalog image into the cache (a no-op when cached).
+    Fetch { name: String },
+    /// Build a local recipe (a no-op when built); prints the image path.
+    Build {
+        name: String,
+        /// Debian archive mirror (default: BOOTWATCH_MIRROR, else the host's apt sources).
+        #[arg(long)]
+        mirror: Option<String>,
     },
 }
 
@@ -91,8 +115,21 @@ struct BootArgs {
     #[arg(long)]
     vars: Option<PathBuf>,
     /// Disk image (raw or qcow2); repeat for more disks.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "image")]
     disk: Vec<PathBuf>,
+    /// A catalog image or local recipe (see `bootwatch images list`), fetched or built if
+    /// needed, booted through a fresh overlay with its cloud-init provisioning.
+    #[arg(long)]
+    image: Option<String>,
+    /// With --image and --until login: log in on the serial console as the provisioned user.
+    #[arg(long, requires = "image")]
+    login: bool,
+    /// With --image: keep the run's overlay (the disk as the guest left it) in the results.
+    #[arg(long, requires = "image")]
+    keep_overlay: bool,
+    /// Debian archive mirror for building a local image.
+    #[arg(long)]
+    mirror: Option<String>,
     /// Never write the disks: QEMU keeps the guest's writes in a temporary overlay.
     #[arg(long)]
     snapshot: bool,
@@ -202,7 +239,7 @@ fn signal_token() -> CancellationToken {
 
 async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Boot(args) => boot(args).await,
+        Command::Boot(args) => boot(*args).await,
         Command::Classify { logfile, json } => classify_cmd(&logfile, json),
         Command::Fixtures { out } => match fixtures::write_all(&out) {
             Ok(paths) => {
@@ -213,6 +250,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             }
             Err(e) => fail(exit_code::UNDETERMINED, &format!("{e:#}")),
         },
+        Command::Images { command } => images_cmd(command).await,
         Command::Firmware {
             command: FirmwareCommand::Fetch { spec, mirror, json },
         } => firmware_fetch(&spec, mirror.as_deref(), json).await,
@@ -289,7 +327,39 @@ fn request_from(args: &BootArgs) -> Result<BootRequest, ConfigError> {
 }
 
 async fn boot(args: BootArgs) -> ExitCode {
-    let checked = match request_from(&args).and_then(run::validate) {
+    let mut req = match request_from(&args) {
+        Ok(r) => r,
+        Err(e) => return fail(exit_code::USAGE, &e.0),
+    };
+    if let Some(name) = &args.image {
+        let registry = match Registry::load() {
+            Ok(r) => r,
+            Err(e) => return fail(exit_code::USAGE, &e.to_string()),
+        };
+        let Some(entry) = registry.get(name) else {
+            return fail(exit_code::USAGE, &unknown_image(name, &registry));
+        };
+        let cache = match debian::default_cache_root() {
+            Ok(c) => c,
+            Err(e) => return fail(exit_code::UNDETERMINED, &format!("{e:#}")),
+        };
+        let resolved =
+            match images::resolve(entry, &cache, args.mirror.as_deref(), !args.json).await {
+                Ok(r) => r,
+                Err(e) => return fail(exit_code::UNDETERMINED, &format!("image {name}: {e:#}")),
+            };
+        req.name = name.clone();
+        req.login = args.login;
+        req.image = Some(ImageBoot {
+            name: resolved.name,
+            base: resolved.path,
+            base_sha256: resolved.sha256,
+            format: resolved.format,
+            guest: resolved.guest,
+            keep_overlay: args.keep_overlay,
+        });
+    }
+    let checked = match run::validate(req) {
         Ok(c) => c,
         Err(e) => return fail(exit_code::USAGE, &e.0),
     };
@@ -336,6 +406,13 @@ fn show_progress(ev: &SessionEvent) {
             eprintln!("[{t_s:8.3}] {stage:<14}{b} {text}");
         }
         SessionEvent::QmpEvent { name, t_s } => eprintln!("[{t_s:8.3}] qmp event     {name}"),
+        SessionEvent::Progress {
+            what,
+            elapsed_s,
+            last_line,
+        } => {
+            eprintln!("           {what}: {elapsed_s:.0} s so far; last line: {last_line}")
+        }
     }
 }
 
@@ -404,6 +481,98 @@ fn classify_cmd(path: &Path, json: bool) -> ExitCode {
         }
     }
     ExitCode::from(d.exit_code)
+}
+
+fn unknown_image(name: &str, registry: &Registry) -> String {
+    format!(
+        "unknown image {name:?}; known: {}",
+        registry.names().join(", ")
+    )
+}
+
+async fn images_cmd(command: ImagesCommand) -> ExitCode {
+    let registry = match Registry::load() {
+        Ok(r) => r,
+        Err(e) => return fail(exit_code::USAGE, &e.to_string()),
+    };
+    let cache = match debian::default_cache_root() {
+        Ok(c) => c,
+        Err(e) => return fail(exit_code::UNDETERMINED, &format!("{e:#}")),
+    };
+    match command {
+        ImagesCommand::List { json } => {
+            let status = registry.status(&cache);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{:<18} {:<7} {:<10} {:<10} {:>9}  description",
+                    "name", "kind", "reported", "state", "size"
+                );
+                for s in &status {
+                    let size = s
+                        .size
+                        .map(|b| format!("{:.0} MiB", b as f64 / 1048576.0))
+                        .unwrap_or_default();
+                    let reported = format!("{:?}", s.reported).to_lowercase();
+                    println!(
+                        "{:<18} {:<7} {reported:<10} {:<10} {size:>9}  {}",
+                        s.name, s.kind, s.state, s.description
+                    );
+                }
+                println!(
+                    "(vendor entries were researched, not downloaded, where they were written; `images list --json` has each entry's verification note)"
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        ImagesCommand::Fetch { name } => {
+            let Some(entry) = registry.get(&name) else {
+                return fail(exit_code::USAGE, &unknown_image(&name, &registry));
+            };
+            if matches!(entry, images::Entry::Local(_)) {
+                return fail(
+                    exit_code::USAGE,
+                    &format!("{name} is a local recipe: use `bootwatch images build {name}`"),
+                );
+            }
+            match images::resolve(
+                entry,
+                &cache,
+                None,
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            )
+            .await
+            {
+                Ok(r) => {
+                    println!("{}", r.path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(exit_code::UNDETERMINED, &format!("image {name}: {e:#}")),
+            }
+        }
+        ImagesCommand::Build { name, mirror } => {
+            let Some(entry) = registry.get(&name) else {
+                return fail(exit_code::USAGE, &unknown_image(&name, &registry));
+            };
+            if matches!(entry, images::Entry::Vendor(_)) {
+                return fail(
+                    exit_code::USAGE,
+                    &format!("{name} is a vendor image: use `bootwatch images fetch {name}`"),
+                );
+            }
+            match images::resolve(entry, &cache, mirror.as_deref(), false).await {
+                Ok(r) => {
+                    println!("{}", r.path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(exit_code::UNDETERMINED, &format!("image {name}: {e:#}")),
+            }
+        }
+    }
 }
 
 async fn firmware_fetch(spec: &str, mirror: Option<&str>, json: bool) -> ExitCode {

@@ -11,6 +11,7 @@ pub mod launch;
 pub mod qmp;
 pub mod record;
 pub mod run;
+pub mod scenario;
 pub mod session;
 pub mod shell;
 pub mod supervise;

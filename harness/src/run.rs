@@ -373,6 +373,7 @@ pub async fn run(
         target: req.target.map(Target::stage),
         timeout: req.timeout,
         silence: req.silence,
+        min_boot: 0,
     };
     match Session::start(&vm, &paths, req.timings, ui).await {
         Err(e) => {

@@ -52,6 +52,9 @@ pub struct WatchSpec {
     pub target: Option<Stage>,
     pub timeout: Duration,
     pub silence: Duration,
+    /// Judge only boot `min_boot` or a later one (after a reboot: the boot that follows it).
+    /// While an earlier boot is still running, only its end (silence, timeout, exit) decides.
+    pub min_boot: usize,
 }
 
 /// Progress a session reports while it runs (the CLI shows these; the engine never prints).
@@ -66,6 +69,12 @@ pub enum SessionEvent {
     QmpEvent {
         name: String,
         t_s: f64,
+    },
+    /// A long step is still running.
+    Progress {
+        what: String,
+        elapsed_s: f64,
+        last_line: String,
     },
 }
 
@@ -252,7 +261,7 @@ impl Session {
         let mut fatal_seen: Option<Instant> = None;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            if let Some(d) = self.classifier.decide(spec.target, &End::Running) {
+            if let Some(d) = self.decide(&spec, &End::Running) {
                 let fatal = d.verdict.is_guest_failure();
                 if !fatal {
                     return Ok(WatchEnd::Decided {
@@ -274,10 +283,7 @@ impl Session {
                     clean_poweroff: self.guest_shutdown && exit.code == Some(0),
                     status: exit.describe(),
                 };
-                let d = self
-                    .classifier
-                    .decide(spec.target, &end)
-                    .expect("an end always decides");
+                let d = self.decide(&spec, &end).expect("an end always decides");
                 return Ok(WatchEnd::Decided {
                     decision: d,
                     t_s: self.now_s(),
@@ -317,13 +323,36 @@ impl Session {
                             None
                         };
                         if let Some(end) = end {
-                            let d = self.classifier.decide(spec.target, &end).expect("an end always decides");
+                            let d = self.decide(&spec, &end).expect("an end always decides");
                             return Ok(WatchEnd::Decided { decision: d, t_s: self.now_s() });
                         }
                     }
                 }
                 _ = cancel.cancelled() => return Ok(WatchEnd::Interrupted { t_s: self.now_s() }),
             }
+        }
+    }
+
+    /// The classifier's decision for the boot `spec` is about; before that boot has started,
+    /// an end means the awaited boot never came.
+    fn decide(&self, spec: &WatchSpec, end: &End) -> Option<Decision> {
+        let current = self.classifier.current();
+        if current.index >= spec.min_boot {
+            return self.classifier.decide(spec.target, end);
+        }
+        if *end == End::Running {
+            return None;
+        }
+        let mut d =
+            crate::classify::decide_boot(&crate::classify::Boot::empty(), spec.target, end)?;
+        d.reason = format!("{} (boot {} never started)", d.reason, spec.min_boot + 1);
+        Some(d)
+    }
+
+    /// Reports progress of a long step to whoever displays it.
+    pub fn report(&self, ev: SessionEvent) {
+        if let Some(ui) = &self.ui {
+            let _ = ui.send(ev);
         }
     }
 

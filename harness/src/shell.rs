@@ -10,7 +10,10 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::session::{ExpectEnd, Session};
+use crate::session::{ExpectEnd, Session, SessionEvent};
+
+/// How often a running command reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(15);
 
 /// Why the shell could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -143,28 +146,43 @@ impl Shell {
         s.send(line.as_bytes()).await?;
         let re = Regex::new(&format!(r"(?m)^{id}_BEGIN\n((?s:.*?))^{id}_END_(\d+)\s*$"))
             .expect("valid regex");
-        match s.expect(&re, mark, timeout, cancel).await? {
-            ExpectEnd::Matched { captures, .. } => {
-                let output = captures.first().cloned().flatten().unwrap_or_default();
-                let code = captures
-                    .get(1)
-                    .cloned()
-                    .flatten()
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(-1);
-                Ok(CommandResult {
-                    command: command.into(),
-                    exit_code: code,
-                    output,
-                    duration_s: crate::qmp::round_ms(started.elapsed().as_secs_f64()),
-                })
+        let deadline = started + timeout;
+        loop {
+            // Wait in slices so a long command (an upgrade under TCG takes minutes) reports
+            // progress instead of silence.
+            let slice = PROGRESS_EVERY.min(deadline.saturating_duration_since(Instant::now()));
+            match s.expect(&re, mark, slice, cancel).await? {
+                ExpectEnd::Matched { captures, .. } => {
+                    let output = captures.first().cloned().flatten().unwrap_or_default();
+                    let code = captures
+                        .get(1)
+                        .cloned()
+                        .flatten()
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(-1);
+                    return Ok(CommandResult {
+                        command: command.into(),
+                        exit_code: code,
+                        output,
+                        duration_s: crate::qmp::round_ms(started.elapsed().as_secs_f64()),
+                    });
+                }
+                ExpectEnd::TimedOut if Instant::now() < deadline => {
+                    s.report(SessionEvent::Progress {
+                        what: command.chars().take(60).collect(),
+                        elapsed_s: started.elapsed().as_secs_f64(),
+                        last_line: s.classifier.last_line().to_string(),
+                    })
+                }
+                end => {
+                    return Err(expect_err(
+                        end,
+                        &format!("the end of `{command}`"),
+                        timeout,
+                        s,
+                    ));
+                }
             }
-            end => Err(expect_err(
-                end,
-                &format!("the end of `{command}`"),
-                timeout,
-                s,
-            )),
         }
     }
 }

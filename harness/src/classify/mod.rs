@@ -107,6 +107,11 @@ pub struct Boot {
 }
 
 impl Boot {
+    /// A boot that printed nothing (for judging a boot that never started).
+    pub fn empty() -> Boot {
+        Boot::new(0, "none", 0, None)
+    }
+
     fn new(index: usize, reason: &str, first_line: u64, t: Option<f64>) -> Boot {
         Boot {
             index,

@@ -1,0 +1,298 @@
+//! Guest images end to end: the catalog as the CLI shows it, bad input, and the local Debian
+//! image built from Debian's archive (cached under the user's cache directory between runs),
+//! booted through edk2 -> shim -> GRUB -> kernel -> login on real QEMU, logged into over serial.
+
+mod common;
+
+use common::*;
+use sha2::Digest;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Boots of the Debian image run one at a time (each uses both cores under TCG).
+static BOOTS: Mutex<()> = Mutex::new(());
+
+/// Builds (or finds cached) debian-12-local once per test binary; returns the qcow2 path.
+fn local_image() -> &'static PathBuf {
+    static IMG: OnceLock<PathBuf> = OnceLock::new();
+    IMG.get_or_init(|| {
+        let started = Instant::now();
+        let out = bin()
+            .args(["images", "build", "debian-12-local"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "images build: {}", text(&out));
+        let path = PathBuf::from(
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .lines()
+                .last()
+                .unwrap()
+                .to_string(),
+        );
+        eprintln!(
+            "debian-12-local ready in {:.1} s: {}",
+            started.elapsed().as_secs_f64(),
+            path.display()
+        );
+        assert!(path.is_file(), "{}", path.display());
+        path
+    })
+}
+
+fn sha256_file(p: &std::path::Path) -> String {
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(p).unwrap(), &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+#[test]
+fn images_list_shows_every_entry_with_its_state() {
+    let out = bin().args(["images", "list", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = v.as_array().unwrap();
+    for name in [
+        "centos-stream-9",
+        "rocky-9.4",
+        "almalinux-9.4",
+        "oraclelinux-9.4",
+        "fedora-39",
+        "fedora-40",
+        "ubuntu-22.04",
+        "ubuntu-24.04",
+        "debian-11",
+        "debian-12",
+        "debian-12-local",
+    ] {
+        let e = list
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed"));
+        for field in [
+            "kind",
+            "reported",
+            "state",
+            "login_user",
+            "package_manager",
+            "verification",
+        ] {
+            assert!(!e[field].is_null(), "{name}: no {field}");
+        }
+    }
+    let table = bin().args(["images", "list"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains("centos-stream-9"));
+}
+
+#[test]
+fn bad_image_input_is_a_clear_usage_error() {
+    let out = bin()
+        .args(["boot", "--image", "no-such-image"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown image \"no-such-image\""),
+        "{}",
+        text(&out)
+    );
+    // A malformed catalog names the file and the line.
+    let dir = tempfile::tempdir().unwrap();
+    let cat = dir.path().join("catalog.toml");
+    std::fs::write(
+        &cat,
+        "# mine\n\n[[image]]\nname = \"x\"\nurl = \"https://example.invalid/x.qcow2\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["images", "list"])
+        .env("BOOTWATCH_CATALOG", &cat)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:3:", cat.display())), "{err}");
+    // A vendor image that cannot be downloaded (nothing listens there) fails cleanly.
+    std::fs::write(
+        &cat,
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../guest-images/catalog.toml"
+        ))
+        .unwrap()
+        .replace(
+            "https://cloud.centos.org/centos/9-stream/aarch64/images/",
+            "http://127.0.0.1:9/",
+        ),
+    )
+    .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["images", "fetch", "centos-stream-9"])
+        .env("BOOTWATCH_CATALOG", &cat)
+        .env("BOOTWATCH_CACHE", cache.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("centos-stream-9"),
+        "{}",
+        text(&out)
+    );
+    let leftovers: Vec<_> = walk(cache.path())
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    assert!(
+        leftovers
+            .iter()
+            .all(|p| !p.to_string_lossy().contains("by-sha256")),
+        "{leftovers:?}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn local_debian_image_boots_to_login_and_accepts_the_cloud_init_user() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    local_image();
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let res = results_root();
+    let (code, r, err) = boot_json(&[
+        "--image",
+        "debian-12-local",
+        "--until",
+        "login",
+        "--login",
+        "--smp",
+        "2",
+        "--memory",
+        "2048",
+        "--timeout",
+        "600",
+        "--silence",
+        "240",
+        "--results",
+        res.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}\n{}: {}", r["verdict"], r["reason"]);
+    assert_eq!(r["verdict"], "reached");
+    // Every stage of the chain is in the timeline, in order, with its time.
+    let timeline = r["timeline"].as_array().unwrap();
+    let mut last = 0.0;
+    for stage in [
+        "firmware",
+        "shim",
+        "grub",
+        "kernel-handoff",
+        "kernel",
+        "userspace",
+        "login",
+    ] {
+        let m = timeline
+            .iter()
+            .find(|m| m["stage"] == stage)
+            .unwrap_or_else(|| panic!("no {stage} in {timeline:#?}"));
+        let t = m["t_s"].as_f64().unwrap();
+        assert!(
+            t >= last,
+            "{stage} at {t} before the previous stage at {last}"
+        );
+        last = t;
+        eprintln!("{stage:<15} {t:7.1} s  {}", m["text"].as_str().unwrap());
+    }
+    // Logged in over serial as the user cloud-init created from our seed.
+    let user = r["provision"]["user"].as_str().unwrap();
+    assert_eq!(r["commands"][0]["command"], "id -un");
+    assert_eq!(
+        r["commands"][0]["output"].as_str().unwrap().trim(),
+        user,
+        "{:#}",
+        r["commands"]
+    );
+    assert_eq!(r["commands"][0]["exit_code"], 0);
+    assert!(
+        r["commands"][2]["output"]
+            .as_str()
+            .unwrap()
+            .contains("console=ttyAMA0")
+    );
+    assert_eq!(r["provision"]["base_sha256"].as_str().unwrap().len(), 64);
+    assert!(
+        !std::path::Path::new(r["provision"]["overlay"].as_str().unwrap()).exists(),
+        "overlay removed"
+    );
+}
+
+#[test]
+fn base_image_is_unchanged_by_a_run_killed_mid_boot() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let img = local_image();
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let before = sha256_file(img);
+    let res = results_root();
+    let mut child = bin()
+        .args([
+            "boot",
+            "--image",
+            "debian-12-local",
+            "--until",
+            "login",
+            "--keep-overlay",
+            "--results",
+        ])
+        .arg(res.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once the kernel is running and writing to its disk.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let log = walk(res.path())
+            .into_iter()
+            .find(|p| p.ends_with("console.log"));
+        let booted = log
+            .and_then(|l| std::fs::read_to_string(l).ok())
+            .is_some_and(|s| s.contains("systemd"));
+        if booted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest never reached userspace"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "bootwatch ended early");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    assert_eq!(sha256_file(img), before, "the base image changed");
+    let overlay = walk(res.path())
+        .into_iter()
+        .find(|p| p.ends_with("overlay.qcow2"))
+        .expect("the overlay");
+    assert!(std::fs::metadata(&overlay).unwrap().len() > 0);
+}
