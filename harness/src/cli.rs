@@ -15,6 +15,9 @@ use crate::images::{self, Registry};
 use crate::launch::{Accel, Forward};
 use crate::record::RunResult;
 use crate::run::{self, BootRequest, ConfigError, ImageBoot};
+use crate::scenario::demo as demo_mod;
+use crate::scenario::runner::{self, CaseConfig, MachineSpec, UpdateRepo};
+use crate::scenario::spec::Scenario;
 use crate::session::{SessionEvent, Timings};
 use crate::verdict::{Target, exit_code};
 use crate::{debian, fixtures};
@@ -58,9 +61,18 @@ enum Command {
         #[command(subcommand)]
         command: FirmwareCommand,
     },
-    /// The embedded default: boot the crash and healthy fixtures with the host's firmware and
-    /// print the verdicts.
+    /// Run a scenario (scenarios/*.toml) on a catalog image or local recipe.
+    Run(Box<RunArgs>),
+    /// The embedded default: the local Debian image upgraded with a good and a bad bootloader
+    /// update (served hermetically), rebooted and judged, then the restore-bootloader workaround
+    /// after the bad one. `--fixtures`: only boot the crash and healthy fixtures (quick).
     Demo {
+        /// Only the generated EFI fixtures (seconds instead of minutes).
+        #[arg(long)]
+        fixtures: bool,
+        /// Debian archive mirror (default: BOOTWATCH_MIRROR, else the host's apt sources).
+        #[arg(long)]
+        mirror: Option<String>,
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
@@ -72,6 +84,51 @@ enum Command {
         #[arg(long)]
         firmware: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The scenario file.
+    scenario: PathBuf,
+    /// A catalog image or local recipe.
+    #[arg(long)]
+    image: String,
+    #[arg(long, default_value = "qemu-system-aarch64")]
+    qemu: PathBuf,
+    /// Firmware code image (default: the host's edk2).
+    #[arg(long)]
+    firmware: Option<PathBuf>,
+    /// Vars template (default: the VARS file next to the code image).
+    #[arg(long)]
+    vars: Option<PathBuf>,
+    /// A package repository directory to serve to the guest for the upgrade (hermetic updates);
+    /// without it the guest upgrades from its own configured sources.
+    #[arg(long)]
+    update: Option<PathBuf>,
+    /// Workaround: upgrade without the bootloader packages.
+    #[arg(long)]
+    exclude_bootloader: bool,
+    /// Workaround: if the reboot fails, put the base image's EFI binaries back and boot again.
+    #[arg(long)]
+    restore_bootloader: bool,
+    /// Print the plan (steps, commands, QEMU argv) without downloading or starting anything.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    cpu: Option<String>,
+    #[arg(long, value_enum)]
+    accel: Option<Accel>,
+    #[arg(long, default_value_t = 2)]
+    smp: u32,
+    #[arg(long, default_value_t = 2048)]
+    memory: u32,
+    /// Debian archive mirror for building a local image.
+    #[arg(long)]
+    mirror: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -254,12 +311,327 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Firmware {
             command: FirmwareCommand::Fetch { spec, mirror, json },
         } => firmware_fetch(&spec, mirror.as_deref(), json).await,
+        Command::Run(args) => run_scenario(*args).await,
+        Command::Demo {
+            fixtures: true,
+            json,
+            results,
+            qemu,
+            firmware,
+            ..
+        } => demo(json, &results, &qemu, firmware).await,
         Command::Demo {
             json,
             results,
             qemu,
             firmware,
-        } => demo(json, &results, &qemu, firmware).await,
+            mirror,
+            ..
+        } => upgrade_demo(json, &results, &qemu, firmware, mirror.as_deref()).await,
+    }
+}
+
+/// The machine scenario cases run on: a checked QEMU and pflash firmware with its vars template.
+fn machine_spec(
+    qemu: &Path,
+    firmware: Option<PathBuf>,
+    vars: Option<PathBuf>,
+    cpu: Option<String>,
+    accel: Option<Accel>,
+    smp: u32,
+    memory_mib: u32,
+) -> Result<MachineSpec, ConfigError> {
+    let qemu = which::which(qemu).map_err(|_| {
+        ConfigError(format!(
+            "QEMU not found: {} (install qemu-system-arm, or pass --qemu PATH)",
+            qemu.display()
+        ))
+    })?;
+    let code = firmware.or_else(host_firmware).ok_or_else(|| {
+        ConfigError(
+            "no host firmware found (install qemu-efi-aarch64, or pass --firmware CODE)".into(),
+        )
+    })?;
+    let size = std::fs::metadata(&code)
+        .map_err(|e| ConfigError(format!("firmware code image {}: {e}", code.display())))?
+        .len();
+    if size != crate::launch::PFLASH_SIZE {
+        return Err(ConfigError(format!(
+            "firmware code image {} is not a 64 MiB flash image; scenarios need one (its vars store persists across reboots)",
+            code.display()
+        )));
+    }
+    let vars = match vars {
+        Some(v) => v,
+        None => run::sibling_vars(&code).ok_or_else(|| {
+            ConfigError(format!(
+                "no vars template found next to {} (pass --vars VARS)",
+                code.display()
+            ))
+        })?,
+    };
+    if !vars.is_file() {
+        return Err(ConfigError(format!(
+            "vars template {} is missing",
+            vars.display()
+        )));
+    }
+    let accel = accel.unwrap_or_else(|| crate::launch::HostFacts::probe().best_accel());
+    let cpu = cpu.unwrap_or_else(|| accel.default_cpu().to_string());
+    Ok(MachineSpec {
+        qemu,
+        cpu,
+        accel,
+        smp,
+        memory_mib,
+        firmware_code: code,
+        vars_template: vars,
+    })
+}
+
+async fn run_scenario(a: RunArgs) -> ExitCode {
+    let scenario = match Scenario::load(&a.scenario) {
+        Ok(s) => s,
+        Err(e) => return fail(exit_code::USAGE, &e.to_string()),
+    };
+    let registry = match Registry::load() {
+        Ok(r) => r,
+        Err(e) => return fail(exit_code::USAGE, &e.to_string()),
+    };
+    let Some(entry) = registry.get(&a.image) else {
+        return fail(exit_code::USAGE, &unknown_image(&a.image, &registry));
+    };
+    let machine = match machine_spec(
+        &a.qemu,
+        a.firmware.clone(),
+        a.vars.clone(),
+        a.cpu.clone(),
+        a.accel,
+        a.smp,
+        a.memory,
+    ) {
+        Ok(m) => m,
+        Err(e) => return fail(exit_code::USAGE, &e.0),
+    };
+    if let Some(u) = &a.update
+        && !u.join("Packages").is_file()
+        && !u.join("repodata").is_dir()
+    {
+        return fail(
+            exit_code::USAGE,
+            &format!(
+                "--update {}: not a package repository (no Packages index)",
+                u.display()
+            ),
+        );
+    }
+    let guest = entry.guest().clone();
+    if a.dry_run {
+        let repo_url = a.update.as_ref().map(|_| "http://10.0.2.2:PORT/");
+        let plan = serde_json::json!({
+            "scenario": scenario.name,
+            "source": scenario.source,
+            "image": a.image,
+            "kind": match entry { images::Entry::Vendor(_) => "vendor", images::Entry::Local(_) => "local" },
+            "url": match entry { images::Entry::Vendor(i) => Some(i.url.clone()), images::Entry::Local(_) => None },
+            "steps": scenario.steps,
+            "upgrade_command": runner::upgrade_command(&guest, repo_url, a.exclude_bootloader),
+            "package_query": guest.package_query,
+            "login_user": guest.login_user,
+            "restore_bootloader": a.restore_bootloader,
+            "qemu_command_line": dry_run_command_line(&machine),
+        });
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&plan).unwrap_or_default()
+            );
+        } else {
+            println!(
+                "scenario {} on {} (dry run: nothing downloaded or started)",
+                scenario.name, a.image
+            );
+            for (i, st) in scenario.steps.iter().enumerate() {
+                println!(
+                    "  {:>2}. {}",
+                    i + 1,
+                    serde_json::to_string(st).unwrap_or_default()
+                );
+            }
+            println!(
+                "  upgrade: {}",
+                plan["upgrade_command"].as_str().unwrap_or("")
+            );
+            println!(
+                "  qemu: {}",
+                plan["qemu_command_line"].as_str().unwrap_or("")
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
+    let cache = match debian::default_cache_root() {
+        Ok(c) => c,
+        Err(e) => return fail(exit_code::UNDETERMINED, &format!("{e:#}")),
+    };
+    let image = match images::resolve(entry, &cache, a.mirror.as_deref(), !a.json).await {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                exit_code::UNDETERMINED,
+                &format!("image {}: {e:#}", a.image),
+            );
+        }
+    };
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let cfg = CaseConfig {
+        label: format!("{}-{}", scenario.name, a.image),
+        dir: a
+            .results
+            .join(format!("{stamp}-{}-{}", scenario.name, a.image)),
+        scenario,
+        image,
+        machine,
+        update: a.update.clone().map(|dir| UpdateRepo {
+            label: dir.display().to_string(),
+            dir,
+        }),
+        exclude_bootloader: a.exclude_bootloader,
+        restore_bootloader: a.restore_bootloader,
+        timings: Timings::default(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let progress = tokio::spawn(show_progress_until_closed(rx, a.json));
+    let r = runner::run_case(&cfg, &signal_token(), Some(tx)).await;
+    let _ = progress.await;
+    match r {
+        Err(e) => fail(exit_code::UNDETERMINED, &format!("{e:#}")),
+        Ok(r) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                for st in &r.steps {
+                    println!(
+                        "  {:<18} {:<8} {:>7.1} s  {}",
+                        st.step, st.status, st.duration_s, st.detail
+                    );
+                }
+                println!("verdict: {} (stage {}) {}", r.verdict, r.stage, r.reason);
+                if !r.suspects.is_empty() {
+                    println!("suspects: {}", r.suspects.join(", "));
+                }
+                println!("results: {}", cfg.dir.display());
+            }
+            ExitCode::from(r.exit_code)
+        }
+    }
+}
+
+fn dry_run_command_line(m: &MachineSpec) -> String {
+    let vm = crate::launch::VmConfig {
+        qemu: m.qemu.clone(),
+        machine: "virt".into(),
+        cpu: m.cpu.clone(),
+        accel: m.accel,
+        smp: m.smp,
+        memory_mib: m.memory_mib,
+        firmware: crate::launch::FirmwareLoad::Pflash {
+            code: m.firmware_code.clone(),
+            vars: "RESULTS/vars.fd".into(),
+        },
+        disks: vec![
+            crate::launch::Disk {
+                path: "RESULTS/overlay.qcow2".into(),
+                format: crate::launch::DiskFormat::Qcow2,
+                read_only: false,
+                snapshot: false,
+            },
+            crate::launch::Disk {
+                path: "RESULTS/seed.img".into(),
+                format: crate::launch::DiskFormat::Raw,
+                read_only: true,
+                snapshot: false,
+            },
+        ],
+        network: Some(Vec::new()),
+        serial_socket: "RUN/serial.sock".into(),
+        qmp_socket: "RUN/qmp.sock".into(),
+        extra_args: Vec::new(),
+    };
+    crate::launch::command_line(&vm.qemu, &crate::launch::argv(&vm))
+}
+
+async fn show_progress_until_closed(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<SessionEvent>,
+    quiet: bool,
+) {
+    while let Some(ev) = rx.recv().await {
+        if !quiet {
+            show_progress(&ev);
+        }
+    }
+}
+
+async fn upgrade_demo(
+    json: bool,
+    results: &Path,
+    qemu: &Path,
+    firmware: Option<PathBuf>,
+    mirror: Option<&str>,
+) -> ExitCode {
+    let machine = match machine_spec(qemu, firmware, None, None, None, 2, 2048) {
+        Ok(m) => m,
+        Err(e) => return fail(exit_code::USAGE, &e.0),
+    };
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let dir = results.join(format!("{stamp}-demo"));
+    if !json {
+        eprintln!(
+            "bootwatch demo: results in {} (the first run builds the Debian image: minutes)",
+            dir.display()
+        );
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let progress = tokio::spawn(show_progress_until_closed(rx, json));
+    let rows = demo_mod::run_demo(&dir, machine, mirror, &signal_token(), Some(tx)).await;
+    let _ = progress.await;
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => return fail(exit_code::UNDETERMINED, &format!("{e:#}")),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "{:<30} {:<14} {:<12} {:<16} {:<10} {:>8}  suspects",
+            "case", "scenario", "update", "verdict", "stage", "verdict"
+        );
+        for r in &rows {
+            let t = r
+                .time_to_verdict_s
+                .map(|t| format!("{t:.1} s"))
+                .unwrap_or_default();
+            println!(
+                "{:<30} {:<14} {:<12} {:<16} {:<10} {t:>8}  {}",
+                r.case,
+                r.scenario,
+                r.update,
+                r.verdict.as_str(),
+                r.stage.as_str(),
+                r.suspects.join(" ")
+            );
+        }
+    }
+    if demo_mod::as_expected(&rows) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit_code::BAD)
     }
 }
 

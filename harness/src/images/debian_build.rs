@@ -533,6 +533,11 @@ pub fn build(recipe: &DebianRecipe, mirror: &str, cache_root: &Path) -> Result<B
             log_path.display()
         )
     })?;
+    // A directory without a manifest is not an image (find_cached said so); we hold the lock.
+    if final_dir.exists() {
+        fs::remove_dir_all(&final_dir)
+            .with_context(|| format!("removing the incomplete {}", final_dir.display()))?;
+    }
     fs::rename(&work, &final_dir)
         .with_context(|| format!("renaming {} to {}", work.display(), final_dir.display()))?;
     tracing::info!(
@@ -860,11 +865,12 @@ pub fn fstab(root_uuid: &str, esp_uuid: &str) -> String {
     )
 }
 
-/// `EFI/debian/grub.cfg` on the ESP, as `grub-install` writes it: find the root by UUID and
-/// read the real configuration from its `/boot/grub`.
+/// `EFI/debian/grub.cfg` on the ESP, byte for byte as Debian's `grub-install` writes it for a
+/// virtio disk (checked against `dpkg-reconfigure grub-efi-arm64` in a booted image): find the
+/// root by UUID and read the real configuration from its `/boot/grub`.
 pub fn efi_grub_cfg(root_uuid: &str) -> String {
     format!(
-        "search.fs_uuid {root_uuid} root hd0,gpt2 \n\
+        "search.fs_uuid {root_uuid} root \n\
          set prefix=($root)'/boot/grub'\n\
          configfile $prefix/grub.cfg\n"
     )
@@ -990,8 +996,8 @@ case "$target" in
   fs_uuid) echo @ROOT_UUID@ ;;
   partmap) echo gpt ;;
   drive) echo '(hd0,gpt2)' ;;
-  compatibility_hint) echo hd0,gpt2 ;;
-  abstraction|cryptodisk_uuid|hints_string) ;;
+  # Empty, as the real grub-probe answers in the guest for a virtio disk.
+  abstraction|compatibility_hint|cryptodisk_uuid|hints_string) ;;
   *) echo "grub-probe (bootwatch build stand-in): no answer for target '$target'" >&2; exit 1 ;;
 esac
 "#;
@@ -1540,6 +1546,15 @@ mod tests {
             grub_signed_versions("1+2.12+9+deb13u4"),
             ("1+2.12+9+deb13u4".into(), "2.12-9+deb13u4".into())
         );
+        // bookworm-backports
+        assert_eq!(
+            grub_signed_versions("2.12-1~bpo12+1"),
+            ("1+2.12+1~bpo12+1".into(), "2.12-1~bpo12+1".into())
+        );
+        assert_eq!(
+            grub_signed_versions("1+2.12+1~bpo12+1"),
+            ("1+2.12+1~bpo12+1".into(), "2.12-1~bpo12+1".into())
+        );
         let mut r = recipe();
         r.pins
             .insert("grub-efi-arm64-signed".into(), "2.06-13+deb12u2".into());
@@ -1654,7 +1669,7 @@ mod tests {
     fn efi_grub_cfg_and_grub_defaults_have_the_grub_install_shape() {
         assert_eq!(
             efi_grub_cfg("0b5e2f4e-9a53-4c2b-8d1e-2f5a6b7c8d9e"),
-            "search.fs_uuid 0b5e2f4e-9a53-4c2b-8d1e-2f5a6b7c8d9e root hd0,gpt2 \n\
+            "search.fs_uuid 0b5e2f4e-9a53-4c2b-8d1e-2f5a6b7c8d9e root \n\
              set prefix=($root)'/boot/grub'\n\
              configfile $prefix/grub.cfg\n"
         );

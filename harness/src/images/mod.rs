@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod catalog;
 pub mod debian_build;
+pub mod esp;
 pub mod overlay;
 pub mod seed;
 

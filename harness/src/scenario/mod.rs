@@ -1,4 +1,6 @@
-//! Scenarios: steps as data, the hermetic update repositories, and the runner.
+//! Scenarios: steps as data, the hermetic update repositories, the runner and the demo.
 
-pub mod spec;
+pub mod demo;
 pub mod repo;
+pub mod runner;
+pub mod spec;

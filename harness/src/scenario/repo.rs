@@ -53,7 +53,7 @@
 //! of the index that named it (a mismatch is an error). OpenPGP signatures are not verified.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::fs;
 use std::io::{self, BufReader, Read, Write};
@@ -712,7 +712,11 @@ fn write_deb(
 ) -> Result<()> {
     let mut md5sums = String::new();
     for f in files {
-        md5sums.push_str(&format!("{}  {}\n", hex::encode(Md5::digest(f.content)), f.path));
+        md5sums.push_str(&format!(
+            "{}  {}\n",
+            hex::encode(Md5::digest(f.content)),
+            f.path
+        ));
     }
     let mut control_members = vec![
         DebMember {
@@ -782,7 +786,10 @@ fn tar_gz(members: &[DebMember<'_>]) -> Result<Vec<u8>> {
     let header = |name: &str, kind: tar::EntryType, mode: u32, size: u64| -> Result<tar::Header> {
         let mut h = tar::Header::new_gnu();
         let field = &mut h.as_old_mut().name;
-        ensure!(name.len() < field.len(), "path too long for a tar header: {name}");
+        ensure!(
+            name.len() < field.len(),
+            "path too long for a tar header: {name}"
+        );
         field[..name.len()].copy_from_slice(name.as_bytes());
         h.set_entry_type(kind);
         h.set_mode(mode);
@@ -795,9 +802,17 @@ fn tar_gz(members: &[DebMember<'_>]) -> Result<Vec<u8>> {
         h.set_cksum();
         Ok(h)
     };
-    tar.append(&header("./", tar::EntryType::Directory, 0o755, 0)?, io::empty())?;
+    tar.append(
+        &header("./", tar::EntryType::Directory, 0o755, 0)?,
+        io::empty(),
+    )?;
     for d in &dirs {
-        let h = header(&format!("./{}/", d.display()), tar::EntryType::Directory, 0o755, 0)?;
+        let h = header(
+            &format!("./{}/", d.display()),
+            tar::EntryType::Directory,
+            0o755,
+            0,
+        )?;
         tar.append(&h, io::empty())?;
     }
     for m in members {
@@ -1225,9 +1240,10 @@ pub async fn good_update(mirror: &str, cache_root: &Path, out_dir: &Path) -> Res
     let client = http_client()?;
     let base = fetch_index(&client, &mirror, GOOD_UPDATE_BASE_SUITE, &debs_dir).await?;
     let update = fetch_index(&client, &mirror, GOOD_UPDATE_SUITE, &debs_dir).await?;
-    let plan = tokio::task::spawn_blocking(move || plan_update(&base, &update, GOOD_UPDATE_PACKAGES))
-        .await
-        .context("planning task")??;
+    let plan =
+        tokio::task::spawn_blocking(move || plan_update(&base, &update, GOOD_UPDATE_PACKAGES))
+            .await
+            .context("planning task")??;
     tracing::info!(
         packages = %plan
             .iter()
@@ -1245,9 +1261,10 @@ pub async fn good_update(mirror: &str, cache_root: &Path, out_dir: &Path) -> Res
         files.push(path);
     }
     let out_dir = out_dir.to_path_buf();
-    let mut repo = tokio::task::spawn_blocking(move || build_repo(&out_dir, &files, GOOD_REPO_SUITE))
-        .await
-        .context("repository task")??;
+    let mut repo =
+        tokio::task::spawn_blocking(move || build_repo(&out_dir, &files, GOOD_REPO_SUITE))
+            .await
+            .context("repository task")??;
     for p in &mut repo.packages {
         p.origin = origins.get(&p.package).cloned();
     }
@@ -1265,6 +1282,7 @@ struct IndexEntry {
     provides: String,
     breaks: String,
     conflicts: String,
+    multi_arch: String,
     essential: bool,
     required: bool,
     /// `Provides`, parsed: `(name, version)`.
@@ -1368,6 +1386,7 @@ impl Index {
                     "Provides" => &mut e.provides,
                     "Breaks" => &mut e.breaks,
                     "Conflicts" => &mut e.conflicts,
+                    "Multi-Arch" => &mut e.multi_arch,
                     "Filename" => &mut e.filename,
                     "SHA256" => &mut e.sha256,
                     "Size" => {
@@ -1394,7 +1413,10 @@ impl Index {
             }
             entries.push(e);
         }
-        ensure!(!entries.is_empty(), "{suite}: the index lists no {arch} packages");
+        ensure!(
+            !entries.is_empty(),
+            "{suite}: the index lists no {arch} packages"
+        );
         Index::new(suite, entries)
     }
 
@@ -1440,41 +1462,13 @@ struct Planned {
 /// Choose the packages of an update: `roots` at their newest version in `update`, plus what
 /// they need (see [`good_update`]). The result lists the roots first, then the rest by name.
 fn plan_update(base: &Index, update: &Index, roots: &[&str]) -> Result<Vec<Planned>> {
-    // What the guest is assumed to have: bookworm's essential and required packages and its
-    // versions of the roots, with their dependency closure in bookworm.
-    let mut assumed: BTreeMap<String, IndexEntry> = BTreeMap::new();
-    let mut queue: Vec<IndexEntry> = Vec::new();
-    let mut seeds: BTreeSet<&str> = roots.iter().copied().collect();
-    seeds.extend(
-        base.entries
-            .iter()
-            .filter(|e| e.essential || e.required)
-            .map(|e| e.package.as_str()),
-    );
-    queue.extend(seeds.iter().filter_map(|n| base.newest(n)).cloned());
-    while let Some(e) = queue.pop() {
-        if assumed.contains_key(&e.package) {
-            continue;
-        }
-        for clause in e.dependencies()? {
-            if clause
-                .iter()
-                .any(|r| assumed.values().any(|a| a.satisfies(r)))
-            {
-                continue;
-            }
-            if let Some(c) = clause.iter().find_map(|r| base.candidate(r)) {
-                queue.push(c.clone());
-            }
-        }
-        assumed.insert(e.package.clone(), e);
-    }
+    let assumed = assumed_installed(base, roots)?;
 
     let mut chosen: BTreeMap<String, Planned> = BTreeMap::new();
     for root in roots {
-        let new = update.newest(root).ok_or_else(|| {
-            anyhow!("{} has no {root} for {ARCH}", update.suite)
-        })?;
+        let new = update
+            .newest(root)
+            .ok_or_else(|| anyhow!("{} has no {root} for {ARCH}", update.suite))?;
         if let Some(old) = base.newest(root) {
             ensure!(
                 compare_versions(&new.version, &old.version) == Ordering::Greater,
@@ -1507,6 +1501,41 @@ fn plan_update(base: &Index, update: &Index, roots: &[&str]) -> Result<Vec<Plann
         }
     }
     bail!("the update's dependencies did not settle after 100 rounds")
+}
+
+/// What a guest of `base` with `roots` installed is assumed to have: `base`'s `Essential` and
+/// `Priority: required` packages (what `debootstrap --variant=minbase` installs) and its
+/// versions of `roots`, with their dependency closure in `base` (first satisfiable
+/// alternative of each clause).
+fn assumed_installed(base: &Index, roots: &[&str]) -> Result<BTreeMap<String, IndexEntry>> {
+    let mut assumed: BTreeMap<String, IndexEntry> = BTreeMap::new();
+    let mut queue: Vec<IndexEntry> = Vec::new();
+    let mut seeds: BTreeSet<&str> = roots.iter().copied().collect();
+    seeds.extend(
+        base.entries
+            .iter()
+            .filter(|e| e.essential || e.required)
+            .map(|e| e.package.as_str()),
+    );
+    queue.extend(seeds.iter().filter_map(|n| base.newest(n)).cloned());
+    while let Some(e) = queue.pop() {
+        if assumed.contains_key(&e.package) {
+            continue;
+        }
+        for clause in e.dependencies()? {
+            let satisfied = clause.iter().any(|r| {
+                assumed.values().any(|a| a.satisfies(r)) || queue.iter().any(|q| q.satisfies(r))
+            });
+            if satisfied {
+                continue;
+            }
+            if let Some(c) = clause.iter().find_map(|r| base.candidate(r)) {
+                queue.push(c.clone());
+            }
+        }
+        assumed.insert(e.package.clone(), e);
+    }
+    Ok(assumed)
 }
 
 /// The packages to add to `chosen` so that every relationship holds in the world "`assumed`,
@@ -1562,7 +1591,10 @@ fn plan_round(
 
     // Assumed packages the new versions break: their dependencies no longer hold, or a
     // chosen package's Breaks/Conflicts name them (or theirs name a chosen one).
-    for a in assumed.values().filter(|a| !chosen.contains_key(&a.package)) {
+    for a in assumed
+        .values()
+        .filter(|a| !chosen.contains_key(&a.package))
+    {
         let mut broken = a
             .dependencies()?
             .iter()
@@ -1677,7 +1709,9 @@ async fn fetch_index(
         }
     }
     let rel = format!("main/binary-{ARCH}/Packages.xz");
-    let listed = release.as_ref().and_then(|(sums, _)| sums.get(&rel).cloned());
+    let listed = release
+        .as_ref()
+        .and_then(|(sums, _)| sums.get(&rel).cloned());
     let cache = listed
         .as_ref()
         .map(|(sha, _)| debs_dir.join("indexes").join(format!("{sha}.xz")));
@@ -1698,7 +1732,9 @@ async fn fetch_index(
             .await?
             .ok_or_else(|| anyhow!("{url}: not on the mirror"))?;
         match &listed {
-            None => tracing::warn!(%url, "index not listed in the suite's Release file; not verified"),
+            None => {
+                tracing::warn!(%url, "index not listed in the suite's Release file; not verified")
+            }
             Some((sha, size)) if digest_matches(&served, *size, sha) => verified = true,
             Some((sha, size)) => {
                 if release.as_ref().is_some_and(|(_, by_hash)| *by_hash) {
@@ -1736,7 +1772,12 @@ async fn fetch_index(
     .await
     .context("index parsing task")?
     .with_context(|| format!("reading {base}/{rel}"))?;
-    tracing::debug!(suite, verified, packages = index.entries.len(), "index read");
+    tracing::debug!(
+        suite,
+        verified,
+        packages = index.entries.len(),
+        "index read"
+    );
     Ok(index)
 }
 
@@ -1836,4 +1877,923 @@ async fn cached_deb(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
+
+    // -----------------------------------------------------------------------------------------
+    // helpers
+    // -----------------------------------------------------------------------------------------
+
+    /// Run a host tool the tests rely on (present on the Debian hosts bootwatch runs on); a
+    /// missing tool fails the test with its name rather than skipping it.
+    fn run(program: &str, args: &[&str]) -> std::process::Output {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("running {program} (install it: a Debian host has it): {e}")
+            });
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn stdout(out: &std::process::Output) -> String {
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A small package made with our own writer.
+    fn small_deb(dir: &Path, control: &str, files: &[(&str, &[u8])]) -> PathBuf {
+        let stanza = &Stanza::parse_all(control)[0];
+        let name = deb_file_name(
+            stanza.get("Package").unwrap(),
+            stanza.get("Version").unwrap(),
+            stanza.get("Architecture").unwrap(),
+        )
+        .unwrap();
+        let path = dir.join(format!("src-{name}"));
+        let members: Vec<DebMember<'_>> = files
+            .iter()
+            .map(|(path, content)| DebMember {
+                path,
+                content,
+                mode: 0o644,
+            })
+            .collect();
+        write_deb(&path, control, &[], &members).unwrap();
+        path
+    }
+
+    const CONTROL_A: &str = "Package: bwtest-a\nVersion: 1.2-3\nArchitecture: arm64\n\
+        Maintainer: bootwatch tests <tests@invalid>\nInstalled-Size: 1\n\
+        Depends: libc6 (>= 2.34), bwtest-b | bwtest-c\nSection: misc\nPriority: optional\n\
+        Description: first test package\n Two lines\n .\n of description.\n";
+    const CONTROL_B: &str = "Package: bwtest-b\nVersion: 1:0.9~rc1\nArchitecture: all\n\
+        Maintainer: bootwatch tests <tests@invalid>\nMulti-Arch: foreign\n\
+        Description: second test package\n";
+
+    /// (member name, decompressed tar entries as (path, mode, content)) of a .deb.
+    fn deb_members(deb: &Path) -> Vec<(String, Vec<(String, u32, Vec<u8>)>)> {
+        let mut archive = ar::Archive::new(fs::File::open(deb).unwrap());
+        let mut out = Vec::new();
+        while let Some(member) = archive.next_entry() {
+            let mut member = member.unwrap();
+            let name = String::from_utf8(member.header().identifier().to_vec()).unwrap();
+            let mut data = Vec::new();
+            member.read_to_end(&mut data).unwrap();
+            let entries = if name.ends_with(".tar.gz") {
+                let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&data[..]));
+                tar.entries()
+                    .unwrap()
+                    .map(|e| {
+                        let mut e = e.unwrap();
+                        let path = String::from_utf8(e.path_bytes().to_vec()).unwrap();
+                        let mode = e.header().mode().unwrap();
+                        let mut content = Vec::new();
+                        e.read_to_end(&mut content).unwrap();
+                        (path, mode, content)
+                    })
+                    .collect()
+            } else {
+                vec![(String::new(), 0, data)]
+            };
+            out.push((name, entries));
+        }
+        out
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // versions and relationships
+    // -----------------------------------------------------------------------------------------
+
+    #[test]
+    fn versions_compare_like_dpkg() {
+        use Ordering::*;
+        let cases = [
+            ("1.0", "1.0", Equal),
+            ("1.0", "1.0-0", Equal),
+            ("1.0~rc1", "1.0", Less),
+            ("1.0", "1.0+1", Less),
+            ("1.0a", "1.0", Greater),
+            ("1.0.1", "1.0a", Greater),
+            ("1:0.1", "2.0", Greater),
+            ("2.12-1~bpo12+1", "2.06-13+deb12u2", Greater),
+            ("1+2.12+1~bpo12+1", "1+2.06+13+deb12u2", Greater),
+            (
+                "1.51~1+deb12u1+16.1-2~deb12u1+bootwatch.bad1",
+                "1.51~1+deb12u1+16.1-2~deb12u1",
+                Greater,
+            ),
+            (
+                "1.44~1+deb12u1+15.8-1~deb12u1",
+                "1.51~1+deb12u1+16.1-2~deb12u1",
+                Less,
+            ),
+            ("10", "9", Greater),
+            ("1.001", "1.1", Equal),
+            ("1~~", "1~", Less),
+            ("3.14.0-4", "3.2.3", Greater),
+            ("5.4.1-0.2", "5.1.1alpha+20120614", Greater),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(compare_versions(a, b), want, "{a} vs {b}");
+            assert_eq!(compare_versions(b, a), want.reverse(), "{b} vs {a}");
+        }
+    }
+
+    #[test]
+    fn relations_parse() {
+        let rels = parse_relations(
+            "libc6 (>= 2.34), debconf (>= 0.5) | debconf-2.0, python3:any, foo (<< 1~), bar (= 2)",
+        )
+        .unwrap();
+        assert_eq!(rels.len(), 5);
+        assert_eq!(rels[0][0].to_string(), "libc6 (>= 2.34)");
+        assert_eq!(rels[1].len(), 2);
+        assert_eq!(rels[1][1].name, "debconf-2.0");
+        assert_eq!(rels[2][0].name, "python3");
+        assert!(rels[3][0].allows("0.9") && !rels[3][0].allows("1"));
+        assert!(rels[4][0].allows("2") && !rels[4][0].allows("2.0.1"));
+        assert!(parse_relations("foo (>= )").is_err());
+        assert!(parse_relations("").unwrap().is_empty());
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // repositories
+    // -----------------------------------------------------------------------------------------
+
+    #[test]
+    fn repo_index_lists_the_debs_with_their_sizes_and_hashes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = small_deb(tmp.path(), CONTROL_A, &[("usr/share/bwtest/a", b"aaa\n")]);
+        let b = small_deb(
+            tmp.path(),
+            CONTROL_B,
+            &[("usr/share/bwtest/b", &vec![7u8; 5000])],
+        );
+        let dir = tmp.path().join("repo");
+        let repo = build_repo(&dir, &[a.clone(), b.clone()], "bwtest").unwrap();
+        assert_eq!(repo.suite, "bwtest");
+        assert_eq!(repo.dir, dir);
+        assert_eq!(
+            repo.sources_line(8123),
+            "deb [trusted=yes] http://10.0.2.2:8123/ ./"
+        );
+
+        let packages = fs::read_to_string(dir.join("Packages")).unwrap();
+        let mut gz = String::new();
+        flate2::read::GzDecoder::new(&fs::read(dir.join("Packages.gz")).unwrap()[..])
+            .read_to_string(&mut gz)
+            .unwrap();
+        assert_eq!(gz, packages);
+        let stanzas = Stanza::parse_all(&packages);
+        assert_eq!(stanzas.len(), 2);
+        for (stanza, src, control) in [(&stanzas[0], &a, CONTROL_A), (&stanzas[1], &b, CONTROL_B)] {
+            // Every control field is carried over verbatim.
+            for (k, v) in &Stanza::parse_all(control)[0].fields {
+                assert_eq!(stanza.get(k), Some(v.as_str()), "{k}");
+            }
+            let filename = stanza.get("Filename").unwrap();
+            let file = dir.join(filename);
+            let bytes = fs::read(&file).unwrap();
+            assert_eq!(bytes, fs::read(src).unwrap());
+            assert_eq!(stanza.get("Size").unwrap(), bytes.len().to_string());
+            assert_eq!(
+                stanza.get("SHA256").unwrap(),
+                hex::encode(Sha256::digest(&bytes))
+            );
+            assert_eq!(
+                stanza.get("MD5sum").unwrap(),
+                hex::encode(Md5::digest(&bytes))
+            );
+            let listed = repo.package(stanza.get("Package").unwrap()).unwrap();
+            assert_eq!(listed.filename, filename);
+            assert_eq!(listed.size, bytes.len() as u64);
+            assert_eq!(listed.sha256, stanza.get("SHA256").unwrap());
+        }
+        assert_eq!(stanzas[0].get("Filename"), Some("bwtest-a_1.2-3_arm64.deb"));
+        // The epoch is not part of the file name.
+        assert_eq!(stanzas[1].get("Filename"), Some("bwtest-b_0.9~rc1_all.deb"));
+        assert_eq!(
+            stanzas[0].get("Description"),
+            Some("first test package\n Two lines\n .\n of description.")
+        );
+
+        let release = fs::read_to_string(dir.join("Release")).unwrap();
+        let (sums, _) = parse_release(&release);
+        for name in ["Packages", "Packages.gz"] {
+            let data = fs::read(dir.join(name)).unwrap();
+            assert_eq!(
+                sums[name],
+                (hex::encode(Sha256::digest(&data)), data.len() as u64),
+                "{name}"
+            );
+            assert!(release.contains(&format!(" {} ", hex::encode(Md5::digest(&data)))));
+        }
+        let fields = &Stanza::parse_all(&release)[0];
+        assert_eq!(fields.get("Suite"), Some("bwtest"));
+        assert_eq!(fields.get("Architectures"), Some("arm64"));
+        assert!(fields.get("Date").unwrap().ends_with(" UTC"));
+
+        // Rebuilding in place from the repository's own files gives the same index.
+        let again = build_repo(
+            &dir,
+            &[
+                dir.join("bwtest-b_0.9~rc1_all.deb"),
+                dir.join("bwtest-a_1.2-3_arm64.deb"),
+            ],
+            "bwtest",
+        )
+        .unwrap();
+        assert_eq!(again.packages, repo.packages);
+        assert_eq!(fs::read_to_string(dir.join("Packages")).unwrap(), packages);
+
+        let err = build_repo(&dir, &[a.clone(), a], "bwtest").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("two packages are bwtest-a"),
+            "{err:#}"
+        );
+        let err = build_repo(&dir, &[tmp.path().join("missing.deb")], "bwtest").unwrap_err();
+        assert!(format!("{err:#}").contains("missing.deb"), "{err:#}");
+        assert!(build_repo(&dir, &[], "bad suite").is_err());
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // the bad update
+    // -----------------------------------------------------------------------------------------
+
+    const SHIM_BASE: &str = "1.51~1+deb12u1+16.1-2~deb12u1";
+
+    #[test]
+    fn bad_deb_has_the_members_dpkg_expects() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = bad_update(tmp.path(), SHIM_BASE).unwrap();
+        let version = format!("{SHIM_BASE}+bootwatch.bad1");
+        assert_eq!(repo.suite, BAD_REPO_SUITE);
+        assert_eq!(repo.packages.len(), 1);
+        let p = &repo.packages[0];
+        assert_eq!(
+            (
+                p.package.as_str(),
+                p.version.as_str(),
+                p.architecture.as_str()
+            ),
+            ("shim-signed", version.as_str(), "arm64")
+        );
+        assert_eq!(p.origin.as_deref(), Some("bootwatch"));
+        let deb = tmp.path().join(&p.filename);
+
+        // Parsed back with the ar and tar crates.
+        let members = deb_members(&deb);
+        let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["debian-binary", "control.tar.gz", "data.tar.gz"]);
+        assert_eq!(members[0].1[0].2, b"2.0\n");
+        let control: BTreeMap<&str, (u32, &[u8])> = members[1]
+            .1
+            .iter()
+            .map(|(p, m, c)| (p.as_str(), (*m, &c[..])))
+            .collect();
+        assert_eq!(
+            control.keys().copied().collect::<Vec<_>>(),
+            ["./", "./control", "./md5sums", "./postinst"]
+        );
+        assert_eq!(control["./postinst"].0, 0o755);
+        assert!(control["./postinst"].1.starts_with(b"#!/bin/sh\n"));
+        let app = Fixture::Crash.efi_app();
+        let data: Vec<(&str, u32, &[u8])> = members[2]
+            .1
+            .iter()
+            .map(|(p, m, c)| (p.as_str(), *m, &c[..]))
+            .collect();
+        assert_eq!(
+            data.iter().map(|d| d.0).collect::<Vec<_>>(),
+            [
+                "./",
+                "./usr/",
+                "./usr/lib/",
+                "./usr/lib/bootwatch/",
+                "./usr/lib/bootwatch/crash-bootaa64.efi"
+            ]
+        );
+        assert_eq!(data[4].2, &app[..]);
+        assert_eq!(
+            std::str::from_utf8(control["./md5sums"].1).unwrap(),
+            format!(
+                "{}  usr/lib/bootwatch/crash-bootaa64.efi\n",
+                hex::encode(Md5::digest(&app))
+            )
+        );
+
+        // And as dpkg sees it.
+        let info = stdout(&run("dpkg-deb", &["-I", deb.to_str().unwrap()]));
+        for want in [
+            "Package: shim-signed",
+            &format!("Version: {version}"),
+            "Architecture: arm64",
+            "deliberately broken test package made by bootwatch",
+            "postinst",
+        ] {
+            assert!(info.contains(want), "dpkg-deb -I lacks {want:?}:\n{info}");
+        }
+        assert!(!info.contains("Depends"), "{info}");
+        let field = |f: &str| {
+            stdout(&run("dpkg-deb", &["-f", deb.to_str().unwrap(), f]))
+                .trim()
+                .to_owned()
+        };
+        assert_eq!(field("Package"), "shim-signed");
+        assert_eq!(field("Version"), version);
+        let listing = stdout(&run("dpkg-deb", &["-c", deb.to_str().unwrap()]));
+        assert!(
+            listing.contains(&format!(
+                "-rw-r--r-- root/root      {} 2026-01-01 00:00 ./usr/lib/bootwatch/crash-bootaa64.efi",
+                app.len()
+            )),
+            "{listing}"
+        );
+        run("dpkg", &["--compare-versions", &version, "gt", SHIM_BASE]);
+
+        // The repository lists it with the right hashes.
+        let packages = fs::read_to_string(tmp.path().join("Packages")).unwrap();
+        let bytes = fs::read(&deb).unwrap();
+        assert!(packages.contains(&format!(
+            "SHA256: {}\n",
+            hex::encode(Sha256::digest(&bytes))
+        )));
+
+        assert!(bad_update(tmp.path(), "not a version").is_err());
+        assert!(bad_update(tmp.path(), "").is_err());
+    }
+
+    /// A scratch dpkg root: `dpkg --root` with maintainer scripts run outside a chroot and
+    /// `DPKG_ROOT` set (what the bad postinst honours).
+    struct DpkgRoot {
+        root: PathBuf,
+    }
+
+    impl DpkgRoot {
+        fn new(root: &Path) -> DpkgRoot {
+            let admin = root.join("var/lib/dpkg");
+            for d in ["info", "updates", "triggers"] {
+                fs::create_dir_all(admin.join(d)).unwrap();
+            }
+            fs::write(admin.join("status"), "").unwrap();
+            fs::write(admin.join("available"), "").unwrap();
+            DpkgRoot {
+                root: root.to_path_buf(),
+            }
+        }
+
+        fn install(&self, deb: &Path) -> std::process::Output {
+            Command::new("dpkg")
+                .arg(format!("--root={}", self.root.display()))
+                .args([
+                    "--force-script-chrootless",
+                    "--force-architecture",
+                    "--force-not-root",
+                    "--force-unsafe-io",
+                    "--log=/dev/null",
+                    "-i",
+                ])
+                .arg(deb)
+                .output()
+                .expect("running dpkg (a Debian host has it)")
+        }
+    }
+
+    #[test]
+    fn bad_postinst_replaces_the_boot_loader_and_keeps_the_old_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let dpkg = DpkgRoot::new(&root);
+        for target in ESP_TARGETS {
+            let path = root.join(target.trim_start_matches('/'));
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, format!("original {target}")).unwrap();
+        }
+        // An installed shim-signed of the base version, then the bad one as its upgrade.
+        let base = small_deb(
+            tmp.path(),
+            &format!(
+                "Package: shim-signed\nVersion: {SHIM_BASE}\nArchitecture: arm64\n\
+                 Maintainer: t <t@invalid>\nDescription: stand-in for the real one\n"
+            ),
+            &[("usr/lib/shim/shimaa64.efi.signed", b"signed shim")],
+        );
+        let out = dpkg.install(&base);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let repo = bad_update(&tmp.path().join("bad"), SHIM_BASE).unwrap();
+        let bad = repo.dir.join(&repo.packages[0].filename);
+        let app = Fixture::Crash.efi_app();
+        for round in 0..2 {
+            let out = dpkg.install(&bad);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "round {round}: {stderr}");
+            assert!(stderr.contains("replaced"), "{stderr}");
+            for target in ESP_TARGETS {
+                let path = root.join(target.trim_start_matches('/'));
+                assert_eq!(fs::read(&path).unwrap(), app, "{target}");
+                let saved = PathBuf::from(format!("{}{SAVED_SUFFIX}", path.display()));
+                // Saved once: a second run does not overwrite it with the crashing file.
+                assert_eq!(
+                    fs::read_to_string(&saved).unwrap(),
+                    format!("original {target}"),
+                    "round {round}"
+                );
+            }
+        }
+        assert_eq!(
+            fs::read(root.join(CRASH_APP_PATH.trim_start_matches('/'))).unwrap(),
+            app
+        );
+        // The base version's files are gone: it was upgraded, not installed beside.
+        assert!(!root.join("usr/lib/shim/shimaa64.efi.signed").exists());
+        let status = fs::read_to_string(root.join("var/lib/dpkg/status")).unwrap();
+        assert!(
+            status.contains(&format!("Version: {SHIM_BASE}+bootwatch.bad1")),
+            "{status}"
+        );
+
+        // Without an ESP the upgrade fails loudly instead of leaving a healthy machine.
+        let bare = tmp.path().join("bare");
+        let out = DpkgRoot::new(&bare).install(&bad);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("is the ESP mounted?"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // serving
+    // -----------------------------------------------------------------------------------------
+
+    async fn raw_request(addr: SocketAddr, request: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        sock.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut out))
+            .await
+            .expect("response within 10 s")
+            .unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn serve_answers_get_head_and_404_and_refuses_traversal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("www");
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::write(dir.join("a_1.0~b+c_all.deb"), b"hello repo").unwrap();
+        fs::write(dir.join("sub/b"), vec![1u8; 100_000]).unwrap();
+        fs::write(tmp.path().join("secret"), b"secret").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret"), dir.join("escape")).unwrap();
+
+        let served = serve(&dir).await.unwrap();
+        assert_eq!(served.addr().ip(), Ipv4Addr::LOCALHOST);
+        assert_eq!(served.dir(), dir.canonicalize().unwrap());
+        let client = reqwest::Client::new();
+        let url = served.url();
+
+        let resp = client
+            .get(format!("{url}a_1.0~b%2bc_all.deb"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.bytes().await.unwrap(), &b"hello repo"[..]);
+        let resp = client.get(format!("{url}sub/b")).send().await.unwrap();
+        assert_eq!(resp.bytes().await.unwrap().len(), 100_000);
+        let resp = client
+            .head(format!("{url}a_1.0~b+c_all.deb"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.content_length(), Some(10));
+        assert!(resp.bytes().await.unwrap().is_empty());
+        for missing in ["nothing", "sub/", "sub", ""] {
+            let resp = client.get(format!("{url}{missing}")).send().await.unwrap();
+            assert_eq!(resp.status(), 404, "{missing:?}");
+        }
+        let resp = client.post(format!("{url}sub/b")).send().await.unwrap();
+        assert_eq!(resp.status(), 405);
+        let resp = client.get(format!("{url}escape")).send().await.unwrap();
+        assert_eq!(resp.status(), 403);
+
+        // reqwest would normalize `..` away, so these go over a raw socket.
+        for path in [
+            "/../secret",
+            "/sub/../../secret",
+            "/%2e%2e/secret",
+            "/sub/%2E%2E%2F%2e%2e/secret",
+            "/a\\..\\secret",
+        ] {
+            let resp = raw_request(
+                served.addr(),
+                &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            )
+            .await;
+            assert!(resp.starts_with("HTTP/1.1 400 "), "{path}: {resp}");
+            assert!(
+                !resp.contains("secret\n") && !resp.ends_with("secret"),
+                "{resp}"
+            );
+        }
+        // Two pipelined requests on one connection, as apt sends them.
+        let resp = raw_request(
+            served.addr(),
+            "GET /sub/b HTTP/1.1\r\nHost: x\r\n\r\nGET /a_1.0~b+c_all.deb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(
+            resp.matches("HTTP/1.1 200 OK").count(),
+            2,
+            "{}",
+            &resp[..200]
+        );
+        assert!(resp.ends_with("hello repo"));
+
+        let log = served.requests();
+        let seen: Vec<(&str, &str, u16)> = log
+            .iter()
+            .map(|r| (r.method.as_str(), r.path.as_str(), r.status))
+            .collect();
+        assert_eq!(
+            seen[..4],
+            [
+                ("GET", "/a_1.0~b%2bc_all.deb", 200),
+                ("GET", "/sub/b", 200),
+                ("HEAD", "/a_1.0~b+c_all.deb", 200),
+                ("GET", "/nothing", 404),
+            ]
+        );
+        assert_eq!(log[0].bytes, 10);
+        assert_eq!(log[1].bytes, 100_000);
+        assert_eq!(log[2].bytes, 0);
+        assert!(seen.contains(&("GET", "/%2e%2e/secret", 400)));
+        assert!(seen.contains(&("GET", "/escape", 403)));
+        assert!(seen.contains(&("POST", "/sub/b", 405)));
+        assert!(log.windows(2).all(|w| w[0].t_s <= w[1].t_s));
+
+        // Dropped: nothing listens any more.
+        let addr = served.addr();
+        drop(served);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still accepting after drop");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // apt itself
+    // -----------------------------------------------------------------------------------------
+
+    /// A private apt configuration for arm64 on this host (nothing of the host's apt is read
+    /// or written), whose only source is `sources_line` and whose dpkg status is `status`.
+    struct Apt {
+        dir: PathBuf,
+    }
+
+    impl Apt {
+        fn new(dir: &Path, sources_line: &str, status: &str) -> Apt {
+            for d in [
+                "etc/apt.conf.d",
+                "etc/preferences.d",
+                "etc/sources.list.d",
+                "state/lists/partial",
+                "cache/archives/partial",
+                "log",
+            ] {
+                fs::create_dir_all(dir.join(d)).unwrap();
+            }
+            fs::write(dir.join("etc/sources.list"), format!("{sources_line}\n")).unwrap();
+            fs::write(dir.join("status"), status).unwrap();
+            Apt {
+                dir: dir.to_path_buf(),
+            }
+        }
+
+        fn run(&self, program: &str, args: &[&str]) -> std::process::Output {
+            let d = self.dir.display();
+            let mut opts = vec![
+                format!("Dir::Etc={d}/etc"),
+                format!("Dir::Etc::SourceList={d}/etc/sources.list"),
+                format!("Dir::Etc::SourceParts={d}/etc/sources.list.d"),
+                format!("Dir::Etc::Parts={d}/etc/apt.conf.d"),
+                format!("Dir::Etc::PreferencesParts={d}/etc/preferences.d"),
+                format!("Dir::State={d}/state"),
+                format!("Dir::State::status={d}/status"),
+                format!("Dir::Cache={d}/cache"),
+                format!("Dir::Log={d}/log"),
+                "APT::Architecture=arm64".to_owned(),
+                "APT::Architectures::=arm64".to_owned(),
+                "APT::Sandbox::User=root".to_owned(),
+                "Debug::NoLocking=1".to_owned(),
+                "Acquire::Languages=none".to_owned(),
+                "APT::Get::List-Cleanup=0".to_owned(),
+            ];
+            opts = opts
+                .into_iter()
+                .flat_map(|o| ["-o".to_owned(), o])
+                .collect();
+            let mut all: Vec<&str> = opts.iter().map(String::as_str).collect();
+            all.extend(args);
+            let out = Command::new(program)
+                .args(&all)
+                .env("LC_ALL", "C")
+                .output()
+                .unwrap_or_else(|e| panic!("running {program} (a Debian host has it): {e}"));
+            assert!(
+                out.status.success(),
+                "{program} {args:?}: {}\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out
+        }
+    }
+
+    /// dpkg status stanzas for installed packages.
+    fn status_text(entries: &[(&str, &str, &str)]) -> String {
+        entries
+            .iter()
+            .map(|(name, version, depends)| {
+                let depends = if depends.is_empty() {
+                    String::new()
+                } else {
+                    format!("Depends: {depends}\n")
+                };
+                format!(
+                    "Package: {name}\nStatus: install ok installed\nPriority: optional\n\
+                     Architecture: arm64\nVersion: {version}\n{depends}\
+                     Maintainer: t <t@invalid>\nDescription: installed\n\n"
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn apt_takes_the_served_repository_as_trusted_and_upgrades_from_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = small_deb(
+            tmp.path(),
+            "Package: bwtest-a\nVersion: 2.0\nArchitecture: arm64\nMaintainer: t <t@invalid>\n\
+             Depends: bwtest-b (>= 1:0.9~)\nDescription: new version\n",
+            &[("usr/share/bwtest/a", b"a")],
+        );
+        let b = small_deb(tmp.path(), CONTROL_B, &[("usr/share/bwtest/b", b"b")]);
+        let repo = build_repo(&tmp.path().join("repo"), &[a, b], "bwtest").unwrap();
+        let bad = bad_update(&tmp.path().join("bad"), SHIM_BASE).unwrap();
+
+        for (repo, want) in [
+            (
+                &repo,
+                vec![
+                    "Inst bwtest-a [1.0] (2.0 bootwatch:bwtest [arm64])",
+                    "Inst bwtest-b (1:0.9~rc1 bootwatch:bwtest [all])",
+                ],
+            ),
+            (
+                &bad,
+                vec![&*format!(
+                    "Inst shim-signed [{SHIM_BASE}] ({SHIM_BASE}+bootwatch.bad1 bootwatch:bootwatch-bad [arm64])"
+                )],
+            ),
+        ] {
+            let served = serve(&repo.dir).await.unwrap();
+            let line = repo.sources_line_at(&served.url());
+            let apt = Apt::new(
+                &tmp.path().join(format!("apt-{}", repo.suite)),
+                &line,
+                &status_text(&[("bwtest-a", "1.0", ""), ("shim-signed", SHIM_BASE, "")]),
+            );
+            let update = apt.run("apt-get", &["update"]);
+            let text = format!(
+                "{}{}",
+                stdout(&update),
+                String::from_utf8_lossy(&update.stderr)
+            );
+            assert!(!text.contains("W:") && !text.contains("E:"), "{text}");
+            let sim = stdout(&apt.run("apt-get", &["-s", "full-upgrade"]));
+            for w in &want {
+                assert!(
+                    sim.contains(w),
+                    "apt-get -s full-upgrade lacks {w:?}:\n{sim}"
+                );
+            }
+            let paths: Vec<String> = served.requests().iter().map(|r| r.path.clone()).collect();
+            assert!(
+                paths.iter().any(|p| p == "/./Release" || p == "/Release"),
+                "{paths:?}"
+            );
+            assert!(
+                served
+                    .requests()
+                    .iter()
+                    .any(|r| r.path.contains("Packages") && r.status == 200 && r.bytes > 0),
+                "{:?}",
+                served.requests()
+            );
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // the good update: planning on synthetic indexes, then the real archive
+    // -----------------------------------------------------------------------------------------
+
+    fn entry(name: &str, version: &str, depends: &str) -> IndexEntry {
+        IndexEntry {
+            package: name.into(),
+            version: version.into(),
+            architecture: "arm64".into(),
+            depends: depends.into(),
+            filename: format!("pool/main/x/{name}_{version}_arm64.deb"),
+            size: 1,
+            sha256: "0".repeat(64),
+            ..IndexEntry::default()
+        }
+    }
+
+    #[test]
+    fn plan_adds_what_the_guest_lacks_from_the_base_suite_first() {
+        let mut libc = entry("libc6", "2.36", "");
+        libc.required = true;
+        let base = Index::new(
+            "base",
+            vec![
+                libc,
+                entry("tool", "1.0", "libold (>= 1), libc6 (>= 2.30)"),
+                entry("tool-helper", "1.0", "tool (= 1.0)"),
+                entry("libold", "1", ""),
+                entry("libnew", "3", "libc6"),
+                entry("libbp", "1", ""),
+            ],
+        )
+        .unwrap();
+        let update = Index::new(
+            "update",
+            vec![
+                entry(
+                    "tool",
+                    "2.0",
+                    "libnew (>= 2), libbp (>= 2), libc6 (>= 2.34)",
+                ),
+                entry("tool-helper", "2.0", "tool (= 2.0)"),
+                entry("libbp", "2", ""),
+                entry("libbp", "2.1", ""),
+            ],
+        )
+        .unwrap();
+        let plan = plan_update(&base, &update, &["tool"]).unwrap();
+        let got: Vec<(&str, &str, &str)> = plan
+            .iter()
+            .map(|p| {
+                (
+                    p.entry.package.as_str(),
+                    p.entry.version.as_str(),
+                    p.suite.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("tool", "2.0", "update"),
+                ("libbp", "2.1", "update"),
+                ("libnew", "3", "base"),
+            ]
+        );
+        // A package the guest is assumed to have that needs the old version exactly.
+        let plan = plan_update(&base, &update, &["tool", "tool-helper"]).unwrap();
+        assert_eq!(plan[1].entry.package, "tool-helper");
+
+        // Nothing newer, or unsatisfiable: errors that say why.
+        let err = plan_update(&base, &base, &["tool"]).unwrap_err();
+        assert!(format!("{err:#}").contains("not newer"), "{err:#}");
+        let broken = Index::new("update", vec![entry("tool", "3", "libmissing")]).unwrap();
+        let err = plan_update(&base, &broken, &["tool"]).unwrap_err();
+        assert!(format!("{err:#}").contains("libmissing"), "{err:#}");
+    }
+
+    /// Builds the good update from the mirror the host's apt configuration (or
+    /// BOOTWATCH_MIRROR) names: about 15 MiB of indexes and 6 MiB of packages. Then asks the
+    /// host's apt, configured as an arm64 bookworm guest that has exactly what the planner
+    /// assumes and sees only this repository, what `apt-get full-upgrade` would do. Set
+    /// BOOTWATCH_SKIP_NETWORK_TESTS=1 to skip it.
+    #[tokio::test]
+    async fn network_good_update_is_grub_2_12_and_apt_installs_it() {
+        if std::env::var_os("BOOTWATCH_SKIP_NETWORK_TESTS").is_some_and(|v| !v.is_empty()) {
+            eprintln!("skipped: BOOTWATCH_SKIP_NETWORK_TESTS is set");
+            return;
+        }
+        let mirror = crate::debian::resolve_mirror(None).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        let started = Instant::now();
+        let repo = good_update(&mirror, &cache, &tmp.path().join("good"))
+            .await
+            .unwrap();
+        eprintln!("good update from {mirror} in {:?}:", started.elapsed());
+        for p in &repo.packages {
+            eprintln!("  {} {} ({:?})", p.package, p.version, p.origin);
+        }
+        let signed = repo.package("grub-efi-arm64-signed").unwrap();
+        assert!(signed.version.starts_with("1+2.12"), "{}", signed.version);
+        for name in GOOD_UPDATE_PACKAGES {
+            let p = repo.package(name).unwrap();
+            assert_eq!(p.origin.as_deref(), Some(GOOD_UPDATE_SUITE), "{name}");
+            assert_eq!(p.architecture, "arm64");
+        }
+        for p in &repo.packages {
+            let bytes = fs::read(repo.dir.join(&p.filename)).unwrap();
+            assert_eq!(
+                hex::encode(Sha256::digest(&bytes)),
+                p.sha256,
+                "{}",
+                p.filename
+            );
+            assert!(
+                cache.join("debs").join(&p.filename).is_file(),
+                "{}",
+                p.filename
+            );
+        }
+
+        // Cached: the same repository again without downloading a package.
+        let started = Instant::now();
+        let again = good_update(&mirror, &cache, &tmp.path().join("good2"))
+            .await
+            .unwrap();
+        eprintln!("again, from the cache: {:?}", started.elapsed());
+        assert_eq!(again.packages, repo.packages);
+
+        // apt's own answer, for a guest having exactly what the planner assumes.
+        let client = http_client().unwrap();
+        let base = fetch_index(
+            &client,
+            &mirror,
+            GOOD_UPDATE_BASE_SUITE,
+            &cache.join("debs"),
+        )
+        .await
+        .unwrap();
+        let assumed = assumed_installed(&base, GOOD_UPDATE_PACKAGES).unwrap();
+        let mut status = String::new();
+        for e in assumed.values() {
+            status.push_str(&format!(
+                "Package: {}\nStatus: install ok installed\nArchitecture: {}\nVersion: {}\n",
+                e.package, e.architecture, e.version
+            ));
+            for (k, v) in [
+                ("Essential", if e.essential { "yes" } else { "" }),
+                ("Multi-Arch", &e.multi_arch),
+                ("Pre-Depends", &e.pre_depends),
+                ("Depends", &e.depends),
+                ("Provides", &e.provides),
+                ("Breaks", &e.breaks),
+                ("Conflicts", &e.conflicts),
+            ] {
+                if !v.is_empty() {
+                    status.push_str(&format!("{k}: {v}\n"));
+                }
+            }
+            status.push_str("Maintainer: t <t@invalid>\nDescription: installed\n\n");
+        }
+        let served = serve(&repo.dir).await.unwrap();
+        let apt = Apt::new(
+            &tmp.path().join("apt"),
+            &repo.sources_line_at(&served.url()),
+            &status,
+        );
+        apt.run("apt-get", &["update"]);
+        let sim = stdout(&apt.run("apt-get", &["-s", "full-upgrade"]));
+        eprintln!("{sim}");
+        for p in &repo.packages {
+            let upgraded = format!("Inst {} [", p.package);
+            let installed = format!("Inst {} ({} ", p.package, p.version);
+            assert!(
+                sim.contains(&upgraded) || sim.contains(&installed),
+                "apt-get -s full-upgrade does not install {} {}:\n{sim}",
+                p.package,
+                p.version
+            );
+        }
+        assert!(!sim.contains("Remv "), "{sim}");
+    }
 }
