@@ -214,12 +214,9 @@ pub fn argv(cfg: &VmConfig) -> Vec<OsString> {
                 f.host_port, f.guest_port
             ));
         }
-        push(&[
-            &"-netdev",
-            &netdev,
-            &"-device",
-            &"virtio-net-pci,netdev=net0",
-        ]);
+        // romfile= : no iPXE option ROM. It would add PXE boot options, and it comes from a
+        // package (ipxe-qemu) that minimal QEMU installs lack, so QEMU would refuse to start.
+        push(&[&"-netdev", &netdev, &"-device", &"virtio-net-pci,netdev=net0,romfile="]);
     }
     push(&[&"-device", &"virtio-rng-pci"]);
     a.extend(cfg.extra_args.iter().cloned());
@@ -321,7 +318,7 @@ mod tests {
             "-netdev",
             "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22",
             "-device",
-            "virtio-net-pci,netdev=net0",
+            "virtio-net-pci,netdev=net0,romfile=",
             "-device",
             "virtio-rng-pci",
             "-device",

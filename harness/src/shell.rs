@@ -144,7 +144,7 @@ impl Shell {
         // The sentinel is printed on a line of its own, before and after the output.
         let line = format!("echo {id}_BEGIN; {command}; echo {id}_END_$?\r");
         s.send(line.as_bytes()).await?;
-        let re = Regex::new(&format!(r"(?m)^{id}_BEGIN\n((?s:.*?))^{id}_END_(\d+)\s*$"))
+        let re = Regex::new(&format!(r"{id}_BEGIN\n((?s:.*?)){id}_END_(\d+)"))
             .expect("valid regex");
         let deadline = started + timeout;
         loop {
@@ -192,11 +192,12 @@ mod tests {
     use super::*;
 
     /// The end sentinel as typed (echoed with a literal `$?`) must not match; the one the shell
-    /// prints must.
+    /// prints must, also when the prompt shares its line (terminal echo off) and when the
+    /// output has no final newline.
     #[test]
     fn sentinel_matches_only_the_shells_output() {
         let id = "BW1_1";
-        let re = Regex::new(&format!(r"(?m)^{id}_BEGIN\n((?s:.*?))^{id}_END_(\d+)\s*$")).unwrap();
+        let re = Regex::new(&format!(r"{id}_BEGIN\n((?s:.*?)){id}_END_(\d+)")).unwrap();
         let echo = format!("$ echo {id}_BEGIN; id -un; echo {id}_END_$?\n");
         assert!(re.captures(&echo).is_none());
         let out =
@@ -204,5 +205,8 @@ mod tests {
         let c = re.captures(&out).unwrap();
         assert_eq!(&c[1], "[   12.3] random: crng init done\ndebian\n");
         assert_eq!(&c[2], "0");
+        let no_echo = format!("$ {id}_BEGIN\nno newline{id}_END_3\n$ ");
+        let c = re.captures(&no_echo).unwrap();
+        assert_eq!((&c[1], &c[2]), ("no newline", "3"));
     }
 }

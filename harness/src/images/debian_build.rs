@@ -75,7 +75,7 @@ use sha2::{Digest, Sha256};
 
 /// Changes whenever the builder would make a different image from the same recipe; part of the
 /// recipe hash.
-pub const BUILDER_VERSION: &str = "debian-build/1";
+pub const BUILDER_VERSION: &str = "debian-build/2";
 /// Format of `manifest.json`.
 pub const MANIFEST_FORMAT: u32 = 1;
 /// Kernel metapackage used unless the recipe names another. Debian's cloud flavour: made for
@@ -627,6 +627,16 @@ impl Builder<'_> {
         for p in &self.phases {
             tracing::info!(phase = %p.name, seconds = p.seconds, "image build phase done");
         }
+        if let Ok(dpkg_log) = fs::read_to_string(hooks.join("dpkg.log")) {
+            let slow: Vec<String> = slowest_dpkg_steps(&dpkg_log, 25)
+                .into_iter()
+                .map(|(secs, step)| format!("{secs:5}s  {step}"))
+                .collect();
+            self.log(&format!(
+                "slowest dpkg steps (whole seconds, from dpkg.log):\n{}",
+                slow.join("\n")
+            ))?;
+        }
 
         // 2. Host-side finishing touches and checks.
         let t = Instant::now();
@@ -938,6 +948,7 @@ hooks="$(dirname "$0")"
 root_uuid="@ROOT_UUID@"
 mark() { echo "$1 $(( $(date +%s%N) / 1000000 ))" >> "$hooks/marks"; }
 mark install-packages
+cp "$root/var/log/dpkg.log" "$hooks/dpkg.log" || true
 
 rm -f "$root/usr/sbin/update-initramfs"
 chroot "$root" dpkg-divert --local --rename --remove /usr/sbin/update-initramfs
@@ -1081,6 +1092,28 @@ pub fn mmdebstrap_phases(start_ms: u64, end_ms: u64, marks: &str) -> Result<Vec<
         seconds: end_ms.saturating_sub(prev) as f64 / 1000.0,
     });
     Ok(out)
+}
+
+/// The `n` longest steps in a dpkg log: from one line to the next, named by the first line
+/// (`configure pkg`, `status half-configured pkg`, `trigproc pkg`, ...), longest first.
+pub fn slowest_dpkg_steps(dpkg_log: &str, n: usize) -> Vec<(u64, String)> {
+    let parse = |l: &str| -> Option<(jiff::civil::DateTime, String)> {
+        let (date, rest) = l.split_once(' ')?;
+        let (time, what) = rest.split_once(' ')?;
+        let t: jiff::civil::DateTime = format!("{date}T{time}").parse().ok()?;
+        Some((t, what.to_string()))
+    };
+    let lines: Vec<_> = dpkg_log.lines().filter_map(parse).collect();
+    let mut steps: Vec<(u64, String)> = lines
+        .windows(2)
+        .filter_map(|w| {
+            let secs = w[1].0.duration_since(w[0].0).as_secs();
+            (secs > 0).then(|| (secs as u64, w[0].1.clone()))
+        })
+        .collect();
+    steps.sort_by(|a, b| b.0.cmp(&a.0));
+    steps.truncate(n);
+    steps
 }
 
 fn epoch_ms() -> u64 {
@@ -1493,7 +1526,7 @@ mod tests {
         assert_eq!(a.hash(), b.hash());
         // A fixed value: if this changes, every cached image is rebuilt; bump BUILDER_VERSION
         // on purpose instead of by accident.
-        assert_eq!(r.hash(), "e503b9fdca5996e3");
+        assert_eq!(r.hash(), "aa5f9d1b84561b69");
     }
 
     #[test]
@@ -1830,6 +1863,22 @@ mod tests {
             ]
         );
         assert!(mmdebstrap_phases(0, 1, "garbage").is_err());
+    }
+
+    #[test]
+    fn slowest_dpkg_steps_are_found() {
+        let log = "2026-11-26 06:03:59 startup archives unpack\n\
+                   2026-11-26 06:04:00 configure ca-certificates:all 1 <none>\n\
+                   2026-11-26 06:04:29 status installed ca-certificates:all 1\n\
+                   2026-11-26 06:04:31 trigproc man-db:arm64 2 <none>\n\
+                   2026-11-26 06:04:31 status installed man-db:arm64 2\n";
+        assert_eq!(
+            slowest_dpkg_steps(log, 2),
+            vec![
+                (29, "configure ca-certificates:all 1 <none>".to_string()),
+                (2, "status installed ca-certificates:all 1".to_string())
+            ]
+        );
     }
 
     #[test]

@@ -27,9 +27,9 @@
 //! is `10.0.2.2` from a guest on QEMU user networking (`-netdev user`, no forwards needed), so
 //! [`serve`] binds only `127.0.0.1`.
 //!
-//! For a hermetic upgrade the guest's apt should see *only* this source (for example
-//! `apt-get -o Dir::Etc::SourceList=/etc/apt/sources.list.d/bootwatch.list -o
-//! Dir::Etc::SourceParts=/dev/null update`), because the guest's own Debian sources are not
+//! For a hermetic upgrade the guest's apt should see *only* this source (as
+//! [`crate::scenario::runner::upgrade_command`] arranges with `Dir::Etc::SourceList` and
+//! `Dir::Etc::SourceParts`), because the guest's own Debian sources are not
 //! reachable in CI. Dependencies are then satisfied by what the guest has installed plus this
 //! repository, which is why [`good_update`] puts into the repository every package the update
 //! newly needs (see there).
@@ -37,13 +37,13 @@
 //! # The two updates
 //!
 //! * [`good_update`]: a real, newer Debian boot loader (GRUB 2.12 from `bookworm-backports`)
-//!   for a Debian 12 guest, downloaded from the archive and verified; the guest must still
-//!   reach GRUB after it.
+//!   for a Debian 12 guest, downloaded from the archive and verified; a healthy guest is
+//!   expected to reach GRUB after it.
 //! * [`bad_update`]: a `shim-signed` built here whose `postinst` puts an EFI application that
 //!   crashes at its entry point ([`crate::fixtures::Fixture::Crash`]) where the firmware loads
 //!   the boot loader from; the next boot ends in edk2's `Synchronous Exception` before GRUB
-//!   (with Secure Boot off: a firmware enforcing Secure Boot refuses the unsigned application
-//!   instead, `secure-boot-denied`).
+//!   (with Secure Boot off: a firmware enforcing Secure Boot would refuse the unsigned
+//!   application instead).
 //!
 //! # Trust in the archive
 //!
@@ -844,7 +844,7 @@ fn tar_gz(members: &[DebMember<'_>]) -> Result<Vec<u8>> {
 /// Installing it (for example `apt-get full-upgrade`) and rebooting makes edk2 load the
 /// application (through the boot entry for `EFI/debian/shimaa64.efi`, or the removable
 /// path), which stops the machine with `Synchronous Exception` before GRUB. With Secure Boot
-/// enforced the firmware refuses the unsigned application instead.
+/// enforced the firmware would refuse the unsigned application instead.
 pub fn bad_update(out_dir: &Path, base_version: &str) -> Result<Repo> {
     let base_version = base_version.trim();
     ensure!(
@@ -1098,6 +1098,7 @@ pub async fn serve(dir: &Path) -> Result<Served> {
                     connections.spawn(async move {
                         let io = hyper_util::rt::TokioIo::new(stream);
                         if let Err(e) = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
                             .serve_connection(io, service)
                             .await
                         {
@@ -1680,6 +1681,7 @@ fn parse_release(text: &str) -> (HashMap<String, (String, u64)>, bool) {
             if in_sha256
                 && let [sha, size, path] = rest.split_whitespace().collect::<Vec<_>>()[..]
                 && let Ok(size) = size.parse()
+                && is_sha256_hex(sha)
             {
                 sums.insert(path.to_owned(), (sha.to_ascii_lowercase(), size));
             }
@@ -1781,6 +1783,10 @@ async fn fetch_index(
     Ok(index)
 }
 
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn digest_matches(data: &[u8], size: u64, sha: &str) -> bool {
     data.len() as u64 == size && hex::encode(Sha256::digest(data)).eq_ignore_ascii_case(sha)
 }
@@ -1797,8 +1803,7 @@ async fn cached_deb(
     ensure!(
         entry.filename.starts_with("pool/")
             && !entry.filename.split('/').any(|c| c == ".." || c.is_empty())
-            && entry.sha256.len() == 64
-            && entry.sha256.bytes().all(|b| b.is_ascii_hexdigit()),
+            && is_sha256_hex(&entry.sha256),
         "{what}: unusable Filename {:?} or SHA256 {:?} in the index",
         entry.filename,
         entry.sha256
@@ -1936,8 +1941,11 @@ mod tests {
         Maintainer: bootwatch tests <tests@invalid>\nMulti-Arch: foreign\n\
         Description: second test package\n";
 
-    /// (member name, decompressed tar entries as (path, mode, content)) of a .deb.
-    fn deb_members(deb: &Path) -> Vec<(String, Vec<(String, u32, Vec<u8>)>)> {
+    /// A tar member's entries as (path, mode, content).
+    type TarEntries = Vec<(String, u32, Vec<u8>)>;
+
+    /// (member name, decompressed tar entries) of a .deb.
+    fn deb_members(deb: &Path) -> Vec<(String, TarEntries)> {
         let mut archive = ar::Archive::new(fs::File::open(deb).unwrap());
         let mut out = Vec::new();
         while let Some(member) = archive.next_entry() {
@@ -2380,7 +2388,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        assert_eq!(resp.content_length(), Some(10));
+        assert_eq!(resp.headers()[reqwest::header::CONTENT_LENGTH], "10");
         assert!(resp.bytes().await.unwrap().is_empty());
         for missing in ["nothing", "sub/", "sub", ""] {
             let resp = client.get(format!("{url}{missing}")).send().await.unwrap();
@@ -2548,7 +2556,8 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
+    // apt runs as a blocking child process while the server answers it: two worker threads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn apt_takes_the_served_repository_as_trusted_and_upgrades_from_it() {
         let tmp = tempfile::tempdir().unwrap();
         let a = small_deb(
@@ -2696,7 +2705,7 @@ mod tests {
     /// host's apt, configured as an arm64 bookworm guest that has exactly what the planner
     /// assumes and sees only this repository, what `apt-get full-upgrade` would do. Set
     /// BOOTWATCH_SKIP_NETWORK_TESTS=1 to skip it.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn network_good_update_is_grub_2_12_and_apt_installs_it() {
         if std::env::var_os("BOOTWATCH_SKIP_NETWORK_TESTS").is_some_and(|v| !v.is_empty()) {
             eprintln!("skipped: BOOTWATCH_SKIP_NETWORK_TESTS is set");
