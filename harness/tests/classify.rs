@@ -49,6 +49,11 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("crash-rhel-edge-1231-1.txt", "grub-error", "grub"),
     ("crash-ventoy-1658-1.txt", "sync-exception", "none"),
     ("ok-canonical-lxd-12211-1.txt", "reached", "kernel"),
+    (
+        "own-grub-2.12-upgrade-without-grub-install-1.txt",
+        "no-bootable-device",
+        "firmware",
+    ),
     ("ok-clangbuiltlinux-1782-1.txt", "reached", "kernel"),
 ];
 

@@ -240,6 +240,32 @@ fn healthy_boots_with_benign_warnings_are_reached() {
     );
 }
 
+#[test]
+fn old_grub_reading_a_new_config_resets_into_the_firmware_ui() {
+    let (cls, d) = check(
+        "own-grub-2.12-upgrade-without-grub-install-1.txt",
+        Verdict::NoBootableDevice,
+        Stage::Firmware,
+    );
+    assert_eq!(
+        cls.boots().len(),
+        2,
+        "the reset into the firmware starts a second boot"
+    );
+    let first = &cls.boots()[0];
+    assert_eq!(first.stage, Stage::Grub);
+    assert!(
+        first
+            .findings
+            .iter()
+            .any(|f| f.pattern == "grub-error" && f.text.contains("bli.mod"))
+    );
+    assert_eq!(
+        cls.current().findings[d.finding.unwrap()].pattern,
+        "bds-boot-manager-ui"
+    );
+}
+
 /// Every sample in the test data has an expectation above (a new sample needs a test).
 #[test]
 fn every_sample_is_covered() {

@@ -75,7 +75,7 @@ use sha2::{Digest, Sha256};
 
 /// Changes whenever the builder would make a different image from the same recipe; part of the
 /// recipe hash.
-pub const BUILDER_VERSION: &str = "debian-build/2";
+pub const BUILDER_VERSION: &str = "debian-build/3";
 /// Format of `manifest.json`.
 pub const MANIFEST_FORMAT: u32 = 1;
 /// Kernel metapackage used unless the recipe names another. Debian's cloud flavour: made for
@@ -967,6 +967,11 @@ mkdir -p "$root/boot/grub/arm64-efi" "$root/boot/grub/fonts"
 cp "$root"/usr/lib/grub/arm64-efi/*.mod "$root"/usr/lib/grub/arm64-efi/*.lst "$root/boot/grub/arm64-efi/"
 if [ -f "$root/usr/share/grub/unicode.pf2" ]; then cp "$root/usr/share/grub/unicode.pf2" "$root/boot/grub/fonts/"; fi
 chroot "$root" grub-editenv /boot/grub/grubenv create
+# core.efi too: grub-install leaves one even with --uefi-secure-boot, and grub-efi-arm64's
+# postinst re-runs grub-install on upgrade only where /boot/grub/arm64-efi/core.efi exists.
+# Without it an in-guest GRUB upgrade would leave the old GRUB on the ESP reading the new
+# grub.cfg (seen: GRUB 2.06 failing on 2.12's `insmod bli`).
+chroot "$root" grub-mkimage -O arm64-efi -o /boot/grub/arm64-efi/core.efi -p /boot/grub part_gpt ext2
 
 # grub.cfg by grub-mkconfig; grub-probe would describe the build host's disk, so a stand-in
 # answers for the image's disk during this one run.
@@ -1526,7 +1531,7 @@ mod tests {
         assert_eq!(a.hash(), b.hash());
         // A fixed value: if this changes, every cached image is rebuilt; bump BUILDER_VERSION
         // on purpose instead of by accident.
-        assert_eq!(r.hash(), "aa5f9d1b84561b69");
+        assert_eq!(r.hash(), "e8d1cd8402e6c62f");
     }
 
     #[test]
