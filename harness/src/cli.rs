@@ -610,7 +610,7 @@ async fn upgrade_demo(
     } else {
         println!(
             "{:<30} {:<14} {:<12} {:<16} {:<10} {:>8}  suspects",
-            "case", "scenario", "update", "verdict", "stage", "verdict"
+            "case", "scenario", "update", "verdict", "stage", "time"
         );
         for r in &rows {
             let t = r

@@ -1116,7 +1116,7 @@ pub fn slowest_dpkg_steps(dpkg_log: &str, n: usize) -> Vec<(u64, String)> {
             (secs > 0).then(|| (secs as u64, w[0].1.clone()))
         })
         .collect();
-    steps.sort_by(|a, b| b.0.cmp(&a.0));
+    steps.sort_by_key(|s| std::cmp::Reverse(s.0));
     steps.truncate(n);
     steps
 }
@@ -1632,18 +1632,18 @@ mod tests {
     #[test]
     fn validation_rejects_what_would_break_a_command_or_a_config_file() {
         assert!(recipe().validate().is_ok());
-        let bad: Vec<Box<dyn Fn(&mut DebianRecipe)>> = vec![
-            Box::new(|r| r.suite = "bookworm main".into()),
-            Box::new(|r| r.packages.push("curl,vim".into())),
-            Box::new(|r| r.packages.push("Curl".into())),
-            Box::new(|r| {
+        let bad: Vec<fn(&mut DebianRecipe)> = vec![
+            |r| r.suite = "bookworm main".into(),
+            |r| r.packages.push("curl,vim".into()),
+            |r| r.packages.push("Curl".into()),
+            |r| {
                 r.pins
                     .insert("grub-efi-arm64-signed".into(), "2.06 -13".into());
-            }),
-            Box::new(|r| r.hostname = "a_b".into()),
-            Box::new(|r| r.kernel_cmdline = "console=ttyAMA0\" init=/bin/sh".into()),
-            Box::new(|r| r.esp_size_mib = 16),
-            Box::new(|r| r.disk_size_mib = 512),
+            },
+            |r| r.hostname = "a_b".into(),
+            |r| r.kernel_cmdline = "console=ttyAMA0\" init=/bin/sh".into(),
+            |r| r.esp_size_mib = 16,
+            |r| r.disk_size_mib = 512,
         ];
         for (i, f) in bad.iter().enumerate() {
             let mut r = recipe();
