@@ -216,7 +216,12 @@ pub fn argv(cfg: &VmConfig) -> Vec<OsString> {
         }
         // romfile= : no iPXE option ROM. It would add PXE boot options, and it comes from a
         // package (ipxe-qemu) that minimal QEMU installs lack, so QEMU would refuse to start.
-        push(&[&"-netdev", &netdev, &"-device", &"virtio-net-pci,netdev=net0,romfile="]);
+        push(&[
+            &"-netdev",
+            &netdev,
+            &"-device",
+            &"virtio-net-pci,netdev=net0,romfile=",
+        ]);
     }
     push(&[&"-device", &"virtio-rng-pci"]);
     a.extend(cfg.extra_args.iter().cloned());

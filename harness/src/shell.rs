@@ -144,8 +144,8 @@ impl Shell {
         // The sentinel is printed on a line of its own, before and after the output.
         let line = format!("echo {id}_BEGIN; {command}; echo {id}_END_$?\r");
         s.send(line.as_bytes()).await?;
-        let re = Regex::new(&format!(r"{id}_BEGIN\n((?s:.*?)){id}_END_(\d+)"))
-            .expect("valid regex");
+        let re =
+            Regex::new(&format!(r"{id}_BEGIN\n((?s:.*?)){id}_END_(\d+)")).expect("valid regex");
         let deadline = started + timeout;
         loop {
             // Wait in slices so a long command (an upgrade under TCG takes minutes) reports

@@ -7,43 +7,93 @@ mod common;
 use common::*;
 use std::time::Instant;
 
-const SCENARIO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/upgrade-reboot.toml");
+const SCENARIO: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../scenarios/upgrade-reboot.toml"
+);
 
 #[test]
 fn bad_scenario_files_fail_before_qemu_starts_naming_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     for (body, line, needle) in [
-        ("name = \"x\"\n\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\n\n[[step]]\ndo = \"dance\"\n", 7, "unknown step \"dance\""),
-        ("name = \"x\"\n\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\n\n[[step]]\ndo = \"run\"\n", 7, "missing `command`"),
-        ("name = \"x\"\n\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\ntimeout = \"soon\"\n", 3, "`timeout` must be a positive number"),
+        (
+            "name = \"x\"\n\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\n\n[[step]]\ndo = \"dance\"\n",
+            7,
+            "unknown step \"dance\"",
+        ),
+        (
+            "name = \"x\"\n\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\n\n[[step]]\ndo = \"run\"\n",
+            7,
+            "missing `command`",
+        ),
+        (
+            "name = \"x\"\n\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\ntimeout = \"soon\"\n",
+            3,
+            "`timeout` must be a positive number",
+        ),
     ] {
         let f = dir.path().join("bad.toml");
         std::fs::write(&f, body).unwrap();
         let started = Instant::now();
-        let out = bin().arg("run").arg(&f).args(["--image", "debian-12-local"]).output().unwrap();
+        let out = bin()
+            .arg("run")
+            .arg(&f)
+            .args(["--image", "debian-12-local"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("{}:{line}:", f.display())) && err.contains(needle), "{err}");
-        assert!(started.elapsed().as_secs() < 5, "nothing may start for a bad file");
+        assert!(
+            err.contains(&format!("{}:{line}:", f.display())) && err.contains(needle),
+            "{err}"
+        );
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "nothing may start for a bad file"
+        );
     }
 }
 
 #[test]
 fn every_vendor_image_has_a_dry_run_plan() {
     for (image, manager) in [
-        ("centos-stream-9", "dnf"), ("rocky-9.4", "dnf"), ("almalinux-9.4", "dnf"), ("oraclelinux-9.4", "dnf"),
-        ("fedora-39", "dnf"), ("fedora-40", "dnf"), ("ubuntu-22.04", "apt-get"), ("ubuntu-24.04", "apt-get"),
-        ("debian-11", "apt-get"), ("debian-12", "apt-get"),
+        ("centos-stream-9", "dnf"),
+        ("rocky-9.4", "dnf"),
+        ("almalinux-9.4", "dnf"),
+        ("oraclelinux-9.4", "dnf"),
+        ("fedora-39", "dnf"),
+        ("fedora-40", "dnf"),
+        ("ubuntu-22.04", "apt-get"),
+        ("ubuntu-24.04", "apt-get"),
+        ("debian-11", "apt-get"),
+        ("debian-12", "apt-get"),
     ] {
         let out = bin()
-            .args(["run", SCENARIO, "--image", image, "--dry-run", "--json", "--exclude-bootloader"])
+            .args([
+                "run",
+                SCENARIO,
+                "--image",
+                image,
+                "--dry-run",
+                "--json",
+                "--exclude-bootloader",
+            ])
             .env("BOOTWATCH_CACHE", "/nonexistent/cache")
             .output()
             .unwrap();
         assert!(out.status.success(), "{image}: {}", text(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert!(v["upgrade_command"].as_str().unwrap().contains(manager), "{image}: {v:#}");
-        assert!(v["qemu_command_line"].as_str().unwrap().contains("qemu-system-aarch64"), "{image}");
+        assert!(
+            v["upgrade_command"].as_str().unwrap().contains(manager),
+            "{image}: {v:#}"
+        );
+        assert!(
+            v["qemu_command_line"]
+                .as_str()
+                .unwrap()
+                .contains("qemu-system-aarch64"),
+            "{image}"
+        );
         assert!(v["url"].as_str().unwrap().starts_with("http"), "{image}");
         assert_eq!(v["steps"].as_array().unwrap().len(), 7, "{image}");
     }
@@ -51,7 +101,10 @@ fn every_vendor_image_has_a_dry_run_plan() {
 
 /// Builds (or finds cached) the local Debian image.
 fn ensure_image() {
-    let out = bin().args(["images", "build", "debian-12-local"]).output().unwrap();
+    let out = bin()
+        .args(["images", "build", "debian-12-local"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "images build: {}", text(&out));
 }
 
@@ -68,7 +121,10 @@ fn a_command_that_never_returns_times_out_as_a_step_error_and_the_vm_is_cleaned_
     let res = results_root();
     let tmp = tempfile::tempdir().unwrap();
     let out = bin()
-        .arg("run").arg(&f).args(["--image", "debian-12-local", "--json", "--results"]).arg(res.path())
+        .arg("run")
+        .arg(&f)
+        .args(["--image", "debian-12-local", "--json", "--results"])
+        .arg(res.path())
         .env("TMPDIR", tmp.path())
         .output()
         .unwrap();
@@ -76,10 +132,17 @@ fn a_command_that_never_returns_times_out_as_a_step_error_and_the_vm_is_cleaned_
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let steps = v["steps"].as_array().unwrap();
     assert_eq!(steps[2]["status"], "failed", "{v:#}");
-    assert!(steps[2]["detail"].as_str().unwrap().contains("`sleep 600`"), "{}", steps[2]);
+    assert!(
+        steps[2]["detail"].as_str().unwrap().contains("`sleep 600`"),
+        "{}",
+        steps[2]
+    );
     assert_eq!(steps[3]["status"], "skipped");
     assert_eq!(v["verdict"], "harness-error");
-    assert!(processes_with(tmp.path().to_str().unwrap()).is_empty(), "QEMU left behind");
+    assert!(
+        processes_with(tmp.path().to_str().unwrap()).is_empty(),
+        "QEMU left behind"
+    );
 }
 
 #[test]
@@ -90,26 +153,55 @@ fn demo_good_update_reaches_login_bad_update_crashes_before_grub_restore_recover
     ensure_image();
     let res = results_root();
     let started = Instant::now();
-    let out = bin().args(["demo", "--json", "--results"]).arg(res.path()).output().unwrap();
+    let out = bin()
+        .args(["demo", "--json", "--results"])
+        .arg(res.path())
+        .output()
+        .unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON ({e}): {}", text(&out)));
     for r in rows.as_array().unwrap() {
         eprintln!(
             "{:<30} {:<16} {:<10} verdict after {:>6.1} s  wall {:>6.1} s  suspects {}",
-            r["case"].as_str().unwrap(), r["verdict"].as_str().unwrap(), r["stage"].as_str().unwrap(),
-            r["time_to_verdict_s"].as_f64().unwrap_or(-1.0), r["wall_s"].as_f64().unwrap_or(-1.0), r["suspects"]
+            r["case"].as_str().unwrap(),
+            r["verdict"].as_str().unwrap(),
+            r["stage"].as_str().unwrap(),
+            r["time_to_verdict_s"].as_f64().unwrap_or(-1.0),
+            r["wall_s"].as_f64().unwrap_or(-1.0),
+            r["suspects"]
         );
     }
     eprintln!("demo wall time {:.0} s", started.elapsed().as_secs_f64());
-    let row = |c: &str| rows.as_array().unwrap().iter().find(|r| r["case"] == c).unwrap_or_else(|| panic!("no {c}: {rows:#}")).clone();
+    let row = |c: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["case"] == c)
+            .unwrap_or_else(|| panic!("no {c}: {rows:#}"))
+            .clone()
+    };
     let good = row("good-update");
-    assert_eq!((good["verdict"].as_str(), good["stage"].as_str()), (Some("reached"), Some("login")), "{good:#}");
+    assert_eq!(
+        (good["verdict"].as_str(), good["stage"].as_str()),
+        (Some("reached"), Some("login")),
+        "{good:#}"
+    );
     let bad = row("bad-update");
     assert_eq!(bad["verdict"], "sync-exception", "{bad:#}");
     assert_eq!(bad["before_grub"], true);
     assert!(bad["time_to_verdict_s"].as_f64().unwrap() < 60.0, "{bad:#}");
-    let suspects: Vec<&str> = bad["suspects"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
-    assert!(suspects.iter().any(|s| s.starts_with("shim") || s.starts_with("grub")), "{suspects:?}");
+    let suspects: Vec<&str> = bad["suspects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(
+        suspects
+            .iter()
+            .any(|s| s.starts_with("shim") || s.starts_with("grub")),
+        "{suspects:?}"
+    );
     let restored = row("bad-update+restore-bootloader");
     assert_eq!(restored["verdict"], "reached", "{restored:#}");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

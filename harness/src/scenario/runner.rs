@@ -789,7 +789,8 @@ mod tests {
         // The inner single quotes are escaped for the outer sh -c '...'.
         let inner = shlex::split(&apt).expect("a valid shell line");
         assert_eq!(inner[0], "sudo");
-        assert!(inner[3].contains("echo 'deb [trusted=yes]"), "{inner:?}");
+        assert_eq!(inner[2..4], ["sh", "-c"]);
+        assert!(inner[4].contains("echo 'deb [trusted=yes]"), "{inner:?}");
         let dnf = upgrade_command(&guest(PackageManager::Dnf), None, true);
         assert!(dnf.contains("dnf -y upgrade --exclude"), "{dnf}");
     }
