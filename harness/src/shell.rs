@@ -153,7 +153,9 @@ impl Shell {
             let slice = PROGRESS_EVERY.min(deadline.saturating_duration_since(Instant::now()));
             match s.expect(&re, mark, slice, cancel).await? {
                 ExpectEnd::Matched { captures, .. } => {
-                    let output = captures.first().cloned().flatten().unwrap_or_default();
+                    let output = without_console_noise(
+                        &captures.first().cloned().flatten().unwrap_or_default(),
+                    );
                     let code = captures
                         .get(1)
                         .cloned()
@@ -187,9 +189,31 @@ impl Shell {
     }
 }
 
+/// The command's output without the kernel's and services' console messages that the serial
+/// console interleaves with it: lines stamped like printk (`[   71.943691] ...`). They stay in
+/// `console.log`, and the classifier sees them there.
+pub fn without_console_noise(output: &str) -> String {
+    static PRINTK: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    let re = PRINTK.get_or_init(|| Regex::new(r"^\[\s*\d+\.\d{6}\] ").expect("valid regex"));
+    output
+        .split_inclusive('\n')
+        .filter(|l| !re.is_match(l))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_messages_are_taken_out_of_command_output() {
+        let out = "[   71.943691] cloud-init[372]: WARNING x\ndebian\n[ 1.000000] random: y\nlast";
+        assert_eq!(without_console_noise(out), "debian\nlast");
+        assert_eq!(
+            without_console_noise("[1.2] is not printk\n"),
+            "[1.2] is not printk\n"
+        );
+    }
 
     /// The end sentinel as typed (echoed with a literal `$?`) must not match; the one the shell
     /// prints must, also when the prompt shares its line (terminal echo off) and when the
