@@ -21,8 +21,10 @@
 //! # How it is built (no loop devices, no mounts on the host)
 //!
 //! 1. `mmdebstrap --mode=unshare --variant=minbase --arch=arm64` into a directory, with the
-//!    arm64 maintainer scripts run through qemu-user binfmt emulation. Mounts live in mmdebstrap's
-//!    private mount namespace, so a killed build leaves nothing mounted on the host. Two hooks:
+//!    arm64 maintainer scripts run through qemu-user binfmt emulation (with pointer
+//!    authentication off, [`EMULATED_CPU`]: 3.5 times faster on trixie). Mounts live in
+//!    mmdebstrap's private mount namespace, so a killed build leaves nothing mounted on the host.
+//!    Two hooks:
 //!    - after the Essential set: debconf answers (`grub2/force_efi_extra_removable=true` so a
 //!      later in-guest upgrade of `grub-efi-arm64` refreshes `EFI/BOOT` too), `/etc/fstab`,
 //!      `/etc/default/grub.d/50-bootwatch.cfg`, `/etc/cloud/cloud.cfg.d/90_bootwatch.cfg`, and
@@ -126,6 +128,14 @@ pub const GRUB_FAMILY: &[&str] = &[
     "grub-common",
     "grub2-common",
 ];
+/// CPU model for qemu-user while mmdebstrap runs arm64 maintainer scripts (the `QEMU_CPU`
+/// environment variable, unless the caller set one). qemu-user's default `max` CPU implements
+/// pointer authentication with the QARMA cipher in software, and trixie's binaries are built with
+/// `-mbranch-protection=standard`, so every function prologue and return pays for it: byte-
+/// compiling Python took 3.2 s with the default and 0.9 s with `pauth=off` (bookworm's binaries
+/// have no PAC and run the same either way). The PAC instructions Debian emits are in the hint
+/// space, so without pointer authentication they are no-ops, as on ARMv8.0 hardware.
+pub const EMULATED_CPU: &str = "max,pauth=off";
 /// Name of the manifest in an image directory.
 pub const MANIFEST_NAME: &str = "manifest.json";
 /// Name of the disk in an image directory.
@@ -619,6 +629,9 @@ impl Builder<'_> {
         let start_ms = epoch_ms();
         let mut cmd = Command::new("mmdebstrap");
         cmd.args(mmdebstrap_args(self.recipe, self.mirror, &tree, &hooks));
+        if std::env::var_os("QEMU_CPU").is_none() {
+            cmd.env("QEMU_CPU", EMULATED_CPU);
+        }
         self.run_cmd(&mut cmd, "mmdebstrap")?;
         let marks = fs::read_to_string(hooks.join("marks"))
             .with_context(|| format!("reading {}", hooks.join("marks").display()))?;
