@@ -53,8 +53,19 @@
 //!
 //! # Host requirements
 //!
-//! Root (mmdebstrap's chroot, and file ownership for `mke2fs -d`), and the Debian packages in
-//! [`HOST_PACKAGES`] with binfmt for qemu-aarch64 enabled (see [`preflight`]).
+//! Root (mmdebstrap's chroot, and file ownership for `mke2fs -d`) with the right to create a
+//! mount namespace (mmdebstrap's unshare mode; a container without `CAP_SYS_ADMIN` cannot), and
+//! the Debian packages in [`HOST_PACKAGES`] with binfmt for qemu-aarch64 enabled (see
+//! [`preflight`]). `qemu-user-static` does not touch the host's `qemu-system-*`/`qemu-utils`.
+//!
+//! # How it was checked
+//!
+//! Booted with `bootwatch boot --until login` (bookworm and trixie). In a booted image,
+//! `dpkg-reconfigure grub-efi-arm64` (the in-guest upgrade path: the postinst runs
+//! `grub-install --force-extra-removable`) leaves every ESP file byte for byte as built, and
+//! `update-grub` reproduces `/boot/grub/grub.cfg` (bookworm's adds only the "UEFI Firmware
+//! Settings" entry, which `30_uefi-firmware` offers only when it sees EFI variables);
+//! `dpkg --audit`, `apt-get check`, `apt-get update` and `update-initramfs -u` succeed.
 //!
 //! # Upgrading the boot chain in the guest
 //!
