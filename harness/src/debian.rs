@@ -536,7 +536,7 @@ pub fn parse_packages(text: &str, package: &str) -> Result<Vec<PackageEntry>> {
     Ok(out)
 }
 
-fn is_sha256_hex(s: &str) -> bool {
+pub(crate) fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
@@ -626,7 +626,7 @@ fn strip_clearsign(text: &str) -> String {
 // Network
 // ---------------------------------------------------------------------------------------------
 
-fn http_client() -> Result<reqwest::Client> {
+pub(crate) fn http_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("bootwatch/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
@@ -636,7 +636,7 @@ fn http_client() -> Result<reqwest::Client> {
 }
 
 /// GET `url`; `None` on 404/410, an error on any other failure.
-async fn get_optional(client: &reqwest::Client, url: &str) -> Result<Option<Vec<u8>>> {
+pub(crate) async fn get_optional(client: &reqwest::Client, url: &str) -> Result<Option<Vec<u8>>> {
     let resp = client
         .get(url)
         .send()

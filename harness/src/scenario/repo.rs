@@ -73,6 +73,8 @@ use md5::Md5;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
+
+use crate::debian::{get_optional, http_client, is_sha256_hex};
 use tower_http::services::ServeDir;
 
 use crate::fixtures::Fixture;
@@ -1635,38 +1637,8 @@ fn plan_round(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Archive access
+// Archive access (HTTP through crate::debian's client)
 // ---------------------------------------------------------------------------------------------
-
-fn http_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .user_agent(concat!("bootwatch/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(60))
-        .build()
-        .context("building the HTTP client")
-}
-
-/// GET `url`; `None` on 404/410.
-async fn get_optional(client: &reqwest::Client, url: &str) -> Result<Option<Vec<u8>>> {
-    let resp = client
-        .get(url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
-    let status = resp.status();
-    if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
-        return Ok(None);
-    }
-    ensure!(status.is_success(), "GET {url}: HTTP {status}");
-    Ok(Some(
-        resp.bytes()
-            .await
-            .with_context(|| format!("reading {url}"))?
-            .to_vec(),
-    ))
-}
-
 /// `path → (sha256, size)` of a Release/InRelease file's `SHA256` list, and whether the suite
 /// offers `Acquire-By-Hash`.
 fn parse_release(text: &str) -> (HashMap<String, (String, u64)>, bool) {
@@ -1781,10 +1753,6 @@ async fn fetch_index(
         "index read"
     );
     Ok(index)
-}
-
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn digest_matches(data: &[u8], size: u64, sha: &str) -> bool {
