@@ -381,17 +381,7 @@ async fn drive(
     cancel: &CancellationToken,
     ui: Option<mpsc::UnboundedSender<SessionEvent>>,
 ) -> anyhow::Result<()> {
-    let sdir = cfg.dir.join("session-1");
-    std::fs::create_dir_all(&sdir)?;
-    let mut s = Session::start(vm, &SessionPaths::in_dir(&sdir), cfg.timings, ui)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    result.sessions.push(SessionRecord {
-        dir: sdir,
-        command_line: launch::command_line(&vm.qemu, &launch::argv(vm)),
-        qemu_version: s.qemu_version.clone(),
-        qemu_package: s.qemu_package.clone(),
-    });
+    let mut s = start_session(cfg, vm, 1, result, ui).await?;
     let mut shell: Option<Shell> = None;
     let mut min_boot = 0;
     let mut failed = false;
@@ -575,6 +565,28 @@ async fn drive(
     Ok(())
 }
 
+/// Starts QEMU session `n` of the case in `DIR/session-N/` and records it.
+async fn start_session(
+    cfg: &CaseConfig,
+    vm: &VmConfig,
+    n: usize,
+    result: &mut CaseResult,
+    ui: Option<mpsc::UnboundedSender<SessionEvent>>,
+) -> anyhow::Result<Session> {
+    let sdir = cfg.dir.join(format!("session-{n}"));
+    std::fs::create_dir_all(&sdir)?;
+    let s = Session::start(vm, &SessionPaths::in_dir(&sdir), cfg.timings, ui)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    result.sessions.push(SessionRecord {
+        dir: sdir,
+        command_line: launch::command_line(&vm.qemu, &launch::argv(vm)),
+        qemu_version: s.qemu_version.clone(),
+        qemu_package: s.qemu_package.clone(),
+    });
+    Ok(s)
+}
+
 /// Why a step stopped the scenario.
 #[derive(Debug, thiserror::Error)]
 enum StepFailure {
@@ -680,17 +692,7 @@ async fn restore_and_reboot(
         files,
         duration_s: crate::qmp::round_ms(t0.elapsed().as_secs_f64()),
     });
-    let sdir = cfg.dir.join("session-2");
-    std::fs::create_dir_all(&sdir)?;
-    let mut s = Session::start(vm, &SessionPaths::in_dir(&sdir), cfg.timings, ui)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    result.sessions.push(SessionRecord {
-        dir: sdir,
-        command_line: launch::command_line(&vm.qemu, &launch::argv(vm)),
-        qemu_version: s.qemu_version.clone(),
-        qemu_package: s.qemu_package.clone(),
-    });
+    let mut s = start_session(cfg, vm, 2, result, ui).await?;
     let spec = WatchSpec {
         target: Some(Stage::Login),
         timeout: Duration::from_secs(900),
