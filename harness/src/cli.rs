@@ -380,6 +380,7 @@ fn machine_spec(
     let cpu = cpu.unwrap_or_else(|| accel.default_cpu().to_string());
     Ok(MachineSpec {
         qemu,
+        qemu_exec: Default::default(),
         cpu,
         accel,
         smp,
@@ -531,6 +532,7 @@ async fn run_scenario(a: RunArgs) -> ExitCode {
 fn dry_run_command_line(m: &MachineSpec) -> String {
     let vm = crate::launch::VmConfig {
         qemu: m.qemu.clone(),
+        exec: m.qemu_exec.clone(),
         machine: "virt".into(),
         cpu: m.cpu.clone(),
         accel: m.accel,
@@ -559,7 +561,7 @@ fn dry_run_command_line(m: &MachineSpec) -> String {
         qmp_socket: "RUN/qmp.sock".into(),
         extra_args: Vec::new(),
     };
-    crate::launch::command_line(&vm.qemu, &crate::launch::argv(&vm))
+    crate::launch::vm_command_line(&vm)
 }
 
 async fn show_progress_until_closed(
@@ -675,6 +677,7 @@ fn request_from(args: &BootArgs) -> Result<BootRequest, ConfigError> {
         .map(|s| s.to_string_lossy().into_owned());
     Ok(BootRequest {
         qemu: args.qemu.clone(),
+        qemu_exec: Default::default(),
         machine: args.machine.clone(),
         cpu: args.cpu.clone(),
         accel: args.accel,
@@ -992,6 +995,7 @@ async fn demo(json: bool, results: &Path, qemu: &Path, firmware: Option<PathBuf>
         for fixture in [fixtures::Fixture::Crash, fixtures::Fixture::Hello] {
             let req = BootRequest {
                 qemu: qemu.to_path_buf(),
+                qemu_exec: Default::default(),
                 machine: "virt".into(),
                 cpu: None,
                 accel: None,

@@ -126,10 +126,24 @@ pub struct Forward {
     pub guest_port: u16,
 }
 
+/// How the QEMU binary is executed: directly (the default), or through another root tree's
+/// dynamic loader with that tree's libraries, modules and data (a QEMU from another Debian suite
+/// run beside the host's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QemuExec {
+    /// Program and arguments placed before the QEMU binary, e.g. `[LOADER, --library-path, DIRS]`.
+    pub wrapper: Vec<OsString>,
+    /// Extra environment for QEMU (e.g. `QEMU_MODULE_DIR`).
+    pub env: Vec<(OsString, OsString)>,
+    /// QEMU's data directory (`-L`): option ROMs, keymaps, its own firmware descriptors.
+    pub data_dir: Option<PathBuf>,
+}
+
 /// Everything QEMU is started with.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub qemu: PathBuf,
+    pub exec: QemuExec,
     pub machine: String,
     pub cpu: String,
     pub accel: Accel,
@@ -155,6 +169,9 @@ pub fn argv(cfg: &VmConfig) -> Vec<OsString> {
         }
     };
     push(&[&"-name", &"bootwatch"]);
+    if let Some(dir) = &cfg.exec.data_dir {
+        push(&[&"-L", dir]);
+    }
     push(&[
         &"-machine",
         &format!("{},accel={}", cfg.machine, cfg.accel.as_str()),
@@ -236,6 +253,34 @@ fn opt(prefix: &str, path: &Path) -> OsString {
     s
 }
 
+/// The program to execute and all its arguments: the QEMU binary with `argv(cfg)`, or the
+/// wrapper followed by the QEMU binary and `argv(cfg)`.
+pub fn program_and_args(cfg: &VmConfig) -> (PathBuf, Vec<OsString>) {
+    let qemu_args = argv(cfg);
+    match cfg.exec.wrapper.split_first() {
+        None => (cfg.qemu.clone(), qemu_args),
+        Some((program, rest)) => {
+            let mut args: Vec<OsString> = rest.to_vec();
+            args.push(cfg.qemu.clone().into_os_string());
+            args.extend(qemu_args);
+            (PathBuf::from(program), args)
+        }
+    }
+}
+
+/// The whole command, environment included, as one shell-quoted string a person can paste.
+pub fn vm_command_line(cfg: &VmConfig) -> String {
+    let (program, args) = program_and_args(cfg);
+    let mut line = String::new();
+    for (k, v) in &cfg.exec.env {
+        let kv = format!("{}={}", k.to_string_lossy(), v.to_string_lossy());
+        line.push_str(&shlex::try_quote(&kv).map(|q| q.into_owned()).unwrap_or(kv));
+        line.push(' ');
+    }
+    line.push_str(&command_line(&program, &args));
+    line
+}
+
 /// The command line as one shell-quoted string a person can paste.
 pub fn command_line(program: &Path, args: &[OsString]) -> String {
     let words = std::iter::once(program.as_os_str()).chain(args.iter().map(|a| a.as_os_str()));
@@ -257,6 +302,7 @@ mod tests {
     fn cfg() -> VmConfig {
         VmConfig {
             qemu: "/usr/bin/qemu-system-aarch64".into(),
+            exec: QemuExec::default(),
             machine: "virt".into(),
             cpu: "cortex-a72".into(),
             accel: Accel::Tcg,
@@ -364,6 +410,37 @@ mod tests {
                 "it's"
             ]
         );
+    }
+
+    #[test]
+    fn wrapped_qemu_runs_through_the_loader_with_its_env_and_data_dir() {
+        let mut c = cfg();
+        c.qemu = "/t/usr/bin/qemu-system-aarch64".into();
+        c.exec = QemuExec {
+            wrapper: vec![
+                "/t/lib64/ld.so".into(),
+                "--library-path".into(),
+                "/t/lib".into(),
+            ],
+            env: vec![("QEMU_MODULE_DIR".into(), "/t/usr/lib/qemu".into())],
+            data_dir: Some("/t/usr/share/qemu".into()),
+        };
+        let (program, args) = program_and_args(&c);
+        assert_eq!(program, PathBuf::from("/t/lib64/ld.so"));
+        assert_eq!(
+            &args[..3],
+            &["--library-path", "/t/lib", "/t/usr/bin/qemu-system-aarch64"]
+        );
+        assert_eq!(
+            &args[3..7],
+            &["-name", "bootwatch", "-L", "/t/usr/share/qemu"]
+        );
+        assert!(vm_command_line(&c).starts_with(
+            "QEMU_MODULE_DIR=/t/usr/lib/qemu /t/lib64/ld.so --library-path /t/lib /t/usr/bin/qemu-system-aarch64 -name bootwatch -L"
+        ));
+        // Without a wrapper nothing changes.
+        let plain = cfg();
+        assert_eq!(program_and_args(&plain), (plain.qemu.clone(), argv(&plain)));
     }
 
     #[test]

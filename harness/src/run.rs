@@ -26,6 +26,8 @@ use crate::verdict::{Stage, Target, Verdict, exit_code};
 #[derive(Debug, Clone)]
 pub struct BootRequest {
     pub qemu: PathBuf,
+    /// How to execute `qemu` (directly by default; through a tree's loader for another suite's).
+    pub qemu_exec: launch::QemuExec,
     pub machine: String,
     pub cpu: Option<String>,
     pub accel: Option<Accel>,
@@ -282,6 +284,7 @@ pub async fn run(
     }
     let vm = VmConfig {
         qemu: boot.qemu.clone(),
+        exec: req.qemu_exec.clone(),
         machine: req.machine.clone(),
         cpu: boot.cpu.clone(),
         accel: boot.accel,
@@ -294,7 +297,7 @@ pub async fn run(
         qmp_socket: private.path().join("qmp.sock"),
         extra_args: req.extra_args.clone(),
     };
-    let args = launch::argv(&vm);
+    let (program, args) = launch::program_and_args(&vm);
     let mut result = RunResult {
         schema: RESULT_SCHEMA.into(),
         run_id,
@@ -331,11 +334,11 @@ pub async fn run(
             banner_version: None,
         },
         disks: Vec::new(),
-        argv: std::iter::once(boot.qemu.as_os_str())
+        argv: std::iter::once(program.as_os_str())
             .chain(args.iter().map(|a| a.as_os_str()))
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),
-        command_line: launch::command_line(&boot.qemu, &args),
+        command_line: launch::vm_command_line(&vm),
         finding: None,
         timeline: Vec::new(),
         findings: Vec::new(),

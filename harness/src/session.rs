@@ -148,10 +148,10 @@ impl Session {
         timings: Timings,
         ui: Option<mpsc::UnboundedSender<SessionEvent>>,
     ) -> Result<Session, StartError> {
-        let args = launch::argv(vm);
+        let (program, args) = launch::program_and_args(vm);
         let err = |m: String| StartError { message: m };
-        let mut qemu = Qemu::spawn(&vm.qemu, &args, &paths.qemu_stderr)
-            .map_err(|e| err(format!("cannot start {}: {e}", vm.qemu.display())))?;
+        let mut qemu = Qemu::spawn(&program, &args, &vm.exec.env, &paths.qemu_stderr)
+            .map_err(|e| err(format!("cannot start {}: {e}", program.display())))?;
         let zero = qemu.started();
         // QEMU creates both sockets during start-up; it fails fast (bad argument, missing file).
         let deadline = Instant::now() + timings.qmp_up;

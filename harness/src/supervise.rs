@@ -58,11 +58,17 @@ impl ExitInfo {
 
 impl Qemu {
     /// Spawns `program args`, stdout and stderr going to `stderr_path`.
-    pub fn spawn(program: &Path, args: &[OsString], stderr_path: &Path) -> std::io::Result<Qemu> {
+    pub fn spawn(
+        program: &Path,
+        args: &[OsString],
+        env: &[(OsString, OsString)],
+        stderr_path: &Path,
+    ) -> std::io::Result<Qemu> {
         let err = File::create(stderr_path)?;
         let out = err.try_clone()?;
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))

@@ -24,6 +24,7 @@ use crate::verdict::{Stage, Verdict, exit_code};
 #[derive(Debug, Clone)]
 pub struct MachineSpec {
     pub qemu: PathBuf,
+    pub qemu_exec: launch::QemuExec,
     pub cpu: String,
     pub accel: Accel,
     pub smp: u32,
@@ -311,6 +312,7 @@ pub async fn run_case(
 
     let vm = VmConfig {
         qemu: cfg.machine.qemu.clone(),
+        exec: cfg.machine.qemu_exec.clone(),
         machine: "virt".into(),
         cpu: cfg.machine.cpu.clone(),
         accel: cfg.machine.accel,
@@ -580,7 +582,7 @@ async fn start_session(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     result.sessions.push(SessionRecord {
         dir: sdir,
-        command_line: launch::command_line(&vm.qemu, &launch::argv(vm)),
+        command_line: launch::vm_command_line(vm),
         qemu_version: s.qemu_version.clone(),
         qemu_package: s.qemu_package.clone(),
     });
