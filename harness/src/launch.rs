@@ -273,9 +273,11 @@ pub fn vm_command_line(cfg: &VmConfig) -> String {
     let (program, args) = program_and_args(cfg);
     let mut line = String::new();
     for (k, v) in &cfg.exec.env {
-        let kv = format!("{}={}", k.to_string_lossy(), v.to_string_lossy());
-        line.push_str(&shlex::try_quote(&kv).map(|q| q.into_owned()).unwrap_or(kv));
-        line.push(' ');
+        let v = v.to_string_lossy();
+        let v = shlex::try_quote(&v)
+            .map(|q| q.into_owned())
+            .unwrap_or_default();
+        line.push_str(&format!("{}={v} ", k.to_string_lossy()));
     }
     line.push_str(&command_line(&program, &args));
     line
