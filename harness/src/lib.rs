@@ -8,6 +8,7 @@ pub mod debian;
 pub mod fixtures;
 pub mod images;
 pub mod launch;
+pub mod matrix;
 pub mod qmp;
 pub mod record;
 pub mod run;
