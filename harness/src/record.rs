@@ -93,8 +93,11 @@ pub struct QemuInfo {
     /// QEMU's package string from `query-version`, e.g. "Debian 1:7.2+dfsg-7+deb12u18+b3".
     pub package: Option<String>,
     pub exit: Option<ExitInfo>,
-    /// CPU seconds QEMU used (user + system), when known.
+    /// CPU seconds QEMU used (user + system) up to the end of the watch, when known.
     pub cpu_s: Option<f64>,
+    /// How long the QEMU process ran (start to exit), seconds.
+    #[serde(default)]
+    pub wall_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

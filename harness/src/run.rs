@@ -326,6 +326,7 @@ pub async fn run(
             package: None,
             exit: None,
             cpu_s: None,
+            wall_s: None,
         },
         firmware: FirmwareInfo {
             code: None,
@@ -400,8 +401,11 @@ pub async fn run(
                     }
                 }
             }
+            let qemu_cpu_s = session.qemu_cpu_s();
             let exit = session.shutdown().await;
             record_session(&mut result, &session);
+            result.qemu.cpu_s = qemu_cpu_s;
+            result.qemu.wall_s = Some(session.now_s());
             if let FirmwareLoad::Pflash { vars, .. } = &firmware {
                 result.firmware.vars = FileInfo::of(vars).ok();
             }
@@ -440,7 +444,6 @@ pub async fn run(
     }
     result.duration_s = crate::qmp::round_ms(started.elapsed().as_secs_f64());
     result.harness_cpu_s = cpu_seconds(nix::sys::resource::UsageWho::RUSAGE_SELF);
-    result.qemu.cpu_s = cpu_seconds(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
     write_json_atomic(&result_path, &result).context("writing result.json")?;
     Ok(RunOutcome { dir, result })
 }

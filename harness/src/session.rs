@@ -235,6 +235,13 @@ impl Session {
         round_ms(self.qemu.elapsed_s())
     }
 
+    /// CPU seconds (user + system) QEMU has used so far, from `/proc/PID/stat`; `None` once it
+    /// has been reaped or off Linux. Per process, so it stays right when several VMs run at once.
+    pub fn qemu_cpu_s(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.qemu.pid())).ok()?;
+        cpu_s_from_stat(&stat)
+    }
+
     pub fn exit_info(&self) -> Option<&ExitInfo> {
         self.exit.as_ref()
     }
@@ -599,5 +606,38 @@ fn one_line(s: &str) -> String {
         "nothing on stderr".into()
     } else {
         s
+    }
+}
+
+/// utime + stime of a `/proc/PID/stat` line, in seconds.
+fn cpu_s_from_stat(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; utime is field 14, stime field 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let tck = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0)? as f64;
+    Some(round_ms((utime + stime) / tck))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_from_proc_stat_even_with_odd_command_names() {
+        let tck = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .unwrap()
+            .unwrap() as f64;
+        let line = "4242 (qemu (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
+        assert_eq!(cpu_s_from_stat(line), Some(round_ms(300.0 / tck)));
+        assert_eq!(cpu_s_from_stat("garbage"), None);
+        // Our own process: a real file parses.
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(cpu_s_from_stat(&own).is_some());
     }
 }

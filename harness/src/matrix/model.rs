@@ -189,6 +189,13 @@ pub struct CellRecord {
     pub error: Option<String>,
 }
 
+impl CellRecord {
+    /// The cell's colour in the reports.
+    pub fn category(&self) -> Category {
+        Category::of(self.status, self.verdict, self.exit_code)
+    }
+}
+
 /// `execution.json`: one invocation of `bootwatch matrix` (a shard, or the whole matrix).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Execution {
@@ -227,13 +234,16 @@ pub enum Category {
 }
 
 impl Category {
-    pub fn of(status: CellStatus, verdict: Verdict) -> Category {
+    /// `exit_code` 0 counts as reached whatever the verdict (e.g. a fixture that powers the
+    /// machine off on purpose: `qemu-exited` with no target, exit code 0).
+    pub fn of(status: CellStatus, verdict: Verdict, exit_code: i32) -> Category {
         match status {
             CellStatus::NotRun | CellStatus::Interrupted => return Category::NotRun,
             CellStatus::Error => return Category::Error,
             CellStatus::Done => {}
         }
         match verdict {
+            _ if exit_code == 0 => Category::Reached,
             Verdict::Reached => Category::Reached,
             Verdict::SyncException | Verdict::FirmwareException => Category::SyncException,
             Verdict::KernelPanic => Category::Panic,
