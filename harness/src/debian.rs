@@ -1168,7 +1168,7 @@ fn install_verified(
     load_build(&final_dir)
 }
 
-fn hash_file(path: &Path) -> Result<(u64, String)> {
+pub(crate) fn hash_file(path: &Path) -> Result<(u64, String)> {
     let mut file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut writer = HashWriter::new(io::sink());
     io::copy(&mut file, &mut writer).with_context(|| format!("reading {}", path.display()))?;
