@@ -119,12 +119,13 @@ impl Qmp {
         events: mpsc::UnboundedSender<QmpEvent>,
         timeout: Duration,
     ) -> Result<Qmp, QmpError> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| QmpError::Connect {
-                path: path.display().to_string(),
-                source,
-            })?;
+        let stream =
+            connect_listening(path, timeout)
+                .await
+                .map_err(|source| QmpError::Connect {
+                    path: path.display().to_string(),
+                    source,
+                })?;
         let (r, w) = stream.into_split();
         let mut lines = BufReader::new(r).lines();
         let first = tokio::time::timeout(timeout, lines.next_line())
@@ -267,6 +268,24 @@ async fn read_loop(
     }
     // EOF: dropping every waiter's sender wakes it with "closed".
     pending.lock().expect("pending lock").clear();
+}
+
+/// Connects to a unix socket a starting QEMU created: the file appears at bind(), before
+/// listen(), so "connection refused" right after start-up means "not yet" (seen with several
+/// VMs starting at once) and is retried until `timeout`.
+pub async fn connect_listening(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match UnixStream::connect(path).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 #[cfg(test)]

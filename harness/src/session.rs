@@ -175,7 +175,7 @@ impl Session {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let console = UnixStream::connect(&vm.serial_socket)
+        let console = crate::qmp::connect_listening(&vm.serial_socket, timings.qmp_up)
             .await
             .map_err(|e| err(format!("cannot connect to the serial console socket: {e}")))?;
         let transcript = Transcript::create(&paths.qmp_jsonl, zero)
@@ -233,6 +233,15 @@ impl Session {
     /// Seconds since QEMU started.
     pub fn now_s(&self) -> f64 {
         round_ms(self.qemu.elapsed_s())
+    }
+
+    /// After QEMU exited: takes the QMP events still in flight (a guest's SHUTDOWN can arrive
+    /// after the process exit is seen), until the reader closes the channel or briefly.
+    async fn drain_events(&mut self) {
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(Some(ev)) = tokio::time::timeout_at(until, self.events.recv()).await {
+            self.on_event(ev);
+        }
     }
 
     /// CPU seconds (user + system) QEMU has used so far, from `/proc/PID/stat`; `None` once it
@@ -318,6 +327,7 @@ impl Session {
                     let st = st.context("waiting for QEMU")?;
                     self.exit = Some(ExitInfo::from_status(st, false));
                     self.drain_console().await?;
+                    self.drain_events().await;
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
@@ -572,6 +582,7 @@ impl Session {
                     let st = st.context("waiting for QEMU")?;
                     self.exit = Some(ExitInfo::from_status(st, false));
                     self.drain_console().await?;
+                    self.drain_events().await;
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => break ExpectEnd::TimedOut,
                 _ = cancel.cancelled() => break ExpectEnd::Interrupted,
