@@ -1,5 +1,7 @@
 //! The `bootwatch` command line. The only module that prints.
 
+mod matrix;
+
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::classify::{self, FindingKind};
 use crate::images::{self, Registry};
 use crate::launch::{Accel, Forward};
+use crate::providers::host_firmware;
 use crate::record::RunResult;
 use crate::run::{self, BootRequest, ConfigError, ImageBoot};
 use crate::scenario::demo as demo_mod;
@@ -83,6 +86,14 @@ enum Command {
         qemu: PathBuf,
         #[arg(long)]
         firmware: Option<PathBuf>,
+    },
+    /// Run a compatibility matrix (scenarios/matrix/*.toml): every combination of image, QEMU
+    /// build, firmware build, CPU model and vars store, concurrently, with reports.
+    Matrix(Box<matrix::MatrixArgs>),
+    /// Reports over matrix results.
+    Report {
+        #[command(subcommand)]
+        command: matrix::ReportCommand,
     },
 }
 
@@ -312,6 +323,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
             command: FirmwareCommand::Fetch { spec, mirror, json },
         } => firmware_fetch(&spec, mirror.as_deref(), json).await,
         Command::Run(args) => run_scenario(*args).await,
+        Command::Matrix(args) => matrix::matrix(*args).await,
+        Command::Report { command } => matrix::report(command),
         Command::Demo {
             fixtures: true,
             json,
@@ -635,21 +648,6 @@ async fn upgrade_demo(
     } else {
         ExitCode::from(exit_code::BAD)
     }
-}
-
-/// The host's edk2 for aarch64, where the usual distributions put it.
-pub fn host_firmware() -> Option<PathBuf> {
-    [
-        "/usr/share/AAVMF/AAVMF_CODE.fd",
-        "/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw",
-        "/usr/share/qemu/edk2-aarch64-code.fd",
-        "/opt/homebrew/share/qemu/edk2-aarch64-code.fd",
-        "/usr/local/share/qemu/edk2-aarch64-code.fd",
-        "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_file())
 }
 
 fn request_from(args: &BootArgs) -> Result<BootRequest, ConfigError> {

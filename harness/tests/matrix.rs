@@ -1,0 +1,391 @@
+//! The compatibility matrix on real QEMU and edk2: bad matrix files, a 2 x 2 x 2 matrix with QEMU
+//! from two Debian suites run beside the host's (concurrency 2, every report format), shards
+//! merged == the unsharded run, resume, repeat counts, and a matrix stopped mid-way.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bootwatch::matrix::model::MatrixReport;
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/matrix")
+        .join(name)
+}
+
+fn read_report(dir: &Path) -> MatrixReport {
+    let p = dir.join("matrix.json");
+    let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn matrix(args: &[&str]) -> std::process::Output {
+    bin().arg("matrix").args(args).output().unwrap()
+}
+
+#[test]
+fn bad_matrix_files_fail_before_any_vm_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(data("crash-host.toml")).unwrap();
+    for (body, needle) in [
+        (
+            good.replace("[axes]", "[axes]\nkvm = [\"on\"]"),
+            "bad.toml:8: unknown axis",
+        ),
+        (
+            good.replace("qemu = [\"host\"]", "qemu = [\"qemu:9.2\"]"),
+            "bad.toml:9: axis qemu",
+        ),
+        (
+            good.replace("firmware = [\"host\"]", "firmware = [\"flash:x.fd\"]"),
+            "bad.toml:10: axis firmware",
+        ),
+        (
+            good.replace("fixture:crash", "no-such-image"),
+            "no image named \"no-such-image\"",
+        ),
+        (
+            format!("{good}\n[[exclude]]\nqemu = \"debian:sid\"\n"),
+            "not a value of that axis",
+        ),
+    ] {
+        let f = dir.path().join("bad.toml");
+        std::fs::write(&f, &body).unwrap();
+        let results = dir.path().join("results");
+        let started = Instant::now();
+        let out = matrix(&[f.to_str().unwrap(), "--results", results.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "wanted {needle:?} in: {stderr}");
+        assert!(!results.exists(), "nothing may be written for a bad file");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    // Malformed shards, from the flag and from GitLab's variables.
+    let f = data("crash-host.toml");
+    let results = dir.path().join("results");
+    for shard in ["3/2", "0/2", "1/0", "two"] {
+        let out = matrix(&[
+            f.to_str().unwrap(),
+            "--shard",
+            shard,
+            "--results",
+            results.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--shard"));
+    }
+    let out = bin()
+        .args(["matrix", f.to_str().unwrap(), "--results"])
+        .arg(&results)
+        .env("CI_NODE_INDEX", "3")
+        .env("CI_NODE_TOTAL", "2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CI_NODE_INDEX"));
+    assert!(!results.exists());
+}
+
+/// The whole matrix once, then as two shards merged, then resumed.
+#[test]
+fn matrix_of_two_qemu_suites_two_firmwares_two_images() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let root = results_root();
+    let file = data("two-suites.toml");
+    let whole = root.path().join("whole");
+    let t = Instant::now();
+    let out = matrix(&[
+        file.to_str().unwrap(),
+        "--concurrency",
+        "2",
+        "--results",
+        whole.to_str().unwrap(),
+    ]);
+    let wall = t.elapsed().as_secs_f64();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = read_report(&whole);
+    assert_eq!(r.status, "complete");
+    assert_eq!(r.cells.len(), 8);
+    for c in &r.cells {
+        assert_eq!(
+            serde_json::to_value(c.status).unwrap(),
+            "done",
+            "{}: {:?}",
+            c.id,
+            c.error
+        );
+        let qv = c.qemu_version.as_deref().unwrap_or_default();
+        match c.axes.qemu.as_str() {
+            "debian:trixie" => assert!(qv.starts_with("10.0."), "{qv}"),
+            "debian:sid" => assert!(qv.starts_with("11."), "{qv}"),
+            other => panic!("unexpected qemu {other}"),
+        }
+        let fv = c.firmware_version.as_deref().unwrap_or_default();
+        assert_eq!(fv, c.axes.firmware.trim_start_matches("debian:"));
+        match c.axes.image.as_str() {
+            "fixture:crash" => {
+                assert_eq!(c.verdict.as_str(), "sync-exception");
+                assert!(
+                    c.exception
+                        .as_deref()
+                        .unwrap_or_default()
+                        .contains("Synchronous Exception at 0x"),
+                    "{:?}",
+                    c.exception
+                );
+            }
+            "fixture:hello" => {
+                assert_eq!(c.verdict.as_str(), "qemu-exited");
+                assert_eq!(c.exit_code, 0);
+            }
+            other => panic!("unexpected image {other}"),
+        }
+        // Each cell's evidence is where the report says.
+        let run = &c.runs[0];
+        assert!(whole.join(&run.dir).join("console.log").is_file());
+        assert!(whole.join(&run.dir).join("result.json").is_file());
+    }
+    for ext in ["json", "xml", "md", "html"] {
+        let p = whole.join(format!("matrix.{ext}"));
+        assert!(
+            std::fs::metadata(&p).map(|m| m.len() > 0).unwrap_or(false),
+            "{}",
+            p.display()
+        );
+    }
+    let xml = std::fs::read_to_string(whole.join("matrix.xml")).unwrap();
+    assert_eq!(xml.matches("<testcase").count(), 8, "{xml}");
+    assert_eq!(xml.matches("<failure").count(), 4, "{xml}");
+    assert!(xml.contains("sync-exception"));
+    let md = std::fs::read_to_string(whole.join("matrix.md")).unwrap();
+    for c in &r.cells {
+        assert!(md.contains(&c.id) || md.contains(&c.axes.image), "{md}");
+    }
+    eprintln!(
+        "whole matrix: wall {wall:.1} s; report: wall {:.1} s, cells {:.1} s, efficiency {:.2}, outside QEMU {:.1} s ({:.1} %)",
+        r.timing.wall_s,
+        r.timing.cells_s,
+        r.timing.efficiency,
+        r.timing.overhead_s,
+        r.timing.overhead_fraction * 100.0
+    );
+
+    // Two shards, one named by the flag and one by GitLab's variables, merged.
+    let s1 = root.path().join("shard-1");
+    let s2 = root.path().join("shard-2");
+    let out = matrix(&[
+        file.to_str().unwrap(),
+        "--shard",
+        "1/2",
+        "--concurrency",
+        "2",
+        "--results",
+        s1.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = bin()
+        .args([
+            "matrix",
+            file.to_str().unwrap(),
+            "--concurrency",
+            "2",
+            "--results",
+        ])
+        .arg(&s2)
+        .env("CI_NODE_INDEX", "2")
+        .env("CI_NODE_TOTAL", "2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let partial = read_report(&s1);
+    assert_eq!(partial.status, "partial");
+    assert_eq!(partial.summary.done, 4);
+    let merged = root.path().join("merged");
+    let out = bin()
+        .args(["report", "merge"])
+        .arg(&s1)
+        .arg(&s2)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let m = read_report(&merged);
+    assert_eq!(
+        bootwatch::report::comparable(&m),
+        bootwatch::report::comparable(&r),
+        "shards merged must equal the unsharded run"
+    );
+    for ext in ["json", "xml", "md", "html"] {
+        assert!(merged.join(format!("matrix.{ext}")).is_file());
+    }
+    for c in &m.cells {
+        assert!(merged.join(&c.runs[0].dir).join("console.log").is_file());
+    }
+
+    // Resume: the same matrix into the same directory runs nothing again.
+    let t = Instant::now();
+    let out = matrix(&[file.to_str().unwrap(), "--results", whole.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let again = read_report(&whole);
+    assert_eq!(
+        bootwatch::report::comparable(&again),
+        bootwatch::report::comparable(&r)
+    );
+    let exec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(whole.join("execution.json")).unwrap()).unwrap();
+    assert_eq!(exec["resumed"].as_array().unwrap().len(), 8, "{exec}");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    // Another plan (a repeat count) is refused in that directory, before anything runs.
+    let out = matrix(&[
+        file.to_str().unwrap(),
+        "--repeat",
+        "2",
+        "--results",
+        whole.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another matrix"));
+}
+
+#[test]
+fn repeated_cells_report_how_many_runs_crashed() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let root = results_root();
+    let dir = root.path().join("r");
+    let out = matrix(&[
+        data("crash-host.toml").to_str().unwrap(),
+        "--repeat",
+        "2",
+        "--results",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = read_report(&dir);
+    assert_eq!(r.repeat, 2);
+    let c = &r.cells[0];
+    assert_eq!(c.runs.len(), 2);
+    assert_eq!((c.crashed, c.repeat, c.flaky), (2, 2, false));
+    assert_eq!(c.verdict.as_str(), "sync-exception");
+    assert_eq!(c.firmware_version.as_deref(), Some("2022.11"));
+    assert_ne!(c.runs[0].dir, c.runs[1].dir);
+}
+
+/// Live child processes of `parent` (QEMU runs as bootwatch's child).
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f[1] == parent.to_string() && f[0] != "Z" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The process exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s[s.rfind(')').unwrap() + 1..].split_whitespace().next() != Some("Z"))
+        .unwrap_or(false)
+}
+
+/// Starts a matrix of cells that never end, waits until `n` cells run, and returns the child.
+fn start_silent_matrix(dir: &Path, n: usize) -> std::process::Child {
+    let mut child = bin()
+        .args([
+            "matrix",
+            data("silent.toml").to_str().unwrap(),
+            "--concurrency",
+            "2",
+        ])
+        .arg("--results")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with("start") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    for _ in 0..n {
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("cells did not start");
+    }
+    // Let the VMs get going.
+    std::thread::sleep(Duration::from_secs(3));
+    child
+}
+
+#[test]
+fn stopping_a_matrix_midway_kills_its_vms_and_keeps_a_valid_partial_report() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let root = results_root();
+    for (signal, name) in [
+        (nix::sys::signal::Signal::SIGTERM, "term"),
+        (nix::sys::signal::Signal::SIGKILL, "kill"),
+    ] {
+        let dir = root.path().join(name);
+        let mut child = start_silent_matrix(&dir, 2);
+        let vms = children_of(child.id());
+        assert_eq!(vms.len(), 2, "two QEMUs should be running: {vms:?}");
+        let t = Instant::now();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let status = child.wait().unwrap();
+        // QEMU dies with bootwatch (SIGTERM: killed by it; SIGKILL: by the parent-death signal).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while vms.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let left: Vec<_> = vms.iter().filter(|p| alive(**p)).collect();
+        assert!(left.is_empty(), "{name}: QEMUs left: {left:?}");
+        let r = read_report(&dir);
+        assert_eq!(r.status, "partial", "{name}");
+        assert_eq!(r.cells.len(), 4);
+        assert_eq!(r.summary.done, 0, "{name}");
+        if name == "term" {
+            assert_eq!(status.code(), Some(125), "{name}");
+            assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+            let interrupted = r
+                .cells
+                .iter()
+                .filter(|c| serde_json::to_value(c.status).unwrap() == "interrupted")
+                .count();
+            assert_eq!(
+                interrupted, 2,
+                "the two running cells are recorded as interrupted"
+            );
+            let exec: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("execution.json")).unwrap())
+                    .unwrap();
+            assert_eq!(exec["interrupted"], true);
+            for ext in ["xml", "md", "html"] {
+                assert!(dir.join(format!("matrix.{ext}")).is_file());
+            }
+        }
+    }
+}
