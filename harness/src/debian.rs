@@ -1168,6 +1168,20 @@ fn install_verified(
     load_build(&final_dir)
 }
 
+/// Takes an exclusive advisory lock on `path` (created if missing), blocking until it is free.
+/// Cache builds hold one so that two processes never build the same entry at once.
+pub(crate) fn lock_exclusive(path: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    tracing::debug!(lock = %path.display(), "waiting for a cache lock");
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow!("locking {}: {e}", path.display()))
+}
+
 pub(crate) fn hash_file(path: &Path) -> Result<(u64, String)> {
     let mut file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut writer = HashWriter::new(io::sink());

@@ -107,7 +107,11 @@ pub async fn matrix(a: MatrixArgs) -> ExitCode {
         .filter(|c| shard.is_none_or(|s| s.owns(c.index)))
         .collect();
     if a.dry_run {
-        println!(
+        use std::io::Write;
+        // A closed stdout (`| head`) ends the listing quietly.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
             "matrix {} (plan {}): {} cells, {} in this shard, repeat {repeat}, target {}",
             plan.name,
             plan.plan_id,
@@ -116,7 +120,9 @@ pub async fn matrix(a: MatrixArgs) -> ExitCode {
             plan.target
         );
         for c in mine {
-            println!("{:>3} {}  {}", c.index, c.id, c.axes.label());
+            if writeln!(out, "{:>3} {}  {}", c.index, c.id, c.axes.label()).is_err() {
+                break;
+            }
         }
         return ExitCode::SUCCESS;
     }

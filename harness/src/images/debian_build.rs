@@ -525,7 +525,7 @@ pub fn build(recipe: &DebianRecipe, mirror: &str, cache_root: &Path) -> Result<B
     let hash = recipe.hash();
     let local = local_images_dir(cache_root);
     fs::create_dir_all(&local).with_context(|| format!("creating {}", local.display()))?;
-    let _lock = lock(&local.join(format!(".{hash}.lock")))?;
+    let _lock = crate::debian::lock_exclusive(&local.join(format!(".{hash}.lock")))?;
     // Another process may have finished it while we waited for the lock.
     if let Some(img) = find_cached(recipe, cache_root)? {
         return Ok(img);
@@ -1408,18 +1408,6 @@ fn sha256_file(path: &Path) -> Result<(String, u64)> {
 // ---------------------------------------------------------------------------------------------
 // Cache housekeeping
 // ---------------------------------------------------------------------------------------------
-
-fn lock(path: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    tracing::debug!(lock = %path.display(), "waiting for the image build lock");
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow!("locking {}: {e}", path.display()))
-}
 
 /// Removes `.build-<hash>-*` directories left by killed builds (the caller holds the lock, so
 /// none is in use), refusing if anything is mounted below one.

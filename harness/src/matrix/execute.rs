@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::images::catalog::ImageFormat;
 use crate::images::{self, Registry, Resolved};
 use crate::matrix::model::{
-    CELL_SCHEMA, CellInputs, CellRecord, CellRun, CellStatus, EXECUTION_SCHEMA, Execution,
-    MatrixReport, Plan, PlannedCell,
+    CellInputs, CellRecord, CellRun, CellStatus, EXECUTION_SCHEMA, Execution, MatrixReport, Plan,
+    PlannedCell,
 };
 use crate::matrix::plan::Shard;
 use crate::matrix::spec::{ImageChoice, MatrixSpec, VarsChoice};
@@ -28,7 +28,7 @@ use crate::providers::{self, ProviderContext, ResolvedFirmware, ResolvedQemu};
 use crate::record::{RunResult, RunStatus, write_json_atomic};
 use crate::run::{self, BootRequest, ImageBoot};
 use crate::session::Timings;
-use crate::verdict::{Stage, Verdict, exit_code};
+use crate::verdict::{Verdict, exit_code};
 
 /// How a matrix is executed (the matrix file says what to run).
 #[derive(Debug, Clone)]
@@ -503,28 +503,9 @@ async fn run_cell(
         });
     }
     let mut record = CellRecord {
-        schema: CELL_SCHEMA.into(),
-        id: cell.id.clone(),
-        index: cell.index,
-        axes: cell.axes.clone(),
         status: CellStatus::Error,
-        qemu_version: None,
-        firmware_version: None,
-        firmware_banner: None,
-        verdict: Verdict::HarnessError,
-        stage: Stage::None,
-        exit_code: i32::from(exit_code::UNDETERMINED),
-        before_grub: true,
-        exception: None,
         reason: String::new(),
-        repeat: plan.repeat,
-        crashed: 0,
-        flaky: false,
-        runs: Vec::new(),
-        inputs: CellInputs::default(),
-        duration_s: 0.0,
-        overhead_s: 0.0,
-        error: None,
+        ..CellRecord::not_run(cell, plan.repeat)
     };
     let (q, f, img, inputs) = match resolved {
         Ok(r) => r,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::verdict::{Stage, Verdict};
+use crate::verdict::{Stage, Verdict, exit_code};
 
 pub const PLAN_SCHEMA: &str = "bootwatch.matrix-plan/1";
 pub const CELL_SCHEMA: &str = "bootwatch.cell/1";
@@ -190,6 +190,34 @@ pub struct CellRecord {
 }
 
 impl CellRecord {
+    /// The record of a planned cell nobody ran.
+    pub fn not_run(p: &PlannedCell, repeat: u32) -> CellRecord {
+        CellRecord {
+            schema: CELL_SCHEMA.to_string(),
+            id: p.id.clone(),
+            index: p.index,
+            axes: p.axes.clone(),
+            status: CellStatus::NotRun,
+            qemu_version: None,
+            firmware_version: None,
+            firmware_banner: None,
+            verdict: Verdict::HarnessError,
+            stage: Stage::None,
+            exit_code: i32::from(exit_code::UNDETERMINED),
+            before_grub: false,
+            exception: None,
+            reason: "not run".to_string(),
+            repeat,
+            crashed: 0,
+            flaky: false,
+            runs: Vec::new(),
+            inputs: CellInputs::default(),
+            duration_s: 0.0,
+            overhead_s: 0.0,
+            error: None,
+        }
+    }
+
     /// The cell's colour in the reports.
     pub fn category(&self) -> Category {
         Category::of(self.status, self.verdict, self.exit_code)

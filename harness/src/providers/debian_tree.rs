@@ -427,22 +427,11 @@ pub fn mmdebstrap_args(suite: &str, version: &str, mirror: &str, target: &Path) 
     args
 }
 
-fn lock(path: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow!("locking {}: {e}", path.display()))
-}
-
 async fn build_locked(suite: &str, version: &str, mirror: &str, qemu_dir: &Path) -> Result<Tree> {
     fs::create_dir_all(qemu_dir).with_context(|| format!("creating {}", qemu_dir.display()))?;
     let lock_path = qemu_dir.join(format!(".debian-{suite}.lock"));
     tracing::debug!(lock = %lock_path.display(), "waiting for the tree lock");
-    let guard = tokio::task::spawn_blocking(move || lock(&lock_path))
+    let guard = tokio::task::spawn_blocking(move || crate::debian::lock_exclusive(&lock_path))
         .await
         .context("lock task")??;
     let final_dir = qemu_dir.join(tree_dir_name(suite, version));

@@ -54,11 +54,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use crate::matrix::model::{
-    CELL_SCHEMA, CellInputs, CellRecord, CellStatus, EXECUTION_SCHEMA, Execution, MATRIX_SCHEMA,
-    MatrixReport, PLAN_SCHEMA, Plan, PlannedCell, Summary, Timing,
+    CELL_SCHEMA, CellRecord, CellStatus, EXECUTION_SCHEMA, Execution, MATRIX_SCHEMA, MatrixReport,
+    PLAN_SCHEMA, Plan, PlannedCell, Summary, Timing,
 };
 use crate::qmp::round_ms;
-use crate::verdict::{Stage, Verdict, exit_code};
 
 pub use chromium::{chromium_binary, dump_dom, screenshot};
 pub use compare::compare;
@@ -83,7 +82,7 @@ pub fn build(dir: &Path) -> anyhow::Result<MatrixReport> {
         .map(|p| {
             records
                 .remove(&p.id)
-                .unwrap_or_else(|| not_run(p, plan.repeat))
+                .unwrap_or_else(|| CellRecord::not_run(p, plan.repeat))
         })
         .collect();
     let summary = summarize(&cells);
@@ -299,34 +298,6 @@ pub(crate) fn read_cell(path: &Path, planned: &PlannedCell) -> anyhow::Result<Ce
         );
     }
     Ok(record)
-}
-
-/// The record of a planned cell nobody ran.
-fn not_run(p: &PlannedCell, repeat: u32) -> CellRecord {
-    CellRecord {
-        schema: CELL_SCHEMA.to_string(),
-        id: p.id.clone(),
-        index: p.index,
-        axes: p.axes.clone(),
-        status: CellStatus::NotRun,
-        qemu_version: None,
-        firmware_version: None,
-        firmware_banner: None,
-        verdict: Verdict::HarnessError,
-        stage: Stage::None,
-        exit_code: i32::from(exit_code::UNDETERMINED),
-        before_grub: false,
-        exception: None,
-        reason: "not run".to_string(),
-        repeat,
-        crashed: 0,
-        flaky: false,
-        runs: Vec::new(),
-        inputs: CellInputs::default(),
-        duration_s: 0.0,
-        overhead_s: 0.0,
-        error: None,
-    }
 }
 
 fn summarize(cells: &[CellRecord]) -> Summary {
