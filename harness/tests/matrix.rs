@@ -243,11 +243,30 @@ fn matrix_of_two_qemu_suites_two_firmwares_two_images() {
         serde_json::from_slice(&std::fs::read(whole.join("execution.json")).unwrap()).unwrap();
     assert_eq!(exec["resumed"].as_array().unwrap().len(), 8, "{exec}");
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
-    // Another plan (a repeat count) is refused in that directory, before anything runs.
+    // The matrix edited (a filter added): the remaining cells are kept, nothing runs again.
+    let edited = root.path().join("two-suites.toml");
+    std::fs::write(
+        &edited,
+        format!(
+            "{}\n[[exclude]]\nqemu = \"debian:sid\"\n",
+            std::fs::read_to_string(&file).unwrap()
+        ),
+    )
+    .unwrap();
     let out = matrix(&[
-        file.to_str().unwrap(),
-        "--repeat",
-        "2",
+        edited.to_str().unwrap(),
+        "--results",
+        whole.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let fewer = read_report(&whole);
+    assert_eq!(fewer.cells.len(), 4);
+    let exec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(whole.join("execution.json")).unwrap()).unwrap();
+    assert_eq!(exec["resumed"].as_array().unwrap().len(), 4, "{exec}");
+    // Another matrix is refused in that directory, before anything runs.
+    let out = matrix(&[
+        data("crash-host.toml").to_str().unwrap(),
         "--results",
         whole.to_str().unwrap(),
     ]);

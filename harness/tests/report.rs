@@ -280,12 +280,14 @@ fn build_orders_cells_and_counts() {
     assert_eq!(r.summary.flaky, 1);
     assert_eq!(r.summary.by_verdict["sync-exception"], 2);
     assert_eq!(r.executions.len(), 1);
-    // 7 cells of 20 s, 2.5 s overhead each; one execution of 100 s x 2 slots.
+    // 7 cells of 20 s, 2.5 s overhead each; one execution of 100 s (3 s of it preparing) x 2
+    // slots: 140 / 194.
     assert_eq!(r.timing.cells_s, 140.0);
     assert_eq!(r.timing.overhead_s, 17.5);
     assert_eq!(r.timing.overhead_fraction, 0.125);
-    assert_eq!(r.timing.efficiency, 0.7);
+    assert_eq!(r.timing.efficiency, 0.722);
     assert_eq!(r.timing.wall_s, 100.0);
+    assert_eq!(r.timing.prepare_s, 3.0);
 
     // Every planned cell done or error: complete.
     let tmp2 = tempfile::tempdir().unwrap();

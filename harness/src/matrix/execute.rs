@@ -206,8 +206,8 @@ pub async fn run_matrix(
     Ok(report)
 }
 
-/// Whether `dir` can take this plan's results: new, empty, or holding the same plan (resume).
-/// A directory that holds another matrix's results is refused.
+/// Whether `dir` can take this plan's results: new, empty, or holding results of the same matrix
+/// (by name: resume, also after the file was edited). Another matrix's results are refused.
 pub fn check_results_dir(dir: &Path, plan: &Plan) -> Result<(), String> {
     let plan_path = dir.join("plan.json");
     if plan_path.exists() {
@@ -215,13 +215,15 @@ pub fn check_results_dir(dir: &Path, plan: &Plan) -> Result<(), String> {
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
             .map_err(|e| format!("--results {}: reading plan.json: {e}", dir.display()))?;
-        if old.plan_id != plan.plan_id {
+        // The same matrix, perhaps edited (values added, settings changed): its cells whose
+        // inputs did not change are kept, the others run. Another matrix is refused.
+        if old.name != plan.name {
             return Err(format!(
-                "--results {} holds the results of another matrix (plan {} from {}, this is plan {} from {}): pass another directory",
+                "--results {} holds the results of another matrix ({:?} from {}, this is {:?} from {}): pass another directory",
                 dir.display(),
-                old.plan_id,
+                old.name,
                 old.matrix_file,
-                plan.plan_id,
+                plan.name,
                 plan.matrix_file
             ));
         }

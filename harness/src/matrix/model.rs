@@ -324,13 +324,17 @@ pub struct Summary {
 pub struct Timing {
     /// Sum over executions of their wall time.
     pub wall_s: f64,
+    /// Of which preparing (providers, images) before the first cell.
+    #[serde(default)]
+    pub prepare_s: f64,
     /// Sum over cells of their duration.
     pub cells_s: f64,
     /// Sum over cells of the time outside QEMU.
     pub overhead_s: f64,
     /// `overhead_s / cells_s`.
     pub overhead_fraction: f64,
-    /// `cells_s / (wall_s * concurrency)` over the executions (1.0 = the VM slots never idled).
+    /// Cells run over `(wall_s - prepare_s) * concurrency`, summed over the executions (1.0 = the
+    /// VM slots never idled while cells ran).
     pub efficiency: f64,
 }
 

@@ -19,10 +19,12 @@
 //!   `bootwatch_version`), unsharded first, then shards in order.
 //! - `summary`: `planned`, `done`, `errors`, `not_run` (not-run and interrupted cells), `flaky`
 //!   (done cells whose runs disagreed), `by_verdict` (done cells per verdict name).
-//! - `timing`: `wall_s` (sum of the executions' wall times), `cells_s` (sum of the cells'
-//!   durations), `overhead_s` (sum of the cells' time outside QEMU), `overhead_fraction`
-//!   (`overhead_s / cells_s`), `efficiency` (duration of the cells the executions ran themselves,
-//!   i.e. not resumed, over the sum of `wall_s * concurrency`; 1.0 = the VM slots never idled).
+//! - `timing`: `wall_s` (sum of the executions' wall times), `prepare_s` (of which resolving
+//!   providers and images before the first cell: tree builds, downloads, an image's upgrade),
+//!   `cells_s` (sum of the cells' durations), `overhead_s` (sum of the cells' time outside QEMU),
+//!   `overhead_fraction` (`overhead_s / cells_s`), `efficiency` (duration of the cells the
+//!   executions ran themselves, i.e. not resumed, over the sum of `(wall_s - prepare_s) *
+//!   concurrency`; 1.0 = the VM slots never idled while cells ran).
 //!   Seconds, rounded to milliseconds; 0 when undefined.
 //! - `comparison`: `null`, or (after `--baseline`) `{baseline, regressions, fixes, changed,
 //!   new_cells, missing_cells}`: `regressions` were reached and now fail, `fixes` failed and are
@@ -279,7 +281,7 @@ pub(crate) fn read_cells(dir: &Path, plan: &Plan) -> anyhow::Result<HashMap<Stri
 }
 
 pub(crate) fn read_cell(path: &Path, planned: &PlannedCell) -> anyhow::Result<CellRecord> {
-    let record: CellRecord = read_json(path)?;
+    let mut record: CellRecord = read_json(path)?;
     if record.schema != CELL_SCHEMA {
         bail!(
             "{}: schema {:?}, expected {CELL_SCHEMA:?}",
@@ -287,7 +289,7 @@ pub(crate) fn read_cell(path: &Path, planned: &PlannedCell) -> anyhow::Result<Ce
             record.schema
         );
     }
-    if record.id != planned.id || record.axes != planned.axes || record.index != planned.index {
+    if record.id != planned.id || record.axes != planned.axes {
         bail!(
             "{}: cell {} ({}) does not match the plan's cell {} ({})",
             path.display(),
@@ -297,6 +299,9 @@ pub(crate) fn read_cell(path: &Path, planned: &PlannedCell) -> anyhow::Result<Ce
             planned.axes.canonical()
         );
     }
+    // The position is the plan's: a cell kept from before the matrix file was edited may have
+    // had another.
+    record.index = planned.index;
     Ok(record)
 }
 
@@ -329,8 +334,9 @@ fn timing(executions: &[Execution], cells: &[CellRecord]) -> Timing {
     let wall_s: f64 = executions.iter().map(|e| e.wall_s).sum();
     let slots_s: f64 = executions
         .iter()
-        .map(|e| e.wall_s * e.concurrency.max(1) as f64)
+        .map(|e| (e.wall_s - e.prepare_s).max(0.0) * e.concurrency.max(1) as f64)
         .sum();
+    let prepare_s: f64 = executions.iter().map(|e| e.prepare_s).sum();
     let ran = |c: &&CellRecord| c.status != CellStatus::NotRun;
     let cells_s: f64 = cells.iter().filter(ran).map(|c| c.duration_s).sum();
     let overhead_s: f64 = cells.iter().filter(ran).map(|c| c.overhead_s).sum();
@@ -347,6 +353,7 @@ fn timing(executions: &[Execution], cells: &[CellRecord]) -> Timing {
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     Timing {
         wall_s: round_ms(wall_s),
+        prepare_s: round_ms(prepare_s),
         cells_s: round_ms(cells_s),
         overhead_s: round_ms(overhead_s),
         overhead_fraction: round_ms(ratio(overhead_s, cells_s)),
