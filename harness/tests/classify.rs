@@ -55,6 +55,11 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "firmware",
     ),
     ("ok-clangbuiltlinux-1782-1.txt", "reached", "kernel"),
+    (
+        "own-edk2-2026.08-on-qemu-5.2-1.txt",
+        "sync-exception",
+        "firmware",
+    ),
 ];
 
 #[test]
