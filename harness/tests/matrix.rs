@@ -168,6 +168,24 @@ fn matrix_of_two_qemu_suites_two_firmwares_two_images() {
     for c in &r.cells {
         assert!(md.contains(&c.id) || md.contains(&c.axes.image), "{md}");
     }
+    // The real page in headless Chromium: every cell rendered with its verdict; a filter from
+    // the URL fragment leaves the matching half.
+    let html = whole.join("matrix.html");
+    let dom = bootwatch::report::dump_dom(&html, None).unwrap();
+    assert_eq!(
+        dom.matches("<td class=\"cell cat-sync-exception\"").count(),
+        4,
+        "{dom}"
+    );
+    // The hello fixture powers off on purpose (exit code 0): coloured as reached.
+    assert_eq!(
+        dom.matches("<td class=\"cell cat-reached\"").count(),
+        4,
+        "{dom}"
+    );
+    assert!(dom.contains("8 of 8 cells shown"), "{dom}");
+    let dom = bootwatch::report::dump_dom(&html, Some("qemu=debian:sid")).unwrap();
+    assert!(dom.contains("4 of 8 cells shown"), "{dom}");
     eprintln!(
         "whole matrix: wall {wall:.1} s; report: wall {:.1} s, cells {:.1} s, efficiency {:.2}, outside QEMU {:.1} s ({:.1} %)",
         r.timing.wall_s,
