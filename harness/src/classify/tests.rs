@@ -266,6 +266,22 @@ fn old_grub_reading_a_new_config_resets_into_the_firmware_ui() {
     );
 }
 
+#[test]
+fn edk2_2026_08_on_qemu_5_2_faults_right_after_its_banner() {
+    let (cls, d) = check(
+        "own-edk2-2026.08-on-qemu-5.2-1.txt",
+        Verdict::SyncException,
+        Stage::Firmware,
+    );
+    assert!(d.before_grub);
+    let x = dump(&cls, &d);
+    assert_eq!(x.address.as_deref(), Some("0x0000000046693ECC"));
+    assert!(
+        x.backtrace.is_empty(),
+        "this build prints no dump after the line"
+    );
+}
+
 /// Every sample in the test data has an expectation above (a new sample needs a test).
 #[test]
 fn every_sample_is_covered() {
