@@ -426,3 +426,47 @@ fn stopping_a_matrix_midway_kills_its_vms_and_keeps_a_valid_partial_report() {
         }
     }
 }
+
+#[test]
+fn a_cell_bootwatch_cannot_run_is_an_error_not_a_guest_result() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let root = results_root();
+    let file = root.path().join("m.toml");
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(data("crash-host.toml"))
+            .unwrap()
+            .replace(
+                "qemu = [\"host\"]",
+                "qemu = [\"host\", \"path:/nonexistent/qemu-system-aarch64\"]",
+            ),
+    )
+    .unwrap();
+    let dir = root.path().join("r");
+    let out = matrix(&[file.to_str().unwrap(), "--results", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 cell(s) could not be run"));
+    let r = read_report(&dir);
+    assert_eq!((r.summary.done, r.summary.errors), (1, 1));
+    let bad = r
+        .cells
+        .iter()
+        .find(|c| c.axes.qemu.starts_with("path:"))
+        .unwrap();
+    assert_eq!(serde_json::to_value(bad.status).unwrap(), "error");
+    assert!(
+        bad.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("/nonexistent/qemu-system-aarch64"),
+        "{:?}",
+        bad.error
+    );
+    let good = r.cells.iter().find(|c| c.axes.qemu == "host").unwrap();
+    assert_eq!(good.verdict.as_str(), "sync-exception");
+    let xml = std::fs::read_to_string(dir.join("matrix.xml")).unwrap();
+    assert_eq!(xml.matches("<error").count(), 1, "{xml}");
+    assert_eq!(xml.matches("<failure").count(), 1, "{xml}");
+}

@@ -158,6 +158,13 @@ pub async fn matrix(a: MatrixArgs) -> ExitCode {
             if cancel.is_cancelled() {
                 eprintln!("bootwatch: interrupted; the partial report is written");
                 ExitCode::from(exit_code::UNDETERMINED)
+            } else if report.summary.errors > 0 {
+                // A guest that crashed is a result; a cell bootwatch could not run is not.
+                eprintln!(
+                    "bootwatch: {} cell(s) could not be run (status error in the report)",
+                    report.summary.errors
+                );
+                ExitCode::from(exit_code::UNDETERMINED)
             } else {
                 ExitCode::SUCCESS
             }
