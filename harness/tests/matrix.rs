@@ -470,3 +470,44 @@ fn a_cell_bootwatch_cannot_run_is_an_error_not_a_guest_result() {
     assert_eq!(xml.matches("<error").count(), 1, "{xml}");
     assert_eq!(xml.matches("<failure").count(), 1, "{xml}");
 }
+
+#[test]
+fn a_baseline_turns_changed_cells_into_regressions() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let root = results_root();
+    let dir = root.path().join("r");
+    let file = data("crash-host.toml");
+    let out = matrix(&[file.to_str().unwrap(), "--results", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Last night's matrix, as it would have been had the cell booted.
+    let mut night: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("matrix.json")).unwrap()).unwrap();
+    night["cells"][0]["verdict"] = "reached".into();
+    night["cells"][0]["exit_code"] = 0.into();
+    let baseline = root.path().join("baseline.json");
+    std::fs::write(&baseline, serde_json::to_vec(&night).unwrap()).unwrap();
+    // The same matrix again (resumed: nothing boots) against that baseline.
+    let out = matrix(&[
+        file.to_str().unwrap(),
+        "--results",
+        dir.to_str().unwrap(),
+        "--baseline",
+        baseline.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 regressions"),
+        "{}",
+        text(&out)
+    );
+    let r = read_report(&dir);
+    let c = r.comparison.as_ref().expect("a comparison");
+    assert_eq!(c.regressions.len(), 1);
+    assert_eq!(c.regressions[0].was.as_str(), "reached");
+    assert_eq!(c.regressions[0].now.as_str(), "sync-exception");
+    assert!(c.fixes.is_empty());
+    let md = std::fs::read_to_string(dir.join("matrix.md")).unwrap();
+    assert!(md.contains("Regressions"), "{md}");
+}
