@@ -511,3 +511,99 @@ fn a_baseline_turns_changed_cells_into_regressions() {
     let md = std::fs::read_to_string(dir.join("matrix.md")).unwrap();
     assert!(md.contains("Regressions"), "{md}");
 }
+
+/// `NAME@upgraded`: the upgrade runs once (cached), its disk and variable store are booted
+/// read-only through the cells' own overlays, and the cells see the new bootloader.
+#[test]
+fn upgraded_image_state_is_made_once_and_booted_with_either_vars_store() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let root = results_root();
+    let dir = root.path().join("r");
+    let out = matrix(&[
+        data("upgraded.toml").to_str().unwrap(),
+        "--results",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = read_report(&dir);
+    assert_eq!(
+        r.cells.len(),
+        3,
+        "no guest store for the image that was not upgraded"
+    );
+    let console = |image: &str, vars: &str| {
+        let c = r
+            .cells
+            .iter()
+            .find(|c| c.axes.image == image && c.axes.vars == vars)
+            .unwrap();
+        assert_eq!(
+            c.verdict.as_str(),
+            "reached",
+            "{image} {vars}: {}",
+            c.reason
+        );
+        assert_eq!(c.stage.as_str(), "kernel");
+        std::fs::read_to_string(dir.join(&c.runs[0].dir).join("console.log")).unwrap()
+    };
+    let before = console("debian-12-local", "template");
+    assert!(before.contains("GNU GRUB  version 2.06"), "{before}");
+    let fresh = console("debian-12-local@upgraded", "template");
+    assert!(fresh.contains("GNU GRUB  version 2.12"), "{fresh}");
+    // A fresh store has no boot entries: the firmware takes the removable path. The guest's
+    // own store has the entry its bootloader installation wrote.
+    assert!(fresh.contains("UEFI Misc Device"), "{fresh}");
+    let own = console("debian-12-local@upgraded", "guest");
+    assert!(own.contains("GNU GRUB  version 2.12"), "{own}");
+    assert!(own.contains("\\EFI\\debian\\shimaa64.efi"), "{own}");
+
+    // Made once: the upgraded disk is cached read-only, and a new matrix run reuses it.
+    let up = r
+        .cells
+        .iter()
+        .find(|c| c.axes.image.ends_with("@upgraded"))
+        .unwrap()
+        .inputs
+        .image_sha256
+        .clone()
+        .unwrap();
+    let dir2 = root.path().join("again");
+    let t = Instant::now();
+    let out = matrix(&[
+        data("upgraded.toml").to_str().unwrap(),
+        "--results",
+        dir2.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r2 = read_report(&dir2);
+    assert!(r2.executions[0].prepare_s < 30.0, "{:?}", r2.executions[0]);
+    assert!(t.elapsed() < Duration::from_secs(180));
+    let up2 = r2
+        .cells
+        .iter()
+        .find(|c| c.axes.image.ends_with("@upgraded"))
+        .unwrap()
+        .inputs
+        .image_sha256
+        .clone()
+        .unwrap();
+    assert_eq!(up, up2);
+    // ... and that is the disk's real hash: the cells did not write it.
+    let cache = bootwatch::debian::default_cache_root()
+        .unwrap()
+        .join("upgraded");
+    let sha = |p: &Path| {
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        std::io::copy(&mut std::fs::File::open(p).unwrap(), &mut h).unwrap();
+        hex::encode(sha2::Digest::finalize(h))
+    };
+    let disk = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("disk.qcow2"))
+        .find(|p| p.is_file() && sha(p) == up)
+        .expect("a cached upgraded disk with the hash the cells recorded");
+    assert!(std::fs::metadata(&disk).unwrap().permissions().readonly());
+}

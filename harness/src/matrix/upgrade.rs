@@ -80,14 +80,17 @@ pub async fn prepare(
     let root = ctx.cache_root.join("upgraded");
     let dir = root.join(format!("{}-{key}", base.name));
     let manifest = dir.join("upgraded.json");
-    if let Ok(bytes) = std::fs::read(&manifest)
-        && let Ok(up) = serde_json::from_slice::<UpgradedImage>(&bytes)
-        && up.disk.is_file()
-        && up.vars.is_file()
-    {
+    if let Some(up) = load(&manifest) {
         return Ok(up);
     }
     std::fs::create_dir_all(&root)?;
+    // One maker at a time; a second process waits, then finds it made.
+    let lock_path = root.join(format!(".{}-{key}.lock", base.name));
+    let _lock =
+        tokio::task::spawn_blocking(move || crate::debian::lock_exclusive(&lock_path)).await??;
+    if let Some(up) = load(&manifest) {
+        return Ok(up);
+    }
     let t = std::time::Instant::now();
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{}-{key}-", base.name))
@@ -195,6 +198,11 @@ pub async fn prepare(
     }
     std::fs::rename(&staging, &dir).with_context(|| format!("publishing {}", dir.display()))?;
     Ok(up)
+}
+
+fn load(manifest: &Path) -> Option<UpgradedImage> {
+    let up: UpgradedImage = serde_json::from_slice(&std::fs::read(manifest).ok()?).ok()?;
+    (up.disk.is_file() && up.vars.is_file()).then_some(up)
 }
 
 /// Names, sizes and modification times of a directory's files: enough to notice a changed
