@@ -12,6 +12,13 @@ use std::time::{Duration, Instant};
 
 use bootwatch::matrix::model::MatrixReport;
 
+/// The tests that boot run one at a time: each already runs up to two VMs, and the host has two
+/// cores (TCG timings stay those of the matrices they model).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/matrix")
@@ -97,6 +104,7 @@ fn matrix_of_two_qemu_suites_two_firmwares_two_images() {
     if !qemu_tests_enabled() {
         return;
     }
+    let _serial = one_at_a_time();
     let root = results_root();
     let file = data("two-suites.toml");
     let whole = root.path().join("whole");
@@ -297,6 +305,7 @@ fn repeated_cells_report_how_many_runs_crashed() {
     if !qemu_tests_enabled() {
         return;
     }
+    let _serial = one_at_a_time();
     let root = results_root();
     let dir = root.path().join("r");
     let out = matrix(&[
@@ -381,6 +390,7 @@ fn stopping_a_matrix_midway_kills_its_vms_and_keeps_a_valid_partial_report() {
     if !qemu_tests_enabled() {
         return;
     }
+    let _serial = one_at_a_time();
     let root = results_root();
     for (signal, name) in [
         (nix::sys::signal::Signal::SIGTERM, "term"),
@@ -432,6 +442,7 @@ fn a_cell_bootwatch_cannot_run_is_an_error_not_a_guest_result() {
     if !qemu_tests_enabled() {
         return;
     }
+    let _serial = one_at_a_time();
     let root = results_root();
     let file = root.path().join("m.toml");
     std::fs::write(
@@ -476,6 +487,7 @@ fn a_baseline_turns_changed_cells_into_regressions() {
     if !qemu_tests_enabled() {
         return;
     }
+    let _serial = one_at_a_time();
     let root = results_root();
     let dir = root.path().join("r");
     let file = data("crash-host.toml");
@@ -519,6 +531,7 @@ fn upgraded_image_state_is_made_once_and_booted_with_either_vars_store() {
     if !qemu_tests_enabled() {
         return;
     }
+    let _serial = one_at_a_time();
     let root = results_root();
     let dir = root.path().join("r");
     let out = matrix(&[
