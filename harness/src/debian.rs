@@ -1137,35 +1137,31 @@ fn install_verified(
     let manifest_path = staging.path().join(MANIFEST_NAME);
     fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)
         .with_context(|| format!("writing {}", manifest_path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // tempfile creates 0700 directories; the cache is meant to be readable like any other.
-        fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755))?;
-    }
-
     let final_dir = edk2_dir.join(&entry.version);
-    if let Err(first) = fs::rename(staging.path(), &final_dir) {
-        // Someone else finished first, or a broken directory is in the way.
-        if let Ok(build) = load_build(&final_dir) {
-            tracing::debug!(dir = %final_dir.display(), "another process cached it first");
-            return Ok(build);
-        }
-        if final_dir.exists() {
-            tracing::warn!(dir = %final_dir.display(), "replacing a broken edk2 cache entry");
-            fs::remove_dir_all(&final_dir)
-                .with_context(|| format!("removing {}", final_dir.display()))?;
-        }
-        fs::rename(staging.path(), &final_dir).with_context(|| {
-            format!(
-                "moving {} to {} (first attempt: {first})",
-                staging.path().display(),
-                final_dir.display()
-            )
-        })?;
+    if let Ok(build) = load_build(&final_dir) {
+        tracing::debug!(dir = %final_dir.display(), "another process cached it first");
+        return Ok(build);
     }
+    replace_dir(staging.path(), &final_dir, "edk2 cache entry")?;
     let _ = staging.keep();
     load_build(&final_dir)
+}
+
+/// Publishes a cache entry built in `staging` as `final_dir`: readable by all (tempfile makes
+/// 0700 directories), whatever is in the way (a broken or incomplete entry) removed, then one
+/// rename. The caller holds the entry's lock or has checked that no complete entry exists.
+pub(crate) fn replace_dir(staging: &Path, final_dir: &Path, what: &str) -> Result<()> {
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(staging, fs::Permissions::from_mode(0o755))?;
+    }
+    if final_dir.exists() {
+        tracing::warn!(dir = %final_dir.display(), "replacing a broken or incomplete {what}");
+        fs::remove_dir_all(final_dir)
+            .with_context(|| format!("removing {}", final_dir.display()))?;
+    }
+    fs::rename(staging, final_dir)
+        .with_context(|| format!("moving {} to {}", staging.display(), final_dir.display()))
 }
 
 /// Takes an exclusive advisory lock on `path` (created if missing), blocking until it is free.

@@ -193,10 +193,7 @@ pub async fn prepare(
         perm.set_readonly(true);
         std::fs::set_permissions(&p, perm)?;
     }
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::rename(&staging, &dir).with_context(|| format!("publishing {}", dir.display()))?;
+    crate::debian::replace_dir(&staging, &dir, "upgraded image state")?;
     Ok(up)
 }
 

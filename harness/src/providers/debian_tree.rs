@@ -539,27 +539,12 @@ async fn build(suite: &str, version: &str, mirror: &str, qemu_dir: &Path) -> Res
         mirror: mirror.to_owned(),
     };
     crate::record::write_json_atomic(&staging.path().join(MANIFEST_NAME), &manifest)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755))?;
-    }
     let final_dir = qemu_dir.join(tree_dir_name(suite, &installed));
     if let Some(tree) = load_tree(&final_dir) {
         // The index was stale and the installed version is cached already.
         return Ok(tree);
     }
-    if final_dir.exists() {
-        tracing::warn!(dir = %final_dir.display(), "replacing an incomplete QEMU tree");
-        fs::remove_dir_all(&final_dir)
-            .with_context(|| format!("removing {}", final_dir.display()))?;
-    }
-    fs::rename(staging.path(), &final_dir).with_context(|| {
-        format!(
-            "moving {} to {}",
-            staging.path().display(),
-            final_dir.display()
-        )
-    })?;
+    crate::debian::replace_dir(staging.path(), &final_dir, "QEMU tree")?;
     let _ = staging.keep();
     tracing::info!(
         dir = %final_dir.display(),
@@ -704,6 +689,12 @@ mod tests {
         assert_eq!(exec.data_dir, Some(root.join("usr/share/qemu")));
     }
 
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
     #[test]
     fn mmdebstrap_arguments() {
         let args = mmdebstrap_args(
@@ -712,10 +703,7 @@ mod tests {
             "http://m/debian",
             Path::new("/t"),
         );
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args = strings(&args);
         assert!(args.contains(&"--include=qemu-system-arm=1:10.0.13+ds-1".to_owned()));
         assert!(args.contains(&"--variant=essential".to_owned()));
         assert!(args.contains(&"--aptopt=Acquire::Check-Valid-Until \"false\"".to_owned()));
@@ -728,10 +716,7 @@ mod tests {
             "http://m/debian",
             Path::new("/t"),
         );
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args = strings(&args);
         assert_eq!(
             args[args.len() - 4..],
             [
