@@ -90,8 +90,9 @@ pub struct UpgradeSpec {
     /// Scenario file (relative to the matrix file), or `None` for the shipped
     /// `scenarios/upgrade-reboot.toml`.
     pub scenario: Option<PathBuf>,
-    /// `good` (the built-in hermetic bootloader update), `bad` (the synthetic crashing shim),
-    /// or a directory of .deb files / a flat repository.
+    /// `good` (the built-in hermetic bootloader update: GRUB 2.12 from bookworm-backports), or a
+    /// directory holding a flat repository (resolved against the matrix file's directory and
+    /// checked to exist when the file is parsed).
     pub update: String,
     pub qemu: QemuProvider,
     pub firmware: FirmwareProvider,
@@ -355,9 +356,25 @@ impl MatrixSpec {
                 let at = u.span().start;
                 let u = u.into_inner();
                 let base = Path::new(file).parent().unwrap_or(Path::new("."));
+                let update = if u.update == "good" {
+                    u.update
+                } else {
+                    let dir = base.join(&u.update);
+                    if !dir.is_dir() {
+                        return Err(err(
+                            at,
+                            format!(
+                                "[upgrade] update {:?}: expected \"good\" (the built-in update) or a directory with a package repository ({} is not one)",
+                                u.update,
+                                dir.display()
+                            ),
+                        ));
+                    }
+                    dir.display().to_string()
+                };
                 UpgradeSpec {
                     scenario: u.scenario.map(|s| base.join(s)),
-                    update: u.update,
+                    update,
                     qemu: u
                         .qemu
                         .parse()
@@ -459,5 +476,10 @@ firmware = ["debian:2022.11", "debian:2025.02/strictnx"]
         assert!(e.starts_with("m.toml:3:") && e.contains("repeats"), "{e}");
         let e = error("name = \"t\"\n");
         assert!(e.contains("axes"), "{e}");
+        let e = error(&format!("{SMOKE}[upgrade]\nupdate = \"bad\"\n"));
+        assert!(
+            e.starts_with("m.toml:7:") && e.contains("[upgrade] update \"bad\""),
+            "{e}"
+        );
     }
 }
