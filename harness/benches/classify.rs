@@ -56,16 +56,16 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("boot-log-64MiB", |b| {
         b.iter(|| {
-            let (cls, d) = bootwatch::classify::classify_log(black_box(&log));
-            assert_eq!(d.verdict, bootwatch::verdict::Verdict::Reached);
+            let (cls, d) = bootwatch::core::classify::classify_log(black_box(&log));
+            assert_eq!(d.verdict, bootwatch::core::verdict::Verdict::Reached);
             cls.lines()
         })
     });
     let mut text = String::new();
-    bootwatch::console::Normalizer::new().feed(&log, &mut text);
+    bootwatch::core::console::Normalizer::new().feed(&log, &mut text);
     g.bench_function("classify-only", |b| {
         b.iter(|| {
-            let mut c = bootwatch::classify::Classifier::new();
+            let mut c = bootwatch::core::classify::Classifier::new();
             c.feed_text(black_box(&text), None);
             c.lines()
         })

@@ -1,21 +1,14 @@
 //! bootwatch: boot ARM64 guests under QEMU + edk2, watch the serial console and QMP, and say
 //! exactly what happened. See ARCHITECTURE.md for the map.
+//!
+//! Layers, each using only the ones below it: `cli` -> `plan` -> `engine` -> `core`, with
+//! `inputs` (images, QEMU and firmware builds, Debian archive, update repositories) resolved by
+//! `plan` and `cli` before a case runs, and `report` reading the files runs leave.
 
-pub mod classify;
 pub mod cli;
-pub mod console;
-pub mod debian;
-pub mod fixtures;
-pub mod images;
-pub mod launch;
-pub mod matrix;
-pub mod providers;
-pub mod qmp;
-pub mod record;
+pub mod core;
+pub mod engine;
+pub mod inputs;
+pub mod plan;
 pub mod report;
-pub mod run;
-pub mod scenario;
-pub mod session;
-pub mod shell;
-pub mod supervise;
-pub mod verdict;
+pub mod sys;

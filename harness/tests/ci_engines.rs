@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use bootwatch::matrix::model::MatrixReport;
+use bootwatch::plan::matrix::model::MatrixReport;
 
 /// The repository's working tree (the workspace root).
 fn repo() -> PathBuf {
@@ -195,7 +195,7 @@ fn gitlab_pipeline_runs_the_smoke_matrix_in_two_shards_and_merges_it_like_one_ru
     snapshot_repo(&clone);
 
     // The same cache as every other test: QEMU trees and firmware are shared, not rebuilt.
-    let cache = bootwatch::debian::default_cache_root().unwrap();
+    let cache = bootwatch::sys::fsx::cache_root().unwrap();
     let bin_path = env!("CARGO_BIN_EXE_bootwatch");
     let mut cmd = Command::new(&glci);
     cmd.current_dir(&clone)

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bootwatch::matrix::model::MatrixReport;
+use bootwatch::plan::matrix::model::MatrixReport;
 
 /// The tests that boot run one at a time: each already runs up to two VMs, and the host has two
 /// cores (TCG timings stay those of the matrices they model).
@@ -604,9 +604,7 @@ fn upgraded_image_state_is_made_once_and_booted_with_either_vars_store() {
         .unwrap();
     assert_eq!(up, up2);
     // ... and that is the disk's real hash: the cells did not write it.
-    let cache = bootwatch::debian::default_cache_root()
-        .unwrap()
-        .join("upgraded");
+    let cache = bootwatch::sys::fsx::cache_root().unwrap().join("upgraded");
     let sha = |p: &Path| {
         let mut h = <sha2::Sha256 as sha2::Digest>::new();
         std::io::copy(&mut std::fs::File::open(p).unwrap(), &mut h).unwrap();

@@ -10,9 +10,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bootwatch::debian;
-use bootwatch::providers::{self, FirmwareProvider, ProviderContext, QemuProvider, debian_tree};
-use bootwatch::run::{self, BootRequest};
+use bootwatch::engine::run::{self, BootRequest};
+use bootwatch::inputs::providers::{
+    self, FirmwareProvider, ProviderContext, QemuProvider, debian_tree,
+};
 use common::*;
 
 fn network_tests_enabled() -> bool {
@@ -26,13 +27,17 @@ fn network_tests_enabled() -> bool {
 fn ctx() -> ProviderContext {
     ProviderContext {
         mirror: None,
-        cache_root: debian::default_cache_root().unwrap(),
+        cache_root: bootwatch::sys::fsx::cache_root().unwrap(),
     }
 }
 
 fn host_qemu_sha256() -> Option<String> {
     let path = which::which("qemu-system-aarch64").ok()?;
-    Some(bootwatch::record::FileInfo::of(&path).unwrap().sha256)
+    Some(
+        bootwatch::engine::record::FileInfo::of(&path)
+            .unwrap()
+            .sha256,
+    )
 }
 
 /// Resolve `debian:SUITE` twice (the second must be a cache hit: same tree, same build time)

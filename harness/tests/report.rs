@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use bootwatch::matrix::model::{
+use bootwatch::core::verdict::{Stage, Verdict};
+use bootwatch::plan::matrix::model::{
     Axes, Axis, CELL_SCHEMA, CellInputs, CellRecord, CellRun, CellStatus, EXECUTION_SCHEMA,
     Execution, MatrixReport, PLAN_SCHEMA, Plan, PlannedCell,
 };
 use bootwatch::report;
-use bootwatch::verdict::{Stage, Verdict};
 use sha2::Digest;
 
 const HOSTILE: &str = "<script>alert(1)</script> ]]> & \u{1b}[31m\u{0}red\" onmouseover=\"x";
@@ -617,7 +617,7 @@ fn compare_finds_regressions_and_fixes() {
     let mut r = report::build(tmp.path()).unwrap();
     report::compare(&mut r, base.path()).unwrap();
     let cmp = r.comparison.clone().unwrap();
-    let ids = |l: &[bootwatch::matrix::model::Change]| -> Vec<String> {
+    let ids = |l: &[bootwatch::plan::matrix::model::Change]| -> Vec<String> {
         l.iter().map(|c| c.id.clone()).collect()
     };
     assert_eq!(ids(&cmp.regressions), [plan.cells[1].id.clone()]);

@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use tokio::sync::mpsc;
 
 use super::{fail, signal_token};
-use crate::matrix::execute::{self, MatrixEvent, MatrixOptions};
-use crate::matrix::model::{CellStatus, MatrixReport};
-use crate::matrix::plan::{self, Shard};
-use crate::matrix::spec::MatrixSpec;
-use crate::verdict::exit_code;
+use crate::core::verdict::exit_code;
+use crate::plan::matrix::execute::{self, MatrixEvent, MatrixOptions};
+use crate::plan::matrix::model::{CellStatus, MatrixReport};
+use crate::plan::matrix::plan::{self, Shard};
+use crate::plan::matrix::spec::MatrixSpec;
 
 #[derive(clap::Args, Debug)]
 pub struct MatrixArgs {
@@ -126,7 +126,7 @@ pub async fn matrix(a: MatrixArgs) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let cache_root = match crate::debian::default_cache_root() {
+    let cache_root = match crate::sys::fsx::cache_root() {
         Ok(c) => c,
         Err(e) => return fail(exit_code::UNDETERMINED, &format!("{e:#}")),
     };

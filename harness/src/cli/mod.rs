@@ -12,18 +12,18 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::classify::{self, FindingKind};
-use crate::images::{self, Registry};
-use crate::launch::{Accel, Forward};
-use crate::providers::host_firmware;
-use crate::record::RunResult;
-use crate::run::{self, BootRequest, ConfigError, ImageBoot};
-use crate::scenario::demo as demo_mod;
-use crate::scenario::runner::{self, CaseConfig, MachineSpec, UpdateRepo};
-use crate::scenario::spec::Scenario;
-use crate::session::{SessionEvent, Timings};
-use crate::verdict::{Target, exit_code};
-use crate::{debian, fixtures};
+use crate::core::classify::{self, FindingKind};
+use crate::core::launch::{Accel, Forward};
+use crate::core::verdict::{Target, exit_code};
+use crate::engine::record::RunResult;
+use crate::engine::run::{self, BootRequest, ConfigError, ImageBoot};
+use crate::engine::runner::{self, CaseConfig, MachineSpec, UpdateRepo};
+use crate::engine::session::{SessionEvent, Timings};
+use crate::inputs::images::{self, Registry};
+use crate::inputs::providers::host_firmware;
+use crate::inputs::{debian, fixtures};
+use crate::plan::demo as demo_mod;
+use crate::plan::scenario::Scenario;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -131,7 +131,7 @@ struct RunArgs {
     json: bool,
     #[arg(long)]
     cpu: Option<String>,
-    #[arg(long, value_enum)]
+    #[arg(long)]
     accel: Option<Accel>,
     #[arg(long, default_value_t = 2)]
     smp: u32,
@@ -202,7 +202,7 @@ struct BootArgs {
     #[arg(long)]
     snapshot: bool,
     /// Stage to wait for; without it the run waits for a failure, a power-off, silence or the timeout.
-    #[arg(long, value_enum)]
+    #[arg(long)]
     until: Option<Target>,
     /// Overall timeout in seconds.
     #[arg(long, default_value_t = 300.0)]
@@ -221,7 +221,7 @@ struct BootArgs {
     #[arg(long)]
     cpu: Option<String>,
     /// Accelerator (default: the best the host has).
-    #[arg(long, value_enum)]
+    #[arg(long)]
     accel: Option<Accel>,
     #[arg(long, default_value_t = 2)]
     smp: u32,
@@ -368,7 +368,7 @@ fn machine_spec(
     let size = std::fs::metadata(&code)
         .map_err(|e| ConfigError(format!("firmware code image {}: {e}", code.display())))?
         .len();
-    if size != crate::launch::PFLASH_SIZE {
+    if size != crate::core::launch::PFLASH_SIZE {
         return Err(ConfigError(format!(
             "firmware code image {} is not a 64 MiB flash image; scenarios need one (its vars store persists across reboots)",
             code.display()
@@ -389,7 +389,7 @@ fn machine_spec(
             vars.display()
         )));
     }
-    let accel = accel.unwrap_or_else(|| crate::launch::HostFacts::probe().best_accel());
+    let accel = accel.unwrap_or_else(|| crate::sys::host::host_facts().best_accel());
     let cpu = cpu.unwrap_or_else(|| accel.default_cpu().to_string());
     Ok(MachineSpec {
         qemu,
@@ -483,7 +483,7 @@ async fn run_scenario(a: RunArgs) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let cache = match debian::default_cache_root() {
+    let cache = match crate::sys::fsx::cache_root() {
         Ok(c) => c,
         Err(e) => return fail(exit_code::UNDETERMINED, &format!("{e:#}")),
     };
@@ -543,7 +543,7 @@ async fn run_scenario(a: RunArgs) -> ExitCode {
 }
 
 fn dry_run_command_line(m: &MachineSpec) -> String {
-    let vm = crate::launch::VmConfig {
+    let vm = crate::core::launch::VmConfig {
         qemu: m.qemu.clone(),
         exec: m.qemu_exec.clone(),
         machine: "virt".into(),
@@ -551,20 +551,20 @@ fn dry_run_command_line(m: &MachineSpec) -> String {
         accel: m.accel,
         smp: m.smp,
         memory_mib: m.memory_mib,
-        firmware: crate::launch::FirmwareLoad::Pflash {
+        firmware: crate::core::launch::FirmwareLoad::Pflash {
             code: m.firmware_code.clone(),
             vars: "RESULTS/vars.fd".into(),
         },
         disks: vec![
-            crate::launch::Disk {
+            crate::core::launch::Disk {
                 path: "RESULTS/overlay.qcow2".into(),
-                format: crate::launch::DiskFormat::Qcow2,
+                format: crate::core::launch::DiskFormat::Qcow2,
                 read_only: false,
                 snapshot: false,
             },
-            crate::launch::Disk {
+            crate::core::launch::Disk {
                 path: "RESULTS/seed.img".into(),
-                format: crate::launch::DiskFormat::Raw,
+                format: crate::core::launch::DiskFormat::Raw,
                 read_only: true,
                 snapshot: false,
             },
@@ -574,7 +574,7 @@ fn dry_run_command_line(m: &MachineSpec) -> String {
         qmp_socket: "RUN/qmp.sock".into(),
         extra_args: Vec::new(),
     };
-    crate::launch::vm_command_line(&vm)
+    crate::core::launch::vm_command_line(&vm)
 }
 
 async fn show_progress_until_closed(
@@ -712,7 +712,7 @@ async fn boot(args: BootArgs) -> ExitCode {
         let Some(entry) = registry.get(name) else {
             return fail(exit_code::USAGE, &unknown_image(name, &registry));
         };
-        let cache = match debian::default_cache_root() {
+        let cache = match crate::sys::fsx::cache_root() {
             Ok(c) => c,
             Err(e) => return fail(exit_code::UNDETERMINED, &format!("{e:#}")),
         };
@@ -868,7 +868,7 @@ async fn images_cmd(command: ImagesCommand) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(exit_code::USAGE, &e.to_string()),
     };
-    let cache = match debian::default_cache_root() {
+    let cache = match crate::sys::fsx::cache_root() {
         Ok(c) => c,
         Err(e) => return fail(exit_code::UNDETERMINED, &format!("{e:#}")),
     };
@@ -952,7 +952,7 @@ async fn firmware_fetch(spec: &str, mirror: Option<&str>, json: bool) -> ExitCod
     let (version, variant) = spec.split_once('/').unwrap_or((spec, "default"));
     let result = async {
         let mirror = debian::resolve_mirror(mirror)?;
-        let cache = debian::default_cache_root()?;
+        let cache = crate::sys::fsx::cache_root()?;
         let build = debian::fetch_edk2(&mirror, version, &cache).await?;
         let (code, vars) = build.firmware(variant)?;
         anyhow::Ok((build, code, vars))
@@ -981,7 +981,7 @@ async fn firmware_fetch(spec: &str, mirror: Option<&str>, json: bool) -> ExitCod
 /// The embedded default until the upgrade scenario lands: the crash and healthy fixtures.
 async fn demo(json: bool, results: &Path, qemu: &Path, firmware: Option<PathBuf>) -> ExitCode {
     let result = async {
-        let fixtures_dir = debian::default_cache_root()?.join("fixtures");
+        let fixtures_dir = crate::sys::fsx::cache_root()?.join("fixtures");
         fixtures::write_all(&fixtures_dir).context("writing the fixtures")?;
         let firmware_code = firmware.or_else(host_firmware).ok_or_else(|| {
             ConfigError(
@@ -1070,8 +1070,10 @@ async fn demo(json: bool, results: &Path, qemu: &Path, firmware: Option<PathBuf>
     }
     // The demo succeeds when each fixture gave the verdict it exists for.
     let expected = rows.iter().all(|(name, o)| match *name {
-        "crash" => o.result.verdict == crate::verdict::Verdict::SyncException,
-        _ => o.result.verdict == crate::verdict::Verdict::QemuExited && o.result.exit_code == 0,
+        "crash" => o.result.verdict == crate::core::verdict::Verdict::SyncException,
+        _ => {
+            o.result.verdict == crate::core::verdict::Verdict::QemuExited && o.result.exit_code == 0
+        }
     });
     if expected && rows.len() == 2 {
         ExitCode::SUCCESS

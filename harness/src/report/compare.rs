@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
-use crate::matrix::model::{
+use crate::plan::matrix::model::{
     Category, CellRecord, CellStatus, Change, Comparison, MATRIX_SCHEMA, MatrixReport,
 };
 

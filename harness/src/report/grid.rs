@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::matrix::model::{AXES, MatrixReport};
+use crate::plan::matrix::model::{AXES, MatrixReport};
 
 /// Axes that always make the columns, outer first.
 pub const COLUMN_AXES: [&str; 2] = ["qemu", "firmware"];

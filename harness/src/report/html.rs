@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::grid::{COLUMN_AXES, Grid};
 use super::{crash_ratio, evidence, one_line, printable, run_dir, verdict_text, worst_run};
-use crate::matrix::model::{AXES, Category, CellRecord, CellStatus, Change, MatrixReport};
+use crate::plan::matrix::model::{AXES, Category, CellRecord, CellStatus, Change, MatrixReport};
 
 const TEMPLATE: &str = include_str!("templates/matrix.html.j2");
 
@@ -193,7 +193,7 @@ fn cell_view(
         CellStatus::Interrupted => "interrupted",
     };
     let status = serde_json::to_value(c.status).unwrap_or_default();
-    let links = |run: &crate::matrix::model::CellRun| {
+    let links = |run: &crate::plan::matrix::model::CellRun| {
         let dir = run_dir(c, run);
         (format!("{dir}/console.log"), format!("{dir}/result.json"))
     };

@@ -8,7 +8,7 @@ use anyhow::Context;
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
 use super::{evidence, one_line, printable, run_dir, verdict_text};
-use crate::matrix::model::{Category, CellRecord, CellStatus, MatrixReport};
+use crate::plan::matrix::model::{Category, CellRecord, CellStatus, MatrixReport};
 
 /// Longest evidence text in a failure message (the description carries the rest).
 const MESSAGE_MAX: usize = 300;

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use super::grid::Grid;
 use super::{crash_ratio, evidence, one_line, verdict_text};
-use crate::matrix::model::{AXES, Category, CellRecord, Change, MatrixReport};
+use crate::plan::matrix::model::{AXES, Category, CellRecord, Change, MatrixReport};
 
 /// Longest evidence text in a table cell.
 const EVIDENCE_MAX: usize = 200;

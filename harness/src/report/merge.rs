@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use crate::matrix::model::{CellRecord, MatrixReport, Plan, PlannedCell};
+use crate::plan::matrix::model::{CellRecord, MatrixReport, Plan, PlannedCell};
 
 /// Merges results directories of one plan into `out`: every input must have the same `plan_id`;
 /// a cell present in two inputs must be identical; `plan.json`, each input's `execution*.json`

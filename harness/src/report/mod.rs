@@ -50,16 +50,15 @@ mod markdown;
 mod merge;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use crate::matrix::model::{
+use crate::engine::qmp::round_ms;
+use crate::plan::matrix::model::{
     CELL_SCHEMA, CellRecord, CellStatus, EXECUTION_SCHEMA, Execution, MATRIX_SCHEMA, MatrixReport,
     PLAN_SCHEMA, Plan, PlannedCell, Summary, Timing,
 };
-use crate::qmp::round_ms;
 
 pub use chromium::{chromium_binary, dump_dom, screenshot};
 pub use compare::compare;
@@ -114,7 +113,7 @@ pub fn build(dir: &Path) -> anyhow::Result<MatrixReport> {
 /// atomically.
 pub fn write_all(dir: &Path, report: &MatrixReport) -> anyhow::Result<()> {
     let json = dir.join(JSON_FILE);
-    crate::record::write_json_atomic(&json, report)
+    crate::engine::record::write_json_atomic(&json, report)
         .with_context(|| format!("writing {}", json.display()))?;
     write_atomic(&dir.join(JUNIT_FILE), junit::render(report)?.as_bytes())?;
     write_atomic(
@@ -361,22 +360,9 @@ fn timing(executions: &[Execution], cells: &[CellRecord]) -> Timing {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+/// Writes `bytes` to `path` atomically.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    Ok(crate::sys::fsx::write_atomic(path, bytes)?)
 }
 
 /// Untrusted text made printable: control characters other than newline and tab (and the
@@ -452,7 +438,7 @@ pub(crate) fn crash_ratio(c: &CellRecord) -> Option<String> {
 
 /// The relative directory of a run, as recorded when it is a plain relative path, else the
 /// standard `cells/<id>/run-<n>`.
-pub(crate) fn run_dir(c: &CellRecord, run: &crate::matrix::model::CellRun) -> String {
+pub(crate) fn run_dir(c: &CellRecord, run: &crate::plan::matrix::model::CellRun) -> String {
     let recorded = Path::new(&run.dir);
     let plain = !run.dir.is_empty()
         && !run.dir.contains(':')
@@ -486,7 +472,7 @@ pub(crate) fn safe_id(id: &str) -> String {
 }
 
 /// The run whose verdict is the cell's (the one worth opening first).
-pub(crate) fn worst_run(c: &CellRecord) -> Option<&crate::matrix::model::CellRun> {
+pub(crate) fn worst_run(c: &CellRecord) -> Option<&crate::plan::matrix::model::CellRun> {
     c.runs
         .iter()
         .find(|r| r.verdict == c.verdict)

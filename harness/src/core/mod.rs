@@ -1,0 +1,8 @@
+//! The pure core: the VM description and its argv, console normalization, classification and
+//! the verdict vocabulary. No IO, no clock, no process, no printing (times and host facts are
+//! passed in); `tests/tidy.rs` checks it.
+
+pub mod classify;
+pub mod console;
+pub mod launch;
+pub mod verdict;

@@ -1,0 +1,657 @@
+//! A live VM: QEMU started paused, its serial console and QMP connected, then continued; the
+//! console is recorded (raw and normalized) and classified as it arrives, QMP events are
+//! recorded, and `watch` returns as soon as the evidence decides the boot.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::classify::{Classifier, Decision, End};
+use crate::core::console::Normalizer;
+use crate::core::launch::{self, VmConfig};
+use crate::core::verdict::Stage;
+use crate::engine::qmp::{Qmp, QmpEvent, Transcript, round_ms};
+use crate::engine::record::EventRecord;
+use crate::engine::supervise::{ExitInfo, Qemu};
+
+/// Named deadlines of a session (scaled for TCG by the caller).
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// How long QEMU may take to create its sockets.
+    pub qmp_up: Duration,
+    /// Timeout of every QMP command.
+    pub qmp_call: Duration,
+    /// After a fatal line: the dump is over after this much quiet...
+    pub dump_quiet: Duration,
+    /// ...or at the latest this long after the fatal line.
+    pub dump_max: Duration,
+    /// How long QEMU gets to exit after `quit` before its group is killed.
+    pub stop_grace: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            qmp_up: Duration::from_secs(15),
+            qmp_call: Duration::from_secs(10),
+            dump_quiet: Duration::from_millis(500),
+            dump_max: Duration::from_millis(1500),
+            stop_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What `watch` waits for.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchSpec {
+    pub target: Option<Stage>,
+    pub timeout: Duration,
+    pub silence: Duration,
+    /// Judge only boot `min_boot` or a later one (after a reboot: the boot that follows it).
+    /// While an earlier boot is still running, only its end (silence, timeout, exit) decides.
+    pub min_boot: usize,
+}
+
+/// Progress a session reports while it runs (the CLI shows these; the engine never prints).
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    Milestone {
+        boot: usize,
+        stage: Stage,
+        t_s: f64,
+        text: String,
+    },
+    QmpEvent {
+        name: String,
+        t_s: f64,
+    },
+    /// A long step is still running.
+    Progress {
+        what: String,
+        elapsed_s: f64,
+        last_line: String,
+    },
+}
+
+/// How `watch` ended.
+#[derive(Debug, Clone)]
+pub enum WatchEnd {
+    Decided { decision: Decision, t_s: f64 },
+    Interrupted { t_s: f64 },
+}
+
+/// Files the session writes into the run's results directory.
+pub struct SessionPaths {
+    pub serial_raw: PathBuf,
+    pub console_log: PathBuf,
+    pub qmp_jsonl: PathBuf,
+    pub qemu_stderr: PathBuf,
+}
+
+impl SessionPaths {
+    pub fn in_dir(dir: &Path) -> SessionPaths {
+        SessionPaths {
+            serial_raw: dir.join("serial.raw"),
+            console_log: dir.join("console.log"),
+            qmp_jsonl: dir.join("qmp.jsonl"),
+            qemu_stderr: dir.join("qemu.stderr"),
+        }
+    }
+}
+
+pub struct Session {
+    qemu: Qemu,
+    pub qmp: Qmp,
+    console: Option<UnixStream>,
+    events: mpsc::UnboundedReceiver<QmpEvent>,
+    norm: Normalizer,
+    /// Recent normalized console text (complete lines), for `expect`; `recent_base` is the
+    /// absolute offset of its first byte.
+    recent: String,
+    recent_base: usize,
+    /// The unterminated tail as of the last read.
+    tail: String,
+    pub classifier: Classifier,
+    raw: tokio::fs::File,
+    log: tokio::fs::File,
+    pub event_log: Vec<EventRecord>,
+    pub console_bytes: u64,
+    last_output: Instant,
+    guest_shutdown: bool,
+    exit: Option<ExitInfo>,
+    ui: Option<mpsc::UnboundedSender<SessionEvent>>,
+    milestones_sent: usize,
+    timings: Timings,
+    pub qemu_version: Option<String>,
+    pub qemu_package: Option<String>,
+    /// CPU seconds the harness's event loop spent in `watch` (reading, recording, classifying).
+    pub watch_cpu_s: f64,
+}
+
+/// Errors before the guest ran: always a harness problem, never a guest result.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StartError {
+    pub message: String,
+}
+
+impl Session {
+    /// Starts QEMU paused, connects console and QMP, records the version, continues the VM.
+    pub async fn start(
+        vm: &VmConfig,
+        paths: &SessionPaths,
+        timings: Timings,
+        ui: Option<mpsc::UnboundedSender<SessionEvent>>,
+    ) -> Result<Session, StartError> {
+        let (program, args) = launch::program_and_args(vm);
+        let err = |m: String| StartError { message: m };
+        let mut qemu = Qemu::spawn(&program, &args, &vm.exec.env, &paths.qemu_stderr)
+            .map_err(|e| err(format!("cannot start {}: {e}", program.display())))?;
+        let zero = qemu.started();
+        // QEMU creates both sockets during start-up; it fails fast (bad argument, missing file).
+        let deadline = Instant::now() + timings.qmp_up;
+        loop {
+            if let Ok(Some(st)) = qemu.try_wait() {
+                let info = ExitInfo::from_status(st, false);
+                return Err(err(format!(
+                    "QEMU exited during start-up ({}): {}",
+                    info.describe(),
+                    one_line(&qemu.stderr_tail())
+                )));
+            }
+            if vm.serial_socket.exists() && vm.qmp_socket.exists() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(err(format!(
+                    "QEMU did not create its sockets within {:?}",
+                    timings.qmp_up
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let console = crate::engine::qmp::connect_listening(&vm.serial_socket, timings.qmp_up)
+            .await
+            .map_err(|e| err(format!("cannot connect to the serial console socket: {e}")))?;
+        let transcript = Transcript::create(&paths.qmp_jsonl, zero)
+            .map_err(|e| err(format!("qmp.jsonl: {e}")))?;
+        let (tx, events) = mpsc::unbounded_channel();
+        let qmp = Qmp::connect(&vm.qmp_socket, transcript, tx, timings.qmp_call)
+            .await
+            .map_err(|e| {
+                err(format!(
+                    "{e} (QEMU said: {})",
+                    one_line(&qemu.stderr_tail())
+                ))
+            })?;
+        let qemu_version = qmp.version();
+        let qemu_package = match qmp.execute(qapi::qmp::query_version {}).await {
+            Ok(v) => Some(v.package.trim().to_string()).filter(|p| !p.is_empty()),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let open = |p: &Path| {
+            std::fs::File::create(p)
+                .map(tokio::fs::File::from_std)
+                .map_err(|e| err(format!("{}: {e}", p.display())))
+        };
+        let raw = open(&paths.serial_raw)?;
+        let log = open(&paths.console_log)?;
+        qmp.execute(qapi::qmp::cont {})
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        Ok(Session {
+            qemu,
+            qmp,
+            console: Some(console),
+            events,
+            norm: Normalizer::new(),
+            recent: String::new(),
+            recent_base: 0,
+            tail: String::new(),
+            classifier: Classifier::new(),
+            raw,
+            log,
+            event_log: Vec::new(),
+            console_bytes: 0,
+            last_output: Instant::now(),
+            guest_shutdown: false,
+            exit: None,
+            ui,
+            milestones_sent: 0,
+            timings,
+            qemu_version,
+            qemu_package,
+            watch_cpu_s: 0.0,
+        })
+    }
+
+    /// Seconds since QEMU started.
+    pub fn now_s(&self) -> f64 {
+        round_ms(self.qemu.elapsed_s())
+    }
+
+    /// After QEMU exited: takes the QMP events still in flight (a guest's SHUTDOWN can arrive
+    /// after the process exit is seen), until the reader closes the channel or briefly.
+    async fn drain_events(&mut self) {
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(Some(ev)) = tokio::time::timeout_at(until, self.events.recv()).await {
+            self.on_event(ev);
+        }
+    }
+
+    /// CPU seconds (user + system) QEMU has used so far, from `/proc/PID/stat`; `None` once it
+    /// has been reaped or off Linux. Per process, so it stays right when several VMs run at once.
+    pub fn qemu_cpu_s(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.qemu.pid())).ok()?;
+        cpu_s_from_stat(&stat)
+    }
+
+    pub fn exit_info(&self) -> Option<&ExitInfo> {
+        self.exit.as_ref()
+    }
+
+    /// Watches the console and QMP until the boot is decided (or `cancel` fires).
+    pub async fn watch(
+        &mut self,
+        spec: WatchSpec,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<WatchEnd> {
+        let cpu0 = thread_cpu_s();
+        let end = self.watch_inner(spec, cancel).await;
+        self.watch_cpu_s += thread_cpu_s() - cpu0;
+        end
+    }
+
+    async fn watch_inner(
+        &mut self,
+        spec: WatchSpec,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<WatchEnd> {
+        let started = Instant::now();
+        self.last_output = Instant::now();
+        let mut fatal_seen: Option<Instant> = None;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(d) = self.decide(&spec, &End::Running) {
+                let fatal = d.verdict.is_guest_failure();
+                if !fatal {
+                    return Ok(WatchEnd::Decided {
+                        decision: d,
+                        t_s: self.now_s(),
+                    });
+                }
+                let since = *fatal_seen.get_or_insert_with(Instant::now);
+                let quiet = self.last_output.elapsed() >= self.timings.dump_quiet;
+                if quiet || since.elapsed() >= self.timings.dump_max || self.exit.is_some() {
+                    return Ok(WatchEnd::Decided {
+                        decision: d,
+                        t_s: self.now_s(),
+                    });
+                }
+            }
+            if let Some(exit) = &self.exit {
+                let end = End::QemuExited {
+                    clean_poweroff: self.guest_shutdown && exit.code == Some(0),
+                    status: exit.describe(),
+                };
+                let d = self.decide(&spec, &end).expect("an end always decides");
+                return Ok(WatchEnd::Decided {
+                    decision: d,
+                    t_s: self.now_s(),
+                });
+            }
+            let deadline = started + spec.timeout;
+            let silent_at = self.last_output + spec.silence;
+            let mut wake = deadline.min(silent_at);
+            if let Some(since) = fatal_seen {
+                wake = wake
+                    .min(self.last_output + self.timings.dump_quiet)
+                    .min(since + self.timings.dump_max);
+            }
+            let console_open = self.console.is_some();
+            let console = self.console.as_mut();
+            tokio::select! {
+                r = async { console.expect("guarded").read(&mut buf).await }, if console_open => {
+                    match r {
+                        Ok(n) if n > 0 => self.on_console(&buf[..n]).await?,
+                        _ => self.console = None, // QEMU closed it: it is exiting
+                    }
+                }
+                Some(ev) = self.events.recv() => self.on_event(ev),
+                st = self.qemu.wait() => {
+                    let st = st.context("waiting for QEMU")?;
+                    self.exit = Some(ExitInfo::from_status(st, false));
+                    self.drain_console().await?;
+                    self.drain_events().await;
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    if fatal_seen.is_none() {
+                        let end = if now >= deadline {
+                            Some(End::Timeout { seconds: spec.timeout.as_secs_f64() })
+                        } else if now >= silent_at {
+                            Some(End::Silence { seconds: spec.silence.as_secs_f64() })
+                        } else {
+                            None
+                        };
+                        if let Some(end) = end {
+                            let d = self.decide(&spec, &end).expect("an end always decides");
+                            return Ok(WatchEnd::Decided { decision: d, t_s: self.now_s() });
+                        }
+                    }
+                }
+                _ = cancel.cancelled() => return Ok(WatchEnd::Interrupted { t_s: self.now_s() }),
+            }
+        }
+    }
+
+    /// The classifier's decision for the boot `spec` is about; before that boot has started,
+    /// an end means the awaited boot never came.
+    fn decide(&self, spec: &WatchSpec, end: &End) -> Option<Decision> {
+        let current = self.classifier.current();
+        if current.index >= spec.min_boot {
+            return self.classifier.decide(spec.target, end);
+        }
+        if *end == End::Running {
+            return None;
+        }
+        let mut d = crate::core::classify::decide_boot(
+            &crate::core::classify::Boot::empty(),
+            spec.target,
+            end,
+        )?;
+        d.reason = format!("{} (boot {} never started)", d.reason, spec.min_boot + 1);
+        Some(d)
+    }
+
+    /// Reports progress of a long step to whoever displays it.
+    pub fn report(&self, ev: SessionEvent) {
+        if let Some(ui) = &self.ui {
+            let _ = ui.send(ev);
+        }
+    }
+
+    async fn on_console(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let t = self.now_s();
+        self.last_output = Instant::now();
+        self.console_bytes += bytes.len() as u64;
+        self.raw
+            .write_all(bytes)
+            .await
+            .context("writing serial.raw")?;
+        let mut text = String::new();
+        self.norm.feed(bytes, &mut text);
+        if !text.is_empty() {
+            let mut stamped = String::with_capacity(text.len() + 16 * text.matches('\n').count());
+            for line in text.lines() {
+                stamped.push_str(&format!("[{t:10.3}] {line}\n"));
+            }
+            self.log
+                .write_all(stamped.as_bytes())
+                .await
+                .context("writing console.log")?;
+            self.classifier.feed_text(&text, Some(t));
+            self.recent.push_str(&text);
+            if self.recent.len() > RECENT_MAX {
+                let mut cut = self.recent.len() - RECENT_MAX / 2;
+                while !self.recent.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                self.recent.drain(..cut);
+                self.recent_base += cut;
+            }
+        }
+        let partial = self.norm.partial();
+        self.tail.clone_from(&partial);
+        if !partial.is_empty() {
+            self.classifier.feed_partial(&partial, Some(t));
+        }
+        self.report_milestones();
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: QmpEvent) {
+        match ev.name.as_str() {
+            "RESET" => self.classifier.new_boot("reset", Some(ev.t_s)),
+            "SHUTDOWN" => {
+                self.guest_shutdown = ev
+                    .data
+                    .get("guest")
+                    .and_then(|g| g.as_bool())
+                    .unwrap_or(false)
+            }
+            _ => {}
+        }
+        if let Some(ui) = &self.ui {
+            let _ = ui.send(SessionEvent::QmpEvent {
+                name: ev.name.clone(),
+                t_s: ev.t_s,
+            });
+        }
+        self.event_log.push(EventRecord {
+            name: ev.name,
+            t_s: ev.t_s,
+            data: ev.data,
+        });
+    }
+
+    /// After QEMU exited: whatever is still buffered in the console socket.
+    async fn drain_console(&mut self) -> anyhow::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Some(c) = self.console.as_mut() {
+            match tokio::time::timeout(Duration::from_millis(200), c.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => self.on_console(&buf[..n]).await?,
+                _ => self.console = None,
+            }
+        }
+        while let Ok(ev) = self.events.try_recv() {
+            self.on_event(ev);
+        }
+        Ok(())
+    }
+
+    fn report_milestones(&mut self) {
+        let Some(ui) = &self.ui else { return };
+        let boots = self.classifier.boots();
+        let all: Vec<_> = boots
+            .iter()
+            .flat_map(|b| b.timeline.iter().map(move |m| (b.index, m)))
+            .collect();
+        for (boot, m) in &all[self.milestones_sent.min(all.len())..] {
+            let _ = ui.send(SessionEvent::Milestone {
+                boot: *boot,
+                stage: m.stage,
+                t_s: m.t_s.unwrap_or(0.0),
+                text: m.text.clone(),
+            });
+        }
+        self.milestones_sent = all.len();
+    }
+
+    /// Ends the VM: QMP `quit`, a grace period, then SIGKILL to QEMU's group. Idempotent.
+    pub async fn shutdown(&mut self) -> anyhow::Result<ExitInfo> {
+        if let Some(e) = &self.exit {
+            return Ok(e.clone());
+        }
+        // Stop reading the console first: QEMU must never block on a console nobody reads.
+        self.console = None;
+        let q = tokio::time::timeout(Duration::from_secs(1), self.qmp.quit()).await;
+        tracing::debug!(t = self.now_s(), ?q, "sent quit");
+        let (st, killed) = self
+            .qemu
+            .stop(self.timings.stop_grace)
+            .await
+            .context("stopping QEMU")?;
+        tracing::debug!(t = self.now_s(), killed, "QEMU stopped");
+        let info = ExitInfo::from_status(st, true);
+        self.exit = Some(info.clone());
+        let _ = self.raw.flush().await;
+        let _ = self.log.flush().await;
+        while let Ok(ev) = self.events.try_recv() {
+            self.on_event(ev);
+        }
+        Ok(info)
+    }
+}
+
+/// How much recent console text `expect` can look back over.
+const RECENT_MAX: usize = 1 << 20;
+
+/// How an `expect` ended.
+#[derive(Debug, Clone)]
+pub enum ExpectEnd {
+    /// The pattern matched; `text` is everything from the mark to the end of the match, and
+    /// `captures` the pattern's capture groups (None where a group did not take part).
+    Matched {
+        text: String,
+        captures: Vec<Option<String>>,
+    },
+    /// The classifier found a fatal failure first (call `watch` to let the dump finish).
+    Failed,
+    /// QEMU exited first.
+    Exited,
+    TimedOut,
+    Interrupted,
+}
+
+impl Session {
+    /// A position in the console text: `expect` looks only at what arrives after it.
+    pub fn mark(&self) -> usize {
+        self.recent_base + self.recent.len()
+    }
+
+    /// Types `bytes` on the serial console.
+    pub async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let Some(c) = self.console.as_mut() else {
+            anyhow::bail!("the serial console is closed")
+        };
+        c.write_all(bytes)
+            .await
+            .context("writing to the serial console")?;
+        Ok(())
+    }
+
+    /// Waits until `re` matches the console text after `since` (complete lines plus the
+    /// unterminated tail, so prompts match), while recording and classifying as `watch` does.
+    pub async fn expect(
+        &mut self,
+        re: &regex::Regex,
+        since: usize,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<ExpectEnd> {
+        let cpu0 = thread_cpu_s();
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 64 * 1024];
+        let end = loop {
+            let start = since
+                .saturating_sub(self.recent_base)
+                .min(self.recent.len());
+            let hay = format!("{}{}", &self.recent[start..], self.tail);
+            if let Some(c) = re.captures(&hay) {
+                let whole = c.get(0).expect("group 0");
+                let captures = c
+                    .iter()
+                    .skip(1)
+                    .map(|m| m.map(|m| m.as_str().to_string()))
+                    .collect();
+                break ExpectEnd::Matched {
+                    text: hay[..whole.end()].to_string(),
+                    captures,
+                };
+            }
+            if self.classifier.current().fatal().is_some() {
+                break ExpectEnd::Failed;
+            }
+            if self.exit.is_some() {
+                break ExpectEnd::Exited;
+            }
+            let console_open = self.console.is_some();
+            let console = self.console.as_mut();
+            tokio::select! {
+                r = async { console.expect("guarded").read(&mut buf).await }, if console_open => {
+                    match r {
+                        Ok(n) if n > 0 => self.on_console(&buf[..n]).await?,
+                        _ => self.console = None,
+                    }
+                }
+                Some(ev) = self.events.recv() => self.on_event(ev),
+                st = self.qemu.wait() => {
+                    let st = st.context("waiting for QEMU")?;
+                    self.exit = Some(ExitInfo::from_status(st, false));
+                    self.drain_console().await?;
+                    self.drain_events().await;
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => break ExpectEnd::TimedOut,
+                _ = cancel.cancelled() => break ExpectEnd::Interrupted,
+            }
+        };
+        self.watch_cpu_s += thread_cpu_s() - cpu0;
+        Ok(end)
+    }
+}
+
+/// CPU seconds (user + system) of the calling thread. The harness runs its event loop on one
+/// thread, so this is the cost of watching, without hashing or other blocking work.
+pub fn thread_cpu_s() -> f64 {
+    #[cfg(target_os = "linux")]
+    let who = nix::sys::resource::UsageWho::RUSAGE_THREAD;
+    #[cfg(not(target_os = "linux"))]
+    let who = nix::sys::resource::UsageWho::RUSAGE_SELF;
+    let Ok(u) = nix::sys::resource::getrusage(who) else {
+        return 0.0;
+    };
+    let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+fn one_line(s: &str) -> String {
+    let s = s
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    if s.is_empty() {
+        "nothing on stderr".into()
+    } else {
+        s
+    }
+}
+
+/// utime + stime of a `/proc/PID/stat` line, in seconds.
+fn cpu_s_from_stat(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; utime is field 14, stime field 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let tck = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0)? as f64;
+    Some(round_ms((utime + stime) / tck))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_from_proc_stat_even_with_odd_command_names() {
+        let tck = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .unwrap()
+            .unwrap() as f64;
+        let line = "4242 (qemu (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
+        assert_eq!(cpu_s_from_stat(line), Some(round_ms(300.0 / tck)));
+        assert_eq!(cpu_s_from_stat("garbage"), None);
+        // Our own process: a real file parses.
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(cpu_s_from_stat(&own).is_some());
+    }
+}

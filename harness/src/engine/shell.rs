@@ -1,0 +1,236 @@
+//! The serial shell: log in on the guest's serial console and run commands with their exit code
+//! and output. Each command is followed by a unique sentinel the shell prints with `$?`; the
+//! typed command line echoes the sentinel with a literal `$?`, so only the shell's own output
+//! (digits in place of `$?`) can match. Kernel messages interleaved on the console cannot be
+//! mistaken for the end of a command.
+
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::session::{ExpectEnd, Session, SessionEvent};
+
+/// How often a running command reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(15);
+
+/// Why the shell could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    #[error("no {what} within {seconds:.0} s (last console line: {last_line:?})")]
+    Timeout {
+        what: String,
+        seconds: f64,
+        last_line: String,
+    },
+    #[error("the guest failed while waiting for {what}")]
+    GuestFailed { what: String },
+    #[error("QEMU exited while waiting for {what}")]
+    Exited { what: String },
+    #[error("login as {user:?} was refused {attempts} times")]
+    LoginRefused { user: String, attempts: u32 },
+    #[error("interrupted")]
+    Interrupted,
+    #[error(transparent)]
+    Harness(#[from] anyhow::Error),
+}
+
+/// A command's result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub command: String,
+    pub exit_code: i32,
+    pub output: String,
+    pub duration_s: f64,
+}
+
+/// A logged-in shell on the serial console.
+pub struct Shell {
+    counter: u64,
+    tag: String,
+}
+
+fn expect_err(end: ExpectEnd, what: &str, timeout: Duration, s: &Session) -> ShellError {
+    match end {
+        ExpectEnd::Failed => ShellError::GuestFailed { what: what.into() },
+        ExpectEnd::Exited => ShellError::Exited { what: what.into() },
+        ExpectEnd::Interrupted => ShellError::Interrupted,
+        ExpectEnd::TimedOut | ExpectEnd::Matched { .. } => ShellError::Timeout {
+            what: what.into(),
+            seconds: timeout.as_secs_f64(),
+            last_line: s.classifier.last_line().to_string(),
+        },
+    }
+}
+
+impl Shell {
+    /// Waits for the login prompt, logs in, and sets a plain prompt. `timeout` covers the wait
+    /// for the prompt; each later step gets its own shorter bound.
+    pub async fn login(
+        s: &mut Session,
+        user: &str,
+        password: &str,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Shell, ShellError> {
+        let prompt = Regex::new(r"(?m)\S+ login: ?$").expect("valid regex");
+        let pw = Regex::new(r"(?m)[Pp]assword: ?$").expect("valid regex");
+        let outcome = Regex::new(r"(?m)(Login incorrect|[$#] ?$)").expect("valid regex");
+        let mut since = 0;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match s.expect(&prompt, since, timeout, cancel).await? {
+                ExpectEnd::Matched { .. } => {}
+                end => return Err(expect_err(end, "login prompt", timeout, s)),
+            }
+            let mark = s.mark();
+            s.send(format!("{user}\r").as_bytes()).await?;
+            let step = Duration::from_secs(60);
+            match s.expect(&pw, mark, step, cancel).await? {
+                ExpectEnd::Matched { .. } => {}
+                end => return Err(expect_err(end, "password prompt", step, s)),
+            }
+            let mark = s.mark();
+            s.send(format!("{password}\r").as_bytes()).await?;
+            match s.expect(&outcome, mark, step, cancel).await? {
+                ExpectEnd::Matched { captures, .. }
+                    if captures.first().cloned().flatten().as_deref()
+                        != Some("Login incorrect") =>
+                {
+                    break;
+                }
+                ExpectEnd::Matched { .. } if attempts < 3 => {
+                    // The user may not exist yet if cloud-init is still running: try again.
+                    since = s.mark();
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    s.send(b"\r").await?;
+                    continue;
+                }
+                ExpectEnd::Matched { .. } => {
+                    return Err(ShellError::LoginRefused {
+                        user: user.into(),
+                        attempts,
+                    });
+                }
+                end => return Err(expect_err(end, "shell prompt after login", step, s)),
+            }
+        }
+        let mut sh = Shell {
+            counter: 0,
+            tag: format!("BW{}", std::process::id()),
+        };
+        // A quiet, predictable shell: no echo of what we type (so long lines cannot wrap into
+        // something that looks like a sentinel), no colour, no pager, no history, a plain prompt.
+        let setup =
+            "stty -echo; export TERM=dumb PAGER=cat SYSTEMD_PAGER=cat HISTFILE=/dev/null PS1='$ '";
+        sh.run(s, setup, Duration::from_secs(60), cancel).await?;
+        Ok(sh)
+    }
+
+    /// Runs `command` and returns its output and exit code.
+    pub async fn run(
+        &mut self,
+        s: &mut Session,
+        command: &str,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<CommandResult, ShellError> {
+        self.counter += 1;
+        let id = format!("{}_{}", self.tag, self.counter);
+        let started = Instant::now();
+        let mark = s.mark();
+        // The sentinel is printed on a line of its own, before and after the output.
+        let line = format!("echo {id}_BEGIN; {command}; echo {id}_END_$?\r");
+        s.send(line.as_bytes()).await?;
+        let re =
+            Regex::new(&format!(r"{id}_BEGIN\n((?s:.*?)){id}_END_(\d+)")).expect("valid regex");
+        let deadline = started + timeout;
+        loop {
+            // Wait in slices so a long command (an upgrade under TCG takes minutes) reports
+            // progress instead of silence.
+            let slice = PROGRESS_EVERY.min(deadline.saturating_duration_since(Instant::now()));
+            match s.expect(&re, mark, slice, cancel).await? {
+                ExpectEnd::Matched { captures, .. } => {
+                    let output = without_console_noise(
+                        &captures.first().cloned().flatten().unwrap_or_default(),
+                    );
+                    let code = captures
+                        .get(1)
+                        .cloned()
+                        .flatten()
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(-1);
+                    return Ok(CommandResult {
+                        command: command.into(),
+                        exit_code: code,
+                        output,
+                        duration_s: crate::engine::qmp::round_ms(started.elapsed().as_secs_f64()),
+                    });
+                }
+                ExpectEnd::TimedOut if Instant::now() < deadline => {
+                    s.report(SessionEvent::Progress {
+                        what: command.chars().take(60).collect(),
+                        elapsed_s: started.elapsed().as_secs_f64(),
+                        last_line: s.classifier.last_line().to_string(),
+                    })
+                }
+                end => {
+                    return Err(expect_err(
+                        end,
+                        &format!("the end of `{command}`"),
+                        timeout,
+                        s,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The command's output without the kernel's and services' console messages that the serial
+/// console interleaves with it: lines stamped like printk (`[   71.943691] ...`). They stay in
+/// `console.log`, and the classifier sees them there.
+pub fn without_console_noise(output: &str) -> String {
+    static PRINTK: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    let re = PRINTK.get_or_init(|| Regex::new(r"^\[\s*\d+\.\d{6}\] ").expect("valid regex"));
+    output
+        .split_inclusive('\n')
+        .filter(|l| !re.is_match(l))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_messages_are_taken_out_of_command_output() {
+        let out = "[   71.943691] cloud-init[372]: WARNING x\ndebian\n[ 1.000000] random: y\nlast";
+        assert_eq!(without_console_noise(out), "debian\nlast");
+        assert_eq!(
+            without_console_noise("[1.2] is not printk\n"),
+            "[1.2] is not printk\n"
+        );
+    }
+
+    /// The end sentinel as typed (echoed with a literal `$?`) must not match; the one the shell
+    /// prints must, also when the prompt shares its line (terminal echo off) and when the
+    /// output has no final newline.
+    #[test]
+    fn sentinel_matches_only_the_shells_output() {
+        let id = "BW1_1";
+        let re = Regex::new(&format!(r"{id}_BEGIN\n((?s:.*?)){id}_END_(\d+)")).unwrap();
+        let echo = format!("$ echo {id}_BEGIN; id -un; echo {id}_END_$?\n");
+        assert!(re.captures(&echo).is_none());
+        let out =
+            format!("{echo}{id}_BEGIN\n[   12.3] random: crng init done\ndebian\n{id}_END_0\n$ ");
+        let c = re.captures(&out).unwrap();
+        assert_eq!(&c[1], "[   12.3] random: crng init done\ndebian\n");
+        assert_eq!(&c[2], "0");
+        let no_echo = format!("$ {id}_BEGIN\nno newline{id}_END_3\n$ ");
+        let c = re.captures(&no_echo).unwrap();
+        assert_eq!((&c[1], &c[2]), ("no newline", "3"));
+    }
+}

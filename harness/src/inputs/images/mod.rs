@@ -1,0 +1,387 @@
+//! Guest images: the vendor catalog and local recipes (`guest-images/`), the verified download
+//! cache, locally built Debian images, per-run overlays and cloud-init seeds.
+
+pub mod cache;
+pub mod catalog;
+pub mod debian_build;
+pub mod esp;
+pub mod overlay;
+pub mod seed;
+
+use serde::{Deserialize, Serialize};
+
+use catalog::{CatalogError, CatalogImage, GuestTraits, check_keys, line_of};
+use debian_build::DebianRecipe;
+
+/// The local recipes shipped with bootwatch.
+pub const BUILTIN_LOCAL: &str = include_str!("../../../../guest-images/local.toml");
+pub const BUILTIN_LOCAL_NAME: &str = "guest-images/local.toml";
+
+/// A guest bootwatch builds itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalImage {
+    pub name: String,
+    pub description: String,
+    pub recipe: DebianRecipe,
+    #[serde(flatten)]
+    pub guest: GuestTraits,
+    #[serde(skip)]
+    pub line: usize,
+}
+
+const LOCAL_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "recipe",
+    "login_user",
+    "provision",
+    "package_manager",
+    "upgrade_command",
+    "env",
+    "exclude_bootloader",
+    "package_query",
+    "bootloader_packages",
+    "reported",
+    "report_note",
+];
+
+/// Parses local recipes; errors name the file and line.
+pub fn parse_local(text: &str, file: &str) -> Result<Vec<LocalImage>, CatalogError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        #[serde(default)]
+        local: Vec<toml::Spanned<toml::Table>>,
+    }
+    let err = |offset: usize, message: String| CatalogError {
+        file: file.into(),
+        line: line_of(text, offset),
+        message,
+    };
+    let raw: Raw = toml::from_str(text)
+        .map_err(|e| err(e.span().map_or(0, |s| s.start), e.message().to_string()))?;
+    let mut out: Vec<LocalImage> = Vec::new();
+    for t in raw.local {
+        let start = t.span().start;
+        let mut table = t.into_inner();
+        let name = table
+            .get("name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+            .to_string();
+        check_keys(&table, LOCAL_KEYS)
+            .map_err(|m| err(start, format!("local image {name:?}: {m}")))?;
+        // The recipe's name is the image's name.
+        if let Some(toml::Value::Table(r)) = table.get_mut("recipe") {
+            r.insert("name".into(), toml::Value::String(name.clone()));
+        }
+        let mut img: LocalImage =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    err(start, format!("local image {name:?}: {}", e.message()))
+                })?;
+        img.recipe
+            .validate()
+            .map_err(|e| err(start, format!("{e:#}")))?;
+        img.line = line_of(text, start);
+        if out.iter().any(|i| i.name == img.name) {
+            return Err(err(start, format!("local image {name:?} is defined twice")));
+        }
+        out.push(img);
+    }
+    Ok(out)
+}
+
+/// Every image bootwatch knows by name.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub catalog: catalog::Catalog,
+    pub locals: Vec<LocalImage>,
+}
+
+/// One named image.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry<'a> {
+    Vendor(&'a CatalogImage),
+    Local(&'a LocalImage),
+}
+
+impl Entry<'_> {
+    pub fn name(&self) -> &str {
+        match self {
+            Entry::Vendor(i) => &i.name,
+            Entry::Local(i) => &i.name,
+        }
+    }
+
+    pub fn guest(&self) -> &GuestTraits {
+        match self {
+            Entry::Vendor(i) => &i.guest,
+            Entry::Local(i) => &i.guest,
+        }
+    }
+}
+
+impl Registry {
+    /// The registry to use: the catalog file named by `BOOTWATCH_CATALOG` when set (so users can
+    /// add or pin their own images), else the shipped one; the shipped local recipes.
+    pub fn load() -> Result<Registry, CatalogError> {
+        let catalog = match std::env::var_os("BOOTWATCH_CATALOG") {
+            Some(p) => catalog::Catalog::load(std::path::Path::new(&p))?,
+            None => catalog::Catalog::builtin(),
+        };
+        let locals = parse_local(BUILTIN_LOCAL, BUILTIN_LOCAL_NAME)?;
+        Ok(Registry { catalog, locals })
+    }
+
+    /// The catalog and recipes compiled into bootwatch.
+    pub fn builtin() -> Registry {
+        Registry {
+            catalog: catalog::Catalog::builtin(),
+            locals: parse_local(BUILTIN_LOCAL, BUILTIN_LOCAL_NAME)
+                .expect("the shipped recipes are valid (tested)"),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Entry<'_>> {
+        if let Some(i) = self.catalog.get(name) {
+            return Some(Entry::Vendor(i));
+        }
+        self.locals
+            .iter()
+            .find(|l| l.name == name)
+            .map(Entry::Local)
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.catalog
+            .images
+            .iter()
+            .map(|i| i.name.as_str())
+            .chain(self.locals.iter().map(|l| l.name.as_str()))
+            .collect()
+    }
+}
+
+/// What `images list` shows of one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageStatus {
+    pub name: String,
+    /// `vendor` or `local`.
+    pub kind: &'static str,
+    pub description: String,
+    pub reported: catalog::Reported,
+    pub report_note: String,
+    pub login_user: String,
+    pub package_manager: catalog::PackageManager,
+    /// `cached`, `partial` or `absent` (vendor); `built` or `not-built` (local).
+    pub state: String,
+    pub path: Option<std::path::PathBuf>,
+    pub size: Option<u64>,
+    /// How the image is verified, and what could be checked from where it was researched.
+    pub verification: String,
+    pub url: Option<String>,
+    pub sha256: Option<String>,
+}
+
+impl Registry {
+    /// The state of every image in the cache under `cache_root`.
+    pub fn status(&self, cache_root: &std::path::Path) -> Vec<ImageStatus> {
+        let cache = cache::ImageCache::new(&cache_root.join("images"));
+        let mut out = Vec::new();
+        for i in &self.catalog.images {
+            let (state, path, size) = match cache.state(&fetch_request(i)) {
+                cache::CacheState::Cached { path, size } => ("cached", Some(path), Some(size)),
+                cache::CacheState::Partial { bytes } => ("partial", None, Some(bytes)),
+                cache::CacheState::Absent => ("absent", None, None),
+            };
+            out.push(ImageStatus {
+                name: i.name.clone(),
+                kind: "vendor",
+                description: format!(
+                    "{} {} ({}, {})",
+                    i.distro,
+                    i.version,
+                    i.format_name(),
+                    i.image_date
+                ),
+                reported: i.guest.reported,
+                report_note: i.guest.report_note.clone(),
+                login_user: i.guest.login_user.clone(),
+                package_manager: i.guest.package_manager,
+                state: state.into(),
+                path,
+                size,
+                verification: i.verified.clone(),
+                url: Some(i.url.clone()),
+                sha256: i.sha256.clone(),
+            });
+        }
+        for l in &self.locals {
+            let built = debian_build::find_cached(&l.recipe, cache_root)
+                .ok()
+                .flatten();
+            out.push(ImageStatus {
+                name: l.name.clone(),
+                kind: "local",
+                description: l.description.clone(),
+                reported: l.guest.reported,
+                report_note: l.guest.report_note.clone(),
+                login_user: l.guest.login_user.clone(),
+                package_manager: l.guest.package_manager,
+                state: if built.is_some() {
+                    "built"
+                } else {
+                    "not-built"
+                }
+                .into(),
+                size: built.as_ref().map(|b| b.manifest.disk_bytes),
+                sha256: built.as_ref().map(|b| b.manifest.disk_sha256.clone()),
+                path: built.map(|b| b.path),
+                verification: format!(
+                    "built from Debian's archive by recipe {} (hash {})",
+                    l.name,
+                    l.recipe.hash()
+                ),
+                url: None,
+            });
+        }
+        out
+    }
+}
+
+/// The cache request for a vendor image.
+pub fn fetch_request(i: &CatalogImage) -> cache::FetchRequest {
+    cache::FetchRequest {
+        name: i.name.clone(),
+        url: i.url.clone(),
+        sha256: i.sha256.clone(),
+        sha512: i.sha512.clone(),
+        checksum_url: i.checksum_url.clone(),
+    }
+}
+
+impl CatalogImage {
+    pub fn format_name(&self) -> &'static str {
+        match self.format {
+            catalog::ImageFormat::Qcow2 => "qcow2",
+            catalog::ImageFormat::Raw => "raw",
+        }
+    }
+}
+
+/// A verified base image on disk, ready for an overlay.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub name: String,
+    pub path: std::path::PathBuf,
+    pub sha256: String,
+    pub format: catalog::ImageFormat,
+    pub guest: GuestTraits,
+}
+
+/// Makes `entry` available: a vendor image is fetched (a no-op when cached), a local recipe built
+/// (a no-op when built). `mirror` is only needed to build.
+pub async fn resolve(
+    entry: Entry<'_>,
+    cache_root: &std::path::Path,
+    mirror: Option<&str>,
+    progress: bool,
+) -> anyhow::Result<Resolved> {
+    match entry {
+        Entry::Vendor(i) => {
+            let cache = cache::ImageCache::new(&cache_root.join("images"));
+            let opts = cache::FetchOptions {
+                progress,
+                ..Default::default()
+            };
+            let got = cache.fetch(&fetch_request(i), &opts).await?;
+            Ok(Resolved {
+                name: i.name.clone(),
+                path: got.path,
+                sha256: got.sha256,
+                format: i.format,
+                guest: i.guest.clone(),
+            })
+        }
+        Entry::Local(l) => {
+            let recipe = l.recipe.clone();
+            let root = cache_root.to_path_buf();
+            let built = match debian_build::find_cached(&recipe, &root)? {
+                Some(b) => b,
+                None => {
+                    let mirror = crate::inputs::debian::resolve_mirror(mirror)?;
+                    tokio::task::spawn_blocking(move || {
+                        debian_build::build(&recipe, &mirror, &root)
+                    })
+                    .await??
+                }
+            };
+            Ok(Resolved {
+                name: l.name.clone(),
+                path: built.path,
+                sha256: built.manifest.disk_sha256.clone(),
+                format: catalog::ImageFormat::Qcow2,
+                guest: l.guest.clone(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_recipes_parse_and_names_are_unique_across_both_files() {
+        let r = Registry::builtin();
+        let local = r
+            .locals
+            .iter()
+            .find(|l| l.name == "debian-12-local")
+            .expect("debian-12-local");
+        assert_eq!(local.recipe.suite, "bookworm");
+        assert_eq!(local.recipe.name, "debian-12-local");
+        assert!(local.recipe.pins.contains_key("grub-efi-arm64-signed"));
+        let mut names = r.names();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            n,
+            "a name is both a vendor image and a local recipe"
+        );
+        assert!(matches!(r.get("debian-12-local"), Some(Entry::Local(_))));
+        assert!(matches!(r.get("fedora-39"), Some(Entry::Vendor(_))));
+        assert!(r.get("no-such-image").is_none());
+    }
+
+    #[test]
+    fn bad_recipes_name_file_and_line() {
+        let text = "\n[[local]]\nname = \"x\"\ndescription = \"\"\nlogin_user = \"u\"\nprovision = \"cloud-init\"\n\
+                    package_manager = \"apt\"\nupgrade_command = \"u\"\nexclude_bootloader = \"\"\npackage_query = \"q\"\n\
+                    bootloader_packages = []\nreported = \"unaffected\"\nreport_note = \"\"\n[local.recipe]\nsuite = \"bookworm\"\n";
+        assert!(parse_local(text, "l.toml").is_ok());
+        let e = parse_local(
+            &text.replace("suite = \"bookworm\"", "suite = \"bookworm; rm -rf /\""),
+            "l.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("suite"), "{e}");
+        let e = parse_local(
+            &text.replace("[local.recipe]", "flavour = 1\n[local.recipe]"),
+            "l.toml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("flavour"), "{e}");
+        let e = parse_local(
+            &text.replace("suite = \"bookworm\"", "suite = \"bookworm\"\nsize = 3"),
+            "l.toml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("size"), "{e}");
+    }
+}

@@ -1,0 +1,811 @@
+//! QEMU builds and firmware builds as named inputs ("providers"), spelled as strings in matrix
+//! files and resolved to files on disk.
+//!
+//! QEMU providers ([`QemuProvider`]):
+//!
+//! | spelling                   | what                                                          |
+//! |----------------------------|---------------------------------------------------------------|
+//! | `host`                     | `qemu-system-aarch64` on `PATH`                               |
+//! | `path:FILE`                | any binary (must exist and be executable)                     |
+//! | `debian:SUITE`             | `qemu-system-arm` of that Debian suite, in a private root tree run through the tree's own loader, never installed on the host (see [`debian_tree`]) |
+//! | `source:DIR`               | a QEMU source tree, built for `aarch64-softmmu` only (see [`source`]) |
+//!
+//! Firmware providers ([`FirmwareProvider`]):
+//!
+//! | spelling                       | what                                                      |
+//! |--------------------------------|-----------------------------------------------------------|
+//! | `host`                         | the host's edk2 ([`host_firmware`], e.g. `/usr/share/AAVMF/AAVMF_CODE.fd`) |
+//! | `path:CODE` / `path:CODE,VARS` | any code image; the vars template next to it ([`crate::engine::run::sibling_vars`]) or given |
+//! | `debian:VERSION[/VARIANT]`     | Debian's `qemu-efi-aarch64` of that version ([`crate::inputs::debian::fetch_edk2`]), variant as in [`crate::inputs::debian::VARIANTS`] (`secboot.strictnx` is accepted for `strictnx`) |
+//!
+//! Parsing checks spelling only; resolving ([`resolve_qemu`], [`resolve_firmware`]) checks that
+//! the thing exists, fetches or builds it (cached under the cache root), and reads its version,
+//! package version and hash from the artifact itself.
+
+pub mod debian_tree;
+pub mod source;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+
+use crate::core::launch::QemuExec;
+
+/// The accepted QEMU provider spellings, for error messages.
+const QEMU_FORMS: &str = "host, path:/path/to/qemu-system-aarch64, debian:SUITE (e.g. debian:trixie), \
+     source:/path/to/qemu-source-tree";
+/// The accepted firmware provider spellings, for error messages.
+const FIRMWARE_FORMS: &str = "host, path:/path/to/CODE.fd, path:/path/to/CODE.fd,/path/to/VARS.fd, \
+     debian:VERSION (e.g. debian:2025.02), debian:VERSION/VARIANT (e.g. debian:2025.02/strictnx)";
+
+/// How long `qemu-system-aarch64 --version` may take.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a QEMU build comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum QemuProvider {
+    /// `host`: `qemu-system-aarch64` on `PATH`.
+    Host,
+    /// `path:FILE`: that binary.
+    Path(PathBuf),
+    /// `debian:SUITE`: the suite's `qemu-system-arm`, in a private root tree.
+    Debian { suite: String },
+    /// `source:DIR`: a QEMU source tree, built for aarch64-softmmu.
+    Source { dir: PathBuf },
+}
+
+/// Where a firmware build comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FirmwareProvider {
+    /// `host`: the host's edk2.
+    Host,
+    /// `path:CODE` or `path:CODE,VARS`.
+    Path {
+        code: PathBuf,
+        vars: Option<PathBuf>,
+    },
+    /// `debian:VERSION` or `debian:VERSION/VARIANT` (`None` is the `default` variant).
+    Debian {
+        version: String,
+        variant: Option<String>,
+    },
+}
+
+fn nonempty_path(kind: &str, s: &str, rest: &str, example: &str) -> Result<PathBuf, String> {
+    if rest.trim().is_empty() {
+        return Err(format!(
+            "{kind} provider {s:?} has an empty path (write {example})"
+        ));
+    }
+    Ok(PathBuf::from(rest))
+}
+
+impl FromStr for QemuProvider {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t == "host" {
+            return Ok(QemuProvider::Host);
+        }
+        if let Some(rest) = t.strip_prefix("path:") {
+            return nonempty_path("QEMU", s, rest, "path:/path/to/qemu-system-aarch64")
+                .map(QemuProvider::Path);
+        }
+        if let Some(rest) = t.strip_prefix("source:") {
+            return nonempty_path("QEMU", s, rest, "source:/path/to/qemu-source-tree")
+                .map(|dir| QemuProvider::Source { dir });
+        }
+        if let Some(suite) = t.strip_prefix("debian:") {
+            if suite.is_empty() {
+                return Err(format!(
+                    "QEMU provider {s:?} names no Debian suite (write e.g. debian:trixie, \
+                     debian:bookworm-backports, debian:sid)"
+                ));
+            }
+            let ok = suite
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !suite.starts_with('-');
+            if !ok {
+                return Err(format!(
+                    "QEMU provider {s:?}: {suite:?} is not a Debian suite name (lower-case \
+                     letters, digits and '-', e.g. debian:trixie, debian:bookworm-backports)"
+                ));
+            }
+            return Ok(QemuProvider::Debian {
+                suite: suite.to_owned(),
+            });
+        }
+        Err(format!(
+            "unknown QEMU provider {s:?}; accepted forms: {QEMU_FORMS}"
+        ))
+    }
+}
+
+impl fmt::Display for QemuProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QemuProvider::Host => f.write_str("host"),
+            QemuProvider::Path(p) => write!(f, "path:{}", p.display()),
+            QemuProvider::Debian { suite } => write!(f, "debian:{suite}"),
+            QemuProvider::Source { dir } => write!(f, "source:{}", dir.display()),
+        }
+    }
+}
+
+/// Canonical variant name for a spelling: `secboot.strictnx` is `strictnx`, `default` is `None`.
+fn canonical_variant(v: &str) -> Option<String> {
+    match v {
+        "default" => None,
+        "secboot.strictnx" => Some("strictnx".to_owned()),
+        other => Some(other.to_owned()),
+    }
+}
+
+impl FromStr for FirmwareProvider {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t == "host" {
+            return Ok(FirmwareProvider::Host);
+        }
+        if let Some(rest) = t.strip_prefix("path:") {
+            let example = "path:/path/to/CODE.fd or path:/path/to/CODE.fd,/path/to/VARS.fd";
+            return match rest.split_once(',') {
+                None => Ok(FirmwareProvider::Path {
+                    code: nonempty_path("firmware", s, rest, example)?,
+                    vars: None,
+                }),
+                Some((code, vars)) => {
+                    if code.trim().is_empty() || vars.trim().is_empty() || vars.contains(',') {
+                        return Err(format!(
+                            "firmware provider {s:?}: expected exactly two non-empty paths \
+                             separated by one comma ({example})"
+                        ));
+                    }
+                    Ok(FirmwareProvider::Path {
+                        code: PathBuf::from(code),
+                        vars: Some(PathBuf::from(vars)),
+                    })
+                }
+            };
+        }
+        if let Some(rest) = t.strip_prefix("debian:") {
+            let (version, variant) = match rest.split_once('/') {
+                None => (rest, None),
+                Some((v, var)) => (v, Some(var)),
+            };
+            let version_ok = !version.is_empty()
+                && version.starts_with(|c: char| c.is_ascii_digit())
+                && version
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".+~:-".contains(&b));
+            if !version_ok {
+                return Err(format!(
+                    "firmware provider {s:?}: {version:?} is not an edk2 package version (write \
+                     e.g. debian:2025.02, debian:2022.11-6+deb12u2 or debian:2025.02/strictnx)"
+                ));
+            }
+            let variant = match variant {
+                None => None,
+                Some(v) => {
+                    let ok = !v.is_empty()
+                        && v.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b".-".contains(&b)
+                        });
+                    if !ok {
+                        return Err(format!(
+                            "firmware provider {s:?}: {v:?} is not a variant name (known: {}, \
+                             and secboot.strictnx for strictnx)",
+                            crate::inputs::debian::VARIANTS.join(", ")
+                        ));
+                    }
+                    canonical_variant(v)
+                }
+            };
+            return Ok(FirmwareProvider::Debian {
+                version: version.to_owned(),
+                variant,
+            });
+        }
+        Err(format!(
+            "unknown firmware provider {s:?}; accepted forms: {FIRMWARE_FORMS}"
+        ))
+    }
+}
+
+impl fmt::Display for FirmwareProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FirmwareProvider::Host => f.write_str("host"),
+            FirmwareProvider::Path { code, vars: None } => write!(f, "path:{}", code.display()),
+            FirmwareProvider::Path {
+                code,
+                vars: Some(vars),
+            } => write!(f, "path:{},{}", code.display(), vars.display()),
+            FirmwareProvider::Debian {
+                version,
+                variant: None,
+            } => write!(f, "debian:{version}"),
+            FirmwareProvider::Debian {
+                version,
+                variant: Some(v),
+            } => write!(f, "debian:{version}/{v}"),
+        }
+    }
+}
+
+/// What resolving needs to know.
+#[derive(Debug, Clone)]
+pub struct ProviderContext {
+    /// The explicit `--mirror`, if any (else env `BOOTWATCH_MIRROR`, else apt's configuration:
+    /// [`crate::inputs::debian::resolve_mirror`]).
+    pub mirror: Option<String>,
+    /// Where fetched and built things are cached (`qemu/`, `edk2/`), usually
+    /// [`crate::sys::fsx::cache_root`].
+    pub cache_root: PathBuf,
+}
+
+/// A QEMU ready to run.
+#[derive(Debug, Clone)]
+pub struct ResolvedQemu {
+    /// The canonical spelling of the provider.
+    pub spec: String,
+    /// The `qemu-system-aarch64` file itself.
+    pub binary: PathBuf,
+    /// How to run it (the default for `host` and `path:`; the tree's loader, libraries, modules
+    /// and data for `debian:`; the source tree's `pc-bios` for `source:`).
+    pub exec: QemuExec,
+    /// The version `--version` reports, e.g. `10.0.13`.
+    pub version: String,
+    /// The whole first line of `--version`.
+    pub version_line: String,
+    /// The Debian package version when it came from a package (`debian:`; `host` when dpkg
+    /// knows the binary).
+    pub package: Option<String>,
+    /// SHA256 of `binary`.
+    pub sha256: String,
+}
+
+/// A firmware ready to load.
+#[derive(Debug, Clone)]
+pub struct ResolvedFirmware {
+    /// The canonical spelling of the provider.
+    pub spec: String,
+    /// The code image.
+    pub code: PathBuf,
+    /// The variable-store template (copy it per guest), when there is one.
+    pub vars_template: Option<PathBuf>,
+    /// The Debian package version (`debian:`: the fetched `.deb`; `host`: dpkg's).
+    pub package: Option<String>,
+    /// SHA256 of `code`.
+    pub code_sha256: String,
+}
+
+/// The upstream part of a Debian version: no epoch, no Debian revision, no `+ds`/`+dfsg`/`~`
+/// suffix. `1:10.0.13+ds-1` -> `10.0.13`, `2025.02-8+deb13u1` -> `2025.02`.
+pub fn upstream_version(debian_version: &str) -> String {
+    let v = debian_version.trim();
+    let v = v.split_once(':').map_or(v, |(_, rest)| rest);
+    let v = v.rsplit_once('-').map_or(v, |(upstream, _)| upstream);
+    let v = v.split(['+', '~']).next().unwrap_or(v);
+    v.to_owned()
+}
+
+/// The version in the first line of `qemu-system-aarch64 --version`:
+/// `QEMU emulator version 10.0.13 (Debian 1:10.0.13+ds-1)` -> `10.0.13`.
+pub fn parse_version_line(line: &str) -> Option<String> {
+    let (_, rest) = line.split_once("version ")?;
+    let v = rest.split_whitespace().next()?;
+    v.starts_with(|c: char| c.is_ascii_digit())
+        .then(|| v.to_owned())
+}
+
+/// Resolve a QEMU provider: find, fetch or build it, and read its version and hash.
+pub async fn resolve_qemu(p: &QemuProvider, ctx: &ProviderContext) -> Result<ResolvedQemu> {
+    let spec = p.to_string();
+    let resolved = match p {
+        QemuProvider::Host => {
+            let binary = which::which("qemu-system-aarch64").map_err(|_| {
+                anyhow!(
+                    "qemu-system-aarch64 is not on PATH (install qemu-system-arm, or use \
+                     path:/path/to/qemu-system-aarch64 or debian:SUITE)"
+                )
+            })?;
+            let package = dpkg_package_version(&binary).await;
+            describe_qemu(spec.clone(), binary, QemuExec::default(), package).await?
+        }
+        QemuProvider::Path(path) => {
+            let binary = std::path::absolute(path)
+                .with_context(|| format!("making {} absolute", path.display()))?;
+            check_executable(&binary)?;
+            describe_qemu(spec.clone(), binary, QemuExec::default(), None).await?
+        }
+        QemuProvider::Debian { suite } => debian_tree::resolve(suite, ctx)
+            .await
+            .with_context(|| format!("QEMU provider {spec}"))?,
+        QemuProvider::Source { dir } => {
+            let (binary, exec) = source::build(dir)
+                .await
+                .with_context(|| format!("QEMU provider {spec}"))?;
+            describe_qemu(spec.clone(), binary, exec, None).await?
+        }
+    };
+    tracing::info!(
+        provider = %spec,
+        version = %resolved.version,
+        binary = %resolved.binary.display(),
+        "QEMU resolved"
+    );
+    Ok(resolved)
+}
+
+fn check_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("QEMU binary {}", path.display()))?;
+    ensure!(
+        meta.is_file(),
+        "QEMU binary {} is not a regular file",
+        path.display()
+    );
+    ensure!(
+        meta.permissions().mode() & 0o111 != 0,
+        "QEMU binary {} is not executable",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Version line, version and hash of a binary run through `exec`.
+pub(crate) async fn describe_qemu(
+    spec: String,
+    binary: PathBuf,
+    exec: QemuExec,
+    package: Option<String>,
+) -> Result<ResolvedQemu> {
+    let version_line = version_line(&binary, &exec).await?;
+    let version = parse_version_line(&version_line).ok_or_else(|| {
+        anyhow!(
+            "{} --version printed {version_line:?}, which has no version number",
+            binary.display()
+        )
+    })?;
+    let sha256 = sha256_file(&binary).await?;
+    Ok(ResolvedQemu {
+        spec,
+        binary,
+        exec,
+        version,
+        version_line,
+        package,
+        sha256,
+    })
+}
+
+/// The first line of `BINARY --version`, run through `exec` (its wrapper and environment).
+pub(crate) async fn version_line(binary: &Path, exec: &QemuExec) -> Result<String> {
+    let (program, mut args): (PathBuf, Vec<OsString>) = match exec.wrapper.split_first() {
+        None => (binary.to_path_buf(), Vec::new()),
+        Some((program, rest)) => {
+            let mut args = rest.to_vec();
+            args.push(binary.as_os_str().to_owned());
+            (PathBuf::from(program), args)
+        }
+    };
+    args.push("--version".into());
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&args)
+        .envs(exec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let shown = crate::core::launch::command_line(&program, &args);
+    let out = tokio::time::timeout(VERSION_TIMEOUT, cmd.output())
+        .await
+        .map_err(|_| anyhow!("`{shown}` did not finish within {VERSION_TIMEOUT:?}"))?
+        .with_context(|| format!("running `{shown}`"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().next().unwrap_or("").trim().to_owned();
+    if !out.status.success() || line.is_empty() {
+        bail!(
+            "`{shown}` failed ({}): {}{}",
+            out.status,
+            line,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(line)
+}
+
+/// SHA256 of a file, hashed on a blocking thread.
+pub(crate) async fn sha256_file(path: &Path) -> Result<String> {
+    let p = path.to_path_buf();
+    let info = tokio::task::spawn_blocking(move || crate::engine::record::FileInfo::of(&p))
+        .await
+        .context("hashing task")?
+        .with_context(|| format!("hashing {}", path.display()))?;
+    Ok(info.sha256)
+}
+
+/// The version of the Debian package owning `path`, if dpkg is present and knows the file.
+async fn dpkg_package_version(path: &Path) -> Option<String> {
+    which::which("dpkg-query").ok()?;
+    let mut candidates = vec![path.to_path_buf()];
+    if let Ok(real) = std::fs::canonicalize(path)
+        && real != path
+    {
+        candidates.push(real);
+    }
+    for candidate in candidates {
+        let out = tokio::process::Command::new("dpkg-query")
+            .arg("-S")
+            .arg(&candidate)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .ok()?;
+        if !out.status.success() {
+            continue;
+        }
+        // "qemu-system-arm: /usr/bin/qemu-system-aarch64" (maybe "a, b: path" for shared files)
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some((pkgs, _)) = text.lines().next().and_then(|l| l.split_once(": ")) else {
+            continue;
+        };
+        let pkg = pkgs.split(',').next().unwrap_or("").trim().to_owned();
+        if pkg.is_empty() || pkg.starts_with("diversion by") {
+            continue;
+        }
+        let out = tokio::process::Command::new("dpkg-query")
+            .args(["-W", "-f=${Version}"])
+            .arg(&pkg)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .ok()?;
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if out.status.success() && !version.is_empty() {
+            return Some(version);
+        }
+    }
+    None
+}
+
+/// The host's edk2 for aarch64, where the usual distributions put it.
+pub fn host_firmware() -> Option<PathBuf> {
+    [
+        "/usr/share/AAVMF/AAVMF_CODE.fd",
+        "/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw",
+        "/usr/share/qemu/edk2-aarch64-code.fd",
+        "/opt/homebrew/share/qemu/edk2-aarch64-code.fd",
+        "/usr/local/share/qemu/edk2-aarch64-code.fd",
+        "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
+/// Resolve a firmware provider: find or fetch it and hash its code image.
+pub async fn resolve_firmware(
+    p: &FirmwareProvider,
+    ctx: &ProviderContext,
+) -> Result<ResolvedFirmware> {
+    let spec = p.to_string();
+    let (code, vars_template, package) = match p {
+        FirmwareProvider::Host => {
+            let code = host_firmware().ok_or_else(|| {
+                anyhow!(
+                    "firmware provider host: no host edk2 found (install qemu-efi-aarch64, or use \
+                     path:CODE or debian:VERSION)"
+                )
+            })?;
+            let vars = crate::engine::run::sibling_vars(&code);
+            let package = dpkg_package_version(&code).await;
+            (code, vars, package)
+        }
+        FirmwareProvider::Path { code, vars } => {
+            let code = std::path::absolute(code)
+                .with_context(|| format!("making {} absolute", code.display()))?;
+            ensure!(
+                code.is_file(),
+                "firmware provider {spec}: code image {} does not exist or is not a file",
+                code.display()
+            );
+            let vars = match vars {
+                Some(v) => {
+                    let v = std::path::absolute(v)?;
+                    ensure!(
+                        v.is_file(),
+                        "firmware provider {spec}: vars template {} does not exist or is not a file",
+                        v.display()
+                    );
+                    Some(v)
+                }
+                None => {
+                    let is_pflash = std::fs::metadata(&code)
+                        .is_ok_and(|m| m.len() == crate::core::launch::PFLASH_SIZE);
+                    match crate::engine::run::sibling_vars(&code) {
+                        Some(v) => Some(v),
+                        // A small image is loaded with -bios and needs no vars store.
+                        None if !is_pflash => None,
+                        None => bail!(
+                            "firmware provider {spec}: no vars template found next to {} (tried \
+                             the names with CODE/EFI replaced by VARS); write \
+                             path:{},/path/to/VARS.fd",
+                            code.display(),
+                            code.display()
+                        ),
+                    }
+                }
+            };
+            (code, vars, None)
+        }
+        FirmwareProvider::Debian { version, variant } => {
+            let variant = variant.as_deref().unwrap_or("default");
+            ensure!(
+                crate::inputs::debian::VARIANTS.contains(&variant),
+                "firmware provider {spec}: unknown edk2 variant {variant:?}; known variants: {} \
+                 (and secboot.strictnx for strictnx)",
+                crate::inputs::debian::VARIANTS.join(", ")
+            );
+            let cache_root = ctx.cache_root.clone();
+            let build = match crate::inputs::debian::find_cached(&cache_root, version)? {
+                Some(build) => build,
+                None => {
+                    let mirror = crate::inputs::debian::resolve_mirror(ctx.mirror.as_deref())?;
+                    crate::inputs::debian::fetch_edk2(&mirror, version, &cache_root)
+                        .await
+                        .with_context(|| format!("firmware provider {spec}"))?
+                }
+            };
+            let (code, vars) = build
+                .firmware(variant)
+                .with_context(|| format!("firmware provider {spec}"))?;
+            (code, Some(vars), Some(build.debian_version.clone()))
+        }
+    };
+    let code_sha256 = sha256_file(&code).await?;
+    tracing::info!(provider = %spec, code = %code.display(), "firmware resolved");
+    Ok(ResolvedFirmware {
+        spec,
+        code,
+        vars_template,
+        package,
+        code_sha256,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_spellings_round_trip() {
+        for s in [
+            "host",
+            "path:/usr/bin/qemu-system-aarch64",
+            "path:relative/qemu",
+            "debian:trixie",
+            "debian:bookworm-backports",
+            "debian:sid",
+            "source:/src/qemu",
+        ] {
+            let p: QemuProvider = s.parse().unwrap();
+            assert_eq!(p.to_string(), s);
+            assert_eq!(p.to_string().parse::<QemuProvider>().unwrap(), p);
+        }
+        assert_eq!(
+            " debian:bullseye ".parse::<QemuProvider>().unwrap(),
+            QemuProvider::Debian {
+                suite: "bullseye".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_qemu_spellings_name_the_text_and_the_forms() {
+        for (s, needle) in [
+            ("debian:", "names no Debian suite"),
+            ("debian:Trixie", "not a Debian suite name"),
+            ("debian:tri/xie", "not a Debian suite name"),
+            ("foo:bar", "accepted forms: host, path:"),
+            ("", "accepted forms"),
+            ("hostt", "accepted forms"),
+            ("path:", "empty path"),
+            ("source: ", "empty path"),
+        ] {
+            let err = s.parse::<QemuProvider>().unwrap_err();
+            assert!(err.contains(&format!("{s:?}")), "{s}: {err}");
+            assert!(err.contains(needle), "{s}: {err}");
+        }
+        let err = "foo:bar".parse::<QemuProvider>().unwrap_err();
+        assert!(
+            err.contains("debian:SUITE") && err.contains("source:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn firmware_spellings_round_trip() {
+        for s in [
+            "host",
+            "path:/x/CODE.fd",
+            "path:/x/CODE.fd,/x/VARS.fd",
+            "debian:2022.11",
+            "debian:2025.02/strictnx",
+            "debian:2026.08/secboot",
+            "debian:2025.02/no-secboot",
+            "debian:2025.02-8+deb13u1/ms",
+        ] {
+            let p: FirmwareProvider = s.parse().unwrap();
+            assert_eq!(p.to_string(), s);
+            assert_eq!(p.to_string().parse::<FirmwareProvider>().unwrap(), p);
+        }
+        // Short and long forms of the same thing.
+        assert_eq!(
+            "debian:2025.02/secboot.strictnx"
+                .parse::<FirmwareProvider>()
+                .unwrap()
+                .to_string(),
+            "debian:2025.02/strictnx"
+        );
+        assert_eq!(
+            "debian:2025.02/default"
+                .parse::<FirmwareProvider>()
+                .unwrap(),
+            FirmwareProvider::Debian {
+                version: "2025.02".into(),
+                variant: None
+            }
+        );
+        // A syntactically fine but unknown variant is only refused when resolving.
+        assert!("debian:2025.02/bogus".parse::<FirmwareProvider>().is_ok());
+    }
+
+    #[test]
+    fn bad_firmware_spellings_name_the_text_and_the_forms() {
+        for (s, needle) in [
+            ("debian:", "not an edk2 package version"),
+            ("debian:/strictnx", "not an edk2 package version"),
+            ("debian:latest", "not an edk2 package version"),
+            ("debian:2025.02/", "not a variant name"),
+            ("debian:2025.02/Strict NX", "not a variant name"),
+            ("path:", "empty path"),
+            ("path:/a,", "two non-empty paths"),
+            ("path:,/b", "two non-empty paths"),
+            ("path:/a,/b,/c", "two non-empty paths"),
+            ("foo:bar", "accepted forms: host, path:"),
+            ("edk2", "accepted forms"),
+        ] {
+            let err = s.parse::<FirmwareProvider>().unwrap_err();
+            assert!(err.contains(&format!("{s:?}")), "{s}: {err}");
+            assert!(err.contains(needle), "{s}: {err}");
+        }
+        let err = "debian:2025.02/".parse::<FirmwareProvider>().unwrap_err();
+        assert!(
+            err.contains("strictnx") && err.contains("no-secboot"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn upstream_versions() {
+        for (debian, upstream) in [
+            ("1:10.0.13+ds-1", "10.0.13"),
+            ("2025.02-8+deb13u1", "2025.02"),
+            ("2022.11-6+deb12u2", "2022.11"),
+            ("1:5.2+dfsg-11+deb11u3", "5.2"),
+            ("1:7.2+dfsg-7+deb12u13", "7.2"),
+            ("2020.11-2+deb11u1", "2020.11"),
+            ("1:11.1.3+ds-1", "11.1.3"),
+            ("1.0", "1.0"),
+            ("1.0~rc1-2", "1.0"),
+        ] {
+            assert_eq!(upstream_version(debian), upstream, "{debian}");
+        }
+    }
+
+    #[test]
+    fn version_lines() {
+        for (line, v) in [
+            (
+                "QEMU emulator version 10.0.13 (Debian 1:10.0.13+ds-1)",
+                Some("10.0.13"),
+            ),
+            (
+                "QEMU emulator version 5.2.0 (Debian 1:5.2+dfsg-11+deb11u3)",
+                Some("5.2.0"),
+            ),
+            (
+                "QEMU emulator version 9.2.50 (v9.2.0-1234-gabcdef)",
+                Some("9.2.50"),
+            ),
+            ("QEMU emulator version 8.0.0", Some("8.0.0")),
+            ("something else", None),
+        ] {
+            assert_eq!(parse_version_line(line).as_deref(), v, "{line}");
+        }
+    }
+
+    fn ctx(dir: &Path) -> ProviderContext {
+        ProviderContext {
+            mirror: Some("http://127.0.0.1:9/nowhere".into()),
+            cache_root: dir.to_path_buf(),
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_debian_variant_is_refused_before_any_fetch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p: FirmwareProvider = "debian:2025.02/bogus".parse().unwrap();
+        let err = format!(
+            "{:#}",
+            resolve_firmware(&p, &ctx(tmp.path())).await.unwrap_err()
+        );
+        assert!(err.contains("\"bogus\""), "{err}");
+        for v in crate::inputs::debian::VARIANTS {
+            assert!(err.contains(v), "{err}");
+        }
+        assert!(!tmp.path().join("edk2").exists());
+    }
+
+    #[tokio::test]
+    async fn path_providers_check_their_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = ctx(tmp.path());
+        // QEMU: missing, not executable, and a real executable answering --version.
+        let missing = QemuProvider::Path(tmp.path().join("nope"));
+        let err = format!("{:#}", resolve_qemu(&missing, &c).await.unwrap_err());
+        assert!(err.contains("nope"), "{err}");
+        let script = tmp.path().join("fake-qemu");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\necho 'QEMU emulator version 9.9.9 (test)'\necho 'Copyright'\n",
+        )
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            resolve_qemu(&QemuProvider::Path(script.clone()), &c)
+                .await
+                .unwrap_err()
+        );
+        assert!(err.contains("not executable"), "{err}");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let q = resolve_qemu(&QemuProvider::Path(script.clone()), &c)
+            .await
+            .unwrap();
+        assert_eq!(q.version, "9.9.9");
+        assert_eq!(q.version_line, "QEMU emulator version 9.9.9 (test)");
+        assert_eq!(q.exec, QemuExec::default());
+        assert_eq!(q.package, None);
+        assert_eq!(q.sha256.len(), 64);
+
+        // Firmware: a 64 MiB code image needs a vars template; a small one does not.
+        let code = tmp.path().join("MY_CODE.fd");
+        let f = std::fs::File::create(&code).unwrap();
+        f.set_len(crate::core::launch::PFLASH_SIZE).unwrap();
+        let p = FirmwareProvider::Path {
+            code: code.clone(),
+            vars: None,
+        };
+        let err = format!("{:#}", resolve_firmware(&p, &c).await.unwrap_err());
+        assert!(err.contains("no vars template"), "{err}");
+        std::fs::write(tmp.path().join("MY_VARS.fd"), b"v").unwrap();
+        let r = resolve_firmware(&p, &c).await.unwrap();
+        assert_eq!(r.vars_template, Some(tmp.path().join("MY_VARS.fd")));
+        let p = FirmwareProvider::Path {
+            code: code.clone(),
+            vars: Some(tmp.path().join("missing.fd")),
+        };
+        let err = format!("{:#}", resolve_firmware(&p, &c).await.unwrap_err());
+        assert!(err.contains("missing.fd"), "{err}");
+    }
+}

@@ -1,0 +1,5 @@
+//! Data files turned into cases: scenarios, the demo, the matrix.
+
+pub mod demo;
+pub mod matrix;
+pub mod scenario;

@@ -1,0 +1,380 @@
+//! File-system primitives every layer uses, each in one place: the cache root, atomic writes
+//! (through a buffer: one `write` call per file, not one per token), the cross-process lock,
+//! SHA-256 of files (cached by device, inode, size, mtime and ctime, so a 64 MiB firmware image
+//! is hashed once per content, not once per run), publishing a directory with one rename, and
+//! sweeping temporaries that killed processes left behind.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Environment variable that overrides the cache root.
+pub const CACHE_ENV: &str = "BOOTWATCH_CACHE";
+
+/// The cache root: `BOOTWATCH_CACHE` if set and non-empty, else the platform cache directory
+/// for `bootwatch` (e.g. `~/.cache/bootwatch`).
+pub fn cache_root() -> io::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(CACHE_ENV)
+        && !dir.is_empty()
+    {
+        return Ok(PathBuf::from(dir));
+    }
+    directories::ProjectDirs::from("", "", "bootwatch")
+        .map(|dirs| dirs.cache_dir().to_path_buf())
+        .ok_or_else(|| {
+            io::Error::other(format!(
+                "cannot determine a cache directory (no home directory?); set {CACHE_ENV}"
+            ))
+        })
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, one write,
+/// fsync, rename. Readers see the old file or the new one, never half of one. The file is made
+/// with `mode` (subject to nothing: the temporary's 0600 is replaced).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| with_path(e, "creating a temporary file in", dir))?;
+    tmp.write_all(bytes)
+        .map_err(|e| with_path(e, "writing", tmp.path()))?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| with_path(e.error, "writing", path))?;
+    Ok(())
+}
+
+/// [`write_atomic_mode`] with mode 0644 (results and cache entries are meant to be read by all).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, bytes, 0o644)
+}
+
+/// `value` as pretty JSON (with a final newline), written atomically.
+pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
+}
+
+/// Reads a JSON file, `None` when it is missing or does not parse.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+fn with_path(e: io::Error, action: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{action} {}: {e}", path.display()))
+}
+
+/// An exclusive advisory lock on a file, held until dropped. The lock file is removed before it
+/// is unlocked, so a waiter that then gets the lock on the removed file notices (the path points
+/// at another inode, or at nothing) and starts over: lock files do not pile up.
+#[derive(Debug)]
+pub struct FileLock {
+    file: Option<fs::File>,
+    path: PathBuf,
+}
+
+impl FileLock {
+    /// Blocks until the lock at `path` (created if missing) is ours.
+    pub fn acquire(path: &Path) -> io::Result<FileLock> {
+        loop {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| with_path(e, "opening the lock", path))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    tracing::info!(lock = %path.display(), "waiting for another bootwatch to finish with it");
+                    file.lock().map_err(|e| with_path(e, "locking", path))?;
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(with_path(e, "locking", path)),
+            }
+            let ours = file.metadata()?;
+            if let Ok(now) = fs::metadata(path)
+                && now.dev() == ours.dev()
+                && now.ino() == ours.ino()
+            {
+                return Ok(FileLock {
+                    file: Some(file),
+                    path: path.to_path_buf(),
+                });
+            }
+        }
+    }
+
+    /// [`FileLock::acquire`] on a blocking thread.
+    pub async fn acquire_async(path: &Path) -> io::Result<FileLock> {
+        let p = path.to_path_buf();
+        tokio::task::spawn_blocking(move || FileLock::acquire(&p))
+            .await
+            .map_err(io::Error::other)?
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // Still locked here: see the type's documentation.
+        let _ = fs::remove_file(&self.path);
+        drop(self.file.take());
+    }
+}
+
+/// A file's size and SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest256 {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Hashes a file (blocking; call from a blocking thread for big files).
+pub fn hash_file(path: &Path) -> io::Result<Digest256> {
+    let mut f = fs::File::open(path).map_err(|e| with_path(e, "opening", path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| with_path(e, "reading", path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(Digest256 {
+        size,
+        sha256: hex::encode(h.finalize()),
+    })
+}
+
+/// What identifies a file's content without reading it: a write changes mtime and ctime, a
+/// replacement changes the inode, and ctime cannot be set back by `touch`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct StatKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl StatKey {
+    fn of(m: &fs::Metadata) -> StatKey {
+        StatKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        }
+    }
+
+    fn file_name(&self) -> String {
+        format!(
+            "{:x}-{:x}-{:x}-{:x}-{:x}",
+            self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns
+        )
+    }
+}
+
+/// Where hashes are remembered across runs, under the cache root (`None`: this process only).
+pub fn hash_cache_dir() -> Option<PathBuf> {
+    cache_root().ok().map(|r| r.join("hashes"))
+}
+
+/// [`hash_file`], remembered by the file's [`StatKey`] in this process and in `cache_dir` (one
+/// small file per key), so an unchanged file is read once per content. A file modified within
+/// the last two seconds is hashed but not remembered: its mtime may not yet show a write that
+/// happens in the same clock tick.
+pub fn hash_file_cached(path: &Path, cache_dir: Option<&Path>) -> io::Result<Digest256> {
+    static MEMO: OnceLock<Mutex<HashMap<StatKey, Digest256>>> = OnceLock::new();
+    let memo = MEMO.get_or_init(Default::default);
+    let meta = fs::metadata(path).map_err(|e| with_path(e, "reading", path))?;
+    let key = StatKey::of(&meta);
+    if let Some(d) = memo.lock().expect("hash memo").get(&key) {
+        return Ok(d.clone());
+    }
+    let entry = cache_dir.map(|d| d.join(key.file_name()));
+    if let Some(e) = &entry
+        && let Some(d) = read_json::<Digest256>(e)
+        && d.size == key.size
+    {
+        memo.lock().expect("hash memo").insert(key, d.clone());
+        return Ok(d);
+    }
+    let d = hash_file(path)?;
+    let settled = meta
+        .modified()
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age > Duration::from_secs(2));
+    // The content may have changed while it was read: remember only what is still the same file.
+    let unchanged = fs::metadata(path).is_ok_and(|m| StatKey::of(&m) == key);
+    if settled && unchanged {
+        memo.lock().expect("hash memo").insert(key, d.clone());
+        if let (Some(dir), Some(e)) = (cache_dir, &entry)
+            && fs::create_dir_all(dir).is_ok()
+        {
+            let _ = write_json_atomic(e, &d);
+        }
+    }
+    Ok(d)
+}
+
+/// Publishes a directory built in `staging` as `final_dir`: readable by all (tempfile makes 0700
+/// directories), whatever is in the way (a broken or incomplete entry) removed, then one rename.
+/// The caller holds the entry's lock or has checked that no complete entry exists.
+pub fn replace_dir(staging: &Path, final_dir: &Path, what: &str) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(staging, fs::Permissions::from_mode(0o755))?;
+    if final_dir.exists() {
+        tracing::warn!(dir = %final_dir.display(), "replacing a broken or incomplete {what}");
+        fs::remove_dir_all(final_dir).map_err(|e| with_path(e, "removing", final_dir))?;
+    }
+    fs::rename(staging, final_dir).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "moving {} to {}: {e}",
+                staging.display(),
+                final_dir.display()
+            ),
+        )
+    })
+}
+
+/// Removes the entries of `dir` whose names start with one of `prefixes` and that were last
+/// modified more than `max_age` ago: temporaries of a process that was killed. Entries still in
+/// use are younger (their owners hold a lock, or touch them while they work).
+pub fn sweep_stale(dir: &Path, prefixes: &[&str], max_age: Duration) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !prefixes.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > max_age);
+        if old {
+            let path = e.path();
+            tracing::debug!(path = %path.display(), "removing a stale temporary");
+            let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("result.json");
+        write_json_atomic(&p, &serde_json::json!({"a": 1})).unwrap();
+        write_json_atomic(&p, &serde_json::json!({"a": 2})).unwrap();
+        let v: serde_json::Value = read_json(&p).unwrap();
+        assert_eq!(v["a"], 2);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        let e = write_json_atomic(&dir.path().join("missing/x.json"), &1).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn hashes_and_remembers_by_content_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("hashes");
+        let p = dir.path().join("f");
+        fs::write(&p, b"abc").unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(hash_file(&p).unwrap().sha256, abc);
+        // Fresh files are not remembered (same-tick writes); an old one is.
+        let old = SystemTime::now() - Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(hash_file_cached(&p, Some(&cache)).unwrap().sha256, abc);
+        assert_eq!(fs::read_dir(&cache).unwrap().count(), 1);
+        // A change of content is a new key: never the old hash.
+        fs::write(&p, b"abd").unwrap();
+        let d = hash_file_cached(&p, Some(&cache)).unwrap();
+        assert_ne!(d.sha256, abc);
+        assert_eq!(d, hash_file(&p).unwrap());
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_removes_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let l = FileLock::acquire(&p).unwrap();
+        let p2 = p.clone();
+        let waiter = std::thread::spawn(move || {
+            let _l = FileLock::acquire(&p2).unwrap();
+            SystemTime::now()
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let released = SystemTime::now();
+        drop(l);
+        let got = waiter.join().unwrap();
+        assert!(
+            got >= released,
+            "the waiter got the lock before it was released"
+        );
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn sweep_removes_only_old_matching_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [".build-old", ".build-new", "keep"] {
+            fs::create_dir(dir.path().join(n)).unwrap();
+        }
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        for n in [".build-old", "keep"] {
+            fs::File::open(dir.path().join(n))
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        sweep_stale(dir.path(), &[".build-"], Duration::from_secs(60));
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".build-new", "keep"]);
+    }
+}
