@@ -139,7 +139,7 @@ fn matrix_of_two_qemu_suites_two_firmwares_two_images() {
         assert_eq!(fv, c.axes.firmware.trim_start_matches("debian:"));
         match c.axes.image.as_str() {
             "fixture:crash" => {
-                assert_eq!(c.verdict.as_str(), "sync-exception");
+                assert_eq!(c.outcome.verdict.as_str(), "sync-exception");
                 assert!(
                     c.exception
                         .as_deref()
@@ -150,8 +150,8 @@ fn matrix_of_two_qemu_suites_two_firmwares_two_images() {
                 );
             }
             "fixture:hello" => {
-                assert_eq!(c.verdict.as_str(), "qemu-exited");
-                assert_eq!(c.exit_code, 0);
+                assert_eq!(c.outcome.verdict.as_str(), "qemu-exited");
+                assert_eq!(c.outcome.exit_code, 0);
             }
             other => panic!("unexpected image {other}"),
         }
@@ -321,7 +321,7 @@ fn repeated_cells_report_how_many_runs_crashed() {
     let c = &r.cells[0];
     assert_eq!(c.runs.len(), 2);
     assert_eq!((c.crashed, c.repeat, c.flaky), (2, 2, false));
-    assert_eq!(c.verdict.as_str(), "sync-exception");
+    assert_eq!(c.outcome.verdict.as_str(), "sync-exception");
     assert_eq!(c.firmware_version.as_deref(), Some("2022.11"));
     assert_ne!(c.runs[0].dir, c.runs[1].dir);
 }
@@ -476,7 +476,7 @@ fn a_cell_bootwatch_cannot_run_is_an_error_not_a_guest_result() {
         bad.error
     );
     let good = r.cells.iter().find(|c| c.axes.qemu == "host").unwrap();
-    assert_eq!(good.verdict.as_str(), "sync-exception");
+    assert_eq!(good.outcome.verdict.as_str(), "sync-exception");
     let xml = std::fs::read_to_string(dir.join("matrix.xml")).unwrap();
     assert_eq!(xml.matches("<error").count(), 1, "{xml}");
     assert_eq!(xml.matches("<failure").count(), 1, "{xml}");
@@ -553,12 +553,12 @@ fn upgraded_image_state_is_made_once_and_booted_with_either_vars_store() {
             .find(|c| c.axes.image == image && c.axes.vars == vars)
             .unwrap();
         assert_eq!(
-            c.verdict.as_str(),
+            c.outcome.verdict.as_str(),
             "reached",
             "{image} {vars}: {}",
-            c.reason
+            c.outcome.reason
         );
-        assert_eq!(c.stage.as_str(), "kernel");
+        assert_eq!(c.outcome.stage.as_str(), "kernel");
         std::fs::read_to_string(dir.join(&c.runs[0].dir).join("console.log")).unwrap()
     };
     let before = console("debian-12-local", "template");

@@ -10,7 +10,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bootwatch::engine::run::{self, BootRequest};
+use bootwatch::core::event::EventSink;
+use bootwatch::engine::case::{self, CaseDir, CaseRequest};
+use bootwatch::engine::step::Step;
 use bootwatch::inputs::providers::{
     self, FirmwareProvider, ProviderContext, QemuProvider, debian_tree,
 };
@@ -131,33 +133,27 @@ async fn trixie_qemu_boots_the_crash_fixture_beside_the_hosts() {
     );
 
     let res = results_root();
-    let req = BootRequest {
-        qemu: q.binary.clone(),
-        qemu_exec: q.exec.clone(),
-        machine: "virt".into(),
-        cpu: None,
-        accel: None,
-        smp: 1,
-        memory_mib: 512,
-        firmware_code: HOST_CODE.into(),
-        vars_template: None,
-        disks: vec![fixtures().join("crash.img")],
-        snapshot: true,
-        network: None,
-        extra_args: vec![],
-        target: None,
-        timeout: Duration::from_secs(120),
-        silence: Duration::from_secs(60),
-        results_root: res.path().to_path_buf(),
-        results_dir: None,
-        name: "providers-trixie".into(),
-        timings: Default::default(),
-        image: None,
-        login: false,
-    };
-    let checked = run::validate(req).unwrap();
-    let out = run::run(checked, Default::default(), None).await.unwrap();
-    let r = serde_json::to_value(&out.result).unwrap();
+    let mut req = CaseRequest::new(
+        "providers-trixie",
+        CaseDir::Under(res.path().to_path_buf()),
+        HOST_CODE.into(),
+        vec![Step::Boot {
+            until: None,
+            timeout: Duration::from_secs(120),
+            silence: Duration::from_secs(60),
+        }],
+    );
+    req.qemu = q.binary.clone();
+    req.qemu_exec = q.exec.clone();
+    req.smp = 1;
+    req.memory_mib = 512;
+    req.disks = vec![fixtures().join("crash.img")];
+    req.snapshot = true;
+    let checked = case::check(req).unwrap();
+    let out = case::run(checked, &Default::default(), &EventSink::none())
+        .await
+        .unwrap();
+    let r = serde_json::to_value(&out.runs[0]).unwrap();
     assert_eq!(r["verdict"], "sync-exception", "{r:#}");
     let version = r["qemu"]["version"].as_str().unwrap();
     assert!(version.starts_with("10.0."), "{r:#}");

@@ -130,21 +130,22 @@ fn record(p: &PlannedCell, outcome: Outcome, repeat: u32) -> CellRecord {
         (1..=repeat)
             .map(|n| {
                 let crashed_run = n <= crashed;
+                let (v, st) = if crashed_run || crashed == 0 {
+                    (verdict, stage)
+                } else {
+                    (Verdict::Reached, Stage::Login)
+                };
                 CellRun {
                     n,
                     dir: format!("cells/{}/run-{n}", p.id),
-                    verdict: if crashed_run || crashed == 0 {
-                        verdict
-                    } else {
-                        Verdict::Reached
+                    outcome: bootwatch::core::verdict::Outcome {
+                        verdict: v,
+                        stage: st,
+                        before_grub: st.is_before_grub(),
+                        reason: format!("{v} at {st}"),
+                        exit_code: if crashed_run { 1 } else { exit_code },
+                        time_to_verdict_s: Some(3.5 + n as f64),
                     },
-                    stage: if crashed_run || crashed == 0 {
-                        stage
-                    } else {
-                        Stage::Login
-                    },
-                    exit_code: if crashed_run { 1 } else { exit_code },
-                    time_to_verdict_s: Some(3.5 + n as f64),
                     duration_s: 5.0 + n as f64,
                     qemu_s: Some(4.0 + n as f64),
                 }
@@ -166,10 +167,14 @@ fn record(p: &PlannedCell, outcome: Outcome, repeat: u32) -> CellRecord {
         }),
         firmware_version: Some(p.axes.firmware.trim_start_matches("debian:").to_string()),
         firmware_banner: Some(String::new()),
-        verdict,
-        stage,
-        exit_code,
-        before_grub: stage.is_before_grub(),
+        outcome: bootwatch::core::verdict::Outcome {
+            verdict,
+            stage,
+            exit_code,
+            before_grub: stage.is_before_grub(),
+            reason: format!("{} at {} | with `ticks`\nand a newline", verdict, stage),
+            time_to_verdict_s: None,
+        },
         exception: (verdict == Verdict::SyncException).then(|| {
             if p.index == 1 {
                 HOSTILE.to_string()
@@ -177,7 +182,6 @@ fn record(p: &PlannedCell, outcome: Outcome, repeat: u32) -> CellRecord {
                 "Synchronous Exception at 0x000000007C743000".to_string()
             }
         }),
-        reason: format!("{} at {} | with `ticks`\nand a newline", verdict, stage),
         repeat,
         crashed,
         flaky: crashed > 0 && crashed < repeat,

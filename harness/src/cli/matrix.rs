@@ -3,12 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tokio::sync::mpsc;
-
-use super::{fail, signal_token};
+use super::{CliError, CliResult, show, signal_token};
 use crate::core::verdict::exit_code;
-use crate::plan::matrix::execute::{self, MatrixEvent, MatrixOptions};
-use crate::plan::matrix::model::{CellStatus, MatrixReport};
+use crate::plan::matrix::execute::{self, MatrixOptions};
+use crate::plan::matrix::model::MatrixReport;
 use crate::plan::matrix::plan::{self, Shard};
 use crate::plan::matrix::spec::MatrixSpec;
 
@@ -62,41 +60,29 @@ pub enum ReportCommand {
     },
 }
 
-pub async fn matrix(a: MatrixArgs) -> ExitCode {
+pub async fn matrix(a: MatrixArgs) -> CliResult {
     // Everything that can be wrong with the input is found here, before any VM starts.
-    let spec = match MatrixSpec::load(&a.file) {
-        Ok(s) => s,
-        Err(e) => return fail(exit_code::USAGE, &e.to_string()),
-    };
+    let spec = MatrixSpec::load(&a.file).map_err(CliError::usage)?;
     let shard = match &a.shard {
-        Some(s) => match s.parse::<Shard>() {
-            Ok(s) => Some(s),
-            Err(e) => return fail(exit_code::USAGE, &format!("--shard: {e}")),
-        },
+        Some(s) => Some(
+            s.parse::<Shard>()
+                .map_err(|e| CliError::usage(format!("--shard: {e}")))?,
+        ),
         None => match Shard::from_env(|k| std::env::var(k).ok()) {
             None => None,
-            Some(Ok(s)) => Some(s),
-            Some(Err(e)) => return fail(exit_code::USAGE, &e),
+            Some(s) => Some(s.map_err(CliError::usage)?),
         },
     };
     if a.concurrency == Some(0) || a.repeat == Some(0) {
-        return fail(
-            exit_code::USAGE,
+        return Err(CliError::usage(
             "--concurrency and --repeat must be at least 1",
-        );
+        ));
     }
     let repeat = a.repeat.unwrap_or(spec.repeat);
-    let plan = match plan::expand(&spec, repeat) {
-        Ok(p) => p,
-        Err(e) => return fail(exit_code::USAGE, &e),
-    };
-    if let Err(e) = execute::check_images(&spec) {
-        return fail(exit_code::USAGE, &e);
-    }
-    if !a.dry_run
-        && let Err(e) = execute::check_results_dir(&a.results, &plan)
-    {
-        return fail(exit_code::USAGE, &e);
+    let plan = plan::expand(&spec, repeat).map_err(CliError::usage)?;
+    execute::check_images(&spec).map_err(CliError::usage)?;
+    if !a.dry_run {
+        execute::check_results_dir(&a.results, &plan).map_err(CliError::usage)?;
     }
     let concurrency = a
         .concurrency
@@ -124,12 +110,9 @@ pub async fn matrix(a: MatrixArgs) -> ExitCode {
                 break;
             }
         }
-        return ExitCode::SUCCESS;
+        return Ok(ExitCode::SUCCESS);
     }
-    let cache_root = match crate::sys::fsx::cache_root() {
-        Ok(c) => c,
-        Err(e) => return fail(exit_code::UNDETERMINED, &format!("{e:#}")),
-    };
+    let cache_root = crate::sys::fsx::cache_root().map_err(CliError::undetermined)?;
     let opts = MatrixOptions {
         results: a.results.clone(),
         shard,
@@ -147,94 +130,38 @@ pub async fn matrix(a: MatrixArgs) -> ExitCode {
         a.results.display()
     );
     let cancel = signal_token();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let printer = tokio::spawn(show_progress(rx));
-    let result = execute::run_matrix(&spec, &plan, &opts, &cancel, Some(tx)).await;
-    let _ = printer.await;
-    match result {
-        Err(e) => fail(exit_code::UNDETERMINED, &format!("{e:#}")),
-        Ok(report) => {
-            finish(&report, &a.results, a.json);
-            if cancel.is_cancelled() {
-                eprintln!("bootwatch: interrupted; the partial report is written");
-                ExitCode::from(exit_code::UNDETERMINED)
-            } else if report.summary.errors > 0 {
-                // A guest that crashed is a result; a cell bootwatch could not run is not.
-                eprintln!(
-                    "bootwatch: {} cell(s) could not be run (status error in the report)",
-                    report.summary.errors
-                );
-                ExitCode::from(exit_code::UNDETERMINED)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
+    let sink = show::terminal(false);
+    let report = execute::run_matrix(&spec, &plan, &opts, &cancel, &sink).await?;
+    finish(&report, &a.results, a.json);
+    if cancel.is_cancelled() {
+        eprintln!("bootwatch: interrupted; the partial report is written");
+        Ok(ExitCode::from(exit_code::UNDETERMINED))
+    } else if report.summary.errors > 0 {
+        // A guest that crashed is a result; a cell bootwatch could not run is not.
+        eprintln!(
+            "bootwatch: {} cell(s) could not be run (status error in the report)",
+            report.summary.errors
+        );
+        Ok(ExitCode::from(exit_code::UNDETERMINED))
+    } else {
+        Ok(ExitCode::SUCCESS)
     }
 }
 
-pub fn report(cmd: ReportCommand) -> ExitCode {
+pub fn report(cmd: ReportCommand) -> CliResult {
     match cmd {
         ReportCommand::Merge {
             dirs,
             out,
             baseline,
         } => {
-            let merged = crate::report::merge(&dirs, &out).and_then(|mut r| {
-                if let Some(b) = &baseline {
-                    crate::report::compare(&mut r, b)?;
-                    crate::report::write_all(&out, &r)?;
-                }
-                Ok(r)
-            });
-            match merged {
-                Ok(r) => {
-                    finish(&r, &out, false);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(exit_code::UNDETERMINED, &format!("{e:#}")),
+            let mut r = crate::report::merge(&dirs, &out)?;
+            if let Some(b) = &baseline {
+                crate::report::compare(&mut r, b)?;
+                crate::report::write_all(&out, &r)?;
             }
-        }
-    }
-}
-
-async fn show_progress(mut rx: mpsc::UnboundedReceiver<MatrixEvent>) {
-    while let Some(e) = rx.recv().await {
-        match e {
-            MatrixEvent::Preparing(what) => eprintln!("preparing {what} ..."),
-            MatrixEvent::Prepared {
-                what,
-                seconds,
-                detail,
-            } => eprintln!("prepared {what} in {seconds:.1} s  {detail}"),
-            MatrixEvent::CellStarted { id, label } => eprintln!("start  {id}  {label}"),
-            MatrixEvent::CellResumed { id, label } => {
-                eprintln!("resume {id}  {label} (done before with the same inputs)")
-            }
-            MatrixEvent::CellFinished {
-                record,
-                finished,
-                total,
-            } => {
-                let what = match record.status {
-                    CellStatus::Done => format!("{} ({})", record.verdict, record.stage),
-                    CellStatus::Error => {
-                        format!("error: {}", record.error.as_deref().unwrap_or_default())
-                    }
-                    CellStatus::Interrupted => "interrupted".into(),
-                    CellStatus::NotRun => "not run".into(),
-                };
-                let flaky = if record.flaky {
-                    format!(", {} of {} crashed", record.crashed, record.repeat)
-                } else {
-                    String::new()
-                };
-                eprintln!(
-                    "[{finished}/{total}] {}  {}  -> {what}{flaky}  {:.1} s",
-                    record.id,
-                    record.axes.label(),
-                    record.duration_s
-                );
-            }
+            finish(&r, &out, false);
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -4,5 +4,6 @@
 
 pub mod classify;
 pub mod console;
+pub mod event;
 pub mod launch;
 pub mod verdict;

@@ -186,6 +186,49 @@ impl std::fmt::Display for Verdict {
     }
 }
 
+/// How a boot, a session or a case ended: the one outcome every record embeds (`result.json`,
+/// `case.json`, matrix cells, demo rows). Serialized flat: these six fields appear at the top
+/// level of each record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub stage: Stage,
+    pub before_grub: bool,
+    /// One sentence for humans.
+    pub reason: String,
+    pub exit_code: u8,
+    /// Seconds from the judged boot's start (power-on or reset) to the verdict.
+    pub time_to_verdict_s: Option<f64>,
+}
+
+impl Outcome {
+    /// The outcome of something that has not finished (yet): what a record says while a run is
+    /// in progress, and what stays if the harness is killed.
+    pub fn unfinished(what: &str) -> Outcome {
+        Outcome {
+            verdict: Verdict::HarnessError,
+            stage: Stage::None,
+            before_grub: true,
+            reason: format!("the {what} has not finished"),
+            exit_code: exit_code::UNDETERMINED,
+            time_to_verdict_s: None,
+        }
+    }
+
+    /// bootwatch could not run the guest (never a guest result).
+    pub fn harness_error(message: &str) -> Outcome {
+        Outcome {
+            reason: format!("harness error: {message}"),
+            ..Outcome::unfinished("run")
+        }
+    }
+
+    /// The guest failed (the firmware, a loader or the kernel did, or it hung).
+    pub fn is_guest_failure(&self) -> bool {
+        self.verdict.is_guest_failure()
+    }
+}
+
 /// Process exit codes, following `git bisect run`.
 pub mod exit_code {
     /// The target was reached (or, without a target, the guest powered off cleanly).

@@ -1,10 +1,13 @@
 //! One live VM and what drives it: the supervisor (the only place QEMU is spawned), QMP, the
-//! session (console + QMP + classifier), the serial shell, and the records a run leaves.
+//! session (console + QMP + classifier), the serial shell, the case engine that runs a machine
+//! through its steps, and the records a case leaves.
 
+pub mod case;
+pub mod disk;
+pub mod guest;
 pub mod qmp;
 pub mod record;
-pub mod run;
-pub mod runner;
 pub mod session;
 pub mod shell;
+pub mod step;
 pub mod supervise;

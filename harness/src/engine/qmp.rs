@@ -11,7 +11,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -126,6 +128,17 @@ impl Qmp {
                     path: path.display().to_string(),
                     source,
                 })?;
+        Qmp::handshake(stream, transcript, events, timeout).await
+    }
+
+    /// Reads the greeting on a connected stream and negotiates capabilities (a fake QEMU in
+    /// tests hands its end of a socket pair here).
+    pub async fn handshake(
+        stream: UnixStream,
+        transcript: Transcript,
+        events: mpsc::UnboundedSender<QmpEvent>,
+        timeout: Duration,
+    ) -> Result<Qmp, QmpError> {
         let (r, w) = stream.into_split();
         let mut lines = BufReader::new(r).lines();
         let first = tokio::time::timeout(timeout, lines.next_line())

@@ -1,12 +1,15 @@
-//! What a run leaves behind: `result.json` (schema in the README), written atomically, plus the
-//! helpers that describe files and the host in it.
+//! What a case leaves behind: `result.json` per QEMU session and `case.json` as their aggregate
+//! (schemas in the README), both embedding one [`Outcome`] and written atomically, plus the
+//! helpers that describe files and the host in them.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use crate::core::classify::{Boot, Decision, Finding, Milestone};
-use crate::core::verdict::{Stage, Target, Verdict};
+use crate::core::verdict::{Outcome, Target};
 use crate::engine::supervise::ExitInfo;
 use crate::sys::fsx;
 pub use crate::sys::host::HostInfo;
@@ -23,6 +26,8 @@ pub enum RunStatus {
     Complete,
     /// The harness was interrupted (SIGINT/SIGTERM) before a verdict.
     Interrupted,
+    /// bootwatch could not run the guest (verdict `harness-error`; `error` says why).
+    Error,
 }
 
 /// A file the run used: where, how big, and its sha256.
@@ -96,14 +101,16 @@ impl Default for Files {
 pub struct RunResult {
     pub schema: String,
     pub run_id: String,
+    /// The case this session belongs to, and which of its sessions it is (1-based).
+    #[serde(default)]
+    pub case: String,
+    #[serde(default = "one")]
+    pub session: usize,
     pub status: RunStatus,
-    pub verdict: Verdict,
-    pub stage: Stage,
-    pub before_grub: bool,
-    pub reason: String,
-    pub exit_code: u8,
-    /// Seconds from QEMU's start to the verdict.
-    pub time_to_verdict_s: Option<f64>,
+    /// The verdict of the session's last judged boot (`time_to_verdict_s` from that boot's
+    /// start: power-on or reset).
+    #[serde(flatten)]
+    pub outcome: Outcome,
     /// Seconds from QEMU's start to the line that decided (for a fatal finding).
     pub evidence_t_s: Option<f64>,
     pub target: Option<Target>,
@@ -143,9 +150,9 @@ pub struct RunResult {
     pub error: Option<String>,
     /// For image boots: the image, its overlay and the provisioned user.
     pub provision: Option<Provision>,
-    /// Commands run on the serial shell (`--login`).
+    /// Commands run on the serial shell in this session.
     #[serde(default)]
-    pub commands: Vec<crate::engine::shell::CommandResult>,
+    pub commands: Vec<CommandResult>,
     pub bootwatch_version: String,
 }
 
@@ -169,16 +176,130 @@ pub struct EventRecord {
     pub data: serde_json::Value,
 }
 
+fn one() -> usize {
+    1
+}
+
+/// A command run on the serial shell, with its output and exit code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub command: String,
+    pub exit_code: i32,
+    pub output: String,
+    pub duration_s: f64,
+}
+
 impl RunResult {
-    pub fn apply_decision(&mut self, d: &Decision, boot: &Boot) {
-        self.verdict = d.verdict;
-        self.stage = d.stage;
-        self.before_grub = d.before_grub;
-        self.reason = d.reason.clone();
-        self.exit_code = d.exit_code;
+    /// Takes a boot's decision as the session's outcome.
+    pub fn apply_decision(&mut self, d: &Decision, boot: &Boot, t_s: f64) {
+        self.outcome = outcome_of(d, boot, t_s);
         self.finding = d.finding.map(|i| boot.findings[i].clone());
         self.evidence_t_s = self.finding.as_ref().and_then(|f| f.t_s);
     }
+}
+
+/// A decision as an outcome; `t_s` is when it was taken (seconds since QEMU started), the time
+/// to verdict counts from the boot's own start.
+pub fn outcome_of(d: &Decision, boot: &Boot, t_s: f64) -> Outcome {
+    Outcome {
+        verdict: d.verdict,
+        stage: d.stage,
+        before_grub: d.before_grub,
+        reason: d.reason.clone(),
+        exit_code: d.exit_code,
+        time_to_verdict_s: Some(crate::engine::qmp::round_ms(
+            t_s - boot.start_t_s.unwrap_or(0.0),
+        )),
+    }
+}
+
+/// The version of `case.json`'s layout. 2: `status`; the image fields moved into `provision`;
+/// session 1's files are in the case directory itself.
+pub const CASE_SCHEMA: &str = "bootwatch.case/2";
+
+/// `case.json`: one case (a machine and its steps), aggregating its sessions' `result.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseRecord {
+    pub schema: String,
+    pub case: String,
+    pub status: RunStatus,
+    /// The scenario the steps came from, when they came from one.
+    pub scenario: Option<String>,
+    pub image: Option<String>,
+    /// The update repository served for the upgrade (its label).
+    pub update: Option<String>,
+    pub workarounds: Vec<String>,
+    /// The case's verdict: that of the last judged boot (after a workaround: the boot after it).
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub steps: Vec<StepRecord>,
+    /// Every judged boot of every session.
+    pub boots: Vec<BootVerdict>,
+    /// Package lists by label (`before`, `after`).
+    pub packages: BTreeMap<String, BTreeMap<String, String>>,
+    pub package_diff: Vec<PackageChange>,
+    /// Boot-chain packages that changed, when the judged boot failed.
+    pub suspects: Vec<String>,
+    pub restore: Option<RestoreRecord>,
+    pub sessions: Vec<SessionRecord>,
+    pub provision: Option<Provision>,
+    pub firmware_code: Option<FileInfo>,
+    /// The case's firmware variable store (kept across its sessions), when it has one.
+    pub vars: Option<PathBuf>,
+    pub host: HostInfo,
+    pub started_at: String,
+    pub duration_s: f64,
+    pub error: Option<String>,
+    pub bootwatch_version: String,
+}
+
+/// One step as it ran.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: String,
+    /// `ok`, `failed` or `skipped`.
+    pub status: String,
+    pub started_s: f64,
+    pub duration_s: f64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<CommandResult>,
+}
+
+/// A package whose version changed between two snapshots.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackageChange {
+    pub name: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// One judged boot of the case.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootVerdict {
+    pub session: usize,
+    pub boot: Boot,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// A QEMU session of the case: where its files are (relative to the case directory: `.` for
+/// session 1, `session-N` after it) and what ran.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub dir: PathBuf,
+    pub command_line: String,
+    pub qemu_version: Option<String>,
+    pub qemu_package: Option<String>,
+}
+
+/// The restore-bootloader workaround as applied.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreRecord {
+    /// ESP files put back from the base image, with their sizes.
+    pub files: Vec<(String, u64)>,
+    pub duration_s: f64,
 }
 
 pub use crate::sys::fsx::write_json_atomic;

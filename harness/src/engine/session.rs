@@ -1,25 +1,32 @@
 //! A live VM: QEMU started paused, its serial console and QMP connected, then continued; the
 //! console is recorded (raw and normalized) and classified as it arrives, QMP events are
 //! recorded, and `watch` returns as soon as the evidence decides the boot.
+//!
+//! Every clock here is tokio's, so tests can drive a session on a paused clock against a scripted
+//! stand-in for QEMU ([`Session::attach`]) without sleeping.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::classify::{Classifier, Decision, End};
 use crate::core::console::Normalizer;
+use crate::core::event::{Event, EventSink};
 use crate::core::launch::{self, VmConfig};
 use crate::core::verdict::Stage;
 use crate::engine::qmp::{Qmp, QmpEvent, Transcript, round_ms};
 use crate::engine::record::EventRecord;
 use crate::engine::supervise::{ExitInfo, Qemu};
+use crate::sys::host::thread_cpu_s;
 
-/// Named deadlines of a session (scaled for TCG by the caller).
+/// Named deadlines of a session. They are wall-clock bounds on the harness's own work, the
+/// same under TCG and KVM: the guest's pace only enters through a step's timeout and silence.
 #[derive(Debug, Clone, Copy)]
 pub struct Timings {
     /// How long QEMU may take to create its sockets.
@@ -57,27 +64,6 @@ pub struct WatchSpec {
     pub min_boot: usize,
 }
 
-/// Progress a session reports while it runs (the CLI shows these; the engine never prints).
-#[derive(Debug, Clone)]
-pub enum SessionEvent {
-    Milestone {
-        boot: usize,
-        stage: Stage,
-        t_s: f64,
-        text: String,
-    },
-    QmpEvent {
-        name: String,
-        t_s: f64,
-    },
-    /// A long step is still running.
-    Progress {
-        what: String,
-        elapsed_s: f64,
-        last_line: String,
-    },
-}
-
 /// How `watch` ended.
 #[derive(Debug, Clone)]
 pub enum WatchEnd {
@@ -85,7 +71,7 @@ pub enum WatchEnd {
     Interrupted { t_s: f64 },
 }
 
-/// Files the session writes into the run's results directory.
+/// Files the session writes into its results directory.
 pub struct SessionPaths {
     pub serial_raw: PathBuf,
     pub console_log: PathBuf,
@@ -104,8 +90,116 @@ impl SessionPaths {
     }
 }
 
+/// The process behind a session: QEMU, or a scripted stand-in whose exit a test decides.
+pub enum VmProcess {
+    Qemu(Qemu),
+    Scripted(ScriptedProcess),
+}
+
+/// A stand-in for QEMU's process in tests: it "exits" when the test sends an `ExitInfo`, and is
+/// "killed" (SIGKILL) when the session stops it and it has not exited within the grace.
+pub struct ScriptedProcess {
+    exit: Option<oneshot::Receiver<ExitInfo>>,
+    status: Option<ExitInfo>,
+}
+
+impl ScriptedProcess {
+    /// The process and the sender that makes it exit.
+    pub fn new() -> (ScriptedProcess, oneshot::Sender<ExitInfo>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            ScriptedProcess {
+                exit: Some(rx),
+                status: None,
+            },
+            tx,
+        )
+    }
+}
+
+impl VmProcess {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            VmProcess::Qemu(q) => Some(q.pid()),
+            VmProcess::Scripted(_) => None,
+        }
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<ExitInfo>> {
+        match self {
+            VmProcess::Qemu(q) => Ok(q.try_wait()?.map(|s| ExitInfo::from_status(s, false))),
+            VmProcess::Scripted(s) => {
+                if s.status.is_none()
+                    && let Some(rx) = s.exit.as_mut()
+                    && let Ok(e) = rx.try_recv()
+                {
+                    s.status = Some(e);
+                }
+                Ok(s.status.clone())
+            }
+        }
+    }
+
+    /// Waits for the exit (cancel-safe).
+    async fn wait(&mut self) -> std::io::Result<ExitInfo> {
+        match self {
+            VmProcess::Qemu(q) => Ok(ExitInfo::from_status(q.wait().await?, false)),
+            VmProcess::Scripted(s) => {
+                if let Some(e) = &s.status {
+                    return Ok(e.clone());
+                }
+                let rx = s.exit.as_mut().expect("a scripted process not yet exited");
+                match rx.await {
+                    Ok(e) => {
+                        s.status = Some(e.clone());
+                        Ok(e)
+                    }
+                    // The test dropped its sender: the process lives until stopped.
+                    Err(_) => std::future::pending().await,
+                }
+            }
+        }
+    }
+
+    /// Grace, then kill. Returns the exit and whether the harness killed it.
+    async fn stop(&mut self, grace: Duration) -> std::io::Result<ExitInfo> {
+        match self {
+            VmProcess::Qemu(q) => {
+                let (st, killed) = q.stop(grace).await?;
+                Ok(ExitInfo::from_status(st, killed))
+            }
+            VmProcess::Scripted(_) => match tokio::time::timeout(grace, self.wait()).await {
+                Ok(r) => r.map(|e| ExitInfo {
+                    killed_by_harness: false,
+                    ..e
+                }),
+                Err(_) => {
+                    let killed = ExitInfo {
+                        code: None,
+                        signal: Some(9),
+                        killed_by_harness: true,
+                    };
+                    if let VmProcess::Scripted(s) = self {
+                        s.status = Some(killed.clone());
+                    }
+                    Ok(killed)
+                }
+            },
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        match self {
+            VmProcess::Qemu(q) => q.stderr_tail(),
+            VmProcess::Scripted(_) => String::new(),
+        }
+    }
+}
+
 pub struct Session {
-    qemu: Qemu,
+    process: VmProcess,
+    /// When QEMU started: the zero of every timestamp of the session.
+    zero: Instant,
     pub qmp: Qmp,
     console: Option<UnixStream>,
     events: mpsc::UnboundedReceiver<QmpEvent>,
@@ -124,12 +218,15 @@ pub struct Session {
     last_output: Instant,
     guest_shutdown: bool,
     exit: Option<ExitInfo>,
-    ui: Option<mpsc::UnboundedSender<SessionEvent>>,
+    sink: EventSink,
+    /// Which session of its case this is (1-based), for events.
+    index: usize,
     milestones_sent: usize,
     timings: Timings,
     pub qemu_version: Option<String>,
     pub qemu_package: Option<String>,
-    /// CPU seconds the harness's event loop spent in `watch` (reading, recording, classifying).
+    /// CPU seconds the harness's event loop spent in `watch`/`expect` (reading, recording,
+    /// classifying).
     pub watch_cpu_s: f64,
 }
 
@@ -146,13 +243,14 @@ impl Session {
         vm: &VmConfig,
         paths: &SessionPaths,
         timings: Timings,
-        ui: Option<mpsc::UnboundedSender<SessionEvent>>,
+        index: usize,
+        sink: EventSink,
     ) -> Result<Session, StartError> {
         let (program, args) = launch::program_and_args(vm);
         let err = |m: String| StartError { message: m };
+        let zero = Instant::now();
         let mut qemu = Qemu::spawn(&program, &args, &vm.exec.env, &paths.qemu_stderr)
             .map_err(|e| err(format!("cannot start {}: {e}", program.display())))?;
-        let zero = qemu.started();
         // QEMU creates both sockets during start-up; it fails fast (bad argument, missing file).
         let deadline = Instant::now() + timings.qmp_up;
         loop {
@@ -178,17 +276,53 @@ impl Session {
         let console = crate::engine::qmp::connect_listening(&vm.serial_socket, timings.qmp_up)
             .await
             .map_err(|e| err(format!("cannot connect to the serial console socket: {e}")))?;
-        let transcript = Transcript::create(&paths.qmp_jsonl, zero)
-            .map_err(|e| err(format!("qmp.jsonl: {e}")))?;
-        let (tx, events) = mpsc::unbounded_channel();
-        let qmp = Qmp::connect(&vm.qmp_socket, transcript, tx, timings.qmp_call)
+        let qmp = crate::engine::qmp::connect_listening(&vm.qmp_socket, timings.qmp_up)
             .await
-            .map_err(|e| {
-                err(format!(
-                    "{e} (QEMU said: {})",
-                    one_line(&qemu.stderr_tail())
-                ))
-            })?;
+            .map_err(|e| err(format!("cannot connect to the QMP socket: {e}")))?;
+        Session::attach(
+            VmProcess::Qemu(qemu),
+            zero,
+            console,
+            qmp,
+            paths,
+            timings,
+            index,
+            sink,
+        )
+        .await
+    }
+
+    /// Attaches to a started VM's process, console and QMP streams (QEMU paused, as `-S`
+    /// leaves it): negotiates QMP, records the version, opens the record files, continues it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn attach(
+        mut process: VmProcess,
+        zero: Instant,
+        console: UnixStream,
+        qmp: UnixStream,
+        paths: &SessionPaths,
+        timings: Timings,
+        index: usize,
+        sink: EventSink,
+    ) -> Result<Session, StartError> {
+        let err = |m: String| StartError { message: m };
+        let transcript = Transcript::create(&paths.qmp_jsonl, zero)
+            .map_err(|e| err(format!("{}: {e}", paths.qmp_jsonl.display())))?;
+        let (tx, events) = mpsc::unbounded_channel();
+        let qmp = match Qmp::handshake(qmp, transcript, tx, timings.qmp_call).await {
+            Ok(q) => q,
+            Err(e) => {
+                // The process may have died meanwhile: say so rather than "closed".
+                let died = process.try_wait().ok().flatten();
+                let why = died
+                    .map(|d| format!(" (QEMU {})", d.describe()))
+                    .unwrap_or_default();
+                return Err(err(format!(
+                    "{e}{why} (QEMU said: {})",
+                    one_line(&process.stderr_tail())
+                )));
+            }
+        };
         let qemu_version = qmp.version();
         let qemu_package = match qmp.execute(qapi::qmp::query_version {}).await {
             Ok(v) => Some(v.package.trim().to_string()).filter(|p| !p.is_empty()),
@@ -205,7 +339,8 @@ impl Session {
             .await
             .map_err(|e| err(e.to_string()))?;
         Ok(Session {
-            qemu,
+            process,
+            zero,
             qmp,
             console: Some(console),
             events,
@@ -221,7 +356,8 @@ impl Session {
             last_output: Instant::now(),
             guest_shutdown: false,
             exit: None,
-            ui,
+            sink,
+            index,
             milestones_sent: 0,
             timings,
             qemu_version,
@@ -232,22 +368,28 @@ impl Session {
 
     /// Seconds since QEMU started.
     pub fn now_s(&self) -> f64 {
-        round_ms(self.qemu.elapsed_s())
+        round_ms(self.zero.elapsed().as_secs_f64())
+    }
+
+    /// Which session of its case this is (1-based).
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// After QEMU exited: takes the QMP events still in flight (a guest's SHUTDOWN can arrive
     /// after the process exit is seen), until the reader closes the channel or briefly.
     async fn drain_events(&mut self) {
-        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        let until = Instant::now() + Duration::from_millis(500);
         while let Ok(Some(ev)) = tokio::time::timeout_at(until, self.events.recv()).await {
             self.on_event(ev);
         }
     }
 
     /// CPU seconds (user + system) QEMU has used so far, from `/proc/PID/stat`; `None` once it
-    /// has been reaped or off Linux. Per process, so it stays right when several VMs run at once.
+    /// has been reaped, off Linux, or for a scripted process. Per process, so it stays right when
+    /// several VMs run at once.
     pub fn qemu_cpu_s(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.qemu.pid())).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.pid()?)).ok()?;
         cpu_s_from_stat(&stat)
     }
 
@@ -323,13 +465,12 @@ impl Session {
                     }
                 }
                 Some(ev) = self.events.recv() => self.on_event(ev),
-                st = self.qemu.wait() => {
-                    let st = st.context("waiting for QEMU")?;
-                    self.exit = Some(ExitInfo::from_status(st, false));
+                st = self.process.wait() => {
+                    self.exit = Some(st.context("waiting for QEMU")?);
                     self.drain_console().await?;
                     self.drain_events().await;
                 }
-                _ = tokio::time::sleep_until(wake.into()) => {
+                _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
                     if fatal_seen.is_none() {
                         let end = if now >= deadline {
@@ -369,11 +510,9 @@ impl Session {
         Some(d)
     }
 
-    /// Reports progress of a long step to whoever displays it.
-    pub fn report(&self, ev: SessionEvent) {
-        if let Some(ui) = &self.ui {
-            let _ = ui.send(ev);
-        }
+    /// Reports progress to whoever displays it.
+    pub fn emit(&self, ev: Event) {
+        self.sink.emit(ev);
     }
 
     async fn on_console(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
@@ -427,12 +566,10 @@ impl Session {
             }
             _ => {}
         }
-        if let Some(ui) = &self.ui {
-            let _ = ui.send(SessionEvent::QmpEvent {
-                name: ev.name.clone(),
-                t_s: ev.t_s,
-            });
-        }
+        self.sink.emit(Event::Qmp {
+            name: ev.name.clone(),
+            t_s: ev.t_s,
+        });
         self.event_log.push(EventRecord {
             name: ev.name,
             t_s: ev.t_s,
@@ -456,14 +593,17 @@ impl Session {
     }
 
     fn report_milestones(&mut self) {
-        let Some(ui) = &self.ui else { return };
+        if !self.sink.is_connected() {
+            return;
+        }
         let boots = self.classifier.boots();
         let all: Vec<_> = boots
             .iter()
             .flat_map(|b| b.timeline.iter().map(move |m| (b.index, m)))
             .collect();
         for (boot, m) in &all[self.milestones_sent.min(all.len())..] {
-            let _ = ui.send(SessionEvent::Milestone {
+            self.sink.emit(Event::Milestone {
+                session: self.index,
                 boot: *boot,
                 stage: m.stage,
                 t_s: m.t_s.unwrap_or(0.0),
@@ -482,13 +622,16 @@ impl Session {
         self.console = None;
         let q = tokio::time::timeout(Duration::from_secs(1), self.qmp.quit()).await;
         tracing::debug!(t = self.now_s(), ?q, "sent quit");
-        let (st, killed) = self
-            .qemu
+        let info = self
+            .process
             .stop(self.timings.stop_grace)
             .await
             .context("stopping QEMU")?;
-        tracing::debug!(t = self.now_s(), killed, "QEMU stopped");
-        let info = ExitInfo::from_status(st, true);
+        tracing::debug!(
+            t = self.now_s(),
+            killed = info.killed_by_harness,
+            "QEMU stopped"
+        );
         self.exit = Some(info.clone());
         let _ = self.raw.flush().await;
         let _ = self.log.flush().await;
@@ -581,33 +724,18 @@ impl Session {
                     }
                 }
                 Some(ev) = self.events.recv() => self.on_event(ev),
-                st = self.qemu.wait() => {
-                    let st = st.context("waiting for QEMU")?;
-                    self.exit = Some(ExitInfo::from_status(st, false));
+                st = self.process.wait() => {
+                    self.exit = Some(st.context("waiting for QEMU")?);
                     self.drain_console().await?;
                     self.drain_events().await;
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => break ExpectEnd::TimedOut,
+                _ = tokio::time::sleep_until(deadline) => break ExpectEnd::TimedOut,
                 _ = cancel.cancelled() => break ExpectEnd::Interrupted,
             }
         };
         self.watch_cpu_s += thread_cpu_s() - cpu0;
         Ok(end)
     }
-}
-
-/// CPU seconds (user + system) of the calling thread. The harness runs its event loop on one
-/// thread, so this is the cost of watching, without hashing or other blocking work.
-pub fn thread_cpu_s() -> f64 {
-    #[cfg(target_os = "linux")]
-    let who = nix::sys::resource::UsageWho::RUSAGE_THREAD;
-    #[cfg(not(target_os = "linux"))]
-    let who = nix::sys::resource::UsageWho::RUSAGE_SELF;
-    let Ok(u) = nix::sys::resource::getrusage(who) else {
-        return 0.0;
-    };
-    let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-    tv(u.user_time()) + tv(u.system_time())
 }
 
 fn one_line(s: &str) -> String {

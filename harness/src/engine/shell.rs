@@ -4,13 +4,16 @@
 //! (digits in place of `$?`) can match. Kernel messages interleaved on the console cannot be
 //! mistaken for the end of a command.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use regex::Regex;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::session::{ExpectEnd, Session, SessionEvent};
+use crate::core::event::Event;
+use crate::engine::record::CommandResult;
+use crate::engine::session::{ExpectEnd, Session};
 
 /// How often a running command reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(15);
@@ -34,15 +37,6 @@ pub enum ShellError {
     Interrupted,
     #[error(transparent)]
     Harness(#[from] anyhow::Error),
-}
-
-/// A command's result.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CommandResult {
-    pub command: String,
-    pub exit_code: i32,
-    pub output: String,
-    pub duration_s: f64,
 }
 
 /// A logged-in shell on the serial console.
@@ -125,14 +119,17 @@ impl Shell {
         // something that looks like a sentinel), no colour, no pager, no history, a plain prompt.
         let setup =
             "stty -echo; export TERM=dumb PAGER=cat SYSTEMD_PAGER=cat HISTFILE=/dev/null PS1='$ '";
-        sh.run(s, setup, Duration::from_secs(60), cancel).await?;
+        sh.run(s, "login", setup, Duration::from_secs(60), cancel)
+            .await?;
         Ok(sh)
     }
 
-    /// Runs `command` and returns its output and exit code.
+    /// Runs `command` and returns its output and exit code. `step` names what it is for in
+    /// progress reports (`upgrade`, `run`): a person follows steps, not shell lines.
     pub async fn run(
         &mut self,
         s: &mut Session,
+        step: &str,
         command: &str,
         timeout: Duration,
         cancel: &CancellationToken,
@@ -169,13 +166,11 @@ impl Shell {
                         duration_s: crate::engine::qmp::round_ms(started.elapsed().as_secs_f64()),
                     });
                 }
-                ExpectEnd::TimedOut if Instant::now() < deadline => {
-                    s.report(SessionEvent::Progress {
-                        what: command.chars().take(60).collect(),
-                        elapsed_s: started.elapsed().as_secs_f64(),
-                        last_line: s.classifier.last_line().to_string(),
-                    })
-                }
+                ExpectEnd::TimedOut if Instant::now() < deadline => s.emit(Event::StepProgress {
+                    step: step.to_string(),
+                    elapsed_s: started.elapsed().as_secs_f64(),
+                    last_line: s.classifier.last_line().to_string(),
+                }),
                 end => {
                     return Err(expect_err(
                         end,

@@ -1,24 +1,98 @@
-//! The embedded default: the local Debian image, `upgrade-reboot` with a good and a bad
-//! bootloader update served hermetically, and the restore-bootloader workaround after the bad
-//! one. Returns rows; the CLI prints them.
+//! The embedded default (`scenarios/demo.toml`): cases and the outcomes they exist to show, as
+//! data. Each demo case is an ordinary engine case; this module turns the file into requests and
+//! the finished cases into rows (the CLI prints them).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::Duration;
 
-use serde::Serialize;
-use tokio::sync::mpsc;
+use anyhow::{Context, anyhow};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::verdict::{Stage, Verdict};
-use crate::engine::runner::{CaseConfig, CaseResult, MachineSpec, UpdateRepo, run_case};
-use crate::engine::session::{SessionEvent, Timings};
-use crate::inputs::images::{self, Entry, Registry, debian_build};
-use crate::inputs::repo;
+use crate::core::event::EventSink;
+use crate::core::verdict::{Outcome, Verdict};
+use crate::engine::case::{self, CaseDir, CaseRequest, Finished, ImageDisk};
+use crate::engine::step::Step;
+use crate::inputs::fixtures::Fixture;
+use crate::inputs::images::{self, Registry};
 use crate::plan::scenario::Scenario;
+use crate::plan::updates::{self, UpdateChoice};
 
+/// The demo, as shipped.
+pub const DEMO_TOML: &str = include_str!("../../../scenarios/demo.toml");
 /// The scenario the demo runs, as shipped.
 pub const UPGRADE_REBOOT: &str = include_str!("../../../scenarios/upgrade-reboot.toml");
-pub const DEMO_IMAGE: &str = "debian-12-local";
+
+/// What a demo case must end as.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub verdict: String,
+    pub before_grub: Option<bool>,
+    pub exit_code: Option<u8>,
+    /// The upgrade changed boot-chain packages and they are named.
+    pub suspects: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoCase {
+    pub name: String,
+    pub update: String,
+    #[serde(default)]
+    pub restore_bootloader: bool,
+    pub expect: Expect,
+    pub after_workaround: Option<Expect>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoFixture {
+    pub name: String,
+    pub expect: Expect,
+}
+
+/// `scenarios/demo.toml`, checked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Demo {
+    pub image: String,
+    pub scenario: String,
+    #[serde(rename = "case")]
+    pub cases: Vec<DemoCase>,
+    #[serde(rename = "fixture")]
+    pub fixtures: Vec<DemoFixture>,
+}
+
+impl Demo {
+    /// The shipped demo.
+    pub fn builtin() -> anyhow::Result<Demo> {
+        let d: Demo = toml::from_str(DEMO_TOML).context("scenarios/demo.toml")?;
+        for e in d
+            .cases
+            .iter()
+            .flat_map(|c| std::iter::once(&c.expect).chain(&c.after_workaround))
+            .chain(d.fixtures.iter().map(|f| &f.expect))
+        {
+            Verdict::parse(&e.verdict)
+                .ok_or_else(|| anyhow!("scenarios/demo.toml: unknown verdict {:?}", e.verdict))?;
+        }
+        for c in &d.cases {
+            UpdateChoice::parse(&c.update).map_err(|e| anyhow!("scenarios/demo.toml: {e}"))?;
+        }
+        for f in &d.fixtures {
+            fixture(&f.name)?;
+        }
+        Ok(d)
+    }
+}
+
+fn fixture(name: &str) -> anyhow::Result<Fixture> {
+    Fixture::ALL
+        .into_iter()
+        .find(|f| f.name() == name)
+        .ok_or_else(|| anyhow!("scenarios/demo.toml: no fixture named {name:?}"))
+}
 
 /// One line of the demo's table (and one object of `demo --json`).
 #[derive(Debug, Clone, Serialize)]
@@ -26,145 +100,216 @@ pub struct DemoRow {
     pub case: String,
     pub scenario: String,
     pub update: String,
-    pub verdict: Verdict,
-    pub stage: Stage,
-    pub before_grub: bool,
-    pub time_to_verdict_s: Option<f64>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
     pub suspects: Vec<String>,
-    /// Wall time of the case.
+    /// Wall time of the case (or of the workaround and its boot).
     pub wall_s: f64,
     pub results: PathBuf,
+    /// Whether the row ended as the demo file expects.
+    pub as_expected: bool,
 }
 
-fn row(case: &str, update: &str, r: &CaseResult, wall_s: f64, dir: &Path) -> DemoRow {
-    DemoRow {
-        case: case.into(),
-        scenario: r.scenario.clone(),
-        update: update.into(),
-        verdict: r.verdict,
-        stage: r.stage,
-        before_grub: r.before_grub,
-        time_to_verdict_s: r.time_to_verdict_s,
-        suspects: r.suspects.clone(),
-        wall_s: crate::engine::qmp::round_ms(wall_s),
-        results: dir.to_path_buf(),
-    }
+/// The machine the demo's cases run on.
+#[derive(Debug, Clone)]
+pub struct DemoMachine {
+    pub qemu: PathBuf,
+    pub firmware_code: PathBuf,
 }
 
-/// Runs the three cases. `results` is the directory that gets `good-update/`, `bad-update/` and
-/// the repositories.
-pub async fn run_demo(
+fn meets(e: &Expect, o: &Outcome, suspects: &[String]) -> bool {
+    o.verdict.as_str() == e.verdict
+        && e.before_grub.is_none_or(|b| b == o.before_grub)
+        && e.exit_code.is_none_or(|c| c == o.exit_code)
+        && e.suspects.is_none_or(|s| s == !suspects.is_empty())
+}
+
+/// Runs the image cases. `results` gets one directory per case and the update repositories.
+pub async fn run_cases(
+    demo: &Demo,
+    machine: &DemoMachine,
     results: &Path,
-    machine: MachineSpec,
     mirror: Option<&str>,
     cancel: &CancellationToken,
-    ui: Option<mpsc::UnboundedSender<SessionEvent>>,
+    sink: &EventSink,
 ) -> anyhow::Result<Vec<DemoRow>> {
     let registry = Registry::builtin();
-    let Some(Entry::Local(local)) = registry.get(DEMO_IMAGE) else {
-        anyhow::bail!("{DEMO_IMAGE} is not a local recipe");
-    };
+    let entry = registry
+        .get(&demo.image)
+        .ok_or_else(|| anyhow!("scenarios/demo.toml: no image named {:?}", demo.image))?;
     let cache = crate::sys::fsx::cache_root()?;
-    let image = images::resolve(Entry::Local(local), &cache, mirror, false).await?;
-    let built = debian_build::find_cached(&local.recipe, &cache)?
-        .ok_or_else(|| anyhow::anyhow!("{DEMO_IMAGE} was built but is not in the cache"))?;
-    let shim = built
-        .manifest
-        .boot_chain
-        .get("shim-signed")
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("{DEMO_IMAGE} has no shim-signed package"))?;
-    let scenario = Scenario::parse(UPGRADE_REBOOT, "scenarios/upgrade-reboot.toml")?;
-    std::fs::create_dir_all(results)?;
-    let mirror = crate::inputs::debian::resolve_mirror(mirror)?;
-    let good = repo::good_update(&mirror, &cache, &results.join("repos/good")).await?;
-    let bad = repo::bad_update(&results.join("repos/bad"), &shim)?;
-
-    let mut rows = Vec::new();
-    let case = |label: &str, update: UpdateRepo, restore: bool| CaseConfig {
-        label: label.into(),
-        scenario: scenario.clone(),
-        image: image.clone(),
-        machine: machine.clone(),
-        update: Some(update),
-        exclude_bootloader: false,
-        restore_bootloader: restore,
-        dir: results.join(label),
-        timings: Timings::default(),
+    let image = images::resolve(entry, &cache, mirror, false).await?;
+    let scenario = match demo.scenario.as_str() {
+        "upgrade-reboot" => Scenario::parse(UPGRADE_REBOOT, "scenarios/upgrade-reboot.toml")?,
+        other => anyhow::bail!("scenarios/demo.toml: unknown scenario {other:?}"),
     };
-    let t = Instant::now();
-    let g = run_case(
-        &case(
-            "good-update",
-            UpdateRepo {
-                label: "good-update".into(),
-                dir: good.dir,
-            },
-            false,
-        ),
-        cancel,
-        ui.clone(),
-    )
-    .await?;
-    rows.push(row(
-        "good-update",
-        "good-update",
-        &g,
-        t.elapsed().as_secs_f64(),
-        &results.join("good-update"),
-    ));
-    if cancel.is_cancelled() {
-        return Ok(rows);
-    }
-    let t = Instant::now();
-    let dir = results.join("bad-update");
-    let b = run_case(
-        &case(
-            "bad-update",
-            UpdateRepo {
-                label: "bad-update".into(),
-                dir: bad.dir,
-            },
-            true,
-        ),
-        cancel,
-        ui,
-    )
-    .await?;
-    let wall = t.elapsed().as_secs_f64();
-    // The bad update's own verdict is that of the last boot of the first session; the
-    // workaround's is the case's final verdict (the boot after the offline repair).
-    let first = b.boots.iter().rev().find(|v| v.session == 1);
-    let mut bad_row = row("bad-update", "bad-update", &b, wall, &dir);
-    if let Some(v) = first {
-        bad_row.verdict = v.verdict;
-        bad_row.stage = v.stage;
-        bad_row.before_grub = v.before_grub;
-        bad_row.time_to_verdict_s = v.time_to_verdict_s;
-    }
-    let restore_wall = b.restore.as_ref().map_or(0.0, |r| r.duration_s);
-    rows.push(bad_row);
-    if b.restore.is_some() {
-        let mut r = row(
-            "bad-update+restore-bootloader",
-            "bad-update",
-            &b,
-            restore_wall,
-            &dir,
-        );
-        if let Some(v) = b.boots.iter().rev().find(|v| v.session == 2) {
-            r.wall_s =
-                crate::engine::qmp::round_ms(restore_wall + v.time_to_verdict_s.unwrap_or(0.0));
+    std::fs::create_dir_all(results)?;
+    let mut rows = Vec::new();
+    for c in &demo.cases {
+        if cancel.is_cancelled() {
+            break;
         }
-        rows.push(r);
+        let choice = UpdateChoice::parse(&c.update).map_err(|e| anyhow!(e))?;
+        let update = updates::make(
+            &choice,
+            &demo.image,
+            mirror,
+            &cache,
+            &results.join("repos").join(&c.update),
+        )
+        .await?;
+        let mut req = CaseRequest::new(
+            &c.name,
+            CaseDir::Exactly(results.join(&c.name)),
+            machine.firmware_code.clone(),
+            scenario.steps.clone(),
+        );
+        req.qemu = machine.qemu.clone();
+        req.smp = 2;
+        req.memory_mib = 2048;
+        req.image = Some(ImageDisk {
+            name: image.name.clone(),
+            base: image.path.clone(),
+            base_sha256: image.sha256.clone(),
+            format: image.format,
+            guest: image.guest.clone(),
+        });
+        req.keep_disks = true;
+        req.network = Some(Vec::new());
+        req.scenario = Some(scenario.name.clone());
+        req.update = Some(update);
+        req.restore_bootloader = c.restore_bootloader;
+        let checked = case::check(req)?;
+        let t = std::time::Instant::now();
+        let f = case::run(checked, cancel, &sink.scoped(&c.name)).await?;
+        rows.extend(case_rows(c, &scenario.name, &f, t.elapsed()));
     }
     Ok(rows)
 }
 
-/// Whether the rows show what the demo exists to show.
-pub fn as_expected(rows: &[DemoRow]) -> bool {
-    let get = |c: &str| rows.iter().find(|r| r.case == c);
-    matches!(get("good-update"), Some(r) if r.verdict == Verdict::Reached)
-        && matches!(get("bad-update"), Some(r) if r.verdict == Verdict::SyncException && r.before_grub && !r.suspects.is_empty())
-        && matches!(get("bad-update+restore-bootloader"), Some(r) if r.verdict == Verdict::Reached)
+/// A case's rows: its judged boot before any workaround, and the workaround's boot.
+fn case_rows(c: &DemoCase, scenario: &str, f: &Finished, wall: Duration) -> Vec<DemoRow> {
+    let r = &f.record;
+    // The upgrade's own verdict is that of the last boot judged in session 1; the workaround's
+    // is the case's final one (its boot after the offline repair).
+    let first = r
+        .boots
+        .iter()
+        .rev()
+        .find(|b| b.session == 1)
+        .map_or_else(|| r.outcome.clone(), |b| b.outcome.clone());
+    let restore_s = r.restore.as_ref().map_or(0.0, |x| x.duration_s);
+    let update = UpdateChoice::parse(&c.update).map_or_else(|_| c.update.clone(), |u| u.label());
+    let mut rows = vec![DemoRow {
+        case: c.name.clone(),
+        scenario: scenario.into(),
+        update: update.clone(),
+        as_expected: meets(&c.expect, &first, &r.suspects),
+        outcome: first,
+        suspects: r.suspects.clone(),
+        wall_s: crate::engine::qmp::round_ms(wall.as_secs_f64()),
+        results: f.dir.clone(),
+    }];
+    if let Some(after) = &c.after_workaround {
+        let o = r.outcome.clone();
+        let ran = r.restore.is_some();
+        rows.push(DemoRow {
+            case: format!("{}+restore-bootloader", c.name),
+            scenario: scenario.into(),
+            update,
+            as_expected: ran && meets(after, &o, &[]),
+            wall_s: crate::engine::qmp::round_ms(restore_s + o.time_to_verdict_s.unwrap_or(0.0)),
+            outcome: o,
+            suspects: r.suspects.clone(),
+            results: f.dir.clone(),
+        });
+    }
+    rows
+}
+
+/// Runs the fixture cases (`demo --fixtures`): generated EFI applications, seconds each.
+pub async fn run_fixtures(
+    demo: &Demo,
+    machine: &DemoMachine,
+    results: &Path,
+    cancel: &CancellationToken,
+    sink: &EventSink,
+) -> anyhow::Result<Vec<DemoRow>> {
+    let dir = crate::sys::fsx::cache_root()?.join("fixtures");
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || crate::inputs::fixtures::write_all(&d))
+        .await
+        .context("writing the fixtures")??;
+    let mut rows = Vec::new();
+    for fx in &demo.fixtures {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let f = fixture(&fx.name)?;
+        let mut req = CaseRequest::new(
+            &format!("demo-{}", fx.name),
+            CaseDir::Under(results.to_path_buf()),
+            machine.firmware_code.clone(),
+            vec![Step::Boot {
+                until: None,
+                timeout: Duration::from_secs(120),
+                silence: Duration::from_secs(30),
+            }],
+        );
+        req.qemu = machine.qemu.clone();
+        req.smp = 1;
+        req.memory_mib = 512;
+        req.disks = vec![dir.join(f.image_file_name())];
+        req.snapshot = true;
+        let checked = case::check(req)?;
+        let t = std::time::Instant::now();
+        let done = case::run(checked, cancel, &sink.scoped(&fx.name)).await?;
+        let o = done.record.outcome.clone();
+        rows.push(DemoRow {
+            case: fx.name.clone(),
+            scenario: "boot".into(),
+            update: String::new(),
+            as_expected: meets(&fx.expect, &o, &[]),
+            outcome: o,
+            suspects: Vec::new(),
+            wall_s: crate::engine::qmp::round_ms(t.elapsed().as_secs_f64()),
+            results: done.dir,
+        });
+    }
+    Ok(rows)
+}
+
+/// Whether the demo showed what it exists to show: every row as expected, none missing.
+pub fn as_expected(rows: &[DemoRow], expected_rows: usize) -> bool {
+    rows.len() == expected_rows && rows.iter().all(|r| r.as_expected)
+}
+
+impl Demo {
+    /// How many rows the image cases give.
+    pub fn case_rows(&self) -> usize {
+        self.cases
+            .iter()
+            .map(|c| 1 + usize::from(c.after_workaround.is_some()))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_demo_parses_and_is_checked() {
+        let d = Demo::builtin().unwrap();
+        assert_eq!(d.case_rows(), 3);
+        assert_eq!(d.fixtures.len(), 2);
+        let o = Outcome {
+            verdict: Verdict::SyncException,
+            before_grub: true,
+            ..Outcome::unfinished("x")
+        };
+        assert!(meets(&d.cases[1].expect, &o, &["shim-signed".into()]));
+        assert!(!meets(&d.cases[1].expect, &o, &[]));
+        assert!(!meets(&d.cases[0].expect, &o, &[]));
+    }
 }

@@ -3,3 +3,4 @@
 pub mod demo;
 pub mod matrix;
 pub mod scenario;
+pub mod updates;

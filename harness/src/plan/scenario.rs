@@ -2,70 +2,13 @@
 //! and checked completely before any VM starts; every error names the file and the line.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::core::verdict::Target;
+use crate::engine::step::seconds;
+pub use crate::engine::step::{RebootMethod, Step};
 use crate::inputs::images::catalog::line_of;
-
-/// How the guest is rebooted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RebootMethod {
-    /// `systemctl reboot` in the guest.
-    Guest,
-    /// QMP `system_reset` (a hard reset).
-    Qmp,
-}
-
-/// One step.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "do", rename_all = "kebab-case")]
-pub enum Step {
-    /// Start the VM and watch until `until`.
-    Boot {
-        until: Target,
-        timeout_s: f64,
-        silence_s: f64,
-    },
-    /// Log in on the serial console as the provisioned user.
-    Login { timeout_s: f64 },
-    /// Run a command (as root through sudo when `root`); fails the step on another exit code
-    /// than `expect_exit`.
-    Run {
-        command: String,
-        root: bool,
-        timeout_s: f64,
-        expect_exit: i32,
-    },
-    /// Record the installed packages (the image's `package_query`) under `label`.
-    SnapshotPackages { label: String },
-    /// The image's upgrade command (with the run's update repository and workarounds applied).
-    Upgrade { timeout_s: f64 },
-    /// Reboot; the next boot gets its own timeline and verdict.
-    Reboot { method: RebootMethod },
-    /// Watch the current boot until `until`.
-    Watch {
-        until: Target,
-        timeout_s: f64,
-        silence_s: f64,
-    },
-}
-
-impl Step {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Step::Boot { .. } => "boot",
-            Step::Login { .. } => "login",
-            Step::Run { .. } => "run",
-            Step::SnapshotPackages { .. } => "snapshot-packages",
-            Step::Upgrade { .. } => "upgrade",
-            Step::Reboot { .. } => "reboot",
-            Step::Watch { .. } => "watch",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Scenario {
@@ -129,15 +72,17 @@ impl Scenario {
             return Err(err(0, "a scenario needs at least one [[step]]".into()));
         }
         let mut steps = Vec::new();
+        let mut starts = Vec::new();
         for (i, s) in top.step.into_iter().enumerate() {
             let at = s.span().start;
             let t = s.into_inner();
             let step = parse_step(&t).map_err(|m| err(at, format!("step {}: {m}", i + 1)))?;
             steps.push(step);
+            starts.push(at);
         }
-        if !matches!(steps.first(), Some(Step::Boot { .. })) {
-            return Err(err(0, "the first step must be `boot`".into()));
-        }
+        // Scenarios run on images, whose user bootwatch provisions.
+        crate::engine::step::check_steps(&steps, true)
+            .map_err(|(i, m)| err(if i == 0 { 0 } else { starts[i] }, m))?;
         Ok(Scenario {
             name: top.name,
             description: top.description,
@@ -172,15 +117,18 @@ fn parse_step(t: &toml::Table) -> Result<Step, String> {
             allowed[1..].join(", ")
         ));
     }
-    let secs = |key: &str, default: f64| -> Result<f64, String> {
-        match t.get(key) {
-            None => Ok(default),
-            Some(toml::Value::Integer(i)) if *i > 0 => Ok(*i as f64),
-            Some(toml::Value::Float(f)) if *f > 0.0 => Ok(*f),
-            Some(v) => Err(format!(
-                "`{key}` must be a positive number of seconds, not {v}"
-            )),
-        }
+    let secs = |key: &str, default: f64| -> Result<std::time::Duration, String> {
+        let v = match t.get(key) {
+            None => default,
+            Some(toml::Value::Integer(i)) => *i as f64,
+            Some(toml::Value::Float(f)) => *f,
+            Some(v) => {
+                return Err(format!(
+                    "`{key}` must be a positive number of seconds, not {v}"
+                ));
+            }
+        };
+        seconds(v).map_err(|e| format!("`{key}` {e}"))
     };
     let string = |key: &str| -> Result<Option<String>, String> {
         match t.get(key) {
@@ -200,20 +148,20 @@ fn parse_step(t: &toml::Table) -> Result<Step, String> {
     };
     Ok(match action {
         "boot" => Step::Boot {
-            until: until()?,
-            timeout_s: secs("timeout", 900.0)?,
-            silence_s: secs("silence", 240.0)?,
+            until: Some(until()?),
+            timeout: secs("timeout", 900.0)?,
+            silence: secs("silence", 240.0)?,
         },
         "watch" => Step::Watch {
             until: until()?,
-            timeout_s: secs("timeout", 900.0)?,
-            silence_s: secs("silence", 240.0)?,
+            timeout: secs("timeout", 900.0)?,
+            silence: secs("silence", 240.0)?,
         },
         "login" => Step::Login {
-            timeout_s: secs("timeout", 300.0)?,
+            timeout: secs("timeout", 300.0)?,
         },
         "upgrade" => Step::Upgrade {
-            timeout_s: secs("timeout", 3600.0)?,
+            timeout: secs("timeout", 3600.0)?,
         },
         "run" => Step::Run {
             command: string("command")?.ok_or("missing `command`")?,
@@ -222,7 +170,7 @@ fn parse_step(t: &toml::Table) -> Result<Step, String> {
                 Some(toml::Value::Boolean(b)) => *b,
                 Some(v) => return Err(format!("`root` must be true or false, not {v}")),
             },
-            timeout_s: secs("timeout", 600.0)?,
+            timeout: secs("timeout", 600.0)?,
             expect_exit: match t.get("expect_exit") {
                 None => 0,
                 Some(toml::Value::Integer(i)) => {
@@ -245,11 +193,6 @@ fn parse_step(t: &toml::Table) -> Result<Step, String> {
     })
 }
 
-/// A timeout in seconds as a `Duration`.
-pub fn dur(s: f64) -> Duration {
-    Duration::from_secs_f64(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,9 +207,9 @@ mod tests {
         assert_eq!(
             s.steps[0],
             Step::Boot {
-                until: Target::Login,
-                timeout_s: 900.0,
-                silence_s: 240.0
+                until: Some(Target::Login),
+                timeout: std::time::Duration::from_secs(900),
+                silence: std::time::Duration::from_secs(240)
             }
         );
         assert_eq!(
@@ -274,7 +217,7 @@ mod tests {
             Step::Run {
                 command: "true".into(),
                 root: true,
-                timeout_s: 600.0,
+                timeout: std::time::Duration::from_secs(600),
                 expect_exit: 0
             }
         );
@@ -319,7 +262,8 @@ mod tests {
         let mut n = 0;
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "toml") {
+            // demo.toml lists the demo's cases (plan::demo checks it), not steps.
+            if p.extension().is_some_and(|x| x == "toml") && !p.ends_with("demo.toml") {
                 Scenario::load(&p).unwrap_or_else(|e| panic!("{e}"));
                 n += 1;
             }

@@ -82,15 +82,15 @@ fn diff(base: &MatrixReport, now: &MatrixReport, baseline: &str) -> Comparison {
         let change = Change {
             id: c.id.clone(),
             axes: c.axes.clone(),
-            was: was.verdict,
-            now: c.verdict,
+            was: was.outcome.verdict,
+            now: c.outcome.verdict,
         };
         let was_ok = was.category() == Category::Reached;
         let now_ok = c.category() == Category::Reached;
         match (was_ok, now_ok) {
             (true, false) => cmp.regressions.push(change),
             (false, true) => cmp.fixes.push(change),
-            _ if was.verdict != c.verdict => cmp.changed.push(change),
+            _ if was.outcome.verdict != c.outcome.verdict => cmp.changed.push(change),
             _ => {}
         }
     }

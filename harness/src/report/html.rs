@@ -187,7 +187,7 @@ fn cell_view(
     changes: &HashMap<&str, &'static str>,
 ) -> serde_json::Value {
     let verdict = match c.status {
-        CellStatus::Done => c.verdict.as_str(),
+        CellStatus::Done => c.outcome.verdict.as_str(),
         CellStatus::Error => "error",
         CellStatus::NotRun => "not-run",
         CellStatus::Interrupted => "interrupted",
@@ -211,8 +211,8 @@ fn cell_view(
             let (l, r) = links(run);
             json!({
                 "n": run.n,
-                "verdict": run.verdict.as_str(),
-                "stage": run.stage.as_str(),
+                "verdict": run.outcome.verdict.as_str(),
+                "stage": run.outcome.stage.as_str(),
                 "log": l,
                 "result": r,
             })
@@ -234,7 +234,7 @@ fn cell_view(
         "verdict": verdict,
         "verdict_text": verdict_text(c),
         "category": category_name(c.category()),
-        "stage": c.stage.as_str(),
+        "stage": c.outcome.stage.as_str(),
         "ran": c.status == CellStatus::Done,
         "qemu_version": c.qemu_version.as_deref().unwrap_or("?"),
         "firmware_version": c.firmware_version.as_deref().unwrap_or("?"),

@@ -45,9 +45,9 @@ fn test_case(c: &CellRecord) -> TestCase {
             s.set_message(format!(
                 "{} at stage {}: {line}",
                 verdict_text(c),
-                c.stage.as_str()
+                c.outcome.stage.as_str()
             ));
-            s.set_type(c.verdict.as_str());
+            s.set_type(c.outcome.verdict.as_str());
             s.set_description(description(c));
             s
         }
@@ -100,8 +100,8 @@ fn description(c: &CellRecord) -> String {
     if let Some(e) = &c.exception {
         lines.push(format!("exception: {e}"));
     }
-    if !c.reason.is_empty() {
-        lines.push(format!("reason: {}", c.reason));
+    if !c.outcome.reason.is_empty() {
+        lines.push(format!("reason: {}", c.outcome.reason));
     }
     if let Some(e) = &c.error {
         lines.push(format!("error: {e}"));
@@ -110,8 +110,8 @@ fn description(c: &CellRecord) -> String {
         lines.push(format!(
             "run {}: {} at stage {} ({}/console.log)",
             run.n,
-            run.verdict.as_str(),
-            run.stage.as_str(),
+            run.outcome.verdict.as_str(),
+            run.outcome.stage.as_str(),
             run_dir(c, run)
         ));
     }

@@ -58,7 +58,7 @@ pub fn render(report: &MatrixReport) -> String {
             symbol(c.category()),
             md(&verdict_text(c), 100)
         ));
-        row.push(c.stage.as_str().to_string());
+        row.push(c.outcome.stage.as_str().to_string());
         row.push(md(&evidence(c), EVIDENCE_MAX));
         table_row(&mut out, &row);
     }

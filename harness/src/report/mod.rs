@@ -318,7 +318,7 @@ fn summarize(cells: &[CellRecord]) -> Summary {
                     s.flaky += 1;
                 }
                 *by_verdict
-                    .entry(c.verdict.as_str().to_string())
+                    .entry(c.outcome.verdict.as_str().to_string())
                     .or_insert(0) += 1;
             }
             CellStatus::Error => s.errors += 1,
@@ -398,10 +398,13 @@ pub(crate) fn one_line(s: &str, max: usize) -> String {
 /// The line a cell is known by in the reports: the exception line, the error, or the reason.
 pub(crate) fn evidence(c: &CellRecord) -> String {
     match c.status {
-        CellStatus::Error => c.error.clone().unwrap_or_else(|| c.reason.clone()),
+        CellStatus::Error => c.error.clone().unwrap_or_else(|| c.outcome.reason.clone()),
         CellStatus::NotRun => "not run".to_string(),
         CellStatus::Interrupted => "interrupted".to_string(),
-        CellStatus::Done => c.exception.clone().unwrap_or_else(|| c.reason.clone()),
+        CellStatus::Done => c
+            .exception
+            .clone()
+            .unwrap_or_else(|| c.outcome.reason.clone()),
     }
 }
 
@@ -421,7 +424,7 @@ pub(crate) fn verdict_text_short(c: &CellRecord) -> String {
         CellStatus::Error => "error",
         CellStatus::NotRun => "not run",
         CellStatus::Interrupted => "interrupted",
-        CellStatus::Done => c.verdict.as_str(),
+        CellStatus::Done => c.outcome.verdict.as_str(),
     }
     .to_string()
 }
@@ -475,7 +478,7 @@ pub(crate) fn safe_id(id: &str) -> String {
 pub(crate) fn worst_run(c: &CellRecord) -> Option<&crate::plan::matrix::model::CellRun> {
     c.runs
         .iter()
-        .find(|r| r.verdict == c.verdict)
+        .find(|r| r.outcome.verdict == c.outcome.verdict)
         .or_else(|| c.runs.first())
 }
 

@@ -169,7 +169,7 @@ pub fn hash_file(path: &Path) -> io::Result<Digest256> {
 /// What identifies a file's content without reading it: a write changes mtime and ctime, a
 /// replacement changes the inode, and ctime cannot be set back by `touch`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-struct StatKey {
+pub struct StatKey {
     dev: u64,
     ino: u64,
     size: u64,
@@ -178,6 +178,11 @@ struct StatKey {
 }
 
 impl StatKey {
+    /// The key of the file at `path` now.
+    pub fn of_path(path: &Path) -> io::Result<StatKey> {
+        Ok(StatKey::of(&fs::metadata(path)?))
+    }
+
     fn of(m: &fs::Metadata) -> StatKey {
         StatKey {
             dev: m.dev(),

@@ -15,7 +15,7 @@
 //! | spelling                       | what                                                      |
 //! |--------------------------------|-----------------------------------------------------------|
 //! | `host`                         | the host's edk2 ([`host_firmware`], e.g. `/usr/share/AAVMF/AAVMF_CODE.fd`) |
-//! | `path:CODE` / `path:CODE,VARS` | any code image; the vars template next to it ([`crate::engine::run::sibling_vars`]) or given |
+//! | `path:CODE` / `path:CODE,VARS` | any code image; the vars template next to it ([`crate::engine::case::sibling_vars`]) or given |
 //! | `debian:VERSION[/VARIANT]`     | Debian's `qemu-efi-aarch64` of that version ([`crate::inputs::debian::fetch_edk2`]), variant as in [`crate::inputs::debian::VARIANTS`] (`secboot.strictnx` is accepted for `strictnx`) |
 //!
 //! Parsing checks spelling only; resolving ([`resolve_qemu`], [`resolve_firmware`]) checks that
@@ -506,7 +506,7 @@ pub async fn resolve_firmware(
                      path:CODE or debian:VERSION)"
                 )
             })?;
-            let vars = crate::engine::run::sibling_vars(&code);
+            let vars = crate::engine::case::sibling_vars(&code);
             let package = dpkg_package_version(&code).await;
             (code, vars, package)
         }
@@ -531,7 +531,7 @@ pub async fn resolve_firmware(
                 None => {
                     let is_pflash = std::fs::metadata(&code)
                         .is_ok_and(|m| m.len() == crate::core::launch::PFLASH_SIZE);
-                    match crate::engine::run::sibling_vars(&code) {
+                    match crate::engine::case::sibling_vars(&code) {
                         Some(v) => Some(v),
                         // A small image is loaded with -bios and needs no vars store.
                         None if !is_pflash => None,

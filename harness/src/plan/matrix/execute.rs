@@ -1,24 +1,26 @@
-//! Runs a plan's cells: providers and images resolved once, then each cell as a normal boot
-//! (`run::run`) in its own results directory, at most `concurrency` VMs at a time. Cells write
-//! `cells/<id>/cell.json` when they end and the reports are rebuilt after every cell, so a
-//! matrix stopped at any point leaves a valid partial report. A finished cell with the same
+//! Runs a plan's cells: providers and images resolved once, then each cell as an ordinary case
+//! (`engine::case`) in its own results directory, at most `concurrency` VMs at a time. Cells
+//! write `cells/<id>/cell.json` when they end; the reports are rebuilt on a blocking thread at
+//! most every [`REPORT_EVERY`] while cells finish and once at the end, and exist from the start,
+//! so a matrix stopped at any point leaves a valid partial report. A finished cell with the same
 //! inputs is not run again (resume).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::core::event::{Event, EventSink};
+use crate::core::verdict::Outcome;
 use crate::core::verdict::{Verdict, exit_code};
+use crate::engine::case::{self, CaseDir, CaseRequest, ImageDisk, VarsSource};
 use crate::engine::record::{RunResult, RunStatus, write_json_atomic};
-use crate::engine::run::{self, BootRequest, ImageBoot};
-use crate::engine::session::Timings;
+use crate::engine::step::Step;
 use crate::inputs::images::catalog::ImageFormat;
 use crate::inputs::images::{self, Registry, Resolved};
 use crate::inputs::providers::{self, ProviderContext, ResolvedFirmware, ResolvedQemu};
@@ -42,45 +44,10 @@ pub struct MatrixOptions {
     pub baseline: Option<PathBuf>,
 }
 
-/// Progress, for whoever displays it (the engine never prints).
-#[derive(Debug, Clone)]
-pub enum MatrixEvent {
-    Preparing(String),
-    Prepared {
-        what: String,
-        seconds: f64,
-        detail: String,
-    },
-    CellStarted {
-        id: String,
-        label: String,
-    },
-    CellResumed {
-        id: String,
-        label: String,
-    },
-    CellFinished {
-        record: Box<CellRecord>,
-        finished: usize,
-        total: usize,
-    },
-}
+/// The reports are rebuilt at most this often while cells finish (and always at the end).
+pub const REPORT_EVERY: Duration = Duration::from_secs(2);
 
-/// VMs to run at once when not told: one per core, and no more than memory allows (each VM's
-/// guest RAM plus about 512 MiB of QEMU and TCG overhead, keeping 2 GiB for the host).
-pub fn default_concurrency(memory_mib: u32) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let avail_mib = meminfo_total_mib().unwrap_or(4096).saturating_sub(2048);
-    let by_mem = (avail_mib / (u64::from(memory_mib) + 512)).max(1) as usize;
-    cores.min(by_mem).max(1)
-}
-
-fn meminfo_total_mib() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
-}
+pub use crate::sys::host::default_concurrency;
 
 /// What a cell's image value became after preparation.
 #[derive(Debug, Clone)]
@@ -104,7 +71,7 @@ pub async fn run_matrix(
     plan: &Plan,
     opts: &MatrixOptions,
     cancel: &CancellationToken,
-    ui: Option<mpsc::UnboundedSender<MatrixEvent>>,
+    sink: &EventSink,
 ) -> anyhow::Result<MatrixReport> {
     let started = Instant::now();
     let started_at = jiff::Timestamp::now().to_string();
@@ -116,13 +83,8 @@ pub async fn run_matrix(
         .filter(|c| opts.shard.is_none_or(|s| s.owns(c.index)))
         .cloned()
         .collect();
-    let send = |e: MatrixEvent| {
-        if let Some(ui) = &ui {
-            let _ = ui.send(e);
-        }
-    };
 
-    let prepared = Arc::new(prepare(spec, &mine, opts, cancel, &send).await);
+    let prepared = Arc::new(prepare(spec, &mine, opts, cancel, sink).await);
     let prepare_s = started.elapsed().as_secs_f64();
     let mut execution = Execution {
         schema: EXECUTION_SCHEMA.into(),
@@ -138,10 +100,17 @@ pub async fn run_matrix(
         host: crate::engine::record::HostInfo::probe().hostname,
         bootwatch_version: env!("CARGO_PKG_VERSION").into(),
     };
-    write_execution(dir, &execution, started)?;
     // The report exists from the start (every cell not run yet), so even a matrix killed with
     // SIGKILL leaves a valid one.
-    write_reports(dir, opts)?;
+    let mut reports = ReportWriter {
+        dir: dir.clone(),
+        baseline: opts.baseline.clone(),
+        started,
+        dirty: false,
+        last: Instant::now(),
+        inflight: None,
+    };
+    reports.write_now(&execution).await?;
 
     let total = mine.len();
     let spec = Arc::new(spec.clone());
@@ -152,9 +121,9 @@ pub async fn run_matrix(
         let plan = plan_arc.clone();
         let cancel = cancel.clone();
         let dir = dir.clone();
-        let ui = ui.clone();
+        let sink = sink.scoped(&cell.id);
         async move {
-            let outcome = run_cell(&spec, &plan, &cell, &prepared, &dir, &cancel, ui).await;
+            let outcome = run_cell(&spec, &plan, &cell, &prepared, &dir, &cancel, &sink).await;
             (cell, outcome)
         }
     }))
@@ -162,40 +131,39 @@ pub async fn run_matrix(
 
     let mut finished = 0;
     let mut harness_failures = Vec::new();
-    while let Some((cell, outcome)) = results.next().await {
+    loop {
+        let next = tokio::select! {
+            next = results.next() => next,
+            r = reports.due() => {
+                r?;
+                reports.start_write(&execution);
+                continue;
+            }
+        };
+        let Some((cell, outcome)) = next else { break };
         match outcome {
             Ok(CellOutcome::Ran(record)) => {
                 finished += 1;
-                send(MatrixEvent::CellFinished {
-                    record,
-                    finished,
-                    total,
-                });
+                sink.emit(cell_finished(&record, finished, total));
             }
             Ok(CellOutcome::Resumed(record)) => {
                 finished += 1;
                 execution.resumed.push(cell.id.clone());
-                send(MatrixEvent::CellResumed {
+                sink.emit(Event::CellStarted {
                     id: cell.id.clone(),
                     label: cell.axes.label(),
+                    resumed: true,
                 });
-                send(MatrixEvent::CellFinished {
-                    record,
-                    finished,
-                    total,
-                });
+                sink.emit(cell_finished(&record, finished, total));
             }
             Ok(CellOutcome::NotStarted) => {}
             Err(e) => harness_failures.push(format!("cell {}: {e:#}", cell.id)),
         }
-        // A valid partial report after every cell: a matrix killed at any point keeps it.
         execution.interrupted = cancel.is_cancelled();
-        write_execution(dir, &execution, started)?;
-        write_reports(dir, opts)?;
+        reports.dirty = true;
     }
     execution.interrupted = cancel.is_cancelled();
-    write_execution(dir, &execution, started)?;
-    let report = write_reports(dir, opts)?;
+    let report = reports.write_now(&execution).await?;
     if !harness_failures.is_empty() {
         bail!(
             "bootwatch could not record {} cell(s): {}",
@@ -204,6 +172,82 @@ pub async fn run_matrix(
         );
     }
     Ok(report)
+}
+
+fn cell_finished(r: &CellRecord, finished: usize, total: usize) -> Event {
+    Event::CellFinished {
+        id: r.id.clone(),
+        label: r.axes.label(),
+        status: r.status.as_str().into(),
+        outcome: r.outcome.clone(),
+        error: r.error.clone(),
+        flaky: r.flaky.then_some((r.crashed, r.repeat)),
+        duration_s: r.duration_s,
+        finished,
+        total,
+    }
+}
+
+/// Rewrites `execution.json` and the reports on a blocking thread: at most every
+/// [`REPORT_EVERY`] while cells finish, and once more at the end.
+struct ReportWriter {
+    dir: PathBuf,
+    baseline: Option<PathBuf>,
+    started: Instant,
+    dirty: bool,
+    last: Instant,
+    inflight: Option<tokio::task::JoinHandle<anyhow::Result<MatrixReport>>>,
+}
+
+impl ReportWriter {
+    /// Resolves when a background write finished (with its result) or one is due.
+    async fn due(&mut self) -> anyhow::Result<()> {
+        if let Some(h) = self.inflight.as_mut() {
+            let r = h.await.context("the report task failed")?;
+            self.inflight = None;
+            r.map(|_| ())?;
+            return std::future::pending().await;
+        }
+        if !self.dirty {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep_until((self.last + REPORT_EVERY).into()).await;
+        Ok(())
+    }
+
+    fn start_write(&mut self, execution: &Execution) {
+        if self.inflight.is_some() || !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        self.last = Instant::now();
+        self.inflight = Some(self.spawn(execution));
+    }
+
+    fn spawn(
+        &self,
+        execution: &Execution,
+    ) -> tokio::task::JoinHandle<anyhow::Result<MatrixReport>> {
+        let mut e = execution.clone();
+        e.wall_s = round(self.started.elapsed().as_secs_f64());
+        let (dir, baseline) = (self.dir.clone(), self.baseline.clone());
+        tokio::task::spawn_blocking(move || {
+            write_json_atomic(&dir.join("execution.json"), &e).context("writing execution.json")?;
+            write_reports(&dir, baseline.as_deref())
+        })
+    }
+
+    /// Waits for a write in flight, then writes once more (now).
+    async fn write_now(&mut self, execution: &Execution) -> anyhow::Result<MatrixReport> {
+        if let Some(h) = self.inflight.take() {
+            h.await.context("the report task failed")??;
+        }
+        self.dirty = false;
+        self.last = Instant::now();
+        self.spawn(execution)
+            .await
+            .context("the report task failed")?
+    }
 }
 
 /// Whether `dir` can take this plan's results: new, empty, or holding results of the same matrix
@@ -250,15 +294,9 @@ fn open_results_dir(dir: &Path, plan: &Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_execution(dir: &Path, e: &Execution, started: Instant) -> anyhow::Result<()> {
-    let mut e = e.clone();
-    e.wall_s = round(started.elapsed().as_secs_f64());
-    write_json_atomic(&dir.join("execution.json"), &e).context("writing execution.json")
-}
-
-fn write_reports(dir: &Path, opts: &MatrixOptions) -> anyhow::Result<MatrixReport> {
+fn write_reports(dir: &Path, baseline: Option<&Path>) -> anyhow::Result<MatrixReport> {
     let mut report = crate::report::build(dir)?;
-    if let Some(b) = &opts.baseline {
+    if let Some(b) = baseline {
         crate::report::compare(&mut report, b)?;
     }
     crate::report::write_all(dir, &report)?;
@@ -270,7 +308,7 @@ async fn prepare(
     cells: &[PlannedCell],
     opts: &MatrixOptions,
     cancel: &CancellationToken,
-    send: &impl Fn(MatrixEvent),
+    sink: &EventSink,
 ) -> Prepared {
     let ctx = ProviderContext {
         mirror: opts.mirror.clone(),
@@ -280,7 +318,7 @@ async fn prepare(
         cells.iter().map(|c| f(c).clone()).collect()
     };
     let timed = |what: &str, t: Instant, detail: String| {
-        send(MatrixEvent::Prepared {
+        sink.emit(Event::Prepared {
             what: what.into(),
             seconds: round(t.elapsed().as_secs_f64()),
             detail,
@@ -294,7 +332,9 @@ async fn prepare(
     for name in used(|c| &c.axes.qemu) {
         let provider = spec.qemus.iter().find(|(s, _)| *s == name).map(|(_, p)| p);
         let Some(provider) = provider else { continue };
-        send(MatrixEvent::Preparing(format!("qemu {name}")));
+        sink.emit(Event::Preparing {
+            what: format!("qemu {name}"),
+        });
         let t = Instant::now();
         let r = providers::resolve_qemu(provider, &ctx)
             .await
@@ -316,7 +356,9 @@ async fn prepare(
             .find(|(s, _)| *s == name)
             .map(|(_, p)| p);
         let Some(provider) = provider else { continue };
-        send(MatrixEvent::Preparing(format!("firmware {name}")));
+        sink.emit(Event::Preparing {
+            what: format!("firmware {name}"),
+        });
         let t = Instant::now();
         let r = providers::resolve_firmware(provider, &ctx)
             .await
@@ -338,9 +380,11 @@ async fn prepare(
         let Some((_, choice)) = spec.images.iter().find(|(s, _)| *s == name) else {
             continue;
         };
-        send(MatrixEvent::Preparing(format!("image {name}")));
+        sink.emit(Event::Preparing {
+            what: format!("image {name}"),
+        });
         let t = Instant::now();
-        let r = prepare_image(spec, choice, opts, &ctx, cancel)
+        let r = prepare_image(spec, choice, opts, &ctx, cancel, sink)
             .await
             .map_err(|e| format!("image {name}: {e:#}"));
         timed(
@@ -359,6 +403,7 @@ async fn prepare_image(
     opts: &MatrixOptions,
     ctx: &ProviderContext,
     cancel: &CancellationToken,
+    sink: &EventSink,
 ) -> anyhow::Result<PreparedImage> {
     match choice {
         ImageChoice::Fixture(f) => {
@@ -383,7 +428,7 @@ async fn prepare_image(
         ImageChoice::Image(name) => Ok(PreparedImage::Image(resolve_image(name, opts).await?)),
         ImageChoice::Upgraded(name) => {
             let base = resolve_image(name, opts).await?;
-            let up = upgrade::prepare(&base, &spec.upgrade, ctx, cancel).await?;
+            let up = upgrade::prepare(&base, &spec.upgrade, ctx, cancel, sink).await?;
             Ok(PreparedImage::Upgraded { base, up })
         }
     }
@@ -481,7 +526,7 @@ async fn run_cell(
     p: &Prepared,
     results: &Path,
     cancel: &CancellationToken,
-    ui: Option<mpsc::UnboundedSender<MatrixEvent>>,
+    sink: &EventSink,
 ) -> anyhow::Result<CellOutcome> {
     if cancel.is_cancelled() {
         return Ok(CellOutcome::NotStarted);
@@ -491,8 +536,7 @@ async fn run_cell(
     let cell_json = cell_dir.join("cell.json");
     let resolved = inputs_of(spec, plan, cell, p);
     if let Ok((_, _, _, inputs)) = &resolved
-        && let Ok(bytes) = std::fs::read(&cell_json)
-        && let Ok(old) = serde_json::from_slice::<CellRecord>(&bytes)
+        && let Some(old) = crate::sys::fsx::read_json::<CellRecord>(&cell_json)
         && old.status == CellStatus::Done
         && old.inputs.key == inputs.key
     {
@@ -503,21 +547,19 @@ async fn run_cell(
             .with_context(|| format!("removing the stale {}", cell_dir.display()))?;
     }
     std::fs::create_dir_all(&cell_dir)?;
-    if let Some(ui) = &ui {
-        let _ = ui.send(MatrixEvent::CellStarted {
-            id: cell.id.clone(),
-            label: cell.axes.label(),
-        });
-    }
+    sink.emit(Event::CellStarted {
+        id: cell.id.clone(),
+        label: cell.axes.label(),
+        resumed: false,
+    });
     let mut record = CellRecord {
         status: CellStatus::Error,
-        reason: String::new(),
         ..CellRecord::not_run(cell, plan.repeat)
     };
     let (q, f, img, inputs) = match resolved {
         Ok(r) => r,
         Err(e) => {
-            record.reason = format!("harness error: {e}");
+            record.outcome = Outcome::harness_error(&e);
             record.error = Some(e);
             record.duration_s = round(t.elapsed().as_secs_f64());
             write_json_atomic(&cell_json, &record)?;
@@ -532,32 +574,34 @@ async fn run_cell(
             break;
         }
         let run_dir = cell_dir.join(format!("run-{n}"));
-        let req = boot_request(spec, cell, &q, &f, &img, &run_dir);
-        let checked = match run::validate(req) {
+        let req = case_request(spec, cell, &q, &f, &img, &run_dir);
+        let checked = match case::check(req) {
             Ok(c) => c,
             Err(e) => {
-                record.error = Some(e.0.clone());
-                record.reason = format!("harness error: {}", e.0);
+                record.outcome = Outcome::harness_error(&e.0);
+                record.error = Some(e.0);
                 break;
             }
         };
-        match run::run(checked, cancel.clone(), None).await {
-            Ok(o) => {
+        match case::run(checked, cancel, sink).await {
+            Ok(done) => {
+                let r = done
+                    .runs
+                    .into_iter()
+                    .next()
+                    .expect("a case has a first session");
                 record.runs.push(CellRun {
                     n,
                     dir: format!("cells/{}/run-{n}", cell.id),
-                    verdict: o.result.verdict,
-                    stage: o.result.stage,
-                    exit_code: i32::from(o.result.exit_code),
-                    time_to_verdict_s: o.result.time_to_verdict_s,
-                    duration_s: o.result.duration_s,
-                    qemu_s: o.result.qemu.wall_s,
+                    outcome: r.outcome.clone(),
+                    duration_s: r.duration_s,
+                    qemu_s: r.qemu.wall_s,
                 });
-                outcomes.push(o.result);
+                outcomes.push(r);
             }
             Err(e) => {
-                record.error = Some(format!("{e:#}"));
-                record.reason = format!("harness error: {e:#}");
+                record.outcome = Outcome::harness_error(&e.to_string());
+                record.error = Some(e.to_string());
                 break;
             }
         }
@@ -566,73 +610,71 @@ async fn run_cell(
     record.duration_s = round(t.elapsed().as_secs_f64());
     let qemu_s: f64 = record.runs.iter().filter_map(|r| r.qemu_s).sum();
     record.overhead_s = round((record.duration_s - qemu_s).max(0.0));
-    write_json_atomic(&cell_json, &record)?;
+    let (path, rec) = (cell_json.clone(), record.clone());
+    crate::engine::disk::blocking(move || Ok(write_json_atomic(&path, &rec)?)).await?;
     Ok(CellOutcome::Ran(Box::new(record)))
 }
 
-fn boot_request(
+/// A cell's run as a case: boot to the matrix's target (a fixture through `snapshot=on`, an
+/// image through its own overlay).
+fn case_request(
     spec: &MatrixSpec,
     cell: &PlannedCell,
     q: &ResolvedQemu,
     f: &ResolvedFirmware,
     img: &PreparedImage,
     run_dir: &Path,
-) -> BootRequest {
-    let guest_vars = matches!(vars_choice(spec, cell), VarsChoice::Guest);
-    let mut req = BootRequest {
-        qemu: q.binary.clone(),
-        qemu_exec: q.exec.clone(),
-        machine: "virt".into(),
-        cpu: Some(cell.axes.cpu.clone()),
-        accel: None,
-        smp: spec.smp,
-        memory_mib: spec.memory_mib,
-        firmware_code: f.code.clone(),
-        vars_template: f.vars_template.clone(),
-        disks: Vec::new(),
-        snapshot: true,
-        network: None,
-        extra_args: Vec::new(),
-        target: spec.target,
-        timeout: spec.timeout,
-        silence: spec.silence,
-        results_root: run_dir.parent().unwrap_or(run_dir).to_path_buf(),
-        results_dir: Some(run_dir.to_path_buf()),
-        name: cell.id.clone(),
-        timings: Timings::default(),
-        image: None,
-        login: false,
-    };
+) -> CaseRequest {
+    let mut req = CaseRequest::new(
+        &cell.id,
+        CaseDir::Exactly(run_dir.to_path_buf()),
+        f.code.clone(),
+        vec![Step::Boot {
+            until: spec.target,
+            timeout: spec.timeout,
+            silence: spec.silence,
+        }],
+    );
+    req.qemu = q.binary.clone();
+    req.qemu_exec = q.exec.clone();
+    req.cpu = Some(cell.axes.cpu.clone());
+    req.smp = spec.smp;
+    req.memory_mib = spec.memory_mib;
+    if let Some(t) = &f.vars_template {
+        req.vars = VarsSource::Template(t.clone());
+    }
     match img {
-        PreparedImage::Fixture { path, .. } => req.disks.push(path.clone()),
+        PreparedImage::Fixture { path, .. } => {
+            req.disks.push(path.clone());
+            req.snapshot = true;
+        }
         PreparedImage::Image(r) => {
             req.network = Some(Vec::new());
-            req.image = Some(image_boot(r, &r.path, &r.sha256, r.format));
+            req.image = Some(image_disk(r, &r.path, &r.sha256, r.format));
         }
         PreparedImage::Upgraded { base, up } => {
             req.network = Some(Vec::new());
-            req.image = Some(image_boot(
+            req.image = Some(image_disk(
                 base,
                 &up.disk,
                 &up.disk_sha256,
                 ImageFormat::Qcow2,
             ));
-            if guest_vars {
-                req.vars_template = Some(up.vars.clone());
+            if matches!(vars_choice(spec, cell), VarsChoice::Guest) {
+                req.vars = VarsSource::Template(up.vars.clone());
             }
         }
     }
     req
 }
 
-fn image_boot(r: &Resolved, base: &Path, sha256: &str, format: ImageFormat) -> ImageBoot {
-    ImageBoot {
+fn image_disk(r: &Resolved, base: &Path, sha256: &str, format: ImageFormat) -> ImageDisk {
+    ImageDisk {
         name: r.name.clone(),
         base: base.to_path_buf(),
         base_sha256: sha256.to_string(),
         format,
         guest: r.guest.clone(),
-        keep_overlay: false,
     }
 }
 
@@ -647,25 +689,24 @@ fn summarize(
 ) {
     let pick = outcomes
         .iter()
-        .find(|r| r.exit_code == exit_code::BAD)
+        .find(|r| r.outcome.exit_code == exit_code::BAD)
         .or_else(|| {
             outcomes
                 .iter()
-                .find(|r| r.exit_code == exit_code::UNDETERMINED)
+                .find(|r| r.outcome.exit_code == exit_code::UNDETERMINED)
         })
         .or(outcomes.first());
     record.crashed = outcomes
         .iter()
-        .filter(|r| r.exit_code == exit_code::BAD)
+        .filter(|r| r.outcome.exit_code == exit_code::BAD)
         .count() as u32;
-    let verdicts: BTreeSet<&str> = outcomes.iter().map(|r| r.verdict.as_str()).collect();
+    let verdicts: BTreeSet<&str> = outcomes
+        .iter()
+        .map(|r| r.outcome.verdict.as_str())
+        .collect();
     record.flaky = verdicts.len() > 1;
     if let Some(r) = pick {
-        record.verdict = r.verdict;
-        record.stage = r.stage;
-        record.exit_code = i32::from(r.exit_code);
-        record.before_grub = r.before_grub;
-        record.reason = r.reason.clone();
+        record.outcome = r.outcome.clone();
         record.exception = r.finding.as_ref().map(|f| f.text.clone());
         if let Some(v) = &r.qemu.version {
             record.qemu_version = Some(v.clone());
@@ -685,10 +726,12 @@ fn summarize(
         CellStatus::Interrupted
     } else if record.error.is_some()
         || !complete
-        || outcomes.iter().any(|r| r.verdict == Verdict::HarnessError)
+        || outcomes
+            .iter()
+            .any(|r| r.outcome.verdict == Verdict::HarnessError)
     {
         if record.error.is_none() {
-            record.error = Some(record.reason.clone());
+            record.error = Some(record.outcome.reason.clone());
         }
         CellStatus::Error
     } else {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::verdict::{Stage, Verdict, exit_code};
+use crate::core::verdict::{Outcome, Verdict};
 
 pub const PLAN_SCHEMA: &str = "bootwatch.matrix-plan/1";
 pub const CELL_SCHEMA: &str = "bootwatch.cell/1";
@@ -112,6 +112,17 @@ pub enum CellStatus {
     NotRun,
 }
 
+impl CellStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CellStatus::Done => "done",
+            CellStatus::Error => "error",
+            CellStatus::Interrupted => "interrupted",
+            CellStatus::NotRun => "not-run",
+        }
+    }
+}
+
 /// What the cell was run with, as resolved: the resume key is built from these.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CellInputs {
@@ -140,11 +151,9 @@ pub struct CellRun {
     /// The run's results directory, relative to the matrix results directory
     /// (`cells/<id>/run-<n>`): `result.json`, `console.log`, `serial.raw`, `qmp.jsonl`.
     pub dir: String,
-    pub verdict: Verdict,
-    pub stage: Stage,
-    pub exit_code: i32,
-    pub time_to_verdict_s: Option<f64>,
-    /// Wall time of the run (bootwatch's whole `run()`).
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// Wall time of the run (the whole case).
     pub duration_s: f64,
     /// How long QEMU itself ran (its process lifetime).
     pub qemu_s: Option<f64>,
@@ -167,13 +176,10 @@ pub struct CellRecord {
     pub firmware_banner: Option<String>,
     /// The cell's verdict: the worst run's (a cell that crashed once in N runs is a crash, with
     /// `crashed` = 1 and `flaky` = true).
-    pub verdict: Verdict,
-    pub stage: Stage,
-    pub exit_code: i32,
-    pub before_grub: bool,
+    #[serde(flatten)]
+    pub outcome: Outcome,
     /// The evidence line (e.g. `Synchronous Exception at 0x000000007C743000`).
     pub exception: Option<String>,
-    pub reason: String,
     pub repeat: u32,
     /// Runs whose verdict is a guest failure (exit code 1).
     pub crashed: u32,
@@ -201,12 +207,12 @@ impl CellRecord {
             qemu_version: None,
             firmware_version: None,
             firmware_banner: None,
-            verdict: Verdict::HarnessError,
-            stage: Stage::None,
-            exit_code: i32::from(exit_code::UNDETERMINED),
-            before_grub: false,
+            outcome: Outcome {
+                before_grub: false,
+                reason: "not run".to_string(),
+                ..Outcome::unfinished("cell")
+            },
             exception: None,
-            reason: "not run".to_string(),
             repeat,
             crashed: 0,
             flaky: false,
@@ -220,7 +226,7 @@ impl CellRecord {
 
     /// The cell's colour in the reports.
     pub fn category(&self) -> Category {
-        Category::of(self.status, self.verdict, self.exit_code)
+        Category::of(self.status, self.outcome.verdict, self.outcome.exit_code)
     }
 }
 
@@ -264,7 +270,7 @@ pub enum Category {
 impl Category {
     /// `exit_code` 0 counts as reached whatever the verdict (e.g. a fixture that powers the
     /// machine off on purpose: `qemu-exited` with no target, exit code 0).
-    pub fn of(status: CellStatus, verdict: Verdict, exit_code: i32) -> Category {
+    pub fn of(status: CellStatus, verdict: Verdict, exit_code: u8) -> Category {
         match status {
             CellStatus::NotRun | CellStatus::Interrupted => return Category::NotRun,
             CellStatus::Error => return Category::Error,

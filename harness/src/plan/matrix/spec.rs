@@ -14,6 +14,7 @@ use crate::inputs::images::catalog::line_of;
 use crate::inputs::providers::{FirmwareProvider, QemuProvider};
 use crate::plan::matrix::model::AXES;
 use crate::plan::scenario::SpecError;
+use crate::plan::updates::UpdateChoice;
 
 /// The suffix that names an image's state after its upgrade.
 pub const UPGRADED: &str = "@upgraded";
@@ -90,10 +91,11 @@ pub struct UpgradeSpec {
     /// Scenario file (relative to the matrix file), or `None` for the shipped
     /// `scenarios/upgrade-reboot.toml`.
     pub scenario: Option<PathBuf>,
-    /// `good` (the built-in hermetic bootloader update: GRUB 2.12 from bookworm-backports), or a
-    /// directory holding a flat repository (resolved against the matrix file's directory and
-    /// checked to exist when the file is parsed).
-    pub update: String,
+    /// `good` (the built-in hermetic bootloader update: GRUB 2.12 from bookworm-backports),
+    /// `bad` (the built-in update that puts a crashing EFI binary where the firmware boots from),
+    /// or a directory holding a package repository (resolved against the matrix file's directory
+    /// and checked when the file is parsed).
+    pub update: UpdateChoice,
     pub qemu: QemuProvider,
     pub firmware: FirmwareProvider,
 }
@@ -348,7 +350,7 @@ impl MatrixSpec {
         let upgrade = match raw.upgrade {
             None => UpgradeSpec {
                 scenario: None,
-                update: default_update(),
+                update: UpdateChoice::Good,
                 qemu: QemuProvider::Host,
                 firmware: FirmwareProvider::Host,
             },
@@ -356,22 +358,12 @@ impl MatrixSpec {
                 let at = u.span().start;
                 let u = u.into_inner();
                 let base = Path::new(file).parent().unwrap_or(Path::new("."));
-                let update = if u.update == "good" {
-                    u.update
-                } else {
-                    let dir = base.join(&u.update);
-                    if !dir.is_dir() {
-                        return Err(err(
-                            at,
-                            format!(
-                                "[upgrade] update {:?}: expected \"good\" (the built-in update) or a directory with a package repository ({} is not one)",
-                                u.update,
-                                dir.display()
-                            ),
-                        ));
-                    }
-                    dir.display().to_string()
+                let named = match u.update.as_str() {
+                    "good" | "bad" => u.update.clone(),
+                    dir => base.join(dir).display().to_string(),
                 };
+                let update =
+                    UpdateChoice::parse(&named).map_err(|m| err(at, format!("[upgrade] {m}")))?;
                 UpgradeSpec {
                     scenario: u.scenario.map(|s| base.join(s)),
                     update,
@@ -441,7 +433,7 @@ firmware = ["debian:2022.11", "debian:2025.02/strictnx"]
         assert_eq!(m.vars, vec![("template".into(), VarsChoice::Template)]);
         assert_eq!(m.target, None);
         assert_eq!(m.repeat, 1);
-        assert_eq!(m.upgrade.update, "good");
+        assert_eq!(m.upgrade.update, UpdateChoice::Good);
     }
 
     #[test]
@@ -476,10 +468,15 @@ firmware = ["debian:2022.11", "debian:2025.02/strictnx"]
         assert!(e.starts_with("m.toml:3:") && e.contains("repeats"), "{e}");
         let e = error("name = \"t\"\n");
         assert!(e.contains("axes"), "{e}");
-        let e = error(&format!("{SMOKE}[upgrade]\nupdate = \"bad\"\n"));
+        let e = error(&format!("{SMOKE}[upgrade]\nupdate = \"worse\"\n"));
         assert!(
-            e.starts_with("m.toml:7:") && e.contains("[upgrade] update \"bad\""),
+            e.starts_with("m.toml:7:")
+                && e.contains("[upgrade] update \"")
+                && e.contains("neither"),
             "{e}"
         );
+        let ok =
+            MatrixSpec::parse(&format!("{SMOKE}[upgrade]\nupdate = \"bad\"\n"), "m.toml").unwrap();
+        assert_eq!(ok.upgrade.update, UpdateChoice::Bad);
     }
 }

@@ -1,8 +1,12 @@
 //! An image's state after its upgrade, for the matrix's `NAME@upgraded` cells: the upgrade
-//! scenario runs once on the image (with the matrix's `[upgrade]` update and builds), and the disk
-//! (a qcow2 overlay over the base image) and firmware variable store it left are cached under
-//! `<cache>/upgraded/<image>-<key>/`, keyed by everything that went into them. Cells boot that
-//! disk through their own overlays, so it is never written again.
+//! scenario runs once on the image as an ordinary case (with the matrix's `[upgrade]` update and
+//! builds), and the disk (a qcow2 overlay over the base image) and firmware variable store it left
+//! are cached under `<cache>/upgraded/<image>-<key>/`, keyed by everything that went into them.
+//! Cells boot that disk through their own overlays, so it is never written again.
+//!
+//! The state is kept whatever the guest did after the upgrade: an update that leaves the guest
+//! unable to boot is exactly what the cells exist to show, so the cells are judged on it (its
+//! outcome is recorded here too). Only an upgrade bootwatch could not run is an error.
 
 use std::path::{Path, PathBuf};
 
@@ -10,19 +14,20 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::verdict::exit_code;
-use crate::engine::record::write_json_atomic;
-use crate::engine::runner::{CaseConfig, MachineSpec, UpdateRepo, run_case};
-use crate::engine::session::Timings;
+use crate::core::event::EventSink;
+use crate::core::verdict::Outcome;
+use crate::engine::case::{self, CaseDir, CaseRequest, ImageDisk, VarsSource};
+use crate::engine::record::RunStatus;
 use crate::inputs::images::Resolved;
 use crate::inputs::providers::{self, ProviderContext};
-use crate::inputs::repo;
 use crate::plan::demo::UPGRADE_REBOOT;
 use crate::plan::matrix::spec::UpgradeSpec;
 use crate::plan::scenario::Scenario;
+use crate::plan::updates;
+use crate::sys::fsx;
 
 /// Bump when the way the upgraded state is made changes (invalidates the cache).
-const UPGRADE_FORMAT: &str = "matrix-upgrade/1";
+const UPGRADE_FORMAT: &str = "matrix-upgrade/2";
 
 /// The upgraded disk and store (both read-only inputs to the cells).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -33,21 +38,20 @@ pub struct UpgradedImage {
     pub vars_sha256: String,
     /// The upgrade's own results (case.json, consoles), kept beside the disk.
     pub case_dir: PathBuf,
-    /// Verdict of the boot after the upgrade.
-    pub verdict: String,
+    /// How the boot after the upgrade went (the cells judge the state on their own).
+    pub outcome: Outcome,
     pub key: String,
     pub made_at: String,
     pub made_in_s: f64,
 }
 
-/// Returns the cached upgraded state of `base`, or makes it (one scenario run, minutes under
-/// TCG). Fails when the upgraded guest does not boot (`reached` is required: the state to test
-/// firmware and QEMU builds against is a guest that booted after its upgrade).
+/// Returns the cached upgraded state of `base`, or makes it (one case, minutes under TCG).
 pub async fn prepare(
     base: &Resolved,
     spec: &UpgradeSpec,
     ctx: &ProviderContext,
     cancel: &CancellationToken,
+    sink: &EventSink,
 ) -> anyhow::Result<UpgradedImage> {
     let (scenario_text, scenario_name) = match &spec.scenario {
         Some(p) => (
@@ -60,16 +64,12 @@ pub async fn prepare(
         ),
     };
     let scenario = Scenario::parse(&scenario_text, &scenario_name)?;
-    let update_key = match spec.update.as_str() {
-        "good" => "good".to_string(),
-        dir => dir_fingerprint(Path::new(dir))?,
-    };
     let mut h = Sha256::new();
     for part in [
         UPGRADE_FORMAT,
         &base.sha256,
         &scenario_text,
-        &update_key,
+        &spec.update.key()?,
         &spec.qemu.to_string(),
         &spec.firmware.to_string(),
     ] {
@@ -85,8 +85,8 @@ pub async fn prepare(
     }
     std::fs::create_dir_all(&root)?;
     // One maker at a time; a second process waits, then finds it made.
-    let lock_path = root.join(format!(".{}-{key}.lock", base.name));
-    let _lock = crate::sys::fsx::FileLock::acquire_async(&lock_path).await?;
+    let _lock =
+        fsx::FileLock::acquire_async(&root.join(format!(".{}-{key}.lock", base.name))).await?;
     if let Some(up) = load(&manifest) {
         return Ok(up);
     }
@@ -102,89 +102,96 @@ pub async fn prepare(
             f.code.display()
         );
     };
-    let machine = MachineSpec {
-        qemu: q.binary.clone(),
-        qemu_exec: q.exec.clone(),
-        cpu: crate::plan::matrix::spec::DEFAULT_CPU.into(),
-        accel: crate::sys::host::host_facts().best_accel(),
-        smp: 2,
-        memory_mib: 2048,
-        firmware_code: f.code.clone(),
-        vars_template,
-    };
-    let update_dir = match spec.update.as_str() {
-        "good" => {
-            let mirror = crate::inputs::debian::resolve_mirror(ctx.mirror.as_deref())?;
-            repo::good_update(&mirror, &ctx.cache_root, &tmp.path().join("repo"))
-                .await?
-                .dir
-        }
-        d => PathBuf::from(d),
-    };
+    let update = updates::make(
+        &spec.update,
+        &base.name,
+        ctx.mirror.as_deref(),
+        &ctx.cache_root,
+        &tmp.path().join("repo"),
+    )
+    .await?;
     let case_dir = tmp.path().join("case");
-    let cfg = CaseConfig {
-        label: format!("{}@upgraded", base.name),
-        scenario,
-        image: base.clone(),
-        machine,
-        update: Some(UpdateRepo {
-            label: spec.update.clone(),
-            dir: update_dir,
-        }),
-        exclude_bootloader: false,
-        restore_bootloader: false,
-        dir: case_dir.clone(),
-        timings: Timings::default(),
-    };
-    let r = run_case(&cfg, cancel, None).await?;
-    if cancel.is_cancelled() {
+    let mut req = CaseRequest::new(
+        &format!("{}@upgraded", base.name),
+        CaseDir::Exactly(case_dir.clone()),
+        f.code.clone(),
+        scenario.steps.clone(),
+    );
+    req.qemu = q.binary.clone();
+    req.qemu_exec = q.exec.clone();
+    req.cpu = Some(crate::plan::matrix::spec::DEFAULT_CPU.into());
+    req.smp = 2;
+    req.memory_mib = 2048;
+    req.vars = VarsSource::Template(vars_template);
+    req.image = Some(ImageDisk {
+        name: base.name.clone(),
+        base: base.path.clone(),
+        base_sha256: base.sha256.clone(),
+        format: base.format,
+        guest: base.guest.clone(),
+    });
+    req.keep_disks = true;
+    req.network = Some(Vec::new());
+    req.scenario = Some(scenario.name.clone());
+    req.update = Some(update);
+    let checked = case::check(req)?;
+    let done = case::run(
+        checked,
+        cancel,
+        &sink.scoped(&format!("{}@upgraded", base.name)),
+    )
+    .await?;
+    let r = &done.record;
+    if cancel.is_cancelled() || r.status == RunStatus::Interrupted {
         bail!("interrupted while upgrading {}", base.name);
     }
-    if r.exit_code != exit_code::GOOD {
+    if r.status == RunStatus::Error {
         // Keep the evidence where the user can read it.
         let failed = root.join(format!("{}-{key}.failed", base.name));
         let _ = std::fs::remove_dir_all(&failed);
         let _ = std::fs::rename(&case_dir, &failed);
         bail!(
-            "the upgraded {} did not boot: {} at stage {} ({}); its results are in {}",
+            "the upgrade of {} could not be made ({}); its results are in {}",
             base.name,
-            r.verdict,
-            r.stage,
-            r.reason,
+            r.outcome.reason,
             failed.display()
         );
     }
-    let disk = dir.join("disk.qcow2");
-    let vars = dir.join("vars.fd");
-    let final_case = dir.join("case");
+    let (Some(overlay), Some(vars)) = (
+        r.provision.as_ref().map(|p| p.overlay.clone()),
+        r.vars.clone(),
+    ) else {
+        bail!(
+            "the upgrade case of {} left no disk or vars store",
+            base.name
+        );
+    };
+    let outcome = r.outcome.clone();
     // Files move into the final directory's temporary twin, then one rename publishes it.
     let staging = tmp.path().join("final");
     std::fs::create_dir_all(&staging)?;
-    std::fs::rename(&r.overlay, staging.join("disk.qcow2"))?;
-    std::fs::copy(&r.vars, staging.join("vars.fd"))?;
+    std::fs::rename(&overlay, staging.join("disk.qcow2"))?;
+    std::fs::rename(&vars, staging.join("vars.fd"))?;
     std::fs::rename(&case_dir, staging.join("case"))?;
     let (disk_sha256, vars_sha256) = {
         let (a, b) = (staging.join("disk.qcow2"), staging.join("vars.fd"));
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String)> {
-            Ok((
-                crate::sys::fsx::hash_file(&a)?.sha256,
-                crate::sys::fsx::hash_file(&b)?.sha256,
-            ))
+        crate::engine::disk::blocking(move || {
+            Ok((fsx::hash_file(&a)?.sha256, fsx::hash_file(&b)?.sha256))
         })
-        .await??
+        .await?
     };
     let up = UpgradedImage {
-        disk,
+        disk: dir.join("disk.qcow2"),
         disk_sha256,
-        vars,
+        vars: dir.join("vars.fd"),
         vars_sha256,
-        case_dir: final_case,
-        verdict: r.verdict.to_string(),
+        case_dir: dir.join("case"),
+        outcome,
         key,
         made_at: jiff::Timestamp::now().to_string(),
         made_in_s: crate::engine::qmp::round_ms(t.elapsed().as_secs_f64()),
     };
-    write_json_atomic(&staging.join("upgraded.json"), &up)?;
+    fsx::write_json_atomic(&staging.join("upgraded.json"), &up)?;
     // Read-only from now on: cells only ever open it through overlays.
     for f in ["disk.qcow2", "vars.fd"] {
         let p = staging.join(f);
@@ -192,33 +199,11 @@ pub async fn prepare(
         perm.set_readonly(true);
         std::fs::set_permissions(&p, perm)?;
     }
-    crate::sys::fsx::replace_dir(&staging, &dir, "upgraded image state")?;
+    fsx::replace_dir(&staging, &dir, "upgraded image state")?;
     Ok(up)
 }
 
 fn load(manifest: &Path) -> Option<UpgradedImage> {
-    let up: UpgradedImage = serde_json::from_slice(&std::fs::read(manifest).ok()?).ok()?;
+    let up: UpgradedImage = fsx::read_json(manifest)?;
     (up.disk.is_file() && up.vars.is_file()).then_some(up)
-}
-
-/// Names, sizes and modification times of a directory's files: enough to notice a changed
-/// update repository without hashing every package.
-fn dir_fingerprint(dir: &Path) -> anyhow::Result<String> {
-    let mut entries = Vec::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let e = e?;
-        let m = e.metadata()?;
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
-        entries.push(format!(
-            "{}:{}:{mtime}",
-            e.file_name().to_string_lossy(),
-            m.len()
-        ));
-    }
-    entries.sort();
-    Ok(format!("{}|{}", dir.display(), entries.join(",")))
 }

@@ -1,0 +1,274 @@
+//! `bootwatch boot` (a one-step case) and `bootwatch classify` (offline).
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::{
+    CliError, CliResult, firmware_or_host, seconds_flag, show, signal_token, unknown_image,
+};
+use crate::core::classify::{self, FindingKind};
+use crate::core::launch::{Accel, Forward};
+use crate::core::verdict::Target;
+use crate::engine::case::{self, CaseDir, CaseRequest, ImageDisk, VarsSource};
+use crate::engine::record::RunResult;
+use crate::engine::step::{IDENTIFY_COMMANDS, Step};
+use crate::inputs::images::{self, Registry};
+
+#[derive(clap::Args, Debug)]
+pub struct BootArgs {
+    /// Firmware code image (default: the host's edk2, e.g. /usr/share/AAVMF/AAVMF_CODE.fd).
+    #[arg(long)]
+    firmware: Option<PathBuf>,
+    /// Vars template (default: the VARS file next to the code image); the run boots a copy.
+    #[arg(long)]
+    vars: Option<PathBuf>,
+    /// Disk image (raw or qcow2); repeat for more disks.
+    #[arg(long, required_unless_present = "image")]
+    disk: Vec<PathBuf>,
+    /// A catalog image or local recipe (see `bootwatch images list`), fetched or built if
+    /// needed, booted through a fresh overlay with its cloud-init provisioning.
+    #[arg(long)]
+    image: Option<String>,
+    /// With --image and --until login: log in on the serial console as the provisioned user.
+    #[arg(long, requires = "image")]
+    login: bool,
+    /// With --image: keep the run's overlay and vars store (the disk as the guest left it) in
+    /// the results.
+    #[arg(long, requires = "image")]
+    keep_overlay: bool,
+    /// Debian archive mirror for building a local image.
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Never write the disks: QEMU keeps the guest's writes in a temporary overlay.
+    #[arg(long)]
+    snapshot: bool,
+    /// Stage to wait for (grub, kernel or login); without it the run waits for a failure, a
+    /// power-off, silence or the timeout.
+    #[arg(long)]
+    until: Option<Target>,
+    /// Overall timeout in seconds.
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// Seconds without console output after which the guest is judged hung.
+    #[arg(long, default_value_t = 60.0)]
+    silence: f64,
+    /// Print result.json to stdout.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value = "qemu-system-aarch64")]
+    qemu: PathBuf,
+    #[arg(long, default_value = "virt")]
+    machine: String,
+    /// CPU model (default: cortex-a72 under TCG, host under KVM/HVF).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Accelerator: tcg, kvm or hvf (default: the best the host has).
+    #[arg(long)]
+    accel: Option<Accel>,
+    #[arg(long, default_value_t = 2)]
+    smp: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    memory: u32,
+    /// User-mode network with HOST:GUEST TCP forwards bound to 127.0.0.1 (repeatable).
+    #[arg(long = "forward", value_parser = parse_forward)]
+    forwards: Vec<Forward>,
+    /// Add a user-mode network even without forwards.
+    #[arg(long)]
+    net: bool,
+    /// Extra argument passed to QEMU verbatim (repeatable).
+    #[arg(long = "qemu-arg", allow_hyphen_values = true)]
+    qemu_args: Vec<OsString>,
+    /// Results root: the run writes DIR/<run-id>/.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+}
+
+fn parse_forward(s: &str) -> Result<Forward, String> {
+    let (h, g) = s
+        .split_once(':')
+        .ok_or("expected HOST:GUEST, e.g. 2222:22")?;
+    let p = |x: &str| x.parse::<u16>().map_err(|e| format!("{x:?}: {e}"));
+    Ok(Forward {
+        host_port: p(h)?,
+        guest_port: p(g)?,
+    })
+}
+
+/// The case `bootwatch boot` runs: one boot step, and with `--login` a login and a few
+/// identifying commands.
+fn request(args: &BootArgs) -> Result<CaseRequest, CliError> {
+    let mut steps = vec![Step::Boot {
+        until: args.until,
+        timeout: seconds_flag("timeout", args.timeout)?,
+        silence: seconds_flag("silence", args.silence)?,
+    }];
+    if args.login {
+        steps.push(Step::Login {
+            timeout: std::time::Duration::from_secs(120),
+        });
+        steps.extend(IDENTIFY_COMMANDS.iter().map(|c| Step::Run {
+            command: c.to_string(),
+            root: false,
+            timeout: std::time::Duration::from_secs(60),
+            expect_exit: 0,
+        }));
+    }
+    let name = args
+        .image
+        .clone()
+        .or_else(|| {
+            args.disk
+                .first()
+                .and_then(|d| d.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "boot".into());
+    let mut req = CaseRequest::new(
+        &name,
+        CaseDir::Under(args.results.clone()),
+        firmware_or_host(args.firmware.clone())?,
+        steps,
+    );
+    req.qemu = args.qemu.clone();
+    req.machine = args.machine.clone();
+    req.cpu = args.cpu.clone();
+    req.accel = args.accel;
+    req.smp = args.smp;
+    req.memory_mib = args.memory;
+    if let Some(v) = &args.vars {
+        req.vars = VarsSource::Template(v.clone());
+    }
+    req.disks = args.disk.clone();
+    req.snapshot = args.snapshot;
+    req.keep_disks = args.keep_overlay;
+    req.network = (args.net || !args.forwards.is_empty()).then(|| args.forwards.clone());
+    req.extra_args = args.qemu_args.clone();
+    Ok(req)
+}
+
+pub async fn boot(args: BootArgs) -> CliResult {
+    let mut req = request(&args)?;
+    let sink = show::terminal(args.json);
+    if let Some(name) = &args.image {
+        let registry = Registry::load().map_err(CliError::usage)?;
+        let Some(entry) = registry.get(name) else {
+            return Err(unknown_image(name, &registry));
+        };
+        // Check what can be checked before a download or build of minutes.
+        case::check_machine(CaseRequest {
+            image: Some(ImageDisk {
+                name: name.clone(),
+                base: PathBuf::new(),
+                base_sha256: String::new(),
+                format: images::catalog::ImageFormat::Qcow2,
+                guest: entry.guest().clone(),
+            }),
+            ..req.clone()
+        })?;
+        let cache = crate::sys::fsx::cache_root().map_err(CliError::undetermined)?;
+        let resolved = images::resolve(entry, &cache, args.mirror.as_deref(), !args.json)
+            .await
+            .map_err(|e| CliError::undetermined(format!("image {name}: {e:#}")))?;
+        req.image = Some(ImageDisk {
+            name: resolved.name,
+            base: resolved.path,
+            base_sha256: resolved.sha256,
+            format: resolved.format,
+            guest: resolved.guest,
+        });
+        req.network.get_or_insert_with(Vec::new);
+    }
+    let checked = case::check(req)?;
+    let done = case::run(checked, &signal_token(), &sink).await?;
+    let first = done.runs.first().expect("a case has a first session");
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(first).unwrap_or_default()
+        );
+    } else {
+        print_summary(first, &done.dir);
+    }
+    Ok(ExitCode::from(done.record.outcome.exit_code))
+}
+
+fn print_summary(r: &RunResult, dir: &Path) {
+    let mut out = std::io::stdout().lock();
+    let o = &r.outcome;
+    let where_ = if o.verdict.is_guest_failure() && o.before_grub {
+        ", before GRUB"
+    } else {
+        ""
+    };
+    let t = o
+        .time_to_verdict_s
+        .map(|t| format!(" after {t:.1} s"))
+        .unwrap_or_default();
+    let _ = writeln!(out, "verdict: {} (stage {}{where_}){t}", o.verdict, o.stage);
+    let _ = writeln!(out, "  {}", show::one_line(&o.reason));
+    if let Some(x) = r.finding.as_ref().and_then(|f| f.exception.as_ref()) {
+        if let Some(a) = &x.address {
+            let _ = writeln!(out, "  exception: {} at {a}", x.kind);
+        }
+        for f in x.backtrace.iter().take(8) {
+            let _ = writeln!(out, "    PC {} {}", f.pc, f.module.as_deref().unwrap_or(""));
+        }
+    }
+    for c in &r.commands {
+        let _ = writeln!(
+            out,
+            "  $ {}  (exit {})\n    {}",
+            c.command,
+            c.exit_code,
+            show::one_line(c.output.trim())
+        );
+    }
+    let _ = writeln!(out, "results: {}", dir.display());
+}
+
+pub fn classify(path: &Path, json: bool) -> CliResult {
+    let bytes =
+        std::fs::read(path).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+    let (cls, d) = classify::classify_log(&bytes);
+    let boot = cls.current();
+    let mut out = std::io::stdout().lock();
+    if json {
+        let v = serde_json::json!({
+            "file": path,
+            "verdict": d.verdict,
+            "stage": d.stage,
+            "before_grub": d.before_grub,
+            "reason": d.reason,
+            "exit_code": d.exit_code,
+            "finding": d.finding.map(|i| &boot.findings[i]),
+            "findings": boot.findings,
+            "timeline": boot.timeline,
+            "boots": cls.boots().len(),
+            "lines": cls.lines(),
+        });
+        let _ = serde_json::to_writer_pretty(&mut out, &v);
+        let _ = writeln!(out);
+    } else {
+        let _ = writeln!(out, "verdict: {} (stage {})", d.verdict, d.stage);
+        let _ = writeln!(out, "  {}", show::one_line(&d.reason));
+        for f in &boot.findings {
+            let kind = match f.kind {
+                FindingKind::Fatal => "fatal",
+                FindingKind::Suspect if f.cleared => "cleared",
+                FindingKind::Suspect => "suspect",
+                FindingKind::Note => "note",
+            };
+            let _ = writeln!(
+                out,
+                "  line {:>5} {kind:<8} {:<26} {}",
+                f.line,
+                f.pattern,
+                show::one_line(f.text.trim())
+            );
+        }
+    }
+    Ok(ExitCode::from(d.exit_code))
+}

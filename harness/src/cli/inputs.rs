@@ -1,0 +1,140 @@
+//! `bootwatch images`, `bootwatch firmware`, `bootwatch fixtures`: the inputs of cases.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use super::{CliError, CliResult, unknown_image};
+use crate::inputs::images::{self, Registry};
+use crate::inputs::{debian, fixtures as fx};
+
+#[derive(Subcommand, Debug)]
+pub enum ImagesCommand {
+    /// Every catalog image and local recipe, with its cache state.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download and verify a catalog image into the cache (a no-op when cached).
+    Fetch { name: String },
+    /// Build a local recipe (a no-op when built); prints the image path.
+    Build {
+        name: String,
+        /// Debian archive mirror (default: BOOTWATCH_MIRROR, else the host's apt sources).
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FirmwareCommand {
+    /// Download, verify and unpack Debian's qemu-efi-aarch64 of a version (e.g. 2025.02, or
+    /// 2025.02/strictnx for a variant) into the cache; prints the code and vars paths.
+    Fetch {
+        spec: String,
+        /// Debian archive mirror (default: BOOTWATCH_MIRROR, else the host's apt sources).
+        #[arg(long)]
+        mirror: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn fixtures(out: &Path) -> CliResult {
+    let paths = fx::write_all(out).map_err(|e| CliError::undetermined(format!("{e:#}")))?;
+    for p in paths {
+        println!("{}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn images(command: ImagesCommand) -> CliResult {
+    let registry = Registry::load().map_err(CliError::usage)?;
+    let cache = crate::sys::fsx::cache_root().map_err(CliError::undetermined)?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        ImagesCommand::List { json } => {
+            let status = registry.status(&cache);
+            if json {
+                let _ = serde_json::to_writer_pretty(&mut out, &status);
+                let _ = writeln!(out);
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{:<18} {:<7} {:<10} {:<10} {:>9}  description",
+                    "name", "kind", "reported", "state", "size"
+                );
+                for s in &status {
+                    let size = s
+                        .size
+                        .map(|b| format!("{:.0} MiB", b as f64 / 1048576.0))
+                        .unwrap_or_default();
+                    let reported = format!("{:?}", s.reported).to_lowercase();
+                    let _ = writeln!(
+                        out,
+                        "{:<18} {:<7} {reported:<10} {:<10} {size:>9}  {}",
+                        s.name, s.kind, s.state, s.description
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "(vendor entries were researched, not downloaded, where they were written; `images list --json` has each entry's verification note)"
+                );
+            }
+        }
+        ImagesCommand::Fetch { name } => {
+            let Some(entry) = registry.get(&name) else {
+                return Err(unknown_image(&name, &registry));
+            };
+            if matches!(entry, images::Entry::Local(_)) {
+                return Err(CliError::usage(format!(
+                    "{name} is a local recipe: use `bootwatch images build {name}`"
+                )));
+            }
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let r = images::resolve(entry, &cache, None, progress)
+                .await
+                .map_err(|e| CliError::undetermined(format!("image {name}: {e:#}")))?;
+            let _ = writeln!(out, "{}", r.path.display());
+        }
+        ImagesCommand::Build { name, mirror } => {
+            let Some(entry) = registry.get(&name) else {
+                return Err(unknown_image(&name, &registry));
+            };
+            if matches!(entry, images::Entry::Vendor(_)) {
+                return Err(CliError::usage(format!(
+                    "{name} is a vendor image: use `bootwatch images fetch {name}`"
+                )));
+            }
+            let r = images::resolve(entry, &cache, mirror.as_deref(), false)
+                .await
+                .map_err(|e| CliError::undetermined(format!("image {name}: {e:#}")))?;
+            let _ = writeln!(out, "{}", r.path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn firmware(command: FirmwareCommand) -> CliResult {
+    let FirmwareCommand::Fetch { spec, mirror, json } = command;
+    let (version, variant) = spec.split_once('/').unwrap_or((&spec, "default"));
+    let mirror = debian::resolve_mirror(mirror.as_deref())?;
+    let cache = crate::sys::fsx::cache_root().map_err(CliError::undetermined)?;
+    let build = debian::fetch_edk2(&mirror, version, &cache).await?;
+    let (code, vars) = build.firmware(variant)?;
+    if json {
+        let v = serde_json::json!({ "debian_version": build.debian_version, "suite": build.suite,
+            "variant": variant, "code": code, "vars": vars, "dir": build.dir });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!(
+            "edk2 {} ({}), variant {variant}",
+            build.debian_version, build.suite
+        );
+        println!("code: {}", code.display());
+        println!("vars: {}", vars.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,1312 @@
+//! The one engine every boot goes through. A *case* is a machine (QEMU, firmware, disks) and a
+//! list of steps: `bootwatch boot` is the case `[boot]` (`--login` adds a login and a few
+//! commands), a scenario file, the demo's cases, a matrix cell, an image's upgraded state and a
+//! bisect step are cases too.
+//!
+//! [`check`] turns a [`CaseRequest`] into a [`Case`] before anything starts (exit code 2 for what
+//! it finds). [`run`] returns `Err` only when not even the case's results directory could be
+//! made; from then on every way a case can end is written down: `case.json` and one
+//! `result.json` per QEMU session (session 1 in the case directory, later ones in
+//! `session-N/`), with status `error` and the message when bootwatch could not run the guest.
+//! A guest that fails is an outcome, never an `Err`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::classify::{Decision, End};
+use crate::core::event::{Event, EventSink};
+use crate::core::launch::{
+    self, Accel, Disk, DiskFormat, FirmwareLoad, Forward, PFLASH_SIZE, QemuExec, VmConfig,
+};
+use crate::core::verdict::{Outcome, Stage, Target, Verdict, exit_code};
+use crate::engine::disk::{self, VarsCopy};
+use crate::engine::guest;
+use crate::engine::qmp::round_ms;
+use crate::engine::record::{
+    BootVerdict, CASE_SCHEMA, CaseRecord, FileInfo, Files, FirmwareInfo, HostInfo, Provision,
+    QemuInfo, RESULT_SCHEMA, RestoreRecord, RunResult, RunStatus, SessionRecord, StepRecord,
+    outcome_of,
+};
+use crate::engine::session::{Session, SessionPaths, Timings, WatchEnd, WatchSpec};
+use crate::engine::shell::{Shell, ShellError};
+use crate::engine::step::{RebootMethod, Step, check_steps};
+use crate::inputs::images::catalog::{GuestTraits, ImageFormat};
+use crate::inputs::images::seed::SeedConfig;
+use crate::sys::fsx;
+
+/// Where a case's results go.
+#[derive(Debug, Clone)]
+pub enum CaseDir {
+    /// A new directory `<root>/<UTC timestamp>-<name>-<random>`.
+    Under(PathBuf),
+    /// Exactly this directory (created; it must not exist or be empty).
+    Exactly(PathBuf),
+}
+
+/// Where the firmware's variable store comes from.
+#[derive(Debug, Clone)]
+pub enum VarsSource {
+    /// The `VARS` file next to the code image (only for a 64 MiB pflash code image; a smaller
+    /// one is loaded with `-bios` and has no store).
+    Beside,
+    /// This template (copied for the case).
+    Template(PathBuf),
+}
+
+/// A base image booted through a per-case overlay, its user provisioned by cloud-init.
+#[derive(Debug, Clone)]
+pub struct ImageDisk {
+    pub name: String,
+    pub base: PathBuf,
+    pub base_sha256: String,
+    pub format: ImageFormat,
+    pub guest: GuestTraits,
+}
+
+/// A package repository served to the guest for the upgrade (hermetic updates).
+#[derive(Debug, Clone)]
+pub struct UpdateRepo {
+    /// What it is, for the record (`good-update`, a directory...).
+    pub label: String,
+    /// The repository directory (served over HTTP on 127.0.0.1).
+    pub dir: PathBuf,
+}
+
+/// What a case asks for, as the user said it (see [`check`]).
+#[derive(Debug, Clone)]
+pub struct CaseRequest {
+    pub name: String,
+    pub dir: CaseDir,
+    pub qemu: PathBuf,
+    /// How to execute `qemu` (directly by default; through a tree's loader for another suite's).
+    pub qemu_exec: QemuExec,
+    pub machine: String,
+    pub cpu: Option<String>,
+    pub accel: Option<Accel>,
+    pub smp: u32,
+    pub memory_mib: u32,
+    pub firmware_code: PathBuf,
+    pub vars: VarsSource,
+    /// Disks booted as they are (raw or qcow2), after the image's overlay and before its seed.
+    pub disks: Vec<PathBuf>,
+    /// Boot `disks` with `snapshot=on` (never written).
+    pub snapshot: bool,
+    pub image: Option<ImageDisk>,
+    /// Keep the image's overlay and the vars store in the case directory (to boot them again, or
+    /// to make an upgraded state of them); otherwise they live in the private directory and go.
+    pub keep_disks: bool,
+    /// `None`: no network device. `Some(forwards)`: user-mode networking.
+    pub network: Option<Vec<Forward>>,
+    pub extra_args: Vec<OsString>,
+    pub steps: Vec<Step>,
+    /// The scenario the steps came from (for the record).
+    pub scenario: Option<String>,
+    pub update: Option<UpdateRepo>,
+    /// Workaround: upgrade without the bootloader packages.
+    pub exclude_bootloader: bool,
+    /// Workaround: when the last boot fails, put the base image's EFI binaries back (offline,
+    /// in the overlay) and boot again.
+    pub restore_bootloader: bool,
+    pub timings: Timings,
+}
+
+impl CaseRequest {
+    /// A request with the defaults of `bootwatch boot`: QEMU from PATH, `virt`, TCG defaults
+    /// chosen at check time, one boot step.
+    pub fn new(name: &str, dir: CaseDir, firmware_code: PathBuf, steps: Vec<Step>) -> CaseRequest {
+        CaseRequest {
+            name: name.to_string(),
+            dir,
+            qemu: "qemu-system-aarch64".into(),
+            qemu_exec: QemuExec::default(),
+            machine: "virt".into(),
+            cpu: None,
+            accel: None,
+            smp: 2,
+            memory_mib: 1024,
+            firmware_code,
+            vars: VarsSource::Beside,
+            disks: Vec::new(),
+            snapshot: false,
+            image: None,
+            keep_disks: false,
+            network: None,
+            extra_args: Vec::new(),
+            steps,
+            scenario: None,
+            update: None,
+            exclude_bootloader: false,
+            restore_bootloader: false,
+            timings: Timings::default(),
+        }
+    }
+}
+
+/// A problem found before anything ran (exit code 2): names the flag, file or step at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// A checked case: every input exists and makes sense together.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub req: CaseRequest,
+    pub qemu: PathBuf,
+    pub accel: Accel,
+    pub cpu: String,
+    pub disks: Vec<Disk>,
+    /// `Some(template)` for pflash firmware (the case copies it), `None` for `-bios`.
+    pub vars_template: Option<PathBuf>,
+}
+
+/// The only error [`run`] returns: there is no results directory to record anything in.
+#[derive(Debug, thiserror::Error)]
+#[error("results directory {dir}: {message}")]
+pub struct CaseError {
+    pub dir: PathBuf,
+    pub message: String,
+}
+
+/// What a finished case hands back.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub dir: PathBuf,
+    pub record: CaseRecord,
+    /// One per QEMU session, in order (session 1 first).
+    pub runs: Vec<RunResult>,
+}
+
+/// Checks everything that can be checked before QEMU starts.
+pub fn check(req: CaseRequest) -> Result<Case, ConfigError> {
+    let cfg = |m: String| ConfigError(m);
+    if let Some(img) = &req.image
+        && !img.base.is_file()
+    {
+        return Err(cfg(format!(
+            "image {}: base file {} is missing",
+            img.name,
+            img.base.display()
+        )));
+    }
+    match &req.dir {
+        CaseDir::Under(root) => {
+            disk::check_writable_dir(root).map_err(|e| cfg(format!("--results {e}")))?
+        }
+        CaseDir::Exactly(d) => {
+            disk::check_writable_dir(d).map_err(|e| cfg(format!("--results {e}")))?;
+            if d.is_dir()
+                && std::fs::read_dir(d)
+                    .map(|mut r| r.next().is_some())
+                    .unwrap_or(true)
+            {
+                return Err(cfg(format!(
+                    "results directory {} is not empty",
+                    d.display()
+                )));
+            }
+        }
+    }
+    check_machine(req)
+}
+
+/// Checks the machine and steps of a case, not its results directory nor that its image is
+/// there: what a dry run needs (the image is not downloaded for it).
+pub fn check_machine(req: CaseRequest) -> Result<Case, ConfigError> {
+    let cfg = |m: String| ConfigError(m);
+    let qemu = which::which(&req.qemu).map_err(|_| {
+        cfg(format!(
+            "QEMU not found: {} (install qemu-system-arm, or pass --qemu PATH)",
+            req.qemu.display()
+        ))
+    })?;
+    let code_len = regular_file_len(&req.firmware_code).map_err(|e| {
+        cfg(format!(
+            "firmware code image {}: {e} (install qemu-efi-aarch64, or pass --firmware CODE)",
+            req.firmware_code.display()
+        ))
+    })?;
+    let vars_template = if code_len == PFLASH_SIZE {
+        let t = match &req.vars {
+            VarsSource::Template(v) => v.clone(),
+            VarsSource::Beside => sibling_vars(&req.firmware_code).ok_or_else(|| {
+                cfg(format!(
+                    "no vars template found next to {} (pass --vars VARS)",
+                    req.firmware_code.display()
+                ))
+            })?,
+        };
+        let len =
+            regular_file_len(&t).map_err(|e| cfg(format!("vars template {}: {e}", t.display())))?;
+        if len != PFLASH_SIZE {
+            return Err(cfg(format!(
+                "vars template {} is {len} bytes; the virt machine's flash needs {PFLASH_SIZE}",
+                t.display()
+            )));
+        }
+        Some(t)
+    } else if code_len > PFLASH_SIZE {
+        return Err(cfg(format!(
+            "firmware code image {} is {code_len} bytes, larger than the {PFLASH_SIZE}-byte flash",
+            req.firmware_code.display()
+        )));
+    } else {
+        if let VarsSource::Template(v) = &req.vars {
+            return Err(cfg(format!(
+                "--vars {} given, but {} is not a 64 MiB flash image (it is loaded with -bios, which has no vars store)",
+                v.display(),
+                req.firmware_code.display()
+            )));
+        }
+        None
+    };
+    if req.disks.is_empty() && req.image.is_none() {
+        return Err(cfg("no disk given (--disk IMG or --image NAME)".into()));
+    }
+    check_steps(&req.steps, req.image.is_some()).map_err(|(_, m)| cfg(m))?;
+    if (req.restore_bootloader || req.keep_disks) && req.image.is_none() {
+        return Err(cfg(
+            "keeping or repairing the disk needs an image booted through an overlay".into(),
+        ));
+    }
+    let reboots = req.steps.iter().any(|s| matches!(s, Step::Reboot { .. }));
+    if (req.restore_bootloader || reboots) && vars_template.is_none() {
+        return Err(cfg(format!(
+            "firmware code image {} is not a 64 MiB flash image; a case that reboots needs one (its vars store persists across boots)",
+            req.firmware_code.display()
+        )));
+    }
+    if req.smp == 0 || req.smp > 512 {
+        return Err(cfg(format!("--smp must be 1 to 512, not {}", req.smp)));
+    }
+    if req.memory_mib < 16 || req.memory_mib > 1 << 20 {
+        return Err(cfg(format!(
+            "--memory must be 16 to 1048576 MiB, not {}",
+            req.memory_mib
+        )));
+    }
+    let mut disks = Vec::new();
+    for d in &req.disks {
+        let mut header = [0u8; 8];
+        let read = std::fs::File::open(d).and_then(|mut f| {
+            use std::io::Read;
+            f.read(&mut header)
+        });
+        match read {
+            Ok(_) => disks.push(Disk {
+                path: d.clone(),
+                format: DiskFormat::detect(&header),
+                read_only: false,
+                snapshot: req.snapshot,
+            }),
+            Err(e) => return Err(cfg(format!("disk {}: {e}", d.display()))),
+        }
+    }
+    let accel = req
+        .accel
+        .unwrap_or_else(|| crate::sys::host::host_facts().best_accel());
+    let cpu = req
+        .cpu
+        .clone()
+        .unwrap_or_else(|| accel.default_cpu().to_string());
+    Ok(Case {
+        qemu,
+        accel,
+        cpu,
+        disks,
+        vars_template,
+        req,
+    })
+}
+
+/// The size of a regular, non-empty file; a directory, a device or an empty file is refused.
+fn regular_file_len(p: &Path) -> Result<u64, String> {
+    let m = std::fs::metadata(p).map_err(|e| e.to_string())?;
+    if !m.is_file() {
+        return Err("not a regular file".into());
+    }
+    std::fs::File::open(p).map_err(|e| e.to_string())?;
+    if m.len() == 0 {
+        return Err("empty file".into());
+    }
+    Ok(m.len())
+}
+
+/// `AAVMF_CODE.fd` -> `AAVMF_VARS.fd`, `AAVMF_CODE.secboot.fd` -> `AAVMF_VARS.fd` (Debian ships
+/// one VARS template per key set), `QEMU_EFI-pflash.raw` -> `QEMU_VARS-pflash.raw`.
+pub fn sibling_vars(code: &Path) -> Option<PathBuf> {
+    let name = code.file_name()?.to_str()?;
+    let dir = code.parent()?;
+    let mut candidates = vec![name.replace("CODE", "VARS"), name.replace("EFI", "VARS")];
+    if let Some((prefix, _)) = name.split_once("CODE") {
+        candidates.push(format!("{prefix}VARS.fd"));
+    }
+    candidates
+        .into_iter()
+        .filter(|c| c != name)
+        .map(|c| dir.join(c))
+        .find(|p| p.is_file())
+}
+
+/// The VM of a checked case with the given vars store, disks and sockets: what `run` boots and
+/// what a dry run prints.
+pub fn vm_config(
+    case: &Case,
+    vars: Option<&Path>,
+    image_disks: (Option<&Path>, Option<&Path>),
+    sockets: &Path,
+) -> VmConfig {
+    let req = &case.req;
+    let firmware = match (&case.vars_template, vars) {
+        (Some(_), Some(v)) => FirmwareLoad::Pflash {
+            code: req.firmware_code.clone(),
+            vars: v.to_path_buf(),
+        },
+        _ => FirmwareLoad::Bios {
+            code: req.firmware_code.clone(),
+        },
+    };
+    let (overlay, seed) = image_disks;
+    let mut disks = Vec::new();
+    if let Some(o) = overlay {
+        disks.push(Disk {
+            path: o.to_path_buf(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+            snapshot: false,
+        });
+    }
+    disks.extend(case.disks.iter().cloned());
+    if let Some(s) = seed {
+        disks.push(Disk {
+            path: s.to_path_buf(),
+            format: DiskFormat::Raw,
+            read_only: true,
+            snapshot: false,
+        });
+    }
+    VmConfig {
+        qemu: case.qemu.clone(),
+        exec: req.qemu_exec.clone(),
+        machine: req.machine.clone(),
+        cpu: case.cpu.clone(),
+        accel: case.accel,
+        smp: req.smp,
+        memory_mib: req.memory_mib,
+        firmware,
+        disks,
+        network: req.network.clone(),
+        serial_socket: sockets.join("serial.sock"),
+        qmp_socket: sockets.join("qmp.sock"),
+        extra_args: req.extra_args.clone(),
+    }
+}
+
+/// The command line a dry run shows: the case's VM with placeholders for per-run files.
+pub fn dry_run_command_line(case: &Case) -> String {
+    let img = case.req.image.is_some();
+    let vm = vm_config(
+        case,
+        case.vars_template
+            .as_ref()
+            .map(|_| Path::new("RUN/vars.fd")),
+        (
+            img.then(|| Path::new("RUN/overlay.qcow2")),
+            img.then(|| Path::new("RUN/seed.img")),
+        ),
+        Path::new("RUN"),
+    );
+    launch::vm_command_line(&vm)
+}
+
+/// Runs a checked case to its outcome and records it.
+pub async fn run(
+    case: Case,
+    cancel: &CancellationToken,
+    sink: &EventSink,
+) -> Result<Finished, CaseError> {
+    let dir = make_case_dir(&case.req)?;
+    let mut d = Driver::new(&case, dir, cancel, sink);
+    d.write_records().map_err(|e| CaseError {
+        dir: d.dir.clone(),
+        message: format!("writing the first records: {e}"),
+    })?;
+    let driven = d.drive().await;
+    if let Err(e) = driven {
+        d.harness_error(&format!("{e:#}"));
+    }
+    d.finish().await;
+    d.write_records().map_err(|e| CaseError {
+        dir: d.dir.clone(),
+        message: format!("writing the records: {e}"),
+    })?;
+    Ok(Finished {
+        dir: d.dir.clone(),
+        record: d.record.clone(),
+        runs: d.runs.clone(),
+    })
+}
+
+/// Creates the case's results directory.
+fn make_case_dir(req: &CaseRequest) -> Result<PathBuf, CaseError> {
+    let err = |dir: &Path, e: std::io::Error| CaseError {
+        dir: dir.to_path_buf(),
+        message: e.to_string(),
+    };
+    match &req.dir {
+        CaseDir::Exactly(d) => {
+            std::fs::create_dir_all(d).map_err(|e| err(d, e))?;
+            if std::fs::read_dir(d)
+                .map_err(|e| err(d, e))?
+                .next()
+                .is_some()
+            {
+                return Err(CaseError {
+                    dir: d.clone(),
+                    message: "not empty".into(),
+                });
+            }
+            Ok(d.clone())
+        }
+        CaseDir::Under(root) => {
+            std::fs::create_dir_all(root).map_err(|e| err(root, e))?;
+            let stamp = jiff::Timestamp::now()
+                .strftime("%Y%m%dT%H%M%SZ")
+                .to_string();
+            let name: String = req
+                .name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .take(40)
+                .collect();
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("{stamp}-{name}-"))
+                .rand_bytes(4)
+                .tempdir_in(root)
+                .map_err(|e| err(root, e))?;
+            let path = dir.keep();
+            // tempfile makes it 0700; results are meant to be shared and attached to bug reports.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| err(&path, e))?;
+            Ok(path)
+        }
+    }
+}
+
+/// Why a step stopped the case.
+#[derive(Debug, thiserror::Error)]
+enum StepFailure {
+    /// The boot it watched failed (the outcome says how).
+    #[error("the boot failed")]
+    Guest,
+    #[error("interrupted")]
+    Interrupted,
+    /// The guest did not do what the step asked (a command's exit code, a failed query).
+    #[error("{0}")]
+    Command(String),
+    #[error(transparent)]
+    Shell(#[from] ShellError),
+    #[error(transparent)]
+    Harness(#[from] anyhow::Error),
+}
+
+/// The state of one case while it runs.
+struct Driver<'a> {
+    case: &'a Case,
+    dir: PathBuf,
+    cancel: &'a CancellationToken,
+    sink: &'a EventSink,
+    started: Instant,
+    record: CaseRecord,
+    runs: Vec<RunResult>,
+    private: Option<tempfile::TempDir>,
+    vars: Option<VarsCopy>,
+    overlay: Option<PathBuf>,
+    seed: Option<PathBuf>,
+    vm: Option<VmConfig>,
+    served: Option<crate::inputs::repo::Served>,
+    session: Option<Session>,
+    shell: Option<Shell>,
+    hashing: Option<tokio::task::JoinHandle<Vec<Option<FileInfo>>>>,
+}
+
+impl<'a> Driver<'a> {
+    fn new(
+        case: &'a Case,
+        dir: PathBuf,
+        cancel: &'a CancellationToken,
+        sink: &'a EventSink,
+    ) -> Driver<'a> {
+        let req = &case.req;
+        let record = CaseRecord {
+            schema: CASE_SCHEMA.into(),
+            case: req.name.clone(),
+            status: RunStatus::Running,
+            scenario: req.scenario.clone(),
+            image: req.image.as_ref().map(|i| i.name.clone()),
+            update: req.update.as_ref().map(|u| u.label.clone()),
+            workarounds: [
+                (req.exclude_bootloader, "exclude-bootloader"),
+                (req.restore_bootloader, "restore-bootloader"),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| n.to_string())
+            .collect(),
+            outcome: Outcome::unfinished("case"),
+            steps: Vec::new(),
+            boots: Vec::new(),
+            packages: Default::default(),
+            package_diff: Vec::new(),
+            suspects: Vec::new(),
+            restore: None,
+            sessions: Vec::new(),
+            provision: None,
+            firmware_code: None,
+            vars: None,
+            host: HostInfo::probe(),
+            started_at: jiff::Timestamp::now().to_string(),
+            duration_s: 0.0,
+            error: None,
+            bootwatch_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let mut d = Driver {
+            case,
+            dir,
+            cancel,
+            sink,
+            started: Instant::now(),
+            record,
+            runs: Vec::new(),
+            private: None,
+            vars: None,
+            overlay: None,
+            seed: None,
+            vm: None,
+            served: None,
+            session: None,
+            shell: None,
+            hashing: None,
+        };
+        let first = d.new_run(1);
+        d.runs.push(first);
+        d
+    }
+
+    /// The record of session `n` before it starts.
+    fn new_run(&self, n: usize) -> RunResult {
+        let req = &self.case.req;
+        let target = req.steps.iter().find_map(|s| match s {
+            Step::Boot { until, .. } => *until,
+            _ => None,
+        });
+        let (timeout, silence) = req
+            .steps
+            .iter()
+            .find_map(|s| match s {
+                Step::Boot {
+                    timeout, silence, ..
+                } => Some((*timeout, *silence)),
+                _ => None,
+            })
+            .unwrap_or_default();
+        RunResult {
+            schema: RESULT_SCHEMA.into(),
+            run_id: self
+                .session_dir(n)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            case: req.name.clone(),
+            session: n,
+            status: RunStatus::Running,
+            outcome: Outcome::unfinished("run"),
+            evidence_t_s: None,
+            target,
+            timeout_s: timeout.as_secs_f64(),
+            silence_s: silence.as_secs_f64(),
+            started_at: jiff::Timestamp::now().to_string(),
+            duration_s: 0.0,
+            host: self.record.host.clone(),
+            accelerator: self.case.accel.as_str().into(),
+            machine: req.machine.clone(),
+            cpu: self.case.cpu.clone(),
+            smp: req.smp,
+            memory_mib: req.memory_mib,
+            qemu: QemuInfo {
+                binary: self.case.qemu.clone(),
+                version: None,
+                package: None,
+                exit: None,
+                cpu_s: None,
+                wall_s: None,
+            },
+            firmware: FirmwareInfo {
+                code: None,
+                vars_template: None,
+                vars: None,
+                banner_version: None,
+            },
+            disks: Vec::new(),
+            argv: Vec::new(),
+            command_line: String::new(),
+            finding: None,
+            timeline: Vec::new(),
+            findings: Vec::new(),
+            boots: Vec::new(),
+            last_line: String::new(),
+            console_lines: 0,
+            console_bytes: 0,
+            events: Vec::new(),
+            harness_cpu_s: None,
+            harness_watch_cpu_s: None,
+            files: Files::default(),
+            error: None,
+            provision: self.record.provision.clone(),
+            commands: Vec::new(),
+            bootwatch_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    fn session_dir(&self, n: usize) -> PathBuf {
+        if n == 1 {
+            self.dir.clone()
+        } else {
+            self.dir.join(format!("session-{n}"))
+        }
+    }
+
+    fn run_mut(&mut self) -> &mut RunResult {
+        self.runs.last_mut().expect("there is always a run")
+    }
+
+    /// Writes `case.json` and every session's `result.json` (small files; atomic).
+    fn write_records(&self) -> std::io::Result<()> {
+        for r in &self.runs {
+            fsx::write_json_atomic(&self.session_dir(r.session).join("result.json"), r)?;
+        }
+        fsx::write_json_atomic(&self.dir.join("case.json"), &self.record)
+    }
+
+    /// bootwatch could not go on: the case (and the session it was in) end with `harness-error`.
+    fn harness_error(&mut self, message: &str) {
+        let mut o = Outcome::harness_error(message);
+        o.stage = self.current_stage();
+        self.record.outcome = o.clone();
+        self.record.status = RunStatus::Error;
+        self.record.error = Some(message.to_string());
+        let run = self.run_mut();
+        run.outcome = o;
+        run.status = RunStatus::Error;
+        run.error = Some(message.to_string());
+    }
+
+    fn current_stage(&self) -> Stage {
+        self.session
+            .as_ref()
+            .map_or(Stage::None, |s| s.classifier.current().stage)
+    }
+
+    fn emit(&self, e: Event) {
+        self.sink.emit(e);
+    }
+
+    /// Prepares the disks, then runs the steps and the workaround.
+    async fn drive(&mut self) -> anyhow::Result<()> {
+        self.prepare().await?;
+        let steps = self.case.req.steps.clone();
+        let mut failed = false;
+        let mut min_boot = 0;
+        for (i, step) in steps.iter().enumerate() {
+            let t0 = self.session.as_ref().map_or(0.0, Session::now_s);
+            let mut rec = StepRecord {
+                step: step.name().into(),
+                status: "ok".into(),
+                started_s: t0,
+                duration_s: 0.0,
+                detail: String::new(),
+                commands: Vec::new(),
+            };
+            if failed {
+                rec.status = "skipped".into();
+                self.record.steps.push(rec);
+                continue;
+            }
+            self.emit(Event::StepStarted {
+                index: i + 1,
+                step: step.name().into(),
+                detail: step_detail(step),
+            });
+            let outcome = self.step(step, &mut rec, &mut min_boot).await;
+            rec.duration_s = round_ms(self.session.as_ref().map_or(0.0, Session::now_s) - t0);
+            match outcome {
+                Ok(()) => {}
+                Err(StepFailure::Guest) => {
+                    rec.status = "failed".into();
+                    rec.detail = "the boot failed".into();
+                    failed = true;
+                }
+                Err(StepFailure::Interrupted) => {
+                    rec.status = "failed".into();
+                    rec.detail = "interrupted".into();
+                    failed = true;
+                    self.interrupted();
+                }
+                Err(e) => {
+                    rec.status = "failed".into();
+                    rec.detail = e.to_string();
+                    failed = true;
+                    // A guest failure seen while waiting on the shell is still judged as a boot.
+                    let judged = self.judge_failure_seen_meanwhile().await?;
+                    if !judged {
+                        let msg = format!("step {} ({}): {e}", i + 1, step.name());
+                        self.harness_error(&msg);
+                    }
+                }
+            }
+            self.emit(Event::StepFinished {
+                index: i + 1,
+                step: rec.step.clone(),
+                status: rec.status.clone(),
+                duration_s: rec.duration_s,
+                detail: rec.detail.clone(),
+            });
+            self.record.steps.push(rec);
+            self.write_records()?;
+        }
+        self.end_session().await;
+        self.finish_packages();
+        if self.case.req.restore_bootloader
+            && self.record.outcome.is_guest_failure()
+            && !self.cancel.is_cancelled()
+        {
+            self.restore_and_boot().await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the private directory, the vars copy, the overlay and seed, serves the update.
+    async fn prepare(&mut self) -> anyhow::Result<()> {
+        let req = &self.case.req;
+        let private = disk::private_dir()?;
+        let keep = req.keep_disks;
+        let scratch = if keep {
+            self.dir.clone()
+        } else {
+            private.path().to_path_buf()
+        };
+        if let Some(t) = &self.case.vars_template {
+            self.vars = Some(VarsCopy::make(t, &scratch.join("vars.fd")).await?);
+            if keep {
+                self.record.vars = self.vars.as_ref().map(|v| v.path.clone());
+            }
+        }
+        if let Some(img) = &req.image {
+            let ov = scratch.join("overlay.qcow2");
+            disk::make_overlay(&img.base, img.format, &ov).await?;
+            let cfg = SeedConfig::new(&img.guest.login_user, "bootwatch", &req.name)?;
+            let seed = scratch.join("seed.img");
+            disk::write_seed(&seed, &cfg).await?;
+            let p = Provision {
+                image: img.name.clone(),
+                base: img.base.clone(),
+                base_sha256: img.base_sha256.clone(),
+                overlay: ov.clone(),
+                user: cfg.user,
+                password: cfg.password,
+            };
+            self.record.provision = Some(p.clone());
+            self.run_mut().provision = Some(p);
+            self.overlay = Some(ov);
+            self.seed = Some(seed);
+        }
+        if let Some(u) = &req.update {
+            self.served = Some(crate::inputs::repo::serve(&u.dir).await?);
+        }
+        let vm = vm_config(
+            self.case,
+            self.vars.as_ref().map(|v| v.path.as_path()),
+            (self.overlay.as_deref(), self.seed.as_deref()),
+            private.path(),
+        );
+        self.private = Some(private);
+        let (program, args) = launch::program_and_args(&vm);
+        let argv: Vec<String> = std::iter::once(program.as_os_str())
+            .chain(args.iter().map(|a| a.as_os_str()))
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = launch::vm_command_line(&vm);
+        let run = self.run_mut();
+        run.argv = argv;
+        run.command_line = line;
+        // Inputs are hashed while the guest boots: it costs no wall time.
+        let mut inputs = vec![req.firmware_code.clone()];
+        inputs.extend(self.case.vars_template.clone());
+        inputs.extend(vm.disks.iter().map(|d| d.path.clone()));
+        self.hashing = Some(tokio::spawn(disk::file_infos(inputs)));
+        self.vm = Some(vm);
+        self.write_records()?;
+        Ok(())
+    }
+
+    /// Starts session `n` (the first boot, or a boot after a workaround).
+    async fn start_session(&mut self, n: usize) -> anyhow::Result<()> {
+        let vm = self.vm.clone().expect("prepared");
+        let sdir = self.session_dir(n);
+        std::fs::create_dir_all(&sdir)?;
+        if n > 1 {
+            let mut run = self.new_run(n);
+            run.argv = self.runs[0].argv.clone();
+            run.command_line = self.runs[0].command_line.clone();
+            self.runs.push(run);
+        }
+        self.record.sessions.push(SessionRecord {
+            dir: if n == 1 {
+                PathBuf::from(".")
+            } else {
+                PathBuf::from(format!("session-{n}"))
+            },
+            command_line: launch::vm_command_line(&vm),
+            qemu_version: None,
+            qemu_package: None,
+        });
+        let s = Session::start(
+            &vm,
+            &SessionPaths::in_dir(&sdir),
+            self.case.req.timings,
+            n,
+            self.sink.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rec = self.record.sessions.last_mut().expect("pushed");
+        rec.qemu_version = s.qemu_version.clone();
+        rec.qemu_package = s.qemu_package.clone();
+        self.session = Some(s);
+        Ok(())
+    }
+
+    async fn step(
+        &mut self,
+        step: &Step,
+        rec: &mut StepRecord,
+        min_boot: &mut usize,
+    ) -> Result<(), StepFailure> {
+        let cancel = self.cancel;
+        match step {
+            Step::Boot {
+                until,
+                timeout,
+                silence,
+            } => {
+                if self.session.is_none() {
+                    self.start_session(1).await?;
+                }
+                self.watch(until.map(Target::stage), *timeout, *silence, 0)
+                    .await
+            }
+            Step::Watch {
+                until,
+                timeout,
+                silence,
+            } => {
+                self.watch(Some(until.stage()), *timeout, *silence, *min_boot)
+                    .await
+            }
+            Step::Login { timeout } => {
+                let p = self
+                    .record
+                    .provision
+                    .clone()
+                    .expect("checked: login needs an image");
+                let s = self.session.as_mut().expect("a session after boot");
+                self.shell = Some(Shell::login(s, &p.user, &p.password, *timeout, cancel).await?);
+                Ok(())
+            }
+            Step::Run {
+                command,
+                root,
+                timeout,
+                expect_exit,
+            } => {
+                let cmd = if *root {
+                    format!("sudo {command}")
+                } else {
+                    command.clone()
+                };
+                let r = self.shell_run("run", &cmd, *timeout).await?;
+                let bad = r.exit_code != *expect_exit;
+                rec.commands.push(r.clone());
+                self.run_mut().commands.push(r);
+                if bad {
+                    return Err(StepFailure::Command(format!(
+                        "`{command}` exited with a code other than {expect_exit}"
+                    )));
+                }
+                Ok(())
+            }
+            Step::SnapshotPackages { label } => {
+                let guest = &self.case.req.image.as_ref().expect("checked").guest;
+                let cmd = format!("sudo sh -c '{}'", guest::shell_single(&guest.package_query));
+                let r = self
+                    .shell_run("snapshot-packages", &cmd, Duration::from_secs(300))
+                    .await?;
+                let list = guest::parse_package_list(&r.output);
+                rec.detail = format!("{} packages", list.len());
+                let ok = r.exit_code == 0 && !list.is_empty();
+                rec.commands.push(crate::engine::record::CommandResult {
+                    output: String::new(),
+                    ..r
+                });
+                if !ok {
+                    return Err(StepFailure::Command("the package query failed".into()));
+                }
+                self.record.packages.insert(label.clone(), list);
+                Ok(())
+            }
+            Step::Upgrade { timeout } => {
+                let guest = &self.case.req.image.as_ref().expect("checked").guest;
+                let url = self
+                    .served
+                    .as_ref()
+                    // From the guest, QEMU's user network reaches the host's loopback at 10.0.2.2.
+                    .map(|s| format!("http://10.0.2.2:{}/", s.port()));
+                let cmd =
+                    guest::upgrade_command(guest, url.as_deref(), self.case.req.exclude_bootloader);
+                let r = self.shell_run("upgrade", &cmd, *timeout).await?;
+                let code = r.exit_code;
+                rec.commands.push(r);
+                if code != 0 {
+                    return Err(StepFailure::Command(format!(
+                        "the upgrade exited with {code}"
+                    )));
+                }
+                Ok(())
+            }
+            Step::Reboot { method } => {
+                let s = self.session.as_mut().expect("a session after boot");
+                *min_boot = s.classifier.boots().len();
+                match method {
+                    RebootMethod::Guest => s.send(b"sudo systemctl reboot\r").await?,
+                    RebootMethod::Qmp => {
+                        s.qmp
+                            .execute(qapi::qmp::system_reset {})
+                            .await
+                            .map_err(anyhow::Error::from)?;
+                    }
+                }
+                self.shell = None;
+                Ok(())
+            }
+        }
+    }
+
+    async fn shell_run(
+        &mut self,
+        what: &str,
+        cmd: &str,
+        timeout: Duration,
+    ) -> Result<crate::engine::record::CommandResult, StepFailure> {
+        let s = self.session.as_mut().expect("a session after boot");
+        let sh = self.shell.as_mut().expect("checked: a login before");
+        Ok(sh.run(s, what, cmd, timeout, self.cancel).await?)
+    }
+
+    /// Watches the current session's boot `min_boot` (or later) to a decision.
+    async fn watch(
+        &mut self,
+        target: Option<Stage>,
+        timeout: Duration,
+        silence: Duration,
+        min_boot: usize,
+    ) -> Result<(), StepFailure> {
+        let s = self.session.as_mut().expect("a session after boot");
+        let spec = WatchSpec {
+            target,
+            timeout,
+            silence,
+            min_boot,
+        };
+        match s.watch(spec, self.cancel).await? {
+            WatchEnd::Decided { decision, t_s } => {
+                let reached = decision.verdict == Verdict::Reached
+                    || (target.is_none() && decision.exit_code == exit_code::GOOD);
+                self.judged(&decision, t_s);
+                if reached {
+                    Ok(())
+                } else {
+                    Err(StepFailure::Guest)
+                }
+            }
+            WatchEnd::Interrupted { .. } => Err(StepFailure::Interrupted),
+        }
+    }
+
+    /// Records a decision about the current session's current boot as the case's outcome.
+    fn judged(&mut self, d: &Decision, t_s: f64) {
+        let s = self.session.as_ref().expect("a session");
+        let n = s.index();
+        let boot = s.classifier.current().clone();
+        let outcome = outcome_of(d, &boot, t_s);
+        self.run_mut().apply_decision(d, &boot, t_s);
+        self.run_mut().status = if outcome.verdict == Verdict::HarnessError {
+            RunStatus::Error
+        } else {
+            RunStatus::Complete
+        };
+        self.record
+            .boots
+            .retain(|b| !(b.session == n && b.boot.index == boot.index));
+        self.record.boots.push(BootVerdict {
+            session: n,
+            boot,
+            outcome: outcome.clone(),
+        });
+        self.record.outcome = outcome.clone();
+        self.record.status = self.run_mut().status;
+        self.emit(Event::Decided {
+            session: n,
+            outcome,
+        });
+    }
+
+    /// After a shell step failed: if the classifier saw a guest failure, let its dump finish and
+    /// judge it (the failure is the result, not the shell error).
+    async fn judge_failure_seen_meanwhile(&mut self) -> anyhow::Result<bool> {
+        let Some(s) = self.session.as_mut() else {
+            return Ok(false);
+        };
+        let Some(d) = s.classifier.decide(None, &End::Running) else {
+            return Ok(false);
+        };
+        if !d.verdict.is_guest_failure() {
+            return Ok(false);
+        }
+        let spec = WatchSpec {
+            target: None,
+            timeout: Duration::from_secs(5),
+            silence: Duration::from_secs(5),
+            min_boot: 0,
+        };
+        let t = match s.watch(spec, self.cancel).await? {
+            WatchEnd::Decided { t_s, .. } | WatchEnd::Interrupted { t_s } => t_s,
+        };
+        self.judged(&d, t);
+        Ok(true)
+    }
+
+    fn interrupted(&mut self) {
+        let reason = "interrupted (SIGINT/SIGTERM) before a verdict".to_string();
+        let o = Outcome {
+            stage: self.current_stage(),
+            reason: reason.clone(),
+            ..Outcome::unfinished("case")
+        };
+        self.record.outcome = o.clone();
+        self.record.status = RunStatus::Interrupted;
+        self.record.error = Some(reason.clone());
+        let t = self.session.as_ref().map(Session::now_s);
+        let run = self.run_mut();
+        run.outcome = Outcome {
+            time_to_verdict_s: t,
+            ..o
+        };
+        run.status = RunStatus::Interrupted;
+        run.error = Some(reason);
+    }
+
+    /// Stops the current session's QEMU and records the session.
+    async fn end_session(&mut self) {
+        self.shell = None;
+        let Some(mut s) = self.session.take() else {
+            return;
+        };
+        let cpu = s.qemu_cpu_s();
+        let exit = s.shutdown().await;
+        let run = self.runs.last_mut().expect("a run per session");
+        record_session(run, &s);
+        run.qemu.cpu_s = cpu;
+        run.qemu.wall_s = Some(s.now_s());
+        if let Err(e) = exit {
+            let msg = format!("stopping QEMU: {e:#}");
+            self.harness_error(&msg);
+        }
+    }
+
+    fn finish_packages(&mut self) {
+        let r = &mut self.record;
+        if let (Some(before), Some(after)) = (r.packages.get("before"), r.packages.get("after")) {
+            r.package_diff = guest::diff_packages(before, after);
+        }
+        r.suspects = if r.outcome.is_guest_failure() {
+            r.package_diff
+                .iter()
+                .filter(|c| guest::is_boot_chain_package(&c.name))
+                .map(|c| c.name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+    }
+
+    /// The restore-bootloader workaround: put the base's EFI binaries back in the overlay
+    /// (offline), then a fresh session (same overlay, same vars store) watched to login.
+    async fn restore_and_boot(&mut self) -> anyhow::Result<()> {
+        let t0 = std::time::Instant::now();
+        let base = self.case.req.image.as_ref().expect("checked").base.clone();
+        let ov = self.overlay.clone().expect("checked: an image");
+        self.emit(Event::StepStarted {
+            index: self.record.steps.len() + 1,
+            step: "restore-bootloader".into(),
+            detail: "put the base image's EFI binaries back".into(),
+        });
+        let files = disk::restore_bootloader(&base, &ov).await?;
+        self.record.restore = Some(RestoreRecord {
+            files,
+            duration_s: round_ms(t0.elapsed().as_secs_f64()),
+        });
+        let n = self.record.sessions.len() + 1;
+        self.start_session(n).await?;
+        let r = self
+            .watch(
+                Some(Stage::Login),
+                Duration::from_secs(900),
+                Duration::from_secs(240),
+                0,
+            )
+            .await;
+        self.end_session().await;
+        match r {
+            Ok(()) | Err(StepFailure::Guest) => Ok(()),
+            Err(StepFailure::Interrupted) => {
+                self.interrupted();
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!("restore-bootloader: {e}")),
+        }
+    }
+
+    /// Stops whatever still runs, hashes the inputs, and completes the records.
+    async fn finish(&mut self) {
+        self.end_session().await;
+        drop(self.served.take());
+        if let Some(h) = self.hashing.take()
+            && let Ok(hashes) = h.await
+        {
+            let mut it = hashes.into_iter();
+            let code = it.next().flatten();
+            let template = if self.case.vars_template.is_some() {
+                it.next().flatten()
+            } else {
+                None
+            };
+            let disks: Vec<FileInfo> = it.flatten().collect();
+            self.record.firmware_code = code.clone();
+            for r in &mut self.runs {
+                r.firmware.code = code.clone();
+                r.firmware.vars_template = template.clone();
+                r.disks = disks.clone();
+            }
+        }
+        if let Some(v) = self.vars.clone() {
+            let info = disk::blocking(move || Ok(v.info()?)).await.ok();
+            if let Some(r) = self.runs.last_mut() {
+                r.firmware.vars = info;
+            }
+        }
+        if self.record.status == RunStatus::Running {
+            // Every step ran and the last judged boot says how it went.
+            self.record.status = RunStatus::Complete;
+        }
+        for r in &mut self.runs {
+            if r.status == RunStatus::Running {
+                r.status = self.record.status;
+                r.outcome = self.record.outcome.clone();
+            }
+        }
+        let wall = round_ms(self.started.elapsed().as_secs_f64());
+        self.record.duration_s = wall;
+        let cpu = crate::sys::host::own_cpu_s().map(round_ms);
+        if let Some(r) = self.runs.last_mut() {
+            r.duration_s = wall;
+            r.harness_cpu_s = cpu;
+        }
+        // The private directory (sockets, throwaway disks) goes now.
+        drop(self.private.take());
+    }
+}
+
+/// What the step is about, for progress displays.
+fn step_detail(step: &Step) -> String {
+    match step {
+        Step::Boot { until, .. } => until.map_or(String::new(), |t| format!("until {t}")),
+        Step::Watch { until, .. } => format!("until {until}"),
+        Step::Run { command, .. } => command.clone(),
+        Step::SnapshotPackages { label } => label.clone(),
+        Step::Reboot { method } => format!("{method:?}").to_lowercase(),
+        Step::Login { .. } | Step::Upgrade { .. } => String::new(),
+    }
+}
+
+/// Copies what a session saw into its record.
+fn record_session(result: &mut RunResult, s: &Session) {
+    let cls = &s.classifier;
+    let cur = cls.current();
+    result.qemu.version = s.qemu_version.clone();
+    result.qemu.package = s.qemu_package.clone();
+    result.qemu.exit = s.exit_info().cloned();
+    result.timeline = cur.timeline.clone();
+    result.findings = cur.findings.clone();
+    result.boots = cls.boots().to_vec();
+    result.last_line = cls.last_line().to_string();
+    result.console_lines = cls.lines();
+    result.console_bytes = s.console_bytes;
+    result.events = s.event_log.clone();
+    result.harness_watch_cpu_s = Some(round_ms(s.watch_cpu_s));
+    let banner = crate::core::classify::PatternSet::builtin()
+        .by_name("edk2-banner")
+        .map(|p| &p.regex);
+    result.firmware.banner_version = cls
+        .boots()
+        .iter()
+        .flat_map(|b| b.timeline.iter())
+        .find(|m| m.pattern == "edk2-banner")
+        .and_then(|m| {
+            banner?
+                .captures(&m.text)?
+                .name("version")
+                .map(|v| v.as_str().trim().to_string())
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vars_template_next_to_code() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["AAVMF_CODE.fd", "AAVMF_VARS.fd", "AAVMF_CODE.secboot.fd"] {
+            std::fs::write(d.path().join(n), b"").unwrap();
+        }
+        assert_eq!(
+            sibling_vars(&d.path().join("AAVMF_CODE.fd")),
+            Some(d.path().join("AAVMF_VARS.fd"))
+        );
+        assert_eq!(
+            sibling_vars(&d.path().join("AAVMF_CODE.secboot.fd")),
+            Some(d.path().join("AAVMF_VARS.fd"))
+        );
+        assert_eq!(sibling_vars(&d.path().join("OTHER.fd")), None);
+    }
+}

@@ -1,0 +1,189 @@
+//! A case's disks and firmware store, prepared before its first session and repaired between
+//! sessions: the private directory for sockets and scratch files, the per-case copy of the vars
+//! template, the qcow2 overlay over a base image, the cloud-init seed, and the offline
+//! restore-bootloader repair. Every file operation runs on a blocking thread: the event loop
+//! reads other VMs' consoles meanwhile.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::engine::record::FileInfo;
+use crate::inputs::images::catalog::ImageFormat;
+use crate::inputs::images::{esp, overlay, seed};
+use crate::sys::fsx::StatKey;
+
+/// Runs blocking work off the event loop.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("a blocking task failed")?
+}
+
+/// A private directory for a case's sockets and scratch files, readable by its owner only
+/// (whatever the umask: QMP on those sockets is full control of the VM). Removed when dropped.
+pub fn private_dir() -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("bootwatch-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()?;
+    // `permissions` is applied through the umask on some platforms: set it again, explicitly.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// A case's own copy of a vars template, and what it looked like right after the copy: while it
+/// is unchanged its hash is the template's (no need to read 64 MiB again).
+#[derive(Debug, Clone)]
+pub struct VarsCopy {
+    pub path: PathBuf,
+    pub template: PathBuf,
+    copied: Option<StatKey>,
+}
+
+impl VarsCopy {
+    /// Copies `template` to `dest` (mode 0600: the store can hold secrets such as enrolled keys).
+    pub async fn make(template: &Path, dest: &Path) -> anyhow::Result<VarsCopy> {
+        let (t, d) = (template.to_path_buf(), dest.to_path_buf());
+        blocking(move || {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::copy(&t, &d).with_context(|| {
+                format!(
+                    "copying the vars template {} to {}",
+                    t.display(),
+                    d.display()
+                )
+            })?;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o600))?;
+            Ok(VarsCopy {
+                copied: StatKey::of_path(&d).ok(),
+                path: d,
+                template: t,
+            })
+        })
+        .await
+    }
+
+    /// The store as the case left it: path, size, sha256 (blocking).
+    pub fn info(&self) -> std::io::Result<FileInfo> {
+        let unchanged = self.copied.is_some()
+            && StatKey::of_path(&self.path).ok().as_ref() == self.copied.as_ref();
+        let of = if unchanged {
+            &self.template
+        } else {
+            &self.path
+        };
+        Ok(FileInfo {
+            path: self.path.clone(),
+            ..FileInfo::of(of)?
+        })
+    }
+}
+
+/// Creates a qcow2 overlay `dest` over `base` (mode 0600: the guest's disk holds its secrets).
+pub async fn make_overlay(base: &Path, format: ImageFormat, dest: &Path) -> anyhow::Result<()> {
+    let qemu_img = overlay::qemu_img()?;
+    overlay::create_overlay(&qemu_img, base, format, dest).await?;
+    let d = dest.to_path_buf();
+    blocking(move || {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o600))?;
+        Ok(())
+    })
+    .await
+}
+
+/// Writes the cloud-init seed volume for `cfg` to `dest`.
+pub async fn write_seed(dest: &Path, cfg: &seed::SeedConfig) -> anyhow::Result<()> {
+    let (d, c) = (dest.to_path_buf(), cfg.clone());
+    blocking(move || seed::write_seed(&d, &c)).await
+}
+
+/// The "put the install media's EFI binaries back" workaround, offline: every file under `EFI/`
+/// on the base image's ESP that differs in the overlay is written back into the overlay (the
+/// base is only read). Returns the files restored, with their sizes.
+pub async fn restore_bootloader(base: &Path, overlay: &Path) -> anyhow::Result<Vec<(String, u64)>> {
+    let qi = overlay::qemu_img()?;
+    let (base, ov) = (base.to_path_buf(), overlay.to_path_buf());
+    blocking(move || {
+        let mut restored = Vec::new();
+        let mut payload = Vec::new();
+        for (path, _) in esp::list_esp(&qi, &base)? {
+            let upper = path.to_ascii_uppercase();
+            if !upper.starts_with("EFI/") && !upper.starts_with("/EFI/") {
+                continue;
+            }
+            let original = esp::read_esp_file(&qi, &base, &path)?;
+            let now = esp::read_esp_file(&qi, &ov, &path).ok();
+            if now.as_deref() != Some(original.as_slice()) {
+                restored.push((path.clone(), original.len() as u64));
+                payload.push((path, original));
+            }
+        }
+        let refs: Vec<(&str, &[u8])> = payload
+            .iter()
+            .map(|(p, b)| (p.as_str(), b.as_slice()))
+            .collect();
+        if !refs.is_empty() {
+            esp::replace_esp_files(&qi, &ov, &refs)?;
+        }
+        Ok(restored)
+    })
+    .await
+}
+
+/// Hashes files for the record, each once per content (see `sys::fsx::hash_file_cached`);
+/// a file that cannot be read is left out.
+pub async fn file_infos(paths: Vec<PathBuf>) -> Vec<Option<FileInfo>> {
+    blocking(move || Ok(paths.iter().map(|p| FileInfo::of(p).ok()).collect()))
+        .await
+        .unwrap_or_default()
+}
+
+/// Whether `path` could be written as a record file: for checks before anything starts.
+pub fn check_writable_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(format!("{} exists and is not a directory", dir.display())),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: {e}", dir.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fsx;
+
+    #[test]
+    fn private_dirs_are_0700_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let d = private_dir();
+        nix::sys::stat::umask(old);
+        let d = d.unwrap();
+        let mode = std::fs::metadata(d.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_vars_copy_takes_the_templates_hash_and_a_changed_one_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("VARS.fd");
+        std::fs::write(&t, vec![1u8; 4096]).unwrap();
+        let c = VarsCopy::make(&t, &dir.path().join("vars.fd"))
+            .await
+            .unwrap();
+        let same = c.info().unwrap();
+        assert_eq!(same.sha256, fsx::hash_file(&t).unwrap().sha256);
+        assert_eq!(same.path, c.path);
+        // A write (here: a different length) makes it a file of its own.
+        std::fs::write(&c.path, vec![2u8; 4096]).unwrap();
+        let changed = c.info().unwrap();
+        assert_eq!(changed.sha256, fsx::hash_file(&c.path).unwrap().sha256);
+        assert_ne!(changed.sha256, same.sha256);
+    }
+}

@@ -1,0 +1,142 @@
+//! The updates a case can serve to its guest, by name: `good` (Debian's real GRUB 2.12 from
+//! bookworm-backports), `bad` (a `shim-signed` built here whose installation puts an EFI binary
+//! that crashes in the firmware where the firmware boots from), or a directory holding a
+//! package repository.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+
+use crate::engine::case::UpdateRepo;
+use crate::inputs::images::{Entry, Registry, debian_build};
+use crate::inputs::repo;
+
+/// An update named in a matrix file, the demo or on the command line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateChoice {
+    Good,
+    Bad,
+    /// A package repository directory (apt: a `Packages` index; dnf: `repodata/`).
+    Dir(PathBuf),
+}
+
+impl UpdateChoice {
+    /// `good`, `bad`, or an existing repository directory.
+    pub fn parse(s: &str) -> Result<UpdateChoice, String> {
+        match s {
+            "good" => Ok(UpdateChoice::Good),
+            "bad" => Ok(UpdateChoice::Bad),
+            dir => {
+                let p = PathBuf::from(dir);
+                if p.join("Packages").is_file() || p.join("repodata").is_dir() {
+                    Ok(UpdateChoice::Dir(p))
+                } else {
+                    Err(format!(
+                        "update {dir:?} is neither \"good\", \"bad\" nor a package repository directory (no Packages index or repodata/ in it)"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The label cases record (`good-update`, `bad-update`, the directory).
+    pub fn label(&self) -> String {
+        match self {
+            UpdateChoice::Good => "good-update".into(),
+            UpdateChoice::Bad => "bad-update".into(),
+            UpdateChoice::Dir(d) => d.display().to_string(),
+        }
+    }
+
+    /// What identifies the update's content for caches keyed by it.
+    pub fn key(&self) -> anyhow::Result<String> {
+        match self {
+            UpdateChoice::Good => Ok("good".into()),
+            // The bad update is made from the image's own shim version, which the image key covers.
+            UpdateChoice::Bad => Ok("bad/1".into()),
+            UpdateChoice::Dir(d) => dir_fingerprint(d),
+        }
+    }
+}
+
+/// Makes the repository of `choice` for `image` in `out_dir` (the built-in ones; a directory is
+/// used as it is).
+pub async fn make(
+    choice: &UpdateChoice,
+    image: &str,
+    mirror: Option<&str>,
+    cache_root: &Path,
+    out_dir: &Path,
+) -> anyhow::Result<UpdateRepo> {
+    let label = choice.label();
+    let dir = match choice {
+        UpdateChoice::Dir(d) => d.clone(),
+        UpdateChoice::Good => {
+            let mirror = crate::inputs::debian::resolve_mirror(mirror)?;
+            repo::good_update(&mirror, cache_root, out_dir).await?.dir
+        }
+        UpdateChoice::Bad => {
+            // The bad shim is one version above the image's own, so apt takes it as an upgrade.
+            let registry = Registry::builtin();
+            let Some(Entry::Local(local)) = registry.get(image) else {
+                bail!("the built-in bad update is made for local images; {image} is not one");
+            };
+            let built = debian_build::find_cached(&local.recipe, cache_root)?
+                .ok_or_else(|| anyhow!("{image} is not built yet"))?;
+            let shim = built
+                .manifest
+                .boot_chain
+                .get("shim-signed")
+                .cloned()
+                .ok_or_else(|| anyhow!("{image} has no shim-signed package"))?;
+            let out = out_dir.to_path_buf();
+            tokio::task::spawn_blocking(move || repo::bad_update(&out, &shim))
+                .await
+                .context("building the bad update")??
+                .dir
+        }
+    };
+    Ok(UpdateRepo { label, dir })
+}
+
+/// Names, sizes and modification times of a directory's files: enough to notice a changed
+/// update repository without hashing every package.
+fn dir_fingerprint(dir: &Path) -> anyhow::Result<String> {
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        let m = e.metadata()?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        entries.push(format!(
+            "{}:{}:{mtime}",
+            e.file_name().to_string_lossy(),
+            m.len()
+        ));
+    }
+    entries.sort();
+    Ok(format!("{}|{}", dir.display(), entries.join(",")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_names_parse() {
+        assert_eq!(UpdateChoice::parse("good"), Ok(UpdateChoice::Good));
+        assert_eq!(UpdateChoice::parse("bad"), Ok(UpdateChoice::Bad));
+        let d = tempfile::tempdir().unwrap();
+        let e = UpdateChoice::parse(d.path().to_str().unwrap()).unwrap_err();
+        assert!(e.contains("neither"), "{e}");
+        std::fs::write(d.path().join("Packages"), "").unwrap();
+        assert_eq!(
+            UpdateChoice::parse(d.path().to_str().unwrap()),
+            Ok(UpdateChoice::Dir(d.path().to_path_buf()))
+        );
+    }
+}
