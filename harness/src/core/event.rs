@@ -87,9 +87,12 @@ pub enum Event {
 /// Where events go: nowhere, or a function the caller gave (called on the emitting thread; it
 /// should only hand the event on, e.g. into a channel). A sink may carry a scope (a case or
 /// cell name) that tells concurrent emitters apart.
+/// The function a sink hands events to: `(scope, event)`.
+type Deliver = dyn Fn(Option<&str>, Event) + Send + Sync;
+
 #[derive(Clone, Default)]
 pub struct EventSink {
-    to: Option<Arc<dyn Fn(Option<&str>, Event) + Send + Sync>>,
+    to: Option<Arc<Deliver>>,
     scope: Option<Arc<str>>,
 }
 

@@ -1273,20 +1273,7 @@ fn record_session(result: &mut RunResult, s: &Session) {
     result.console_bytes = s.console_bytes;
     result.events = s.event_log.clone();
     result.harness_watch_cpu_s = Some(round_ms(s.watch_cpu_s));
-    let banner = crate::core::classify::PatternSet::builtin()
-        .by_name("edk2-banner")
-        .map(|p| &p.regex);
-    result.firmware.banner_version = cls
-        .boots()
-        .iter()
-        .flat_map(|b| b.timeline.iter())
-        .find(|m| m.pattern == "edk2-banner")
-        .and_then(|m| {
-            banner?
-                .captures(&m.text)?
-                .name("version")
-                .map(|v| v.as_str().trim().to_string())
-        });
+    result.firmware.banner_version = cls.firmware_banner_version();
 }
 
 #[cfg(test)]

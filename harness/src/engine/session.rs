@@ -92,7 +92,7 @@ impl SessionPaths {
 
 /// The process behind a session: QEMU, or a scripted stand-in whose exit a test decides.
 pub enum VmProcess {
-    Qemu(Qemu),
+    Qemu(Box<Qemu>),
     Scripted(ScriptedProcess),
 }
 
@@ -280,7 +280,7 @@ impl Session {
             .await
             .map_err(|e| err(format!("cannot connect to the QMP socket: {e}")))?;
         Session::attach(
-            VmProcess::Qemu(qemu),
+            VmProcess::Qemu(Box::new(qemu)),
             zero,
             console,
             qmp,

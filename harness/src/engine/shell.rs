@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use regex::Regex;
 use tokio_util::sync::CancellationToken;
 
+use crate::core::classify::{PatternSet, Role};
 use crate::core::event::Event;
 use crate::engine::record::CommandResult;
 use crate::engine::session::{ExpectEnd, Session};
@@ -68,30 +69,31 @@ impl Shell {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<Shell, ShellError> {
-        let prompt = Regex::new(r"(?m)\S+ login: ?$").expect("valid regex");
-        let pw = Regex::new(r"(?m)[Pp]assword: ?$").expect("valid regex");
-        let outcome = Regex::new(r"(?m)(Login incorrect|[$#] ?$)").expect("valid regex");
+        let set = PatternSet::builtin();
+        let prompt = set.role(Role::LoginPrompt);
+        let pw = set.role(Role::PasswordPrompt);
+        let outcome = login_outcome(set);
         let mut since = 0;
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match s.expect(&prompt, since, timeout, cancel).await? {
+            match s.expect(prompt, since, timeout, cancel).await? {
                 ExpectEnd::Matched { .. } => {}
                 end => return Err(expect_err(end, "login prompt", timeout, s)),
             }
             let mark = s.mark();
             s.send(format!("{user}\r").as_bytes()).await?;
             let step = Duration::from_secs(60);
-            match s.expect(&pw, mark, step, cancel).await? {
+            match s.expect(pw, mark, step, cancel).await? {
                 ExpectEnd::Matched { .. } => {}
                 end => return Err(expect_err(end, "password prompt", step, s)),
             }
             let mark = s.mark();
             s.send(format!("{password}\r").as_bytes()).await?;
             match s.expect(&outcome, mark, step, cancel).await? {
+                // Group 1 is the refusal: anything else is the shell prompt.
                 ExpectEnd::Matched { captures, .. }
-                    if captures.first().cloned().flatten().as_deref()
-                        != Some("Login incorrect") =>
+                    if captures.first().cloned().flatten().is_none() =>
                 {
                     break;
                 }
@@ -184,12 +186,20 @@ impl Shell {
     }
 }
 
+/// What follows the password: a refusal (capture group 1) or a shell prompt, whichever the
+/// console shows first.
+fn login_outcome(set: &PatternSet) -> Regex {
+    let refused = set.role(Role::LoginIncorrect).as_str();
+    let prompt = set.role(Role::ShellPrompt).as_str();
+    Regex::new(&format!("({refused})|{prompt}"))
+        .expect("two valid regexes in alternation are valid (tested on the builtin set)")
+}
+
 /// The command's output without the kernel's and services' console messages that the serial
 /// console interleaves with it: lines stamped like printk (`[   71.943691] ...`). They stay in
 /// `console.log`, and the classifier sees them there.
 pub fn without_console_noise(output: &str) -> String {
-    static PRINTK: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
-    let re = PRINTK.get_or_init(|| Regex::new(r"^\[\s*\d+\.\d{6}\] ").expect("valid regex"));
+    let re = PatternSet::builtin().role(Role::Printk);
     output
         .split_inclusive('\n')
         .filter(|l| !re.is_match(l))
@@ -199,6 +209,31 @@ pub fn without_console_noise(output: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The login waits come from the pattern set's roles; after the password, a refusal is told
+    /// apart from a shell prompt by capture group 1.
+    #[test]
+    fn login_regexes_come_from_the_pattern_set() {
+        let set = PatternSet::builtin();
+        assert!(
+            set.role(Role::LoginPrompt)
+                .is_match("Debian GNU/Linux 12 debian ttyAMA0\n\ndebian login: ")
+        );
+        assert!(
+            set.role(Role::PasswordPrompt)
+                .is_match("debian\nPassword: ")
+        );
+        let outcome = login_outcome(set);
+        let refused = outcome
+            .captures("\nLogin incorrect\ndebian login: ")
+            .unwrap();
+        assert_eq!(refused.get(1).map(|m| m.as_str()), Some("Login incorrect"));
+        let shell = outcome
+            .captures("\nLinux debian 6.1.0-26-cloud-arm64\ndebian@debian:~$ ")
+            .unwrap();
+        assert!(shell.get(1).is_none());
+        assert!(outcome.captures("debian\nPassword: ").is_none());
+    }
 
     #[test]
     fn console_messages_are_taken_out_of_command_output() {

@@ -170,7 +170,11 @@ mod tests {
         };
         assert!(check_steps(&[boot(), login.clone(), up.clone()], true).is_ok());
         let err = |steps: &[Step], guest| check_steps(steps, guest).unwrap_err();
-        assert!(err(&[login.clone()], true).1.contains("first step"));
+        assert!(
+            err(std::slice::from_ref(&login), true)
+                .1
+                .contains("first step")
+        );
         let (i, m) = err(&[boot(), up.clone()], true);
         assert!(
             i == 1 && m.contains("step 2: `upgrade` needs a `login`"),

@@ -121,7 +121,7 @@ fn meets(e: &Expect, o: &Outcome, suspects: &[String]) -> bool {
     o.verdict.as_str() == e.verdict
         && e.before_grub.is_none_or(|b| b == o.before_grub)
         && e.exit_code.is_none_or(|c| c == o.exit_code)
-        && e.suspects.is_none_or(|s| s == !suspects.is_empty())
+        && e.suspects.is_none_or(|s| s != suspects.is_empty())
 }
 
 /// Runs the image cases. `results` gets one directory per case and the update repositories.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use regex::Captures;
 use serde::{Deserialize, Serialize};
 
-pub use patterns::{Effect, PatternSet};
+pub use patterns::{DumpPart, Effect, Pattern, PatternSet, Role};
 
 use crate::core::verdict::{Stage, Verdict, exit_code};
 
@@ -203,8 +203,13 @@ impl Default for Classifier {
 
 impl Classifier {
     pub fn new() -> Classifier {
+        Classifier::with_patterns(PatternSet::builtin())
+    }
+
+    /// A classifier over another pattern set (tests of the pattern file's contract).
+    pub fn with_patterns(set: &'static PatternSet) -> Classifier {
         Classifier {
-            set: PatternSet::builtin(),
+            set,
             boots: vec![Boot::new(0, "power-on", 1, Some(0.0))],
             line_no: 0,
             open_dump: None,
@@ -230,6 +235,17 @@ impl Classifier {
     /// The last non-empty line seen (for `hang` reports).
     pub fn last_line(&self) -> &str {
         &self.last_line
+    }
+
+    /// The version the firmware banner printed in the first boot that showed it (trimmed; empty
+    /// for Debian's builds), or `None` when no banner was seen.
+    pub fn firmware_banner_version(&self) -> Option<String> {
+        let banner = &self.set.role_pattern(Role::FirmwareBanner).name;
+        self.boots
+            .iter()
+            .flat_map(|b| b.timeline.iter())
+            .find(|m| &m.pattern == banner)
+            .and_then(|m| self.set.banner_version(&m.text))
     }
 
     /// True while an exception dump is being read (the caller waits for it to end).
@@ -313,17 +329,13 @@ impl Classifier {
         let p = &set.patterns[i];
         let caps = p.regex.captures(line).expect("pattern matched this line");
         match p.effect {
-            Effect::Dump => self.apply_dump(&p.name, &caps, line_no, line, t),
+            // Role-only patterns have no literals and are no prompts: never matched here.
+            Effect::RoleOnly => {}
+            Effect::Dump => self.apply_dump(p, &caps, line_no, line, t),
             Effect::Stage => {
                 self.open_dump = None;
-                let stage = stage_of(&p.name, &caps, p.stage.expect("checked at load"));
-                if p.name == "edk2-banner"
-                    && self
-                        .current()
-                        .timeline
-                        .iter()
-                        .any(|m| m.pattern == "edk2-banner")
-                {
+                let stage = stage_of(p, &caps);
+                if p.restarts_boot && self.current().timeline.iter().any(|m| m.pattern == p.name) {
                     let idx = self.boots.len();
                     self.boots
                         .push(Boot::new(idx, "firmware-restart", line_no, t));
@@ -334,8 +346,7 @@ impl Classifier {
                 if let Some(st) = p.stage {
                     self.advance(st, &p.name, line_no, line, t);
                 }
-                if p.effect == Effect::Fatal && self.absorb_into_dump(&p.name, &caps, line_no, line)
-                {
+                if p.effect == Effect::Fatal && self.absorb_into_dump(p, &caps, line_no, line) {
                     return;
                 }
                 self.open_dump = None;
@@ -344,7 +355,7 @@ impl Classifier {
                     Effect::Suspect => FindingKind::Suspect,
                     _ => FindingKind::Note,
                 };
-                let exception = exception_banner(&p.name, &caps, line_no);
+                let exception = exception_banner(p, &caps, line_no);
                 let opens_dump = exception.is_some();
                 let boot = self.boots.last_mut().expect("a boot");
                 boot.findings.push(Finding {
@@ -368,7 +379,7 @@ impl Classifier {
     /// A fatal line that continues an open dump (the banner printed again, the ASSERT that ends
     /// a DEBUG build's dump, a recursive exception while dumping) is added to it, not counted as
     /// a new failure.
-    fn absorb_into_dump(&mut self, name: &str, caps: &Captures, line_no: u64, line: &str) -> bool {
+    fn absorb_into_dump(&mut self, p: &Pattern, caps: &Captures, line_no: u64, line: &str) -> bool {
         let Some(idx) = self.open_dump else {
             return false;
         };
@@ -376,15 +387,15 @@ impl Classifier {
         let Some(dump) = boot.findings[idx].exception.as_mut() else {
             return false;
         };
-        match name {
-            "edk2-sync-exception" | "edk2-async-exception"
+        match p.dump {
+            Some(DumpPart::Banner)
                 if caps.name("address").map(|m| m.as_str())
                     == dump.address.as_deref().map(|a| &a[2..]) =>
             {
                 dump.banner_count += 1;
             }
-            "edk2-assert" => dump.assert = Some(line.trim().to_string()),
-            "edk2-recursive-exception" => dump.recursive = true,
+            Some(DumpPart::Assert) => dump.assert = Some(line.trim().to_string()),
+            Some(DumpPart::Recursive) => dump.recursive = true,
             _ => return false,
         }
         dump.last_line = line_no;
@@ -393,7 +404,7 @@ impl Classifier {
 
     fn apply_dump(
         &mut self,
-        name: &str,
+        p: &Pattern,
         caps: &Captures,
         line_no: u64,
         line: &str,
@@ -404,7 +415,7 @@ impl Classifier {
             // firmware prints none), but the firmware took an exception all the same.
             let boot = self.boots.last_mut().expect("a boot");
             boot.findings.push(Finding {
-                pattern: format!("{name}-without-banner"),
+                pattern: format!("{}-without-banner", p.name),
                 kind: FindingKind::Fatal,
                 verdict: Some(Verdict::FirmwareException),
                 stage: boot.stage,
@@ -428,25 +439,25 @@ impl Classifier {
             .expect("dump findings carry an exception");
         dump.last_line = line_no;
         let hex = |n: &str| caps.name(n).map(|m| format!("0x{}", m.as_str()));
-        match name {
-            "edk2-backtrace" => dump.backtrace.push(Frame {
+        match p.dump {
+            Some(DumpPart::Backtrace) => dump.backtrace.push(Frame {
                 pc: hex("pc").unwrap_or_default(),
                 module: caps.name("module").map(|m| m.as_str().to_string()),
                 base: hex("base"),
                 offset: hex("offset"),
             }),
-            "edk2-module-legend" => {
+            Some(DumpPart::ModuleLegend) => {
                 if let (Some(i), Some(path)) = (caps.name("index"), caps.name("path"))
                     && let Ok(i) = i.as_str().parse()
                 {
                     dump.modules.insert(i, path.as_str().to_string());
                 }
             }
-            "edk2-syndrome" => dump.syndrome = Some(line.trim().to_string()),
-            "edk2-abort-description" => {
+            Some(DumpPart::Syndrome) => dump.syndrome = Some(line.trim().to_string()),
+            Some(DumpPart::Abort) => {
                 dump.abort = caps.name("description").map(|m| m.as_str().to_string())
             }
-            "edk2-registers" => {
+            Some(DumpPart::Registers) => {
                 for (reg, val) in parse_registers(line) {
                     match reg.as_str() {
                         "ESR" => dump.esr = Some(val.clone()),
@@ -595,37 +606,35 @@ pub fn decide_boot(boot: &Boot, target: Option<Stage>, end: &End) -> Option<Deci
     })
 }
 
-/// The stage a stage-pattern hit means; BdsDxe starting a boot option is judged by its file name.
-fn stage_of(name: &str, caps: &Captures, default: Stage) -> Stage {
-    if name != "bds-boot-option" || caps.name("action").map(|m| m.as_str()) != Some("starting") {
+/// The stage a stage-pattern hit means: its `stage`, or, for a pattern with `file_stages` whose
+/// `path` took part in the match (BdsDxe starting a boot option), the stage its file name says.
+fn stage_of(p: &Pattern, caps: &Captures) -> Stage {
+    let default = p
+        .stage
+        .expect("stage patterns have a stage (checked at load)");
+    let Some(path) = caps.name("path").filter(|_| !p.file_stages.is_empty()) else {
         return default;
-    }
-    let path = caps
-        .name("path")
-        .map(|m| m.as_str().to_ascii_lowercase())
-        .unwrap_or_default();
+    };
+    let path = path.as_str().to_ascii_lowercase();
     let file = path.rsplit(['\\', '/']).next().unwrap_or("");
-    if file.starts_with("shim") {
-        Stage::Shim
-    } else if file.starts_with("grub") {
-        Stage::Grub
-    } else {
-        default
-    }
+    p.file_stages
+        .iter()
+        .find(|(prefix, _)| file.starts_with(prefix.as_str()))
+        .map_or(default, |&(_, stage)| stage)
 }
 
-fn exception_banner(name: &str, caps: &Captures, line_no: u64) -> Option<ExceptionDump> {
-    let kind = match name {
-        "edk2-sync-exception" => "Synchronous".to_string(),
-        "edk2-async-exception" => caps.name("kind")?.as_str().to_string(),
-        "edk2-recursive-exception" => "recursive".to_string(),
+/// The dump a fatal line opens: a banner (of the captured kind) or a recursive exception.
+fn exception_banner(p: &Pattern, caps: &Captures, line_no: u64) -> Option<ExceptionDump> {
+    let kind = match p.dump? {
+        DumpPart::Banner => caps.name("kind")?.as_str().to_string(),
+        DumpPart::Recursive => "recursive".to_string(),
         _ => return None,
     };
     Some(ExceptionDump {
         kind,
         address: caps.name("address").map(|m| format!("0x{}", m.as_str())),
         banner_count: 1,
-        recursive: name == "edk2-recursive-exception",
+        recursive: p.dump == Some(DumpPart::Recursive),
         last_line: line_no,
         ..Default::default()
     })
@@ -642,8 +651,11 @@ fn parse_registers(line: &str) -> Vec<(String, String)> {
 
 /// Classifies a whole saved console log (raw or normalized).
 pub fn classify_log(bytes: &[u8]) -> (Classifier, Decision) {
+    classify_log_with(Classifier::new(), bytes)
+}
+
+fn classify_log_with(mut cls: Classifier, bytes: &[u8]) -> (Classifier, Decision) {
     let mut norm = crate::core::console::Normalizer::new();
-    let mut cls = Classifier::new();
     let mut text = String::new();
     for chunk in bytes.chunks(1 << 20) {
         text.clear();

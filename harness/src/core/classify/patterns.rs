@@ -1,6 +1,11 @@
 //! Loads `patterns.toml` (embedded at build time) into a compiled set: one aho-corasick automaton
 //! over every pattern's literals as a prefilter, and one regex per pattern.
+//!
+//! Code never names a pattern: what the classifier, the serial shell and the reports need is a
+//! pattern field (`dump`, `restarts_boot`, `file_stages`, `role`), and the loader refuses a file
+//! in which something the code relies on is missing, doubled or lacks a capture group it reads.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use aho_corasick::{AhoCorasick, MatchKind};
@@ -20,12 +25,166 @@ pub enum Effect {
     Suspect,
     Dump,
     Note,
+    /// Never used to classify console lines: the pattern exists for its `role` (a prompt the
+    /// serial shell waits for, the kernel's printk stamp).
+    RoleOnly,
+}
+
+/// What a line contributes to a firmware exception dump (the `dump` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DumpPart {
+    /// `… Exception at 0x…`: opens a dump of the captured `kind` at `address`; the same banner
+    /// again (same address) while the dump is open is counted in it.
+    Banner,
+    /// An exception while dumping: opens a dump of kind `recursive`, or marks the open one.
+    Recursive,
+    /// A DEBUG build's ASSERT: ends the open dump (recorded in it) or is a failure of its own.
+    Assert,
+    /// One backtrace frame.
+    Backtrace,
+    /// One line of the module legend (index -> `.dll` path).
+    ModuleLegend,
+    /// The decoded exception syndrome.
+    Syndrome,
+    /// The abort's description.
+    Abort,
+    /// A line of register names and values.
+    Registers,
+    /// The stack dump's heading: part of the dump, nothing to record.
+    Stack,
+}
+
+impl DumpPart {
+    pub const ALL: [DumpPart; 9] = [
+        DumpPart::Banner,
+        DumpPart::Recursive,
+        DumpPart::Assert,
+        DumpPart::Backtrace,
+        DumpPart::ModuleLegend,
+        DumpPart::Syndrome,
+        DumpPart::Abort,
+        DumpPart::Registers,
+        DumpPart::Stack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DumpPart::Banner => "banner",
+            DumpPart::Recursive => "recursive",
+            DumpPart::Assert => "assert",
+            DumpPart::Backtrace => "backtrace",
+            DumpPart::ModuleLegend => "module-legend",
+            DumpPart::Syndrome => "syndrome",
+            DumpPart::Abort => "abort",
+            DumpPart::Registers => "registers",
+            DumpPart::Stack => "stack",
+        }
+    }
+
+    /// The effect a pattern with this part must have: banners, recursive exceptions and asserts
+    /// are failures of their own (they can start a dump); the others are lines inside one.
+    fn effect(self) -> Effect {
+        match self {
+            DumpPart::Banner | DumpPart::Recursive | DumpPart::Assert => Effect::Fatal,
+            _ => Effect::Dump,
+        }
+    }
+
+    /// The capture groups the classifier reads from a line of this part.
+    fn groups(self) -> &'static [&'static str] {
+        match self {
+            DumpPart::Banner => &["kind", "address"],
+            DumpPart::Backtrace => &["pc", "module", "base", "offset"],
+            DumpPart::ModuleLegend => &["index", "path"],
+            DumpPart::Abort => &["description"],
+            _ => &[],
+        }
+    }
+
+    /// What goes missing without a pattern for this part (for the loader's error).
+    fn needed_for(self) -> &'static str {
+        match self {
+            DumpPart::Banner => "firmware exceptions open their dump with it",
+            DumpPart::Recursive => "a recursive exception while dumping is recorded with it",
+            DumpPart::Assert => "a DEBUG build's ASSERT is recorded in its dump with it",
+            DumpPart::Backtrace => "exception dumps get their backtrace from it",
+            DumpPart::ModuleLegend => "exception dumps get their module paths from it",
+            DumpPart::Syndrome => "exception dumps get their syndrome from it",
+            DumpPart::Abort => "exception dumps get their abort description from it",
+            DumpPart::Registers => "exception dumps get their registers, ESR, ELR and FAR from it",
+            DumpPart::Stack => "the stack dump heading keeps the dump together",
+        }
+    }
+}
+
+/// A pattern the code asks for by what it is for (the `role` field); each belongs to exactly one
+/// pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// `debian login: `: the serial shell waits for it, then types the user name.
+    LoginPrompt,
+    /// `Password: `: the serial shell types the password after it.
+    PasswordPrompt,
+    /// A shell prompt (`$ `, `# `): the login worked.
+    ShellPrompt,
+    /// `Login incorrect`: the login was refused.
+    LoginIncorrect,
+    /// The kernel's printk stamp (`[   71.943691] `): console noise taken out of command output.
+    Printk,
+    /// The firmware banner: its `version` is recorded, its `release` regex turns it into an
+    /// upstream release.
+    FirmwareBanner,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::LoginPrompt,
+        Role::PasswordPrompt,
+        Role::ShellPrompt,
+        Role::LoginIncorrect,
+        Role::Printk,
+        Role::FirmwareBanner,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::LoginPrompt => "login-prompt",
+            Role::PasswordPrompt => "password-prompt",
+            Role::ShellPrompt => "shell-prompt",
+            Role::LoginIncorrect => "login-incorrect",
+            Role::Printk => "printk",
+            Role::FirmwareBanner => "firmware-banner",
+        }
+    }
+
+    /// The capture groups read from a line with this role.
+    fn groups(self) -> &'static [&'static str] {
+        match self {
+            Role::FirmwareBanner => &["version"],
+            _ => &[],
+        }
+    }
+
+    /// Who needs the role (for the loader's error).
+    fn needed_by(self) -> &'static str {
+        match self {
+            Role::LoginPrompt => "the serial shell waits for it before logging in",
+            Role::PasswordPrompt => "the serial shell waits for it before typing the password",
+            Role::ShellPrompt => "the serial shell takes it as a successful login",
+            Role::LoginIncorrect => "the serial shell takes it as a refused login",
+            Role::Printk => "command output is cleaned of console messages with it",
+            Role::FirmwareBanner => "runs record the firmware version from it",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPattern {
     name: String,
+    #[serde(default)]
     literals: Vec<String>,
     regex: String,
     effect: Effect,
@@ -33,6 +192,13 @@ struct RawPattern {
     verdict: Option<String>,
     #[serde(default)]
     prompt: bool,
+    dump: Option<DumpPart>,
+    #[serde(default)]
+    restarts_boot: bool,
+    #[serde(default)]
+    file_stages: BTreeMap<String, String>,
+    role: Option<Role>,
+    release: Option<String>,
     #[serde(default)]
     examples: Vec<String>,
     #[serde(default)]
@@ -54,6 +220,17 @@ pub struct Pattern {
     pub stage: Option<Stage>,
     pub verdict: Option<Verdict>,
     pub prompt: bool,
+    /// What the line contributes to a firmware exception dump.
+    pub dump: Option<DumpPart>,
+    /// Seeing this stage pattern a second time in one boot starts a new boot
+    /// (`firmware-restart`).
+    pub restarts_boot: bool,
+    /// (lower-case file-name prefix, stage), longest prefix first: when the `path` capture took
+    /// part in the match, the stage follows the name of the file it ends in.
+    pub file_stages: Vec<(String, Stage)>,
+    pub role: Option<Role>,
+    /// For the firmware banner: turns its `version` into an upstream release (`year`, `month`).
+    pub release: Option<Regex>,
     pub examples: Vec<String>,
     pub counter_examples: Vec<String>,
 }
@@ -70,10 +247,31 @@ pub struct PatternSet {
     pub(crate) literal_owners: Vec<Vec<usize>>,
     /// Indexes of the patterns with `prompt = true`.
     pub(crate) prompts: Vec<usize>,
+    /// `roles[r as usize]`: the index of the pattern with role `r`.
+    roles: Vec<usize>,
+    /// `role_regexes[r as usize]`: that pattern's regex in multi-line mode, for searching a
+    /// buffer of many lines (on a single line it matches exactly as the pattern does).
+    role_regexes: Vec<Regex>,
+}
+
+/// The capture groups of `groups` that `re` lacks.
+fn missing_groups<'a>(re: &Regex, groups: &[&'a str]) -> Vec<&'a str> {
+    groups
+        .iter()
+        .copied()
+        .filter(|g| !re.capture_names().any(|n| n == Some(g)))
+        .collect()
+}
+
+/// `(?P<a>…), (?P<b>…)` for an error message.
+fn group_list(groups: &[&str]) -> String {
+    let all: Vec<String> = groups.iter().map(|g| format!("(?P<{g}>…)")).collect();
+    all.join(", ")
 }
 
 impl PatternSet {
-    /// Parses and compiles a pattern file; errors name the pattern (and TOML line) at fault.
+    /// Parses and compiles a pattern file; errors name the pattern (and TOML line) at fault, or
+    /// the role, dump part or behaviour that no pattern provides.
     pub fn parse(text: &str) -> anyhow::Result<PatternSet> {
         let raw: RawFile =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("patterns.toml: {e}"))?;
@@ -86,18 +284,34 @@ impl PatternSet {
             if patterns.iter().any(|q: &Pattern| q.name == p.name) {
                 anyhow::bail!(ctx("duplicate name"));
             }
-            if p.literals.is_empty() || p.literals.iter().any(|l| l.is_empty()) {
+            if p.effect == Effect::RoleOnly {
+                // Such a line is never classified: literals would only spend prefilter budget,
+                // and classification fields would silently do nothing.
+                if !p.literals.is_empty() {
+                    anyhow::bail!(ctx(
+                        "effect \"role-only\" takes no literals (its lines are never classified)"
+                    ));
+                }
+                if p.stage.is_some()
+                    || p.verdict.is_some()
+                    || p.prompt
+                    || p.dump.is_some()
+                    || p.restarts_boot
+                    || !p.file_stages.is_empty()
+                {
+                    anyhow::bail!(ctx(
+                        "effect \"role-only\" takes no stage, verdict, prompt, dump, restarts_boot or file_stages (its lines are never classified)"
+                    ));
+                }
+            } else if p.literals.is_empty() || p.literals.iter().any(|l| l.is_empty()) {
                 anyhow::bail!(ctx("needs at least one non-empty literal"));
             }
             let regex =
                 Regex::new(&p.regex).map_err(|e| anyhow::anyhow!("{}: {e}", ctx("bad regex")))?;
-            let stage = match &p.stage {
-                Some(s) => Some(
-                    Stage::parse(s)
-                        .ok_or_else(|| anyhow::anyhow!(ctx(&format!("unknown stage {s:?}"))))?,
-                ),
-                None => None,
+            let parse_stage = |s: &str| {
+                Stage::parse(s).ok_or_else(|| anyhow::anyhow!(ctx(&format!("unknown stage {s:?}"))))
             };
+            let stage = p.stage.as_deref().map(parse_stage).transpose()?;
             let verdict = match &p.verdict {
                 Some(v) => Some(
                     Verdict::parse(v)
@@ -114,6 +328,80 @@ impl PatternSet {
                 }
                 _ => {}
             }
+            match (p.effect, p.dump) {
+                (Effect::Dump, None) => anyhow::bail!(ctx(
+                    "effect \"dump\" needs a dump part (dump = \"backtrace\", \"registers\", …)"
+                )),
+                (effect, Some(d)) if d.effect() != effect => anyhow::bail!(ctx(&format!(
+                    "dump = {:?} needs effect = {:?}",
+                    d.as_str(),
+                    if d.effect() == Effect::Fatal {
+                        "fatal"
+                    } else {
+                        "dump"
+                    }
+                ))),
+                _ => {}
+            }
+            if let Some(d) = p.dump {
+                let missing = missing_groups(&regex, d.groups());
+                if !missing.is_empty() {
+                    anyhow::bail!(ctx(&format!(
+                        "dump = {:?} needs the capture group(s) {} (the classifier reads them)",
+                        d.as_str(),
+                        group_list(&missing)
+                    )));
+                }
+            }
+            if p.restarts_boot && p.effect != Effect::Stage {
+                anyhow::bail!(ctx(
+                    "restarts_boot needs effect = \"stage\" (a restart is the stage seen again)"
+                ));
+            }
+            let mut file_stages = Vec::new();
+            if !p.file_stages.is_empty() {
+                if p.effect != Effect::Stage {
+                    anyhow::bail!(ctx("file_stages needs effect = \"stage\""));
+                }
+                if !missing_groups(&regex, &["path"]).is_empty() {
+                    anyhow::bail!(ctx(
+                        "file_stages needs the capture group (?P<path>…) (the file name is read from it)"
+                    ));
+                }
+                for (prefix, s) in &p.file_stages {
+                    if prefix.is_empty() {
+                        anyhow::bail!(ctx("file_stages: an empty file-name prefix"));
+                    }
+                    file_stages.push((prefix.to_ascii_lowercase(), parse_stage(s)?));
+                }
+                file_stages.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+            }
+            if let Some(r) = p.role {
+                let missing = missing_groups(&regex, r.groups());
+                if !missing.is_empty() {
+                    anyhow::bail!(ctx(&format!(
+                        "role {:?} needs the capture group(s) {} ({})",
+                        r.as_str(),
+                        group_list(&missing),
+                        r.needed_by()
+                    )));
+                }
+            }
+            let release = match &p.release {
+                None => None,
+                Some(src) => {
+                    let re = Regex::new(src)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", ctx("bad release regex")))?;
+                    let missing = missing_groups(&re, &["year", "month"]);
+                    if !missing.is_empty() {
+                        anyhow::bail!(ctx(&format!(
+                            "release needs the capture group(s) {} (the release is year.month)",
+                            group_list(&missing)
+                        )));
+                    }
+                    Some(re)
+                }
+            };
             for l in &p.literals {
                 match literals.iter().position(|x| x == l) {
                     Some(j) => literal_owners[j].push(i),
@@ -133,10 +421,27 @@ impl PatternSet {
                 stage,
                 verdict,
                 prompt: p.prompt,
+                dump: p.dump,
+                restarts_boot: p.restarts_boot,
+                file_stages,
+                role: p.role,
+                release,
                 examples: p.examples,
                 counter_examples: p.counter_examples,
             });
         }
+        Self::check_behaviours(&patterns)?;
+        let roles = Self::assign_roles(&patterns)?;
+        Self::check_role_fields(&patterns)?;
+        let role_regexes = roles
+            .iter()
+            .map(|&i| {
+                let p: &Pattern = &patterns[i];
+                Regex::new(&format!("(?m:{})", p.regex.as_str())).map_err(|e| {
+                    anyhow::anyhow!("patterns.toml: pattern {:?}: multi-line regex: {e}", p.name)
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let build = |kind| {
             AhoCorasick::builder()
                 .match_kind(kind)
@@ -151,7 +456,80 @@ impl PatternSet {
             prefilter,
             literal_owners,
             prompts,
+            roles,
+            role_regexes,
         })
+    }
+
+    /// Every behaviour the classifier implements is claimed by some pattern: without one, the
+    /// behaviour would silently be off.
+    fn check_behaviours(patterns: &[Pattern]) -> anyhow::Result<()> {
+        for d in DumpPart::ALL {
+            if !patterns.iter().any(|p| p.dump == Some(d)) {
+                anyhow::bail!(
+                    "patterns.toml: no pattern has dump = {:?} ({})",
+                    d.as_str(),
+                    d.needed_for()
+                );
+            }
+        }
+        if !patterns.iter().any(|p| p.restarts_boot) {
+            anyhow::bail!(
+                "patterns.toml: no pattern has restarts_boot = true (a firmware restarting by itself would not start a new boot)"
+            );
+        }
+        if !patterns.iter().any(|p| !p.file_stages.is_empty()) {
+            anyhow::bail!(
+                "patterns.toml: no pattern has file_stages (starting shim or GRUB from the boot manager would not be seen)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Each role belongs to exactly one pattern; returns the owners in `Role::ALL` order.
+    fn assign_roles(patterns: &[Pattern]) -> anyhow::Result<Vec<usize>> {
+        let mut roles = Vec::with_capacity(Role::ALL.len());
+        for r in Role::ALL {
+            let owners: Vec<usize> = (0..patterns.len())
+                .filter(|&i| patterns[i].role == Some(r))
+                .collect();
+            match owners[..] {
+                [i] => roles.push(i),
+                [] => anyhow::bail!(
+                    "patterns.toml: no pattern has role {:?} ({})",
+                    r.as_str(),
+                    r.needed_by()
+                ),
+                [a, b, ..] => anyhow::bail!(
+                    "patterns.toml: patterns {:?} and {:?} both have role {:?} (a role belongs to one pattern)",
+                    patterns[a].name,
+                    patterns[b].name,
+                    r.as_str()
+                ),
+            }
+        }
+        Ok(roles)
+    }
+
+    /// The fields that go with a role. Checked after the roles are assigned, so that a role
+    /// removed from its pattern is reported as the missing role it is.
+    fn check_role_fields(patterns: &[Pattern]) -> anyhow::Result<()> {
+        for p in patterns {
+            let ctx = |what: &str| format!("patterns.toml: pattern {:?}: {what}", p.name);
+            if p.effect == Effect::RoleOnly && p.role.is_none() {
+                anyhow::bail!(ctx("effect \"role-only\" needs a role"));
+            }
+            match (&p.release, p.role) {
+                (None, Some(Role::FirmwareBanner)) => anyhow::bail!(ctx(
+                    "role \"firmware-banner\" needs a release regex (the matrix reports upstream releases from it)"
+                )),
+                (Some(_), r) if r != Some(Role::FirmwareBanner) => {
+                    anyhow::bail!(ctx("release is only for role \"firmware-banner\""))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The embedded pattern set (compiled once per process).
@@ -185,8 +563,42 @@ impl PatternSet {
             .find(|&i| self.patterns[i].regex.is_match(tail))
     }
 
-    pub fn by_name(&self, name: &str) -> Option<&Pattern> {
-        self.patterns.iter().find(|p| p.name == name)
+    /// The pattern with role `r` (there is exactly one: checked at load).
+    pub fn role_pattern(&self, r: Role) -> &Pattern {
+        &self.patterns[self.roles[r as usize]]
+    }
+
+    /// The regex of the pattern with role `r`, in multi-line mode: `^` and `$` match at line
+    /// boundaries, so it can search a buffer of console lines (as the serial shell does); on a
+    /// single line it matches exactly as the pattern does.
+    pub fn role(&self, r: Role) -> &Regex {
+        &self.role_regexes[r as usize]
+    }
+
+    /// The version a firmware banner line prints (trimmed; Debian's builds print an empty one),
+    /// or `None` when `line` is not the banner.
+    pub fn banner_version(&self, line: &str) -> Option<String> {
+        let c = self
+            .role_pattern(Role::FirmwareBanner)
+            .regex
+            .captures(line)?;
+        Some(c.name("version")?.as_str().trim().to_string())
+    }
+
+    /// The upstream release a banner version names, as `YYYY.MM`
+    /// (`edk2-stable202302-for-qemu` -> `2023.02`); `None` for an empty or unknown version.
+    pub fn edk2_release(&self, version: &str) -> Option<String> {
+        let re = self
+            .role_pattern(Role::FirmwareBanner)
+            .release
+            .as_ref()
+            .expect("the firmware banner has a release regex (checked at load)");
+        let c = re.captures(version.trim())?;
+        Some(format!(
+            "{}.{}",
+            c.name("year")?.as_str(),
+            c.name("month")?.as_str()
+        ))
     }
 }
 
@@ -196,7 +608,8 @@ mod tests {
 
     /// Every pattern's examples are matched by that very pattern (first match wins, so an
     /// example claimed by an earlier pattern is a bug in the file's order) and its counter
-    /// examples are not matched by it.
+    /// examples are not matched by it. Role-only patterns are never classified: their examples
+    /// are checked against their own regex. A role's multi-line regex agrees on every example.
     #[test]
     fn every_pattern_matches_its_examples_and_not_its_counter_examples() {
         let set = PatternSet::builtin();
@@ -204,10 +617,14 @@ mod tests {
         for (i, p) in set.patterns.iter().enumerate() {
             assert!(!p.examples.is_empty(), "pattern {} has no example", p.name);
             for ex in &p.examples {
-                let got = set
-                    .first_match(ex, &mut scratch)
-                    .map(|j| set.patterns[j].name.as_str());
-                assert_eq!(got, Some(p.name.as_str()), "example {ex:?} of {}", p.name);
+                if p.effect == Effect::RoleOnly {
+                    assert!(p.regex.is_match(ex), "example {ex:?} of {}", p.name);
+                } else {
+                    let got = set
+                        .first_match(ex, &mut scratch)
+                        .map(|j| set.patterns[j].name.as_str());
+                    assert_eq!(got, Some(p.name.as_str()), "example {ex:?} of {}", p.name);
+                }
                 if p.prompt {
                     assert!(
                         set.first_prompt_match(ex).is_some(),
@@ -215,14 +632,31 @@ mod tests {
                         p.name
                     );
                 }
+                if let Some(r) = p.role {
+                    assert!(
+                        set.role(r).is_match(ex),
+                        "role example {ex:?} of {}",
+                        p.name
+                    );
+                }
             }
             for ex in &p.counter_examples {
+                if p.effect == Effect::RoleOnly {
+                    assert!(
+                        !p.regex.is_match(ex),
+                        "counter example {ex:?} of {}",
+                        p.name
+                    );
+                }
                 assert_ne!(
                     set.first_match(ex, &mut scratch),
                     Some(i),
                     "counter example {ex:?} of {}",
                     p.name
                 );
+                if let Some(r) = p.role {
+                    assert!(!set.role(r).is_match(ex), "role counter example {ex:?}");
+                }
             }
         }
     }
@@ -248,5 +682,210 @@ mod tests {
             "[[pattern]]\nname='z'\nliterals=['a']\nregex='a'\neffect='note'\ncolour='red'\n";
         let e = PatternSet::parse(unknown_field).unwrap_err().to_string();
         assert!(e.contains("colour") && e.contains("line"), "{e}");
+    }
+
+    /// The embedded file with every occurrence of `from` replaced by `to`; `from` must occur
+    /// (so that an edit of the file cannot quietly turn a test into one that checks nothing).
+    fn edited(from: &str, to: &str) -> String {
+        assert!(
+            PATTERNS_TOML.contains(from),
+            "{from:?} is not in patterns.toml"
+        );
+        PATTERNS_TOML.replace(from, to)
+    }
+
+    fn parse_error(text: &str) -> String {
+        match PatternSet::parse(text) {
+            Ok(_) => panic!("the edited patterns.toml was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_missing_role_is_refused_naming_the_role() {
+        for r in Role::ALL {
+            let e = parse_error(&edited(&format!("role = \"{}\"\n", r.as_str()), ""));
+            assert!(
+                e.contains(&format!("no pattern has role \"{}\"", r.as_str()))
+                    && e.contains(r.needed_by()),
+                "{e}"
+            );
+        }
+        let e = parse_error(&edited("role = \"login-prompt\"\n", ""));
+        assert_eq!(
+            e,
+            "patterns.toml: no pattern has role \"login-prompt\" (the serial shell waits for it before logging in)"
+        );
+    }
+
+    #[test]
+    fn a_doubled_role_is_refused_naming_both_patterns() {
+        let e = parse_error(&edited(
+            "role = \"password-prompt\"",
+            "role = \"login-prompt\"",
+        ));
+        assert_eq!(
+            e,
+            "patterns.toml: patterns \"login-prompt\" and \"password-prompt\" both have role \"login-prompt\" (a role belongs to one pattern)"
+        );
+    }
+
+    #[test]
+    fn a_missing_dump_part_or_behaviour_is_refused() {
+        for d in DumpPart::ALL {
+            let from = format!("dump = \"{}\"\n", d.as_str());
+            // A dump line must say what it fills: point the removed part at another one.
+            let to = match d {
+                _ if d.effect() == Effect::Fatal => String::new(),
+                DumpPart::Stack => "dump = \"syndrome\"\n".to_string(),
+                _ => "dump = \"stack\"\n".to_string(),
+            };
+            let e = parse_error(&edited(&from, &to));
+            assert!(
+                e.contains(&format!("no pattern has dump = \"{}\"", d.as_str())),
+                "{e}"
+            );
+        }
+        let e = parse_error(&edited("restarts_boot = true\n", ""));
+        assert!(e.contains("no pattern has restarts_boot = true"), "{e}");
+        let e = parse_error(&edited("file_stages = ", "# file_stages = "));
+        assert!(e.contains("no pattern has file_stages"), "{e}");
+    }
+
+    #[test]
+    fn a_role_or_dump_pattern_without_the_group_the_code_reads_is_refused() {
+        let e = parse_error(&edited("(?P<version>.*?)", "(.*?)"));
+        assert!(
+            e.contains("pattern \"edk2-banner\"")
+                && e.contains("role \"firmware-banner\"")
+                && e.contains("(?P<version>…)"),
+            "{e}"
+        );
+        let e = parse_error(&edited("(?P<kind>Synchronous)", "Synchronous"));
+        assert!(
+            e.contains("pattern \"edk2-sync-exception\"")
+                && e.contains("dump = \"banner\"")
+                && e.contains("(?P<kind>…)"),
+            "{e}"
+        );
+        let e = parse_error(&edited("(?P<pc>", "("));
+        assert!(
+            e.contains("dump = \"backtrace\"") && e.contains("(?P<pc>…)"),
+            "{e}"
+        );
+        let e = parse_error(&edited("(?P<path>\\S+\\.dll)", "(\\S+\\.dll)"));
+        assert!(
+            e.contains("dump = \"module-legend\"") && e.contains("(?P<path>…)"),
+            "{e}"
+        );
+        let e = parse_error(&edited("(?P<month>", "("));
+        assert!(
+            e.contains("edk2-banner") && e.contains("(?P<month>…)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn inconsistent_fields_are_refused() {
+        let base = "[[pattern]]\nname='p'\nregex='a'\nexamples=['a']\n";
+        let cases = [
+            (
+                "literals=['a']\neffect='role-only'\nrole='printk'\n",
+                "takes no literals",
+            ),
+            (
+                "effect='role-only'\nrole='printk'\nstage='login'\n",
+                "takes no stage",
+            ),
+            ("literals=['a']\neffect='dump'\n", "needs a dump part"),
+            (
+                "literals=['a']\neffect='note'\ndump='stack'\n",
+                "needs effect = \"dump\"",
+            ),
+            (
+                "literals=['a']\neffect='dump'\ndump='banner'\n",
+                "needs effect = \"fatal\"",
+            ),
+            (
+                "literals=['a']\neffect='note'\nrestarts_boot=true\n",
+                "restarts_boot needs",
+            ),
+            (
+                "literals=['a']\neffect='stage'\nstage='firmware'\nfile_stages={shim='shim'}\n",
+                "(?P<path>…)",
+            ),
+        ];
+        for (fields, want) in cases {
+            let e = parse_error(&format!("{base}{fields}"));
+            assert!(
+                e.contains("pattern \"p\"") && e.contains(want),
+                "{fields}: {e}"
+            );
+        }
+        // These need the rest of a valid file: they are checked once the roles are known.
+        let e = parse_error(&format!("{PATTERNS_TOML}\n{base}effect='role-only'\n"));
+        assert!(
+            e.contains("pattern \"p\"") && e.contains("needs a role"),
+            "{e}"
+        );
+        let e = parse_error(&format!(
+            "{PATTERNS_TOML}\n{base}literals=['a']\neffect='note'\nrelease='(?P<year>)(?P<month>)'\n"
+        ));
+        assert!(
+            e.contains("pattern \"p\"") && e.contains("only for role"),
+            "{e}"
+        );
+        let e = parse_error(&edited("release = '", "# release = '"));
+        assert!(
+            e.contains("pattern \"edk2-banner\"") && e.contains("needs a release regex"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_shell_and_the_reports_get_their_regexes_from_the_set() {
+        let set = PatternSet::builtin();
+        let login = set.role(Role::LoginPrompt);
+        assert!(login.is_match("debian login: "));
+        // Searched in a buffer of console lines, as the shell does.
+        assert!(login.is_match("Debian GNU/Linux 12 debian ttyAMA0\n\ndebian login: "));
+        assert!(!login.is_match("Last login: Tue Nov 24 10:00:00 on ttyAMA0\n"));
+        assert!(
+            set.role(Role::PasswordPrompt)
+                .is_match("debian\nPassword: ")
+        );
+        assert!(
+            set.role(Role::ShellPrompt)
+                .is_match("Linux debian 6.1.0\n$ ")
+        );
+        assert!(set.role(Role::ShellPrompt).is_match("root@debian:~# "));
+        assert!(
+            set.role(Role::LoginIncorrect)
+                .is_match("\nLogin incorrect\n")
+        );
+        let printk = set.role(Role::Printk);
+        assert!(printk.is_match("[   71.943691] cloud-init[372]: WARNING\n"));
+        assert!(!printk.is_match("[1.2] is not printk\n"));
+        assert_eq!(
+            set.banner_version(
+                "UEFI firmware (version edk2-stable202302-for-qemu built at 17:14:55 on Mar 15 2023)"
+            )
+            .as_deref(),
+            Some("edk2-stable202302-for-qemu")
+        );
+        assert_eq!(
+            set.banner_version("UEFI firmware (version  built at 12:00:00 on Jan  1 2023)")
+                .as_deref(),
+            Some("")
+        );
+        assert_eq!(set.banner_version("Welcome to GRUB!"), None);
+        let release = |v| set.edk2_release(v);
+        assert_eq!(
+            release("edk2-stable202302-for-qemu").as_deref(),
+            Some("2023.02")
+        );
+        assert_eq!(release("2022.11-6+deb12u2").as_deref(), Some("2022.11"));
+        assert_eq!(release("").as_deref(), None);
+        assert_eq!(release("  ").as_deref(), None);
     }
 }

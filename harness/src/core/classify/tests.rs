@@ -473,3 +473,95 @@ fn debug_build_assert_ends_the_dump_and_does_not_replace_the_verdict() {
     );
     assert_eq!(cls.current().findings.len(), 1);
 }
+
+// ------------------------------------------------------------------ behaviour from pattern fields
+
+#[test]
+fn a_started_boot_option_takes_the_stage_its_file_name_says() {
+    let stage_after = |line: &str| {
+        let mut cls = Classifier::new();
+        feed_lines(&mut cls, &[line], 1.0);
+        cls.current().stage
+    };
+    let from = "from HD(1,GPT,F3395D88-1F07-48B3-AF35-4BF4BC88021F,0x800,0x31801)";
+    assert_eq!(
+        stage_after(&format!(
+            "BdsDxe: starting Boot0003 \"debian\" {from}/\\EFI\\debian\\SHIMAA64.EFI"
+        )),
+        Stage::Shim
+    );
+    assert_eq!(
+        stage_after(&format!(
+            "BdsDxe: starting Boot0003 \"debian\" {from}/\\EFI\\debian\\grubaa64.efi"
+        )),
+        Stage::Grub
+    );
+    // Loading runs nothing yet; an application that is neither shim nor GRUB is firmware.
+    assert_eq!(
+        stage_after(&format!(
+            "BdsDxe: loading Boot0003 \"debian\" {from}/\\EFI\\debian\\shimaa64.efi"
+        )),
+        Stage::Firmware
+    );
+    assert_eq!(
+        stage_after(&format!(
+            "BdsDxe: starting Boot0003 \"x\" {from}/\\EFI\\BOOT\\BOOTAA64.EFI"
+        )),
+        Stage::Firmware
+    );
+}
+
+#[test]
+fn the_firmware_banner_version_is_read_from_the_timeline() {
+    let mut cls = Classifier::new();
+    assert_eq!(cls.firmware_banner_version(), None);
+    feed_lines(
+        &mut cls,
+        &[
+            "UEFI firmware (version edk2-stable202302-for-qemu built at 17:14:55 on Mar 15 2023)",
+            "Welcome to GRUB!",
+        ],
+        1.0,
+    );
+    assert_eq!(
+        cls.firmware_banner_version().as_deref(),
+        Some("edk2-stable202302-for-qemu")
+    );
+    let (cls, _) = classify_log(b"UEFI firmware (version  built at 12:00:00 on Jan  1 2023)\n");
+    assert_eq!(cls.firmware_banner_version().as_deref(), Some(""));
+}
+
+/// The code asks for fields, not names: with every pattern renamed, every sample gets the same
+/// boots, stages, findings and dumps (only the recorded pattern names differ).
+#[test]
+fn renaming_every_pattern_changes_nothing_but_the_names() {
+    let renamed = patterns::PATTERNS_TOML.replace("\nname = \"", "\nname = \"renamed-");
+    assert!(renamed.matches("name = \"renamed-").count() > 40);
+    let set: &'static PatternSet = Box::leak(Box::new(PatternSet::parse(&renamed).unwrap()));
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/console");
+    let mut dumps = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        let (a, da) = classify_log(&bytes);
+        let (b, db) = classify_log_with(Classifier::with_patterns(set), &bytes);
+        let json = |cls: &Classifier, d: &Decision| {
+            serde_json::to_string(&(cls.boots(), d, cls.firmware_banner_version())).unwrap()
+        };
+        let renamed_json = json(&b, &db).replace("\"pattern\":\"renamed-", "\"pattern\":\"");
+        assert_eq!(json(&a, &da), renamed_json);
+        dumps += a
+            .boots()
+            .iter()
+            .flat_map(|b| &b.findings)
+            .filter(|f| {
+                f.exception
+                    .as_ref()
+                    .is_some_and(|x| !x.backtrace.is_empty())
+            })
+            .count();
+    }
+    assert!(
+        dumps > 5,
+        "the samples hold exception dumps with backtraces"
+    );
+}

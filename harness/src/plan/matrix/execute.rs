@@ -52,9 +52,15 @@ pub use crate::sys::host::default_concurrency;
 /// What a cell's image value became after preparation.
 #[derive(Debug, Clone)]
 enum PreparedImage {
-    Fixture { path: PathBuf, sha256: String },
-    Image(Resolved),
-    Upgraded { base: Resolved, up: UpgradedImage },
+    Fixture {
+        path: PathBuf,
+        sha256: String,
+    },
+    Image(Box<Resolved>),
+    Upgraded {
+        base: Box<Resolved>,
+        up: Box<UpgradedImage>,
+    },
 }
 
 /// Everything resolved before the first cell; a failure is kept as the message the affected
@@ -425,11 +431,16 @@ async fn prepare_image(
                 sha256,
             })
         }
-        ImageChoice::Image(name) => Ok(PreparedImage::Image(resolve_image(name, opts).await?)),
+        ImageChoice::Image(name) => Ok(PreparedImage::Image(Box::new(
+            resolve_image(name, opts).await?,
+        ))),
         ImageChoice::Upgraded(name) => {
             let base = resolve_image(name, opts).await?;
             let up = upgrade::prepare(&base, &spec.upgrade, ctx, cancel, sink).await?;
-            Ok(PreparedImage::Upgraded { base, up })
+            Ok(PreparedImage::Upgraded {
+                base: Box::new(base),
+                up: Box::new(up),
+            })
         }
     }
 }
@@ -718,7 +729,7 @@ fn summarize(
     record.firmware_banner = banner.clone();
     record.firmware_version = banner
         .as_deref()
-        .and_then(edk2_release_from_banner)
+        .and_then(|v| crate::core::classify::PatternSet::builtin().edk2_release(v))
         .or_else(|| f.package.as_deref().map(providers::upstream_version));
     let complete = outcomes.len() == record.repeat as usize
         && outcomes.iter().all(|r| r.status == RunStatus::Complete);
@@ -739,13 +750,6 @@ fn summarize(
     };
 }
 
-/// `edk2-stable202302-for-qemu` -> `2023.02`; Debian's builds print an empty version.
-pub fn edk2_release_from_banner(banner: &str) -> Option<String> {
-    let re = regex::Regex::new(r"(?:stable)?(20\d\d)\.?(\d\d)").ok()?;
-    let c = re.captures(banner.trim())?;
-    Some(format!("{}.{}", &c[1], &c[2]))
-}
-
 fn round(s: f64) -> f64 {
     crate::engine::qmp::round_ms(s)
 }
@@ -764,28 +768,4 @@ pub fn check_images(spec: &MatrixSpec) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn edk2_banner_versions() {
-        assert_eq!(
-            edk2_release_from_banner("edk2-stable202302-for-qemu").as_deref(),
-            Some("2023.02")
-        );
-        assert_eq!(edk2_release_from_banner("").as_deref(), None);
-        assert_eq!(edk2_release_from_banner("  ").as_deref(), None);
-    }
-
-    #[test]
-    fn concurrency_is_bounded_by_cores_and_memory() {
-        let n = default_concurrency(1024);
-        let cores = std::thread::available_parallelism().unwrap().get();
-        assert!(n >= 1 && n <= cores);
-        // A VM bigger than the machine still gets one slot.
-        assert_eq!(default_concurrency(u32::MAX / 2), 1);
-    }
 }
