@@ -157,6 +157,38 @@ fn a_wrong_qemu_argument_is_a_harness_error_not_a_guest_failure() {
     );
 }
 
+/// A failure after the results directory exists (here: the private directory for the sockets
+/// cannot be made) is recorded: `result.json` and `case.json` with status `error`, verdict
+/// `harness-error` and the message, exit code 125.
+#[test]
+fn a_run_that_fails_after_its_results_directory_exists_leaves_an_error_record() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let res = results_root();
+    let out = bin()
+        .env("TMPDIR", "/proc")
+        .args(["boot", "--json", "--snapshot", "--disk"])
+        .arg(fixtures().join("hello.img"))
+        .arg("--results")
+        .arg(res.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    let dirs: Vec<_> = res.path().read_dir().unwrap().flatten().collect();
+    assert_eq!(dirs.len(), 1, "one run directory");
+    let dir = dirs[0].path();
+    for file in ["result.json", "case.json"] {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(file)).unwrap()).unwrap();
+        assert_eq!(v["status"], "error", "{file}: {v:#}");
+        assert_eq!(v["verdict"], "harness-error", "{file}");
+        assert_eq!(v["exit_code"], 125, "{file}");
+        let error = v["error"].as_str().unwrap();
+        assert!(error.contains("/proc"), "{file}: the message names the cause: {error}");
+    }
+}
+
 #[test]
 fn missing_inputs_are_usage_errors_that_name_the_file_and_write_nothing() {
     let res = results_root();

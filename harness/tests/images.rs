@@ -251,6 +251,40 @@ fn local_debian_image_boots_to_login_and_accepts_the_cloud_init_user() {
     );
 }
 
+/// qemu-img is needed for the overlay, found only after the run's directory exists: its absence
+/// is recorded there (status `error`, the message), not a crash and not a guest result.
+#[test]
+fn a_missing_qemu_img_is_recorded_as_a_harness_error() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    local_image();
+    let res = results_root();
+    let qemu = which::which("qemu-system-aarch64").unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let out = bin()
+        .env("PATH", empty.path())
+        .args(["boot", "--json", "--image", "debian-12-local", "--qemu"])
+        .arg(&qemu)
+        .arg("--results")
+        .arg(res.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["status"], "error", "{r:#}");
+    assert_eq!(r["verdict"], "harness-error");
+    assert!(
+        r["error"].as_str().unwrap().contains("qemu-img"),
+        "{}",
+        r["error"]
+    );
+    let dir = res.path().read_dir().unwrap().next().unwrap().unwrap().path();
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["status"], "error");
+}
+
 #[test]
 fn base_image_is_unchanged_by_a_run_killed_mid_boot() {
     if !qemu_tests_enabled() {

@@ -618,3 +618,36 @@ fn upgraded_image_state_is_made_once_and_booted_with_either_vars_store() {
         .expect("a cached upgraded disk with the hash the cells recorded");
     assert!(std::fs::metadata(&disk).unwrap().permissions().readonly());
 }
+
+/// An update that leaves the guest unable to boot (the built-in bad update) still makes an
+/// upgraded state: the cells boot it and are judged (`sync-exception` before GRUB, status done),
+/// never `error`: a bricked guest is what these cells exist to show.
+#[test]
+fn an_upgraded_state_that_does_not_boot_is_judged_in_its_cells() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let root = results_root();
+    let dir = root.path().join("r");
+    let out = matrix(&[
+        data("upgraded-bad.toml").to_str().unwrap(),
+        "--results",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = read_report(&dir);
+    assert_eq!(r.cells.len(), 2);
+    for c in &r.cells {
+        assert_eq!(
+            c.status,
+            bootwatch::plan::matrix::model::CellStatus::Done,
+            "{}: {:?}",
+            c.axes.vars,
+            c.error
+        );
+        assert_eq!(c.outcome.verdict.as_str(), "sync-exception", "{}", c.outcome.reason);
+        assert!(c.outcome.before_grub, "{}", c.outcome.reason);
+        assert_eq!(c.outcome.exit_code, 1);
+    }
+}

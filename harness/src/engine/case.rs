@@ -14,6 +14,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -798,7 +799,12 @@ impl<'a> Driver<'a> {
     /// Makes the private directory, the vars copy, the overlay and seed, serves the update.
     async fn prepare(&mut self) -> anyhow::Result<()> {
         let req = &self.case.req;
-        let private = disk::private_dir()?;
+        let private = disk::private_dir().with_context(|| {
+            format!(
+                "creating the private directory for the VM's sockets under {}",
+                std::env::temp_dir().display()
+            )
+        })?;
         let keep = req.keep_disks;
         let scratch = if keep {
             self.dir.clone()
