@@ -47,24 +47,23 @@
 //!
 //! # Trust in the archive
 //!
-//! The same policy as [`crate::inputs::debian`]: each `Packages.xz` is checked against the suite's
-//! `InRelease` (retrying through `by-hash/`), a mismatch is logged and tolerated (the reachable
-//! archive copy is a frozen snapshot), and every `.deb` is checked against the size and SHA256
-//! of the index that named it (a mismatch is an error). OpenPGP signatures are not verified.
+//! The good update's packages come through [`crate::inputs::debian::Archive`]: the suites'
+//! Release files are OpenPGP-verified against the archive keyring, their indexes checked against
+//! them and every `.deb` against its index (see [`crate::inputs::debian`]).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::fs;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
-use futures::StreamExt;
+use anyhow::{Context, Result, anyhow, ensure};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -72,11 +71,12 @@ use hyper::{Request, Response, StatusCode};
 use md5::Md5;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
-
-use crate::inputs::debian::{get_optional, http_client, is_sha256_hex};
 use tower_http::services::ServeDir;
 
+use crate::inputs::debian::deb::{DebMember, read_control, write_deb};
+use crate::inputs::debian::packages::{PackageEntry, parse_index};
+use crate::inputs::debian::plan::{Index, plan_update};
+use crate::inputs::debian::{Archive, INDEX_CACHE_DIR, compare_versions};
 use crate::inputs::fixtures::Fixture;
 
 /// The host's address as a guest on QEMU user networking sees it.
@@ -116,9 +116,6 @@ pub const ESP_TARGETS: &[&str] = &[
 /// Suffix of the copies the bad package's `postinst` keeps of the files it replaces.
 pub const SAVED_SUFFIX: &str = ".bootwatch-saved";
 
-/// Modification time of every member of the packages built here (2026-01-01T00:00:00Z), so
-/// the same inputs make the same bytes.
-const DEB_MTIME: u64 = 1_767_225_600;
 /// Fields of a `.deb`'s control file that the index writes itself.
 const INDEX_OWN_FIELDS: &[&str] = &[
     "Filename",
@@ -200,16 +197,18 @@ pub fn build_repo(dir: &Path, debs: &[PathBuf], suite: &str) -> Result<Repo> {
     let mut stanzas: BTreeMap<(String, String, String), (String, RepoPackage)> = BTreeMap::new();
     for deb in debs {
         let control = read_control(deb)?;
-        let stanza = Stanza::parse_all(&control)
-            .into_iter()
+        // deb822-lossless keeps every field's text as the package has it (continuation lines
+        // and their indentation included), so the index repeats it verbatim.
+        let mut stanza = deb822_lossless::Deb822::from_str(&control)
+            .map_err(|e| anyhow!("{}: unreadable control file: {e}", deb.display()))?
+            .paragraphs()
             .next()
             .ok_or_else(|| anyhow!("{}: empty control file", deb.display()))?;
         let get = |key: &str| {
             stanza
                 .get(key)
-                .map(str::trim)
+                .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
-                .map(str::to_owned)
                 .ok_or_else(|| anyhow!("{}: control file has no {key} field", deb.display()))
         };
         let (package, version, architecture) =
@@ -225,15 +224,16 @@ pub fn build_repo(dir: &Path, debs: &[PathBuf], suite: &str) -> Result<Repo> {
         let dest = dir.join(&filename);
         place_file(deb, &dest)?;
         let digest = hash_file(&dest)?;
-        let mut text = String::new();
-        for (field, value) in &stanza.fields {
-            if INDEX_OWN_FIELDS
-                .iter()
-                .any(|f| f.eq_ignore_ascii_case(field))
-            {
-                continue;
-            }
-            push_field(&mut text, field, value);
+        let own: Vec<String> = stanza
+            .keys()
+            .filter(|k| INDEX_OWN_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(k)))
+            .collect();
+        for k in own {
+            stanza.remove(&k);
+        }
+        let mut text = stanza.to_string();
+        if !text.ends_with('\n') {
+            text.push('\n');
         }
         text.push_str(&format!(
             "Filename: {filename}\nSize: {}\nMD5sum: {}\nSHA256: {}\n",
@@ -354,17 +354,6 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     Ok(enc.finish()?)
 }
 
-/// Append `field: value` to a deb822 text (a multi-line value keeps its continuation lines).
-fn push_field(text: &mut String, field: &str, value: &str) {
-    text.push_str(field);
-    text.push(':');
-    if !value.starts_with('\n') {
-        text.push(' ');
-    }
-    text.push_str(value);
-    text.push('\n');
-}
-
 struct FileDigest {
     size: u64,
     sha256: String,
@@ -391,427 +380,6 @@ fn hash_file(path: &Path) -> Result<FileDigest> {
         sha256: hex::encode(sha.finalize()),
         md5: hex::encode(md5.finalize()),
     })
-}
-
-// ---------------------------------------------------------------------------------------------
-// deb822 text
-// ---------------------------------------------------------------------------------------------
-
-/// One stanza of a deb822 file (a control file, a `Packages` entry). A field's value keeps its
-/// continuation lines verbatim (joined by `\n`, each with its leading space), so writing it
-/// back gives the same text.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Stanza {
-    fields: Vec<(String, String)>,
-}
-
-impl Stanza {
-    fn parse_all(text: &str) -> Vec<Stanza> {
-        let mut out = Vec::new();
-        let mut cur = Stanza::default();
-        for line in text.lines() {
-            if line.trim().is_empty() {
-                if !cur.fields.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-            } else if line.starts_with('#') {
-                continue;
-            } else if line.starts_with([' ', '\t']) {
-                if let Some((_, value)) = cur.fields.last_mut() {
-                    value.push('\n');
-                    value.push_str(line);
-                }
-            } else if let Some((key, value)) = line.split_once(':') {
-                cur.fields
-                    .push((key.trim().to_owned(), value.trim().to_owned()));
-            }
-        }
-        if !cur.fields.is_empty() {
-            out.push(cur);
-        }
-        out
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Debian versions and relationships
-// ---------------------------------------------------------------------------------------------
-
-/// Compare two Debian versions the way dpkg does (`[epoch:]upstream[-revision]`, `~` sorting
-/// before everything, even the end).
-pub fn compare_versions(a: &str, b: &str) -> Ordering {
-    fn split(v: &str) -> (u64, &str, &str) {
-        let (epoch, rest) = match v.split_once(':') {
-            Some((e, rest)) if e.bytes().all(|b| b.is_ascii_digit()) => {
-                (e.parse().unwrap_or(0), rest)
-            }
-            _ => (0, v),
-        };
-        match rest.rsplit_once('-') {
-            Some((upstream, revision)) => (epoch, upstream, revision),
-            None => (epoch, rest, ""),
-        }
-    }
-    let (ea, ua, ra) = split(a.trim());
-    let (eb, ub, rb) = split(b.trim());
-    ea.cmp(&eb)
-        .then_with(|| compare_fragment(ua.as_bytes(), ub.as_bytes()))
-        .then_with(|| compare_fragment(ra.as_bytes(), rb.as_bytes()))
-}
-
-/// dpkg's `verrevcmp`.
-fn compare_fragment(a: &[u8], b: &[u8]) -> Ordering {
-    fn order(c: Option<&u8>) -> i32 {
-        match c {
-            None => 0,
-            Some(c) if c.is_ascii_digit() => 0,
-            Some(c) if c.is_ascii_alphabetic() => i32::from(*c),
-            Some(b'~') => -1,
-            Some(c) => i32::from(*c) + 256,
-        }
-    }
-    let is_digit = |s: &[u8], i: usize| s.get(i).is_some_and(u8::is_ascii_digit);
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        while (i < a.len() && !is_digit(a, i)) || (j < b.len() && !is_digit(b, j)) {
-            let (oa, ob) = (order(a.get(i)), order(b.get(j)));
-            if oa != ob {
-                return oa.cmp(&ob);
-            }
-            i += 1;
-            j += 1;
-        }
-        while a.get(i) == Some(&b'0') {
-            i += 1;
-        }
-        while b.get(j) == Some(&b'0') {
-            j += 1;
-        }
-        let mut first_diff = Ordering::Equal;
-        while is_digit(a, i) && is_digit(b, j) {
-            if first_diff == Ordering::Equal {
-                first_diff = a[i].cmp(&b[j]);
-            }
-            i += 1;
-            j += 1;
-        }
-        if is_digit(a, i) {
-            return Ordering::Greater;
-        }
-        if is_digit(b, j) {
-            return Ordering::Less;
-        }
-        if first_diff != Ordering::Equal {
-            return first_diff;
-        }
-    }
-    Ordering::Equal
-}
-
-/// A version relation operator of a dependency field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Lt,
-    Le,
-    Eq,
-    Ge,
-    Gt,
-}
-
-impl Op {
-    fn parse(s: &str) -> Option<Op> {
-        Some(match s {
-            "<<" => Op::Lt,
-            "<=" | "<" => Op::Le,
-            "=" => Op::Eq,
-            ">=" | ">" => Op::Ge,
-            ">>" => Op::Gt,
-            _ => return None,
-        })
-    }
-
-    fn holds(self, ord: Ordering) -> bool {
-        match self {
-            Op::Lt => ord == Ordering::Less,
-            Op::Le => ord != Ordering::Greater,
-            Op::Eq => ord == Ordering::Equal,
-            Op::Ge => ord != Ordering::Less,
-            Op::Gt => ord == Ordering::Greater,
-        }
-    }
-}
-
-/// One alternative of a relationship field: `name[:arch] [(op version)]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Relation {
-    name: String,
-    constraint: Option<(Op, String)>,
-}
-
-impl Relation {
-    fn allows(&self, version: &str) -> bool {
-        self.constraint
-            .as_ref()
-            .is_none_or(|(op, want)| op.holds(compare_versions(version, want)))
-    }
-}
-
-impl std::fmt::Display for Relation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.name)?;
-        if let Some((op, v)) = &self.constraint {
-            let op = match op {
-                Op::Lt => "<<",
-                Op::Le => "<=",
-                Op::Eq => "=",
-                Op::Ge => ">=",
-                Op::Gt => ">>",
-            };
-            write!(f, " ({op} {v})")?;
-        }
-        Ok(())
-    }
-}
-
-/// Parse `Depends`-style text into clauses of alternatives. Architecture qualifiers
-/// (`:any`, `:native`) are dropped; architecture restrictions `[...]` and build profiles
-/// `<...>` (not used in binary packages) are ignored.
-fn parse_relations(field: &str) -> Result<Vec<Vec<Relation>>> {
-    let mut clauses = Vec::new();
-    for clause in field.split(',') {
-        let clause = clause.trim();
-        if clause.is_empty() {
-            continue;
-        }
-        let mut alternatives = Vec::new();
-        for alt in clause.split('|') {
-            let alt = alt.trim();
-            let end = alt
-                .find(|c: char| c.is_whitespace() || "([<".contains(c))
-                .unwrap_or(alt.len());
-            let name = alt[..end].split(':').next().unwrap_or("").to_owned();
-            ensure!(!name.is_empty(), "bad relation {alt:?} in {field:?}");
-            let rest = alt[end..].trim_start();
-            let constraint = match rest.strip_prefix('(') {
-                Some(inner) => {
-                    let inner = inner
-                        .split_once(')')
-                        .ok_or_else(|| anyhow!("unclosed version in {alt:?}"))?
-                        .0
-                        .trim();
-                    let split = inner
-                        .find(|c: char| !"<>=".contains(c))
-                        .ok_or_else(|| anyhow!("bad version relation in {alt:?}"))?;
-                    let op = Op::parse(&inner[..split])
-                        .ok_or_else(|| anyhow!("bad version operator in {alt:?}"))?;
-                    let version = inner[split..].trim();
-                    ensure!(!version.is_empty(), "empty version in {alt:?}");
-                    Some((op, version.to_owned()))
-                }
-                None => None,
-            };
-            alternatives.push(Relation { name, constraint });
-        }
-        clauses.push(alternatives);
-    }
-    Ok(clauses)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reading and writing .deb files
-// ---------------------------------------------------------------------------------------------
-
-/// The text of a `.deb`'s `control` file (from `control.tar`, `.gz` or `.xz`).
-fn read_control(deb: &Path) -> Result<String> {
-    let file = fs::File::open(deb).with_context(|| format!("opening {}", deb.display()))?;
-    let mut archive = ar::Archive::new(BufReader::new(file));
-    let mut members = Vec::new();
-    while let Some(member) = archive.next_entry() {
-        let member = member.with_context(|| format!("reading the ar archive {}", deb.display()))?;
-        let name = String::from_utf8_lossy(member.header().identifier())
-            .trim()
-            .trim_end_matches('/')
-            .to_owned();
-        if let Some(compression) = name.strip_prefix("control.tar") {
-            let what = format!("{} member {name}", deb.display());
-            return match compression {
-                "" => control_from_tar(member),
-                ".gz" => control_from_tar(flate2::read::GzDecoder::new(member)),
-                ".xz" => control_from_tar(liblzma::read::XzDecoder::new(member)),
-                _ => bail!("{what}: unsupported compression"),
-            }
-            .with_context(|| format!("reading {what}"));
-        }
-        members.push(name);
-    }
-    bail!(
-        "{}: not a Debian package (no control.tar* member; members: {})",
-        deb.display(),
-        members.join(", ")
-    )
-}
-
-fn control_from_tar<R: Read>(reader: R) -> Result<String> {
-    let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.into_owned();
-        let is_control = path
-            .components()
-            .filter(|c| !matches!(c, Component::CurDir))
-            .map(|c| c.as_os_str().to_owned())
-            .eq([std::ffi::OsString::from("control")]);
-        if is_control && entry.header().entry_type().is_file() {
-            let mut text = String::new();
-            entry
-                .read_to_string(&mut text)
-                .context("reading control (not UTF-8?)")?;
-            return Ok(text);
-        }
-    }
-    bail!("no control file")
-}
-
-/// A file inside a package built by [`write_deb`].
-#[derive(Clone, Copy)]
-struct DebMember<'a> {
-    /// Path without the leading `./` (`usr/lib/x`, or `postinst` in the control archive).
-    path: &'a str,
-    content: &'a [u8],
-    mode: u32,
-}
-
-/// Write a binary package: `debian-binary`, `control.tar.gz` (`control`, `md5sums` and the
-/// maintainer scripts), `data.tar.gz` (the files, with their parent directories), all owned by
-/// root and dated [`DEB_MTIME`].
-fn write_deb(
-    dest: &Path,
-    control: &str,
-    scripts: &[DebMember<'_>],
-    files: &[DebMember<'_>],
-) -> Result<()> {
-    let mut md5sums = String::new();
-    for f in files {
-        md5sums.push_str(&format!(
-            "{}  {}\n",
-            hex::encode(Md5::digest(f.content)),
-            f.path
-        ));
-    }
-    let mut control_members = vec![
-        DebMember {
-            path: "control",
-            content: control.as_bytes(),
-            mode: 0o644,
-        },
-        DebMember {
-            path: "md5sums",
-            content: md5sums.as_bytes(),
-            mode: 0o644,
-        },
-    ];
-    control_members.extend(scripts.iter().copied());
-    let control_tar = tar_gz(&control_members)?;
-    let data_tar = tar_gz(files)?;
-
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".deb-")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    {
-        let mut ar = ar::Builder::new(io::BufWriter::new(tmp.as_file()));
-        for (name, data) in [
-            ("debian-binary", &b"2.0\n"[..]),
-            ("control.tar.gz", &control_tar),
-            ("data.tar.gz", &data_tar),
-        ] {
-            let mut header = ar::Header::new(name.as_bytes().to_vec(), data.len() as u64);
-            header.set_mode(0o100644);
-            header.set_mtime(DEB_MTIME);
-            ar.append(&header, data)
-                .with_context(|| format!("writing {}", dest.display()))?;
-        }
-        ar.into_inner()?
-            .flush()
-            .with_context(|| format!("writing {}", dest.display()))?;
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o644))?;
-    }
-    tmp.persist(dest)
-        .with_context(|| format!("writing {}", dest.display()))?;
-    Ok(())
-}
-
-/// A gzip-compressed tar of `members` as dpkg wants it: `./` first, every parent directory
-/// before its contents, names starting with `./`.
-fn tar_gz(members: &[DebMember<'_>]) -> Result<Vec<u8>> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    let mut tar = tar::Builder::new(gz);
-    let mut dirs = BTreeSet::new();
-    for m in members {
-        let mut parent = Path::new(m.path).parent();
-        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-            dirs.insert(p.to_path_buf());
-            parent = p.parent();
-        }
-    }
-    // Names are written as Debian's own packages have them (`./usr/lib/...`); the tar crate's
-    // path setters would drop the leading `./`.
-    let header = |name: &str, kind: tar::EntryType, mode: u32, size: u64| -> Result<tar::Header> {
-        let mut h = tar::Header::new_gnu();
-        let field = &mut h.as_old_mut().name;
-        ensure!(
-            name.len() < field.len(),
-            "path too long for a tar header: {name}"
-        );
-        field[..name.len()].copy_from_slice(name.as_bytes());
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_mtime(DEB_MTIME);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_username("root")?;
-        h.set_groupname("root")?;
-        h.set_cksum();
-        Ok(h)
-    };
-    tar.append(
-        &header("./", tar::EntryType::Directory, 0o755, 0)?,
-        io::empty(),
-    )?;
-    for d in &dirs {
-        let h = header(
-            &format!("./{}/", d.display()),
-            tar::EntryType::Directory,
-            0o755,
-            0,
-        )?;
-        tar.append(&h, io::empty())?;
-    }
-    for m in members {
-        let h = header(
-            &format!("./{}", m.path),
-            tar::EntryType::Regular,
-            m.mode,
-            m.content.len() as u64,
-        )?;
-        tar.append(&h, m.content)?;
-    }
-    Ok(tar.into_inner()?.finish()?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1216,18 +784,20 @@ fn simple_response(status: StatusCode) -> Response<Body> {
 /// a cached file is re-hashed against the index before use) and checked against the index's
 /// size and SHA256; a mismatch deletes the download and is an error.
 pub async fn good_update(mirror: &str, cache_root: &Path, out_dir: &Path) -> Result<Repo> {
-    let mirror = mirror.trim().trim_end_matches('/').to_owned();
-    let lower = mirror.to_ascii_lowercase();
-    ensure!(
-        lower.starts_with("http://") || lower.starts_with("https://"),
-        "mirror {mirror:?} is not an http(s) URL"
-    );
+    let archive = Archive::new(mirror)?.with_index_cache(cache_root.join(INDEX_CACHE_DIR));
+    good_update_from(&archive, cache_root, out_dir).await
+}
+
+/// [`good_update`] from `archive` (a mirror and the keyring its Release files must verify
+/// with).
+pub async fn good_update_from(
+    archive: &Archive,
+    cache_root: &Path,
+    out_dir: &Path,
+) -> Result<Repo> {
     let debs_dir = cache_root.join("debs");
-    fs::create_dir_all(debs_dir.join("indexes"))
-        .with_context(|| format!("creating {}", debs_dir.display()))?;
-    let client = http_client()?;
-    let base = fetch_index(&client, &mirror, GOOD_UPDATE_BASE_SUITE, &debs_dir).await?;
-    let update = fetch_index(&client, &mirror, GOOD_UPDATE_SUITE, &debs_dir).await?;
+    let base = arch_index(archive, GOOD_UPDATE_BASE_SUITE).await?;
+    let update = arch_index(archive, GOOD_UPDATE_SUITE).await?;
     let plan =
         tokio::task::spawn_blocking(move || plan_update(&base, &update, GOOD_UPDATE_PACKAGES))
             .await
@@ -1235,7 +805,7 @@ pub async fn good_update(mirror: &str, cache_root: &Path, out_dir: &Path) -> Res
     tracing::info!(
         packages = %plan
             .iter()
-            .map(|p| format!("{} {} ({})", p.entry.package, p.entry.version, p.suite))
+            .map(|p| format!("{} {} ({})", p.entry.name, p.entry.version, p.suite))
             .collect::<Vec<_>>()
             .join(", "),
         "good update"
@@ -1244,8 +814,10 @@ pub async fn good_update(mirror: &str, cache_root: &Path, out_dir: &Path) -> Res
     let mut files = Vec::new();
     let mut origins = HashMap::new();
     for p in &plan {
-        let path = cached_deb(&client, &mirror, &p.entry, &debs_dir).await?;
-        origins.insert(p.entry.package.clone(), p.suite.clone());
+        let entry = PackageEntry::from_package(&p.entry)
+            .with_context(|| format!("the {} index", p.suite))?;
+        let path = archive.cached_deb(&entry, &debs_dir).await?;
+        origins.insert(entry.package.clone(), p.suite.clone());
         files.push(path);
     }
     let out_dir = out_dir.to_path_buf();
@@ -1259,583 +831,35 @@ pub async fn good_update(mirror: &str, cache_root: &Path, out_dir: &Path) -> Res
     Ok(repo)
 }
 
-/// The fields of a `Packages` stanza the planner and the download need.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct IndexEntry {
-    package: String,
-    version: String,
-    architecture: String,
-    depends: String,
-    pre_depends: String,
-    provides: String,
-    breaks: String,
-    conflicts: String,
-    multi_arch: String,
-    essential: bool,
-    required: bool,
-    /// `Provides`, parsed: `(name, version)`.
-    provided: Vec<(String, Option<String>)>,
-    filename: String,
-    size: u64,
-    sha256: String,
-}
-
-impl IndexEntry {
-    fn dependencies(&self) -> Result<Vec<Vec<Relation>>> {
-        let mut d = parse_relations(&self.pre_depends)?;
-        d.extend(parse_relations(&self.depends)?);
-        Ok(d)
-    }
-
-    fn negative(&self) -> Result<Vec<Relation>> {
-        let mut n: Vec<Relation> = parse_relations(&self.breaks)?
-            .into_iter()
-            .flatten()
-            .collect();
-        n.extend(parse_relations(&self.conflicts)?.into_iter().flatten());
-        Ok(n)
-    }
-
-    /// Whether this package satisfies `rel`, as itself or through `Provides`.
-    fn satisfies(&self, rel: &Relation) -> bool {
-        if self.package == rel.name && rel.allows(&self.version) {
-            return true;
-        }
-        self.provided.iter().any(|(name, version)| {
-            name == &rel.name
-                && match (&rel.constraint, version) {
-                    (None, _) => true,
-                    (Some(_), Some(v)) => rel.allows(v),
-                    (Some(_), None) => false,
-                }
-        })
-    }
-}
-
-/// One suite's `main/binary-arm64` index.
-struct Index {
-    suite: String,
-    entries: Vec<IndexEntry>,
-    by_name: HashMap<String, Vec<usize>>,
-    /// Virtual package name → the entries providing it.
-    providers: HashMap<String, Vec<usize>>,
-}
-
-impl Index {
-    fn new(suite: &str, mut entries: Vec<IndexEntry>) -> Result<Index> {
-        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut providers: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, e) in entries.iter_mut().enumerate() {
-            e.provided = parse_relations(&e.provides)
-                .with_context(|| format!("{suite}: Provides of {}", e.package))?
-                .into_iter()
-                .flatten()
-                .map(|r| (r.name, r.constraint.map(|(_, v)| v)))
-                .collect();
-            by_name.entry(e.package.clone()).or_default().push(i);
-            for (name, _) in &e.provided {
-                providers.entry(name.clone()).or_default().push(i);
-            }
-        }
-        Ok(Index {
-            suite: suite.to_owned(),
-            entries,
-            by_name,
-            providers,
-        })
-    }
-
-    /// Parse a `Packages` text, keeping the entries for `arch` and `all`.
-    fn parse(suite: &str, text: &str, arch: &str) -> Result<Index> {
-        let mut entries = Vec::new();
-        for stanza in text.split("\n\n") {
-            let mut e = IndexEntry::default();
-            let mut last: Option<&mut String> = None;
-            for line in stanza.lines() {
-                if line.starts_with([' ', '\t']) {
-                    // Relationship fields may continue on the next line.
-                    if let Some(v) = last.as_deref_mut() {
-                        v.push(' ');
-                        v.push_str(line.trim());
-                    }
-                    continue;
-                }
-                last = None;
-                let Some((key, value)) = line.split_once(':') else {
-                    continue;
-                };
-                let value = value.trim();
-                let slot = match key {
-                    "Package" => &mut e.package,
-                    "Version" => &mut e.version,
-                    "Architecture" => &mut e.architecture,
-                    "Depends" => &mut e.depends,
-                    "Pre-Depends" => &mut e.pre_depends,
-                    "Provides" => &mut e.provides,
-                    "Breaks" => &mut e.breaks,
-                    "Conflicts" => &mut e.conflicts,
-                    "Multi-Arch" => &mut e.multi_arch,
-                    "Filename" => &mut e.filename,
-                    "SHA256" => &mut e.sha256,
-                    "Size" => {
-                        e.size = value.parse().with_context(|| {
-                            format!("{suite}: bad Size {value:?} for {}", e.package)
-                        })?;
-                        continue;
-                    }
-                    "Essential" => {
-                        e.essential = value.eq_ignore_ascii_case("yes");
-                        continue;
-                    }
-                    "Priority" => {
-                        e.required = value == "required";
-                        continue;
-                    }
-                    _ => continue,
-                };
-                slot.push_str(value);
-                last = Some(slot);
-            }
-            if e.package.is_empty() || !(e.architecture == arch || e.architecture == "all") {
-                continue;
-            }
-            entries.push(e);
-        }
+/// A suite's verified `main/binary-ARCH` index, typed for the planner.
+async fn arch_index(archive: &Archive, suite: &str) -> Result<Index> {
+    let text = archive
+        .packages_index(suite, "main", ARCH)
+        .await?
+        .ok_or_else(|| {
+            anyhow!(
+                "{} has no main/binary-{ARCH} index for {suite}",
+                archive.mirror()
+            )
+        })?;
+    let suite = suite.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<Index> {
+        let entries = parse_index(&text, ARCH).with_context(|| format!("the {suite} index"))?;
         ensure!(
             !entries.is_empty(),
-            "{suite}: the index lists no {arch} packages"
+            "{suite}: the index lists no {ARCH} packages"
         );
-        Index::new(suite, entries)
-    }
-
-    fn versions(&self, name: &str) -> impl Iterator<Item = &IndexEntry> {
-        self.by_name
-            .get(name)
-            .into_iter()
-            .flatten()
-            .map(|&i| &self.entries[i])
-    }
-
-    fn newest(&self, name: &str) -> Option<&IndexEntry> {
-        self.versions(name)
-            .max_by(|a, b| compare_versions(&a.version, &b.version))
-    }
-
-    /// The best package of this index satisfying `rel`: the newest real package of that name
-    /// whose version fits, else the newest provider.
-    fn candidate(&self, rel: &Relation) -> Option<&IndexEntry> {
-        let by_version =
-            |a: &&IndexEntry, b: &&IndexEntry| compare_versions(&a.version, &b.version);
-        self.versions(&rel.name)
-            .filter(|e| e.satisfies(rel))
-            .max_by(by_version)
-            .or_else(|| {
-                self.providers
-                    .get(&rel.name)?
-                    .iter()
-                    .map(|&i| &self.entries[i])
-                    .filter(|e| e.satisfies(rel))
-                    .max_by(by_version)
-            })
-    }
-}
-
-/// A package chosen for the update and the suite it comes from.
-#[derive(Debug, Clone)]
-struct Planned {
-    entry: IndexEntry,
-    suite: String,
-}
-
-/// Choose the packages of an update: `roots` at their newest version in `update`, plus what
-/// they need (see [`good_update`]). The result lists the roots first, then the rest by name.
-fn plan_update(base: &Index, update: &Index, roots: &[&str]) -> Result<Vec<Planned>> {
-    let assumed = assumed_installed(base, roots)?;
-
-    let mut chosen: BTreeMap<String, Planned> = BTreeMap::new();
-    for root in roots {
-        let new = update
-            .newest(root)
-            .ok_or_else(|| anyhow!("{} has no {root} for {ARCH}", update.suite))?;
-        if let Some(old) = base.newest(root) {
-            ensure!(
-                compare_versions(&new.version, &old.version) == Ordering::Greater,
-                "{} has {root} {}, not newer than {}'s {}",
-                update.suite,
-                new.version,
-                base.suite,
-                old.version
-            );
-        }
-        chosen.insert(
-            root.to_string(),
-            Planned {
-                entry: new.clone(),
-                suite: update.suite.clone(),
-            },
-        );
-    }
-
-    // Grow the set until every relationship holds.
-    for _round in 0..100 {
-        let additions = plan_round(base, update, &assumed, &chosen)?;
-        if additions.is_empty() {
-            let mut out: Vec<Planned> = roots.iter().filter_map(|r| chosen.remove(*r)).collect();
-            out.extend(chosen.into_values());
-            return Ok(out);
-        }
-        for p in additions {
-            chosen.entry(p.entry.package.clone()).or_insert(p);
-        }
-    }
-    bail!("the update's dependencies did not settle after 100 rounds")
-}
-
-/// What a guest of `base` with `roots` installed is assumed to have: `base`'s `Essential` and
-/// `Priority: required` packages (what `debootstrap --variant=minbase` installs) and its
-/// versions of `roots`, with their dependency closure in `base` (first satisfiable
-/// alternative of each clause).
-fn assumed_installed(base: &Index, roots: &[&str]) -> Result<BTreeMap<String, IndexEntry>> {
-    let mut assumed: BTreeMap<String, IndexEntry> = BTreeMap::new();
-    let mut queue: Vec<IndexEntry> = Vec::new();
-    let mut seeds: BTreeSet<&str> = roots.iter().copied().collect();
-    seeds.extend(
-        base.entries
-            .iter()
-            .filter(|e| e.essential || e.required)
-            .map(|e| e.package.as_str()),
-    );
-    queue.extend(seeds.iter().filter_map(|n| base.newest(n)).cloned());
-    while let Some(e) = queue.pop() {
-        if assumed.contains_key(&e.package) {
-            continue;
-        }
-        for clause in e.dependencies()? {
-            let satisfied = clause.iter().any(|r| {
-                assumed.values().any(|a| a.satisfies(r)) || queue.iter().any(|q| q.satisfies(r))
-            });
-            if satisfied {
-                continue;
-            }
-            if let Some(c) = clause.iter().find_map(|r| base.candidate(r)) {
-                queue.push(c.clone());
-            }
-        }
-        assumed.insert(e.package.clone(), e);
-    }
-    Ok(assumed)
-}
-
-/// The packages to add to `chosen` so that every relationship holds in the world "`assumed`,
-/// with the `chosen` packages installed over it" (none when it already does).
-fn plan_round(
-    base: &Index,
-    update: &Index,
-    assumed: &BTreeMap<String, IndexEntry>,
-    chosen: &BTreeMap<String, Planned>,
-) -> Result<Vec<Planned>> {
-    let world: Vec<&IndexEntry> = assumed
-        .values()
-        .filter(|a| !chosen.contains_key(&a.package))
-        .chain(chosen.values().map(|p| &p.entry))
-        .collect();
-    let holds = |rel: &Relation| world.iter().any(|w| w.satisfies(rel));
-    let mut additions: Vec<Planned> = Vec::new();
-
-    // Dependencies of the chosen packages.
-    for p in chosen.values() {
-        for clause in p.entry.dependencies()? {
-            if clause.iter().any(holds) {
-                continue;
-            }
-            let pick = clause
-                .iter()
-                .find_map(|r| base.candidate(r).map(|c| (c, base)))
-                .or_else(|| {
-                    clause
-                        .iter()
-                        .find_map(|r| update.candidate(r).map(|c| (c, update)))
-                });
-            let Some((c, from)) = pick else {
-                bail!(
-                    "{} {} depends on {}, which neither {} nor {} can satisfy",
-                    p.entry.package,
-                    p.entry.version,
-                    clause
-                        .iter()
-                        .map(Relation::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" | "),
-                    base.suite,
-                    update.suite
-                );
-            };
-            additions.push(Planned {
-                entry: c.clone(),
-                suite: from.suite.clone(),
-            });
-        }
-    }
-
-    // Assumed packages the new versions break: their dependencies no longer hold, or a
-    // chosen package's Breaks/Conflicts name them (or theirs name a chosen one).
-    for a in assumed
-        .values()
-        .filter(|a| !chosen.contains_key(&a.package))
-    {
-        let mut broken = a
-            .dependencies()?
-            .iter()
-            .find(|clause| !clause.iter().any(holds))
-            .map(|clause| format!("it depends on {}", clause[0]));
-        for p in chosen.values() {
-            if broken.is_some() {
-                break;
-            }
-            if p.entry.negative()?.iter().any(|r| a.satisfies(r))
-                || a.negative()?.iter().any(|r| p.entry.satisfies(r))
-            {
-                broken = Some(format!(
-                    "{} {} breaks or conflicts with it",
-                    p.entry.package, p.entry.version
-                ));
-            }
-        }
-        let Some(why) = broken else { continue };
-        match update.newest(&a.package) {
-            Some(n) if compare_versions(&n.version, &a.version) == Ordering::Greater => {
-                additions.push(Planned {
-                    entry: n.clone(),
-                    suite: update.suite.clone(),
-                });
-            }
-            _ => bail!(
-                "the update breaks {} {} ({why}) and {} has no newer version of it",
-                a.package,
-                a.version,
-                update.suite
-            ),
-        }
-    }
-
-    Ok(additions)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Archive access (HTTP through crate::inputs::debian's client)
-// ---------------------------------------------------------------------------------------------
-/// `path → (sha256, size)` of a Release/InRelease file's `SHA256` list, and whether the suite
-/// offers `Acquire-By-Hash`.
-fn parse_release(text: &str) -> (HashMap<String, (String, u64)>, bool) {
-    let mut sums = HashMap::new();
-    let mut by_hash = false;
-    let mut in_sha256 = false;
-    for line in text.lines() {
-        if line.starts_with("-----BEGIN PGP SIGNATURE") {
-            break;
-        }
-        if let Some(rest) = line.strip_prefix(' ') {
-            if in_sha256
-                && let [sha, size, path] = rest.split_whitespace().collect::<Vec<_>>()[..]
-                && let Ok(size) = size.parse()
-                && is_sha256_hex(sha)
-            {
-                sums.insert(path.to_owned(), (sha.to_ascii_lowercase(), size));
-            }
-            continue;
-        }
-        in_sha256 = line.trim_end() == "SHA256:";
-        if let Some(v) = line.strip_prefix("Acquire-By-Hash:") {
-            by_hash = v.trim().eq_ignore_ascii_case("yes");
-        }
-    }
-    (sums, by_hash)
-}
-
-/// A suite's `main/binary-arm64` index, verified against its Release file when possible.
-async fn fetch_index(
-    client: &reqwest::Client,
-    mirror: &str,
-    suite: &str,
-    debs_dir: &Path,
-) -> Result<Index> {
-    let base = format!("{mirror}/dists/{suite}");
-    let mut release = None;
-    for name in ["InRelease", "Release"] {
-        if let Some(body) = get_optional(client, &format!("{base}/{name}")).await? {
-            release = Some(parse_release(&String::from_utf8_lossy(&body)));
-            break;
-        }
-    }
-    let rel = format!("main/binary-{ARCH}/Packages.xz");
-    let listed = release
-        .as_ref()
-        .and_then(|(sums, _)| sums.get(&rel).cloned());
-    let cache = listed
-        .as_ref()
-        .map(|(sha, _)| debs_dir.join("indexes").join(format!("{sha}.xz")));
-
-    let mut body = None;
-    let mut verified = false;
-    if let (Some(path), Some((sha, size))) = (&cache, &listed)
-        && let Ok(bytes) = fs::read(path)
-        && digest_matches(&bytes, *size, sha)
-    {
-        tracing::debug!(suite, path = %path.display(), "index from the cache");
-        body = Some(bytes);
-        verified = true;
-    }
-    if body.is_none() {
-        let url = format!("{base}/{rel}");
-        let served = get_optional(client, &url)
-            .await?
-            .ok_or_else(|| anyhow!("{url}: not on the mirror"))?;
-        match &listed {
-            None => {
-                tracing::warn!(%url, "index not listed in the suite's Release file; not verified")
-            }
-            Some((sha, size)) if digest_matches(&served, *size, sha) => verified = true,
-            Some((sha, size)) => {
-                if release.as_ref().is_some_and(|(_, by_hash)| *by_hash) {
-                    let url = format!("{base}/main/binary-{ARCH}/by-hash/SHA256/{sha}");
-                    if let Ok(Some(again)) = get_optional(client, &url).await
-                        && digest_matches(&again, *size, sha)
-                    {
-                        body = Some(again);
-                        verified = true;
-                    }
-                }
-                if !verified {
-                    tracing::warn!(
-                        %url,
-                        "index does not match the suite's Release file; using it as served \
-                         (the .debs are still checked against it)"
-                    );
-                }
-            }
-        }
-        let body = body.get_or_insert(served);
-        if verified && let Some(path) = &cache {
-            write_atomic(path, body).ok();
-        }
-    }
-    let body = body.unwrap_or_default();
-    let suite_name = suite.to_owned();
-    let index = tokio::task::spawn_blocking(move || -> Result<Index> {
-        let mut text = String::new();
-        liblzma::read::XzDecoder::new(&body[..])
-            .read_to_string(&mut text)
-            .context("decompressing the index")?;
-        Index::parse(&suite_name, &text, ARCH)
+        Ok(Index::new(&suite, entries))
     })
     .await
     .context("index parsing task")?
-    .with_context(|| format!("reading {base}/{rel}"))?;
-    tracing::debug!(
-        suite,
-        verified,
-        packages = index.entries.len(),
-        "index read"
-    );
-    Ok(index)
-}
-
-fn digest_matches(data: &[u8], size: u64, sha: &str) -> bool {
-    data.len() as u64 == size && hex::encode(Sha256::digest(data)).eq_ignore_ascii_case(sha)
-}
-
-/// The `.deb` of `entry` in `debs_dir` (named by its archive file name), downloaded and
-/// verified if it is not there already with the right size and SHA256.
-async fn cached_deb(
-    client: &reqwest::Client,
-    mirror: &str,
-    entry: &IndexEntry,
-    debs_dir: &Path,
-) -> Result<PathBuf> {
-    let what = format!("{} {}", entry.package, entry.version);
-    ensure!(
-        entry.filename.starts_with("pool/")
-            && !entry.filename.split('/').any(|c| c == ".." || c.is_empty())
-            && is_sha256_hex(&entry.sha256),
-        "{what}: unusable Filename {:?} or SHA256 {:?} in the index",
-        entry.filename,
-        entry.sha256
-    );
-    let name = entry.filename.rsplit('/').next().unwrap_or_default();
-    ensure!(
-        name.ends_with(".deb") && !name.starts_with('.'),
-        "{what}: unexpected file name {name:?}"
-    );
-    let path = debs_dir.join(name);
-    if path.is_file() {
-        let p = path.clone();
-        let digest = tokio::task::spawn_blocking(move || hash_file(&p)).await??;
-        if digest.size == entry.size && digest.sha256.eq_ignore_ascii_case(&entry.sha256) {
-            tracing::debug!(path = %path.display(), "{what} from the cache");
-            return Ok(path);
-        }
-        tracing::warn!(path = %path.display(), "cached {what} does not match the index; downloading again");
-    }
-
-    let url = format!("{mirror}/{}", entry.filename);
-    tracing::info!(%url, size = entry.size, "downloading {what}");
-    let resp = client
-        .get(&url)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
-    let status = resp.status();
-    ensure!(status.is_success(), "GET {url}: HTTP {status}");
-    let tmp = tempfile::Builder::new()
-        .prefix(".download-")
-        .suffix(".deb")
-        .tempfile_in(debs_dir)
-        .with_context(|| format!("creating a temporary file in {}", debs_dir.display()))?;
-    let mut file = tokio::fs::File::from_std(tmp.reopen()?);
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.with_context(|| format!("reading {url}"))?;
-        size += chunk.len() as u64;
-        ensure!(
-            size <= entry.size,
-            "size mismatch for {url}: expected {} bytes, got more",
-            entry.size
-        );
-        hasher.update(&chunk);
-        file.write_all(&chunk)
-            .await
-            .with_context(|| format!("writing {}", tmp.path().display()))?;
-    }
-    file.flush().await?;
-    drop(file);
-    let sha = hex::encode(hasher.finalize());
-    ensure!(
-        size == entry.size,
-        "size mismatch for {url}: expected {} bytes, got {size}",
-        entry.size
-    );
-    ensure!(
-        sha.eq_ignore_ascii_case(&entry.sha256),
-        "SHA256 mismatch for {url}: expected {}, got {sha}",
-        entry.sha256
-    );
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o644))?;
-    }
-    tmp.persist(&path)
-        .with_context(|| format!("saving {}", path.display()))?;
-    Ok(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::process::Command;
+    use tokio::io::AsyncWriteExt;
 
     // -----------------------------------------------------------------------------------------
     // helpers
@@ -1866,7 +890,7 @@ mod tests {
 
     /// A small package made with our own writer.
     fn small_deb(dir: &Path, control: &str, files: &[(&str, &[u8])]) -> PathBuf {
-        let stanza = &Stanza::parse_all(control)[0];
+        let stanza: deb822_fast::Paragraph = control.parse().unwrap();
         let name = deb_file_name(
             stanza.get("Package").unwrap(),
             stanza.get("Version").unwrap(),
@@ -1928,62 +952,6 @@ mod tests {
     }
 
     // -----------------------------------------------------------------------------------------
-    // versions and relationships
-    // -----------------------------------------------------------------------------------------
-
-    #[test]
-    fn versions_compare_like_dpkg() {
-        use Ordering::*;
-        let cases = [
-            ("1.0", "1.0", Equal),
-            ("1.0", "1.0-0", Equal),
-            ("1.0~rc1", "1.0", Less),
-            ("1.0", "1.0+1", Less),
-            ("1.0a", "1.0", Greater),
-            ("1.0.1", "1.0a", Greater),
-            ("1:0.1", "2.0", Greater),
-            ("2.12-1~bpo12+1", "2.06-13+deb12u2", Greater),
-            ("1+2.12+1~bpo12+1", "1+2.06+13+deb12u2", Greater),
-            (
-                "1.51~1+deb12u1+16.1-2~deb12u1+bootwatch.bad1",
-                "1.51~1+deb12u1+16.1-2~deb12u1",
-                Greater,
-            ),
-            (
-                "1.44~1+deb12u1+15.8-1~deb12u1",
-                "1.51~1+deb12u1+16.1-2~deb12u1",
-                Less,
-            ),
-            ("10", "9", Greater),
-            ("1.001", "1.1", Equal),
-            ("1~~", "1~", Less),
-            ("3.14.0-4", "3.2.3", Greater),
-            ("5.4.1-0.2", "5.1.1alpha+20120614", Greater),
-        ];
-        for (a, b, want) in cases {
-            assert_eq!(compare_versions(a, b), want, "{a} vs {b}");
-            assert_eq!(compare_versions(b, a), want.reverse(), "{b} vs {a}");
-        }
-    }
-
-    #[test]
-    fn relations_parse() {
-        let rels = parse_relations(
-            "libc6 (>= 2.34), debconf (>= 0.5) | debconf-2.0, python3:any, foo (<< 1~), bar (= 2)",
-        )
-        .unwrap();
-        assert_eq!(rels.len(), 5);
-        assert_eq!(rels[0][0].to_string(), "libc6 (>= 2.34)");
-        assert_eq!(rels[1].len(), 2);
-        assert_eq!(rels[1][1].name, "debconf-2.0");
-        assert_eq!(rels[2][0].name, "python3");
-        assert!(rels[3][0].allows("0.9") && !rels[3][0].allows("1"));
-        assert!(rels[4][0].allows("2") && !rels[4][0].allows("2.0.1"));
-        assert!(parse_relations("foo (>= )").is_err());
-        assert!(parse_relations("").unwrap().is_empty());
-    }
-
-    // -----------------------------------------------------------------------------------------
     // repositories
     // -----------------------------------------------------------------------------------------
 
@@ -2011,12 +979,17 @@ mod tests {
             .read_to_string(&mut gz)
             .unwrap();
         assert_eq!(gz, packages);
-        let stanzas = Stanza::parse_all(&packages);
+        let stanzas: Vec<deb822_fast::Paragraph> = packages
+            .parse::<deb822_fast::Deb822>()
+            .unwrap()
+            .into_iter()
+            .collect();
         assert_eq!(stanzas.len(), 2);
         for (stanza, src, control) in [(&stanzas[0], &a, CONTROL_A), (&stanzas[1], &b, CONTROL_B)] {
-            // Every control field is carried over verbatim.
-            for (k, v) in &Stanza::parse_all(control)[0].fields {
-                assert_eq!(stanza.get(k), Some(v.as_str()), "{k}");
+            // Every control field is carried over.
+            let fields: deb822_fast::Paragraph = control.parse().unwrap();
+            for (k, v) in fields.iter() {
+                assert_eq!(stanza.get(k), Some(v), "{k}");
             }
             let filename = stanza.get("Filename").unwrap();
             let file = dir.join(filename);
@@ -2039,23 +1012,31 @@ mod tests {
         assert_eq!(stanzas[0].get("Filename"), Some("bwtest-a_1.2-3_arm64.deb"));
         // The epoch is not part of the file name.
         assert_eq!(stanzas[1].get("Filename"), Some("bwtest-b_0.9~rc1_all.deb"));
-        assert_eq!(
-            stanzas[0].get("Description"),
-            Some("first test package\n Two lines\n .\n of description.")
+        // Verbatim, continuation lines included.
+        assert!(
+            packages
+                .contains("Description: first test package\n Two lines\n .\n of description.\n"),
+            "{packages}"
         );
 
         let release = fs::read_to_string(dir.join("Release")).unwrap();
-        let (sums, _) = parse_release(&release);
+        let parsed = crate::inputs::debian::release::Release::parse(
+            &release,
+            "Release",
+            Vec::new(),
+            jiff::Timestamp::now(),
+        )
+        .unwrap();
         for name in ["Packages", "Packages.gz"] {
             let data = fs::read(dir.join(name)).unwrap();
             assert_eq!(
-                sums[name],
+                parsed.sha256[name],
                 (hex::encode(Sha256::digest(&data)), data.len() as u64),
                 "{name}"
             );
             assert!(release.contains(&format!(" {} ", hex::encode(Md5::digest(&data)))));
         }
-        let fields = &Stanza::parse_all(&release)[0];
+        let fields: deb822_fast::Paragraph = release.parse().unwrap();
         assert_eq!(fields.get("Suite"), Some("bwtest"));
         assert_eq!(fields.get("Architectures"), Some("arm64"));
         assert!(fields.get("Date").unwrap().ends_with(" UTC"));
@@ -2579,80 +1560,6 @@ mod tests {
     // the good update: planning on synthetic indexes, then the real archive
     // -----------------------------------------------------------------------------------------
 
-    fn entry(name: &str, version: &str, depends: &str) -> IndexEntry {
-        IndexEntry {
-            package: name.into(),
-            version: version.into(),
-            architecture: "arm64".into(),
-            depends: depends.into(),
-            filename: format!("pool/main/x/{name}_{version}_arm64.deb"),
-            size: 1,
-            sha256: "0".repeat(64),
-            ..IndexEntry::default()
-        }
-    }
-
-    #[test]
-    fn plan_adds_what_the_guest_lacks_from_the_base_suite_first() {
-        let mut libc = entry("libc6", "2.36", "");
-        libc.required = true;
-        let base = Index::new(
-            "base",
-            vec![
-                libc,
-                entry("tool", "1.0", "libold (>= 1), libc6 (>= 2.30)"),
-                entry("tool-helper", "1.0", "tool (= 1.0)"),
-                entry("libold", "1", ""),
-                entry("libnew", "3", "libc6"),
-                entry("libbp", "1", ""),
-            ],
-        )
-        .unwrap();
-        let update = Index::new(
-            "update",
-            vec![
-                entry(
-                    "tool",
-                    "2.0",
-                    "libnew (>= 2), libbp (>= 2), libc6 (>= 2.34)",
-                ),
-                entry("tool-helper", "2.0", "tool (= 2.0)"),
-                entry("libbp", "2", ""),
-                entry("libbp", "2.1", ""),
-            ],
-        )
-        .unwrap();
-        let plan = plan_update(&base, &update, &["tool"]).unwrap();
-        let got: Vec<(&str, &str, &str)> = plan
-            .iter()
-            .map(|p| {
-                (
-                    p.entry.package.as_str(),
-                    p.entry.version.as_str(),
-                    p.suite.as_str(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("tool", "2.0", "update"),
-                ("libbp", "2.1", "update"),
-                ("libnew", "3", "base"),
-            ]
-        );
-        // A package the guest is assumed to have that needs the old version exactly.
-        let plan = plan_update(&base, &update, &["tool", "tool-helper"]).unwrap();
-        assert_eq!(plan[1].entry.package, "tool-helper");
-
-        // Nothing newer, or unsatisfiable: errors that say why.
-        let err = plan_update(&base, &base, &["tool"]).unwrap_err();
-        assert!(format!("{err:#}").contains("not newer"), "{err:#}");
-        let broken = Index::new("update", vec![entry("tool", "3", "libmissing")]).unwrap();
-        let err = plan_update(&base, &broken, &["tool"]).unwrap_err();
-        assert!(format!("{err:#}").contains("libmissing"), "{err:#}");
-    }
-
     /// Builds the good update from the mirror the host's apt configuration (or
     /// BOOTWATCH_MIRROR) names: about 15 MiB of indexes and 6 MiB of packages. Then asks the
     /// host's apt, configured as an arm64 bookworm guest that has exactly what the planner
@@ -2706,30 +1613,39 @@ mod tests {
         assert_eq!(again.packages, repo.packages);
 
         // apt's own answer, for a guest having exactly what the planner assumes.
-        let client = http_client().unwrap();
-        let base = fetch_index(
-            &client,
-            &mirror,
-            GOOD_UPDATE_BASE_SUITE,
-            &cache.join("debs"),
-        )
-        .await
-        .unwrap();
-        let assumed = assumed_installed(&base, GOOD_UPDATE_PACKAGES).unwrap();
+        let archive = Archive::new(&mirror).unwrap();
+        let base = arch_index(&archive, GOOD_UPDATE_BASE_SUITE).await.unwrap();
+        let assumed = crate::inputs::debian::plan::assumed_installed(&base, GOOD_UPDATE_PACKAGES);
         let mut status = String::new();
         for e in assumed.values() {
             status.push_str(&format!(
                 "Package: {}\nStatus: install ok installed\nArchitecture: {}\nVersion: {}\n",
-                e.package, e.architecture, e.version
+                e.name, e.architecture, e.version
             ));
+            let text = |r: &Option<debian_control::lossy::Relations>| {
+                r.as_ref().map(ToString::to_string).unwrap_or_default()
+            };
             for (k, v) in [
-                ("Essential", if e.essential { "yes" } else { "" }),
-                ("Multi-Arch", &e.multi_arch),
-                ("Pre-Depends", &e.pre_depends),
-                ("Depends", &e.depends),
-                ("Provides", &e.provides),
-                ("Breaks", &e.breaks),
-                ("Conflicts", &e.conflicts),
+                (
+                    "Essential",
+                    if e.essential == Some(true) {
+                        "yes".to_owned()
+                    } else {
+                        String::new()
+                    },
+                ),
+                (
+                    "Multi-Arch",
+                    e.multi_arch
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                ),
+                ("Pre-Depends", text(&e.pre_depends)),
+                ("Depends", text(&e.depends)),
+                ("Provides", text(&e.provides)),
+                ("Breaks", text(&e.breaks)),
+                ("Conflicts", text(&e.conflicts)),
             ] {
                 if !v.is_empty() {
                     status.push_str(&format!("{k}: {v}\n"));
