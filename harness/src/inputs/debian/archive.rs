@@ -751,6 +751,19 @@ mod tests {
             let expired = release.valid_until.is_some_and(|u| u < now);
             assert_eq!(release.warnings.is_empty(), !expired, "{suite}");
             assert!(release.all_in_arch_indexes, "{suite}");
+            // The verified text is the suite's Release file, byte for byte.
+            let http = &archive.http;
+            let fetch = async |url: String| {
+                let body = get_optional(http, &url).await.unwrap().unwrap();
+                String::from_utf8(body).unwrap()
+            };
+            let signed = fetch(release.url.clone()).await;
+            let plain = fetch(release.url.replace("/InRelease", "/Release")).await;
+            let verified = archive
+                .keyring()
+                .verify_clearsigned(&signed, &release.url)
+                .unwrap();
+            assert!(verified.text == plain, "{suite}: verified text differs");
         }
         let found = archive
             .find_arch_all("trixie", "main", "arm64", "qemu-efi-aarch64")

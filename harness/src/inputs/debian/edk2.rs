@@ -707,3 +707,569 @@ fn extract_data_tar(reader: &mut dyn Read, out_dir: &Path) -> Result<Vec<Edk2Fil
     files.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(files)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inputs::debian::test_mirror::{Files, Signer, add_signed_suite, gz, serve, xz};
+
+    const SHA_A: &str = "a00b2411a79c8aeafd95a7c868ac3cd1aab592f1af9fff965f02d81a625276ed";
+    const SHA_B: &str = "30467a3593c099ea42bd6ff3c4590e4b205edf9a7b98844f4bed17cd8b05eb58";
+
+    // -----------------------------------------------------------------------------------------
+    // .deb handling
+    // -----------------------------------------------------------------------------------------
+
+    #[derive(Clone, Copy)]
+    enum Compression {
+        Gz,
+        Xz,
+        Zst,
+    }
+
+    const CODE: &[u8] = b"code image, no secure boot";
+    const SECCODE: &[u8] = b"code image with secure boot";
+    const VARS: &[u8] = b"empty varstore";
+    const MSVARS: &[u8] = b"varstore with ms keys";
+
+    /// A small stand-in for a qemu-efi-aarch64 .deb, laid out like 2025.02's.
+    fn make_deb(compression: Compression) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let dir = |tar: &mut tar::Builder<Vec<u8>>, path: &str| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            tar.append_data(&mut h, path, io::empty()).unwrap();
+        };
+        let file = |tar: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            tar.append_data(&mut h, path, data).unwrap();
+        };
+        let link = |tar: &mut tar::Builder<Vec<u8>>, path: &str, target: &str| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            tar.append_link(&mut h, path, target).unwrap();
+        };
+        dir(&mut tar, "./usr/share/AAVMF/");
+        file(&mut tar, "./usr/share/AAVMF/AAVMF_CODE.no-secboot.fd", CODE);
+        file(&mut tar, "./usr/share/AAVMF/AAVMF_CODE.secboot.fd", SECCODE);
+        file(&mut tar, "./usr/share/AAVMF/AAVMF_VARS.fd", VARS);
+        file(&mut tar, "./usr/share/AAVMF/AAVMF_VARS.ms.fd", MSVARS);
+        file(
+            &mut tar,
+            "./usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+            b"bios",
+        );
+        file(
+            &mut tar,
+            "./usr/share/qemu/firmware/60-edk2-aarch64.json",
+            b"{}",
+        );
+        file(&mut tar, "./usr/share/doc/qemu-efi-aarch64/copyright", b"c");
+        link(
+            &mut tar,
+            "./usr/share/AAVMF/AAVMF_CODE.fd",
+            "AAVMF_CODE.no-secboot.fd",
+        );
+        // A chain: ms -> snakeoil-ish alias -> secboot, with an absolute target.
+        link(
+            &mut tar,
+            "./usr/share/AAVMF/AAVMF_CODE.ms.fd",
+            "/usr/share/AAVMF/AAVMF_CODE.secboot.alias.fd",
+        );
+        link(
+            &mut tar,
+            "./usr/share/AAVMF/AAVMF_CODE.secboot.alias.fd",
+            "../AAVMF/AAVMF_CODE.secboot.fd",
+        );
+        link(
+            &mut tar,
+            "./usr/share/AAVMF/dangling.fd",
+            "../edk2/nowhere.fd",
+        );
+        let data = tar.into_inner().unwrap();
+        let (name, data) = match compression {
+            Compression::Gz => {
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                enc.write_all(&data).unwrap();
+                ("data.tar.gz", enc.finish().unwrap())
+            }
+            Compression::Xz => {
+                let mut enc = liblzma::write::XzEncoder::new(Vec::new(), 6);
+                enc.write_all(&data).unwrap();
+                ("data.tar.xz", enc.finish().unwrap())
+            }
+            Compression::Zst => ("data.tar.zst", data),
+        };
+        let mut deb = ar::Builder::new(Vec::new());
+        for (member, content) in [
+            ("debian-binary", b"2.0\n".to_vec()),
+            ("control.tar.xz", b"not looked at".to_vec()),
+            (name, data),
+        ] {
+            let header = ar::Header::new(member.as_bytes().to_vec(), content.len() as u64);
+            deb.append(&header, &content[..]).unwrap();
+        }
+        deb.into_inner().unwrap()
+    }
+
+    fn entry_for(deb: &[u8], version: &str) -> PackageEntry {
+        PackageEntry {
+            package: PACKAGE.into(),
+            version: version.into(),
+            architecture: "all".into(),
+            filename: format!("pool/main/e/edk2/{PACKAGE}_{version}_all.deb"),
+            size: deb.len() as u64,
+            sha256: hex::encode(Sha256::digest(deb)),
+        }
+    }
+
+    fn check_unpacked(build: &Edk2Build) {
+        let names: Vec<&str> = build.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "AAVMF_CODE.fd",
+                "AAVMF_CODE.ms.fd",
+                "AAVMF_CODE.no-secboot.fd",
+                "AAVMF_CODE.secboot.alias.fd",
+                "AAVMF_CODE.secboot.fd",
+                "AAVMF_VARS.fd",
+                "AAVMF_VARS.ms.fd",
+                "QEMU_EFI.fd",
+            ]
+        );
+        for f in &build.files {
+            let meta = fs::symlink_metadata(&f.path).unwrap();
+            assert!(
+                meta.file_type().is_file(),
+                "{} is not a regular file",
+                f.name
+            );
+            let content = fs::read(&f.path).unwrap();
+            assert_eq!(content.len() as u64, f.size);
+            assert_eq!(hex::encode(Sha256::digest(&content)), f.sha256);
+        }
+        assert_eq!(
+            fs::read(&build.file("AAVMF_CODE.fd").unwrap().path).unwrap(),
+            CODE
+        );
+        assert_eq!(
+            fs::read(&build.file("AAVMF_CODE.ms.fd").unwrap().path).unwrap(),
+            SECCODE
+        );
+        assert_eq!(build.variants(), ["default", "no-secboot", "secboot", "ms"]);
+        let (code, vars) = build.firmware("default").unwrap();
+        assert_eq!(code, build.dir.join("AAVMF_CODE.fd"));
+        assert_eq!(vars, build.dir.join("AAVMF_VARS.fd"));
+        let (code, vars) = build.firmware("ms").unwrap();
+        assert_eq!(code, build.dir.join("AAVMF_CODE.ms.fd"));
+        assert_eq!(vars, build.dir.join("AAVMF_VARS.ms.fd"));
+        let err = build.firmware("strictnx").unwrap_err().to_string();
+        assert!(
+            err.contains("AAVMF_CODE.secboot.strictnx.fd")
+                && err.contains("default, no-secboot, secboot, ms"),
+            "{err}"
+        );
+        let err = build.firmware("bogus").unwrap_err().to_string();
+        assert!(err.contains("known: default"), "{err}");
+        build.verify().unwrap();
+    }
+
+    fn edk2_dir_entries(cache: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(cache.join("edk2"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn unpack_xz_and_gz_debs() {
+        for (compression, version, request) in [
+            (Compression::Xz, "2025.02-8", "2025.02"),
+            (Compression::Gz, "1:9-1", "9"),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let deb_bytes = make_deb(compression);
+            let deb = tmp.path().join("x.deb");
+            fs::write(&deb, &deb_bytes).unwrap();
+            let cache = tmp.path().join("cache");
+            let build =
+                install_deb(&deb, &entry_for(&deb_bytes, version), "trixie", &cache).unwrap();
+            assert_eq!(build.debian_version, version);
+            assert_eq!(build.suite, "trixie");
+            assert_eq!(build.dir, cache.join("edk2").join(version));
+            check_unpacked(&build);
+            // Only the finished directory is left, and it is found again through its manifest.
+            assert_eq!(edk2_dir_entries(&cache), [version]);
+            assert!(build.dir.join(MANIFEST_NAME).is_file());
+            let again = find_cached(&cache, request).unwrap().unwrap();
+            assert_eq!(again.debian_version, version);
+            assert_eq!(again.files.len(), build.files.len());
+        }
+    }
+
+    #[test]
+    fn unsupported_data_compression_is_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deb_bytes = make_deb(Compression::Zst);
+        let deb = tmp.path().join("x.deb");
+        fs::write(&deb, &deb_bytes).unwrap();
+        let cache = tmp.path().join("cache");
+        let err = install_deb(&deb, &entry_for(&deb_bytes, "1-1"), "sid", &cache).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("data.tar.zst") && err.contains("unsupported compression"),
+            "{err}"
+        );
+        assert!(
+            edk2_dir_entries(&cache).is_empty(),
+            "left {:?}",
+            edk2_dir_entries(&cache)
+        );
+    }
+
+    #[test]
+    fn sha256_mismatch_names_both_and_installs_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deb_bytes = make_deb(Compression::Xz);
+        let deb = tmp.path().join("x.deb");
+        fs::write(&deb, &deb_bytes).unwrap();
+        let cache = tmp.path().join("cache");
+        let mut entry = entry_for(&deb_bytes, "2025.02-8");
+        let actual = entry.sha256.clone();
+        entry.sha256 = SHA_A.into();
+        let err = install_deb(&deb, &entry, "trixie", &cache)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(SHA_A) && err.contains(&actual), "{err}");
+        assert!(!cache.join("edk2/2025.02-8").exists());
+        entry.size += 1;
+        let err = install_deb(&deb, &entry, "trixie", &cache)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("size mismatch"), "{err}");
+    }
+
+    #[test]
+    fn broken_cache_entries_are_ignored_and_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        let broken = cache.join("edk2/2025.02-8");
+        fs::create_dir_all(&broken).unwrap();
+        fs::write(broken.join("AAVMF_CODE.fd"), b"half").unwrap();
+        assert!(find_cached(&cache, "2025.02").unwrap().is_none());
+        let deb_bytes = make_deb(Compression::Xz);
+        let deb = tmp.path().join("x.deb");
+        fs::write(&deb, &deb_bytes).unwrap();
+        let build =
+            install_deb(&deb, &entry_for(&deb_bytes, "2025.02-8"), "trixie", &cache).unwrap();
+        check_unpacked(&build);
+        assert!(find_cached(&cache, "2025.02").unwrap().is_some());
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // end to end against a signed fake mirror on loopback
+    // -----------------------------------------------------------------------------------------
+
+    fn packages_text(entries: &[PackageEntry], extra: &str) -> String {
+        let mut text = format!(
+            "Package: unrelated{extra}\nVersion: 1\nArchitecture: all\nFilename: pool/u.deb\n\
+             Size: 1\nSHA256: {SHA_A}\n\n"
+        );
+        for e in entries {
+            text.push_str(&format!(
+                "Package: {}\nVersion: {}\nArchitecture: all\nFilename: {}\nSize: {}\n\
+                 SHA256: {}\n\n",
+                e.package, e.version, e.filename, e.size, e.sha256
+            ));
+        }
+        text
+    }
+
+    /// Add a signed suite whose `main/binary-all` index (xz, or gz when `use_gz`) lists
+    /// `entries`.
+    fn add_suite(
+        files: &mut Files,
+        signer: &Signer,
+        suite: &str,
+        entries: &[PackageEntry],
+        use_gz: bool,
+    ) {
+        let text = packages_text(entries, "");
+        let index = if use_gz {
+            ("main/binary-all/Packages.gz", gz(text.as_bytes()))
+        } else {
+            ("main/binary-all/Packages.xz", xz(text.as_bytes()))
+        };
+        add_signed_suite(files, signer, suite, &[index], "");
+    }
+
+    fn manifest(build: &Edk2Build) -> Manifest {
+        serde_json::from_slice(&fs::read(build.dir.join(MANIFEST_NAME)).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn fetch_from_fake_mirror_then_from_cache() {
+        let signer = Signer::generate("archive");
+        let deb = make_deb(Compression::Xz);
+        let old = entry_for(&deb, "2022.11-6+deb12u2");
+        let new = entry_for(&deb, "2025.02-8+deb13u1");
+        let mut files = Files::new();
+        // No bullseye at all: skipped. bookworm (gz only) has another version.
+        add_suite(
+            &mut files,
+            &signer,
+            "bookworm",
+            std::slice::from_ref(&old),
+            true,
+        );
+        add_suite(
+            &mut files,
+            &signer,
+            "trixie",
+            std::slice::from_ref(&new),
+            false,
+        );
+        files.insert(new.filename.clone(), deb.clone());
+        files.insert(old.filename.clone(), deb.clone());
+        let mirror = serve(files).await;
+        let archive = Archive::with_keyring(&mirror.url, signer.keyring()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+
+        let build = fetch_edk2_from(&archive, "2025.02", tmp.path())
+            .await
+            .unwrap();
+        assert_eq!(build.debian_version, "2025.02-8+deb13u1");
+        assert_eq!(build.suite, "trixie");
+        assert_eq!(build.deb_sha256, new.sha256);
+        check_unpacked(&build);
+        assert_eq!(
+            manifest(&build).signed_release,
+            Some(format!("{}/dists/trixie/InRelease", mirror.url))
+        );
+        let hits = mirror.hits();
+        assert!(hits.iter().any(|h| h.ends_with(&new.filename)), "{hits:?}");
+        assert!(!hits.iter().any(|h| h.contains("/sid/")), "{hits:?}");
+
+        // Cached: no request at all, even with a mirror that cannot work.
+        let n = mirror.hits().len();
+        let again = fetch_edk2("bogus://nowhere", "2025.02-8", tmp.path())
+            .await
+            .unwrap();
+        assert_eq!(again.dir, build.dir);
+        assert_eq!(mirror.hits().len(), n);
+
+        // The older version comes from bookworm's gz index.
+        let old_build = fetch_edk2_from(&archive, "2022.11", tmp.path())
+            .await
+            .unwrap();
+        assert_eq!(old_build.suite, "bookworm");
+
+        let err = fetch_edk2_from(&archive, "2099.01", tmp.path())
+            .await
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("bullseye: no index") && err.contains("trixie: 2025.02-8+deb13u1"),
+            "{err}"
+        );
+        assert_eq!(
+            edk2_dir_entries(tmp.path()),
+            ["2022.11-6+deb12u2", "2025.02-8+deb13u1"]
+        );
+    }
+
+    #[tokio::test]
+    async fn corrupt_download_is_deleted() {
+        let signer = Signer::generate("archive");
+        let deb = make_deb(Compression::Xz);
+        let mut entry = entry_for(&deb, "2025.02-8+deb13u1");
+        entry.sha256 = SHA_B.to_owned();
+        let mut files = Files::new();
+        add_suite(
+            &mut files,
+            &signer,
+            "trixie",
+            std::slice::from_ref(&entry),
+            false,
+        );
+        files.insert(entry.filename.clone(), deb.clone());
+        let mirror = serve(files).await;
+        let archive = Archive::with_keyring(&mirror.url, signer.keyring()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let err = fetch_edk2_from(&archive, "2025.02", tmp.path())
+            .await
+            .unwrap_err();
+        let err = format!("{err:#}");
+        let actual = hex::encode(Sha256::digest(&deb));
+        assert!(err.contains(SHA_B) && err.contains(&actual), "{err}");
+        assert!(
+            edk2_dir_entries(tmp.path()).is_empty(),
+            "{:?}",
+            edk2_dir_entries(tmp.path())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_signature_stops_the_search_and_caches_nothing() {
+        let signer = Signer::generate("archive");
+        let stranger = Signer::generate("stranger");
+        let deb = make_deb(Compression::Xz);
+        let entry = entry_for(&deb, "2025.02-8+deb13u1");
+        let mut files = Files::new();
+        add_suite(&mut files, &stranger, "bookworm", &[], false);
+        add_suite(
+            &mut files,
+            &signer,
+            "trixie",
+            std::slice::from_ref(&entry),
+            false,
+        );
+        files.insert(entry.filename.clone(), deb.clone());
+        let mirror = serve(files).await;
+        let archive = Archive::with_keyring(&mirror.url, signer.keyring()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let err = format!(
+            "{:#}",
+            fetch_edk2_from(&archive, "2025.02", tmp.path())
+                .await
+                .unwrap_err()
+        );
+        assert!(
+            err.contains("reading the bookworm index")
+                && err.contains("/dists/bookworm/InRelease: not signed by any key"),
+            "{err}"
+        );
+        assert!(edk2_dir_entries(tmp.path()).is_empty());
+        assert!(!mirror.hits().iter().any(|h| h.ends_with(".deb")));
+    }
+
+    #[tokio::test]
+    async fn stale_binary_all_index_is_replaced_by_the_arm64_one_like_trixie() {
+        // Like the frozen archive's trixie: its InRelease lists a newer binary-all index than
+        // the mirror serves, with no by-hash copy, but the arm64 index (which lists
+        // Architecture: all packages too) matches.
+        let signer = Signer::generate("archive");
+        let deb = make_deb(Compression::Xz);
+        let entry = entry_for(&deb, "2025.02-8+deb13u1");
+        let listed = xz(packages_text(std::slice::from_ref(&entry), "-newer").as_bytes());
+        let served = xz(packages_text(std::slice::from_ref(&entry), "").as_bytes());
+        for all_in_arch in [true, false] {
+            let extra = if all_in_arch {
+                "No-Support-for-Architecture-all: Packages\n"
+            } else {
+                ""
+            };
+            let mut files = Files::new();
+            add_signed_suite(
+                &mut files,
+                &signer,
+                "trixie",
+                &[
+                    ("main/binary-all/Packages.xz", listed.clone()),
+                    ("main/binary-arm64/Packages.xz", served.clone()),
+                ],
+                extra,
+            );
+            files.insert(
+                "dists/trixie/main/binary-all/Packages.xz".into(),
+                served.clone(),
+            );
+            files.retain(|k, _| !k.contains("binary-all/by-hash"));
+            files.insert(entry.filename.clone(), deb.clone());
+            let mirror = serve(files).await;
+            let archive = Archive::with_keyring(&mirror.url, signer.keyring()).unwrap();
+            let tmp = tempfile::tempdir().unwrap();
+            let result = fetch_edk2_from(&archive, "2025.02", tmp.path()).await;
+            if all_in_arch {
+                let build = result.unwrap();
+                assert_eq!(build.suite, "trixie");
+                assert!(manifest(&build).signed_release.is_some());
+                assert_eq!(mirror.count("/binary-arm64/Packages.xz"), 1);
+            } else {
+                let err = format!("{:#}", result.unwrap_err());
+                assert!(
+                    err.contains("no copy of") && err.contains("binary-all/Packages"),
+                    "{err}"
+                );
+                assert!(edk2_dir_entries(tmp.path()).is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn entries_cached_before_signatures_were_checked_are_not_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deb_bytes = make_deb(Compression::Xz);
+        let deb = tmp.path().join("x.deb");
+        fs::write(&deb, &deb_bytes).unwrap();
+        let cache = tmp.path().join("cache");
+        let build =
+            install_deb(&deb, &entry_for(&deb_bytes, "2025.02-8"), "trixie", &cache).unwrap();
+        let path = build.dir.join(MANIFEST_NAME);
+        let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        m["format"] = 1.into();
+        fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        assert!(find_cached(&cache, "2025.02").unwrap().is_none());
+        let err = format!("{:#}", load_build(&build.dir).unwrap_err());
+        assert!(
+            err.contains("before archive signatures were checked"),
+            "{err}"
+        );
+        // Installing again replaces it.
+        install_deb(&deb, &entry_for(&deb_bytes, "2025.02-8"), "trixie", &cache).unwrap();
+        assert!(find_cached(&cache, "2025.02").unwrap().is_some());
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // the real archive
+    // -----------------------------------------------------------------------------------------
+
+    /// Fetches 2025.02 (about 5 MiB, unpacking to about 600 MiB) from the mirror the host's
+    /// apt configuration (or BOOTWATCH_MIRROR) names. Set BOOTWATCH_SKIP_NETWORK_TESTS=1 to
+    /// skip it.
+    #[tokio::test]
+    async fn network_fetch_2025_02() {
+        if std::env::var_os("BOOTWATCH_SKIP_NETWORK_TESTS").is_some_and(|v| !v.is_empty()) {
+            eprintln!("skipped: BOOTWATCH_SKIP_NETWORK_TESTS is set");
+            return;
+        }
+        let mirror = crate::inputs::debian::resolve_mirror(None).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let build = fetch_edk2(&mirror, "2025.02", tmp.path()).await.unwrap();
+        eprintln!(
+            "cold fetch of {} from {}: {:?}",
+            build.debian_version,
+            build.suite,
+            started.elapsed()
+        );
+        assert!(build.debian_version.starts_with("2025.02-"));
+        let (code, vars) = build.firmware("default").unwrap();
+        assert_eq!(fs::metadata(&code).unwrap().len(), 64 << 20);
+        assert_eq!(fs::metadata(&vars).unwrap().len(), 64 << 20);
+        for variant in ["no-secboot", "secboot", "strictnx", "ms", "snakeoil"] {
+            build.firmware(variant).unwrap();
+        }
+        assert!(build.file("QEMU_EFI.fd").is_some());
+
+        let started = Instant::now();
+        let again = fetch_edk2("bogus://no-network", "2025.02", tmp.path())
+            .await
+            .unwrap();
+        eprintln!("cached fetch: {:?}", started.elapsed());
+        assert_eq!(again.dir, build.dir);
+        assert_eq!(again.deb_sha256, build.deb_sha256);
+    }
+}

@@ -151,10 +151,13 @@ impl Keyring {
             .with_context(|| format!("{url}: unreadable OpenPGP clear-signed message"))?;
         let signed = msg.signed_text();
         let signers = self.check(msg.signatures(), signed.as_bytes(), url)?;
-        Ok(Verified {
-            text: signed.replace("\r\n", "\n") + "\n",
-            signers,
-        })
+        // The line end before the signature belongs to the armour, not to the text; a Release
+        // file's text ends with one.
+        let mut text = signed.replace("\r\n", "\n");
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        Ok(Verified { text, signers })
     }
 
     /// Verify `data` (a `Release` file fetched from `url`) against its detached signature
@@ -370,4 +373,74 @@ fn has_key_flags(sig: &Signature) -> bool {
         c.hashed_subpackets()
             .any(|p| matches!(p.data, pgp::packet::SubpacketData::KeyFlags(_)))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inputs::debian::test_mirror::Signer;
+
+    /// Debian's keyring (from the debian-archive-keyring package, which the CI installs):
+    /// its archive signing keys are subkeys, the stable release keys primary keys.
+    #[test]
+    fn host_keyring_has_the_debian_signing_keys() {
+        let keyring = Keyring::load(Path::new(DEFAULT_KEYRING)).unwrap();
+        for fpr in [
+            // Debian Archive Automatic Signing Key (12/bookworm), signing subkey.
+            "4CB50190207B4758A3F73A796ED0E7B82643E131",
+            // Debian Stable Release Key (12/bookworm), primary key.
+            "4D64FEC119C2029067D6E791F8D2585B8783D481",
+        ] {
+            assert!(
+                keyring.keys.iter().any(|k| k.fingerprint == fpr),
+                "{fpr} not in {:?}",
+                keyring
+                    .keys
+                    .iter()
+                    .map(|k| &k.fingerprint)
+                    .collect::<Vec<_>>()
+            );
+        }
+        let err = format!(
+            "{:#}",
+            Keyring::load(Path::new("/nonexistent/keyring.gpg")).unwrap_err()
+        );
+        assert!(
+            err.contains("/nonexistent/keyring.gpg") && err.contains(KEYRING_ENV),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn clearsigned_and_detached_texts_verify_and_changes_do_not() {
+        let signer = Signer::generate("archive");
+        let keyring = signer.keyring();
+        let text = "Suite: stable\nSHA256:\n abc 1 main/x\n";
+        let signed = String::from_utf8(signer.clearsign(text)).unwrap();
+        let verified = keyring.verify_clearsigned(&signed, "URL").unwrap();
+        assert_eq!(verified.text, text);
+        assert_eq!(verified.signers.len(), 1);
+        let err = keyring
+            .verify_clearsigned(&signed.replace("abc", "abd"), "URL")
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("URL: BAD signature"),
+            "{err:#}"
+        );
+        let err = keyring.verify_clearsigned(text, "URL").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not an OpenPGP clear-signed message"),
+            "{err:#}"
+        );
+
+        let sig = signer.detached(text.as_bytes());
+        assert_eq!(
+            keyring
+                .verify_detached(text.as_bytes(), &sig, "URL")
+                .unwrap()
+                .text,
+            text
+        );
+        assert!(keyring.verify_detached(b"other", &sig, "URL").is_err());
+    }
 }
