@@ -43,7 +43,8 @@ pub struct Archive {
 /// (mirror, keyring identity, suite) → the verified Release, or `None` for a suite the mirror
 /// lacks. A failure is not remembered, so the next caller tries again.
 type ReleaseCell = Arc<tokio::sync::OnceCell<Option<Arc<Release>>>>;
-static RELEASES: LazyLock<Mutex<HashMap<(String, String, String), ReleaseCell>>> =
+type ReleaseKey = (String, String, String);
+static RELEASES: LazyLock<Mutex<HashMap<ReleaseKey, ReleaseCell>>> =
     LazyLock::new(Default::default);
 
 impl std::fmt::Debug for Archive {
