@@ -30,9 +30,10 @@ pub fn with_tar_member<T>(
             .trim_end_matches('/')
             .to_owned();
         if let Some(compression) = name.strip_prefix(prefix) {
+            let mut member = member;
             let what = format!("{} member {name}", deb.display());
             return match compression {
-                "" => read(&mut { member }),
+                "" => read(&mut member),
                 ".gz" => read(&mut flate2::read::GzDecoder::new(member)),
                 ".xz" => read(&mut liblzma::read::XzDecoder::new(member)),
                 _ => bail!(

@@ -181,6 +181,7 @@ impl Keyring {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         let mut unknown = Vec::new();
+        let mut worthless = Vec::new();
         for sig in sigs {
             let issuers = issuer_ids(sig);
             let candidates: Vec<&UsableKey> = self
@@ -196,7 +197,11 @@ impl Keyring {
                 unknown.push(issuers.first().cloned().unwrap_or_else(|| "?".to_owned()));
                 continue;
             }
-            let mut reasons = Vec::new();
+            // A signature that does not verify is bad; one that verifies but was made outside
+            // its key's lifetime is worthless (apt's EXPKEYSIG): ignored when another
+            // signature is good.
+            let mut failures = Vec::new();
+            let mut outside = Vec::new();
             let mut verified = None;
             for key in candidates {
                 match key.material.verify(sig, data) {
@@ -205,14 +210,15 @@ impl Keyring {
                             verified = Some(key);
                             break;
                         }
-                        Err(why) => reasons.push(format!("{}: {why}", key.fingerprint)),
+                        Err(why) => outside.push(format!("{}: {why}", key.fingerprint)),
                     },
-                    Err(e) => reasons.push(format!("{}: {e}", key.fingerprint)),
+                    Err(e) => failures.push(format!("{}: {e}", key.fingerprint)),
                 }
             }
             match verified {
                 Some(key) => good.push(format!("{} ({})", key.fingerprint, key.owner)),
-                None => bad.push(reasons.join("; ")),
+                None if outside.is_empty() => bad.push(failures.join("; ")),
+                None => worthless.push(outside.join("; ")),
             }
         }
         if !bad.is_empty() {
@@ -223,11 +229,17 @@ impl Keyring {
             );
         }
         if good.is_empty() {
+            let mut seen = unknown;
+            seen.extend(worthless);
             bail!(
-                "{url}: not signed by any key of {} (signed by {}); refusing the Release file",
+                "{url}: no valid signature by a key of {} (signed by {}); refusing the Release \
+                 file",
                 self.source,
-                unknown.join(", ")
+                seen.join(", ")
             );
+        }
+        if !worthless.is_empty() {
+            tracing::debug!(%url, "ignored signatures: {}", worthless.join("; "));
         }
         Ok(good)
     }
@@ -442,5 +454,22 @@ mod tests {
             text
         );
         assert!(keyring.verify_detached(b"other", &sig, "URL").is_err());
+    }
+
+    #[test]
+    fn a_signature_made_outside_its_keys_lifetime_is_not_valid() {
+        // A key made an hour from now: its signature made now predates it.
+        let later = pgp::types::Timestamp::from_secs(pgp::types::Timestamp::now().as_secs() + 3600);
+        let signer = Signer::generate_at("future", later);
+        let signed = String::from_utf8(signer.clearsign("Suite: x\n")).unwrap();
+        let err = signer
+            .keyring()
+            .verify_clearsigned(&signed, "URL")
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("no valid signature") && err.contains("older than its key"),
+            "{err}"
+        );
     }
 }

@@ -11,7 +11,7 @@ use pgp::composed::{
     SignedPublicKey, SignedSecretKey, SubkeyParamsBuilder,
 };
 use pgp::crypto::hash::HashAlgorithm;
-use pgp::types::Password;
+use pgp::types::{Password, Timestamp};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,14 +25,21 @@ pub struct Signer {
 
 impl Signer {
     pub fn generate(name: &str) -> Signer {
+        Signer::generate_at(name, Timestamp::now())
+    }
+
+    /// A key whose primary key and subkey were made at `created`.
+    pub fn generate_at(name: &str, created: Timestamp) -> Signer {
         let secret = SecretKeyParamsBuilder::default()
             .key_type(KeyType::Ed25519Legacy)
             .can_certify(true)
+            .created_at(created)
             .primary_user_id(format!("{name} <{name}@invalid>"))
             .subkey(
                 SubkeyParamsBuilder::default()
                     .key_type(KeyType::Ed25519Legacy)
                     .can_sign(true)
+                    .created_at(created)
                     .build()
                     .unwrap(),
             )
