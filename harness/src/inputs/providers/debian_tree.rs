@@ -31,7 +31,6 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -197,37 +196,27 @@ fn write_index_record(qemu_dir: &Path, suite: &str, mirror: &str, version: &str)
     }
 }
 
-/// The newest `qemu-system-arm` version in the suite's `main/binary-amd64` index.
+/// The newest `qemu-system-arm` version in the suite's `main/binary-amd64` index, read
+/// through [`crate::inputs::debian::Archive`] (signed Release, verified index).
 pub async fn lookup_version(mirror: &str, suite: &str) -> Result<String> {
-    let client = crate::inputs::debian::http_client()?;
-    let base = format!("{mirror}/dists/{suite}/main/binary-amd64");
-    for ext in ["xz", "gz"] {
-        let url = format!("{base}/Packages.{ext}");
-        let Some(body) = crate::inputs::debian::get_optional(&client, &url).await? else {
-            continue;
-        };
-        let started = Instant::now();
-        let entries = tokio::task::spawn_blocking(move || -> Result<_> {
-            let mut text = String::new();
-            if ext == "xz" {
-                liblzma::read::XzDecoder::new(&body[..]).read_to_string(&mut text)
-            } else {
-                flate2::read::MultiGzDecoder::new(&body[..]).read_to_string(&mut text)
-            }
-            .context("decompressing the index")?;
-            crate::inputs::debian::parse_packages(&text, QEMU_PACKAGE)
-        })
-        .await
-        .context("index parsing task")?
-        .with_context(|| format!("reading {url}"))?;
-        tracing::debug!(%url, elapsed_ms = started.elapsed().as_millis() as u64, "index read");
-        return entries
-            .into_iter()
-            .map(|e| e.version)
-            .max_by(|a, b| crate::inputs::repo::compare_versions(a, b))
-            .ok_or_else(|| anyhow!("{url} lists no {QEMU_PACKAGE}"));
-    }
-    bail!("the mirror {mirror} has no suite {suite:?} ({base}/Packages.xz and .gz are missing)")
+    let archive = crate::inputs::debian::Archive::new(mirror)?;
+    let started = Instant::now();
+    let entries = archive
+        .find(suite, "main", "amd64", QEMU_PACKAGE)
+        .await?
+        .ok_or_else(|| {
+            anyhow!("the mirror {mirror} has no suite {suite:?} with a main/binary-amd64 index")
+        })?;
+    tracing::debug!(
+        suite,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "index read"
+    );
+    entries
+        .into_iter()
+        .map(|e| e.version)
+        .max_by(|a, b| crate::inputs::debian::compare_versions(a, b))
+        .ok_or_else(|| anyhow!("{mirror} {suite} main/binary-amd64 lists no {QEMU_PACKAGE}"))
 }
 
 /// The tree in `dir` if it is complete (manifest readable, binary present).
@@ -263,7 +252,7 @@ pub fn newest_cached(qemu_dir: &Path, suite: &str) -> Option<Tree> {
         .filter_map(|e| load_tree(&e.path()))
         .filter(|t| t.manifest.suite == suite)
         .max_by(|a, b| {
-            crate::inputs::repo::compare_versions(
+            crate::inputs::debian::compare_versions(
                 &a.manifest.package_version,
                 &b.manifest.package_version,
             )
