@@ -185,7 +185,10 @@ fn a_run_that_fails_after_its_results_directory_exists_leaves_an_error_record() 
         assert_eq!(v["verdict"], "harness-error", "{file}");
         assert_eq!(v["exit_code"], 125, "{file}");
         let error = v["error"].as_str().unwrap();
-        assert!(error.contains("/proc"), "{file}: the message names the cause: {error}");
+        assert!(
+            error.contains("/proc"),
+            "{file}: the message names the cause: {error}"
+        );
     }
 }
 

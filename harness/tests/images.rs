@@ -279,7 +279,14 @@ fn a_missing_qemu_img_is_recorded_as_a_harness_error() {
         "{}",
         r["error"]
     );
-    let dir = res.path().read_dir().unwrap().next().unwrap().unwrap().path();
+    let dir = res
+        .path()
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
     assert_eq!(on_disk["status"], "error");

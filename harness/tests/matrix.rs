@@ -646,7 +646,12 @@ fn an_upgraded_state_that_does_not_boot_is_judged_in_its_cells() {
             c.axes.vars,
             c.error
         );
-        assert_eq!(c.outcome.verdict.as_str(), "sync-exception", "{}", c.outcome.reason);
+        assert_eq!(
+            c.outcome.verdict.as_str(),
+            "sync-exception",
+            "{}",
+            c.outcome.reason
+        );
         assert!(c.outcome.before_grub, "{}", c.outcome.reason);
         assert_eq!(c.outcome.exit_code, 1);
     }

@@ -431,7 +431,7 @@ pub async fn run(
 ) -> Result<Finished, CaseError> {
     let dir = make_case_dir(&case.req)?;
     let mut d = Driver::new(&case, dir, cancel, sink);
-    d.write_records().map_err(|e| CaseError {
+    d.write_records().await.map_err(|e| CaseError {
         dir: d.dir.clone(),
         message: format!("writing the first records: {e}"),
     })?;
@@ -440,7 +440,7 @@ pub async fn run(
         d.harness_error(&format!("{e:#}"));
     }
     d.finish().await;
-    d.write_records().map_err(|e| CaseError {
+    d.write_records().await.map_err(|e| CaseError {
         dir: d.dir.clone(),
         message: format!("writing the records: {e}"),
     })?;
@@ -691,12 +691,25 @@ impl<'a> Driver<'a> {
         self.runs.last_mut().expect("there is always a run")
     }
 
-    /// Writes `case.json` and every session's `result.json` (small files; atomic).
-    fn write_records(&self) -> std::io::Result<()> {
+    /// Writes `case.json` and every session's `result.json`, atomically, on a blocking thread
+    /// (each write ends in an fsync: never on the loop that reads consoles).
+    async fn write_records(&self) -> std::io::Result<()> {
+        let mut files = Vec::new();
         for r in &self.runs {
-            fsx::write_json_atomic(&self.session_dir(r.session).join("result.json"), r)?;
+            files.push((
+                self.session_dir(r.session).join("result.json"),
+                json_bytes(r)?,
+            ));
         }
-        fsx::write_json_atomic(&self.dir.join("case.json"), &self.record)
+        files.push((self.dir.join("case.json"), json_bytes(&self.record)?));
+        tokio::task::spawn_blocking(move || {
+            for (path, bytes) in files {
+                fsx::write_atomic(&path, &bytes)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// bootwatch could not go on: the case (and the session it was in) end with `harness-error`.
@@ -783,7 +796,7 @@ impl<'a> Driver<'a> {
                 detail: rec.detail.clone(),
             });
             self.record.steps.push(rec);
-            self.write_records()?;
+            self.write_records().await?;
         }
         self.end_session().await;
         self.finish_packages();
@@ -861,7 +874,7 @@ impl<'a> Driver<'a> {
         inputs.extend(vm.disks.iter().map(|d| d.path.clone()));
         self.hashing = Some(tokio::spawn(disk::file_infos(inputs)));
         self.vm = Some(vm);
-        self.write_records()?;
+        self.write_records().await?;
         Ok(())
     }
 
@@ -1250,6 +1263,13 @@ impl<'a> Driver<'a> {
         // The private directory (sockets, throwaway disks) goes now.
         drop(self.private.take());
     }
+}
+
+/// A record as the bytes of its file: pretty JSON and a final newline.
+fn json_bytes<T: serde::Serialize>(v: &T) -> std::io::Result<Vec<u8>> {
+    let mut b = serde_json::to_vec_pretty(v)?;
+    b.push(b'\n');
+    Ok(b)
 }
 
 /// What the step is about, for progress displays.
