@@ -152,6 +152,7 @@ pub fn comparable(report: &MatrixReport) -> serde_json::Value {
         for cell in cells.iter_mut().filter_map(|c| c.as_object_mut()) {
             cell.remove("duration_s");
             cell.remove("overhead_s");
+            cell.remove("time_to_verdict_s");
             // Where the builds sit differs between machines; their hashes do not.
             if let Some(inputs) = cell.get_mut("inputs").and_then(|i| i.as_object_mut()) {
                 inputs.remove("qemu_binary");
