@@ -1,6 +1,7 @@
 //! The `bootwatch` command line. The only module that prints.
 
 mod matrix;
+mod progress;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -487,7 +488,11 @@ async fn run_scenario(a: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(exit_code::UNDETERMINED, &format!("{e:#}")),
     };
-    let image = match images::resolve(entry, &cache, a.mirror.as_deref(), !a.json).await {
+    let cancel = signal_token();
+    let (tx, shown) = progress::image_progress(a.json);
+    let image = images::resolve(entry, &cache, a.mirror.as_deref(), &cancel, tx).await;
+    let _ = shown.await;
+    let image = match image {
         Ok(r) => r,
         Err(e) => {
             return fail(
@@ -517,7 +522,7 @@ async fn run_scenario(a: RunArgs) -> ExitCode {
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let progress = tokio::spawn(show_progress_until_closed(rx, a.json));
-    let r = runner::run_case(&cfg, &signal_token(), Some(tx)).await;
+    let r = runner::run_case(&cfg, &cancel, Some(tx)).await;
     let _ = progress.await;
     match r {
         Err(e) => fail(exit_code::UNDETERMINED, &format!("{e:#}")),
@@ -704,6 +709,7 @@ async fn boot(args: BootArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(exit_code::USAGE, &e.0),
     };
+    let cancel = signal_token();
     if let Some(name) = &args.image {
         let registry = match Registry::load() {
             Ok(r) => r,
@@ -716,11 +722,13 @@ async fn boot(args: BootArgs) -> ExitCode {
             Ok(c) => c,
             Err(e) => return fail(exit_code::UNDETERMINED, &format!("{e:#}")),
         };
-        let resolved =
-            match images::resolve(entry, &cache, args.mirror.as_deref(), !args.json).await {
-                Ok(r) => r,
-                Err(e) => return fail(exit_code::UNDETERMINED, &format!("image {name}: {e:#}")),
-            };
+        let (tx, shown) = progress::image_progress(args.json);
+        let resolved = images::resolve(entry, &cache, args.mirror.as_deref(), &cancel, tx).await;
+        let _ = shown.await;
+        let resolved = match resolved {
+            Ok(r) => r,
+            Err(e) => return fail(exit_code::UNDETERMINED, &format!("image {name}: {e:#}")),
+        };
         req.name = name.clone();
         req.login = args.login;
         req.image = Some(ImageBoot {
@@ -745,7 +753,7 @@ async fn boot(args: BootArgs) -> ExitCode {
             }
         }
     });
-    let outcome = run::run(checked, signal_token(), Some(tx)).await;
+    let outcome = run::run(checked, cancel, Some(tx)).await;
     let _ = progress.await;
     match outcome {
         Err(e) => fail(exit_code::UNDETERMINED, &format!("{e:#}")),
@@ -912,14 +920,10 @@ async fn images_cmd(command: ImagesCommand) -> ExitCode {
                     &format!("{name} is a local recipe: use `bootwatch images build {name}`"),
                 );
             }
-            match images::resolve(
-                entry,
-                &cache,
-                None,
-                std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            )
-            .await
-            {
+            let (tx, shown) = progress::image_progress(false);
+            let resolved = images::resolve(entry, &cache, None, &signal_token(), tx).await;
+            let _ = shown.await;
+            match resolved {
                 Ok(r) => {
                     println!("{}", r.path.display());
                     ExitCode::SUCCESS
@@ -937,7 +941,11 @@ async fn images_cmd(command: ImagesCommand) -> ExitCode {
                     &format!("{name} is a vendor image: use `bootwatch images fetch {name}`"),
                 );
             }
-            match images::resolve(entry, &cache, mirror.as_deref(), false).await {
+            let (tx, shown) = progress::image_progress(false);
+            let resolved =
+                images::resolve(entry, &cache, mirror.as_deref(), &signal_token(), tx).await;
+            let _ = shown.await;
+            match resolved {
                 Ok(r) => {
                     println!("{}", r.path.display());
                     ExitCode::SUCCESS

@@ -668,17 +668,19 @@ async fn restore_and_reboot(
         cfg.image.path.clone(),
         vm.disks[0].path.clone(),
     );
-    let files = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, u64)>> {
+    let files = async move {
         let mut restored = Vec::new();
         let mut payload = Vec::new();
-        for (path, _) in crate::inputs::images::esp::list_esp(&qi, &base)? {
+        for (path, _) in crate::inputs::images::esp::list_esp(&qi, &base).await? {
             if !path.to_ascii_uppercase().starts_with("EFI/")
                 && !path.to_ascii_uppercase().starts_with("/EFI/")
             {
                 continue;
             }
-            let original = crate::inputs::images::esp::read_esp_file(&qi, &base, &path)?;
-            let now = crate::inputs::images::esp::read_esp_file(&qi, &ov, &path).ok();
+            let original = crate::inputs::images::esp::read_esp_file(&qi, &base, &path).await?;
+            let now = crate::inputs::images::esp::read_esp_file(&qi, &ov, &path)
+                .await
+                .ok();
             if now.as_deref() != Some(original.as_slice()) {
                 restored.push((path.clone(), original.len() as u64));
                 payload.push((path, original));
@@ -689,11 +691,11 @@ async fn restore_and_reboot(
             .map(|(p, b)| (p.as_str(), b.as_slice()))
             .collect();
         if !refs.is_empty() {
-            crate::inputs::images::esp::replace_esp_files(&qi, &ov, &refs)?;
+            crate::inputs::images::esp::replace_esp_files(&qi, &ov, &refs).await?;
         }
-        Ok(restored)
-    })
-    .await??;
+        anyhow::Ok(restored)
+    }
+    .await?;
     result.restore = Some(RestoreRecord {
         files,
         duration_s: crate::engine::qmp::round_ms(t0.elapsed().as_secs_f64()),

@@ -65,7 +65,7 @@ pub async fn run_demo(
         anyhow::bail!("{DEMO_IMAGE} is not a local recipe");
     };
     let cache = crate::sys::fsx::cache_root()?;
-    let image = images::resolve(Entry::Local(local), &cache, mirror, false).await?;
+    let image = images::resolve(Entry::Local(local), &cache, mirror, cancel, None).await?;
     let built = debian_build::find_cached(&local.recipe, &cache)?
         .ok_or_else(|| anyhow::anyhow!("{DEMO_IMAGE} was built but is not in the cache"))?;
     let shim = built

@@ -301,10 +301,7 @@ impl Tool {
                 })()
                 .map_err(|e| self.io_error(e))?;
                 let (out_w, err_w, out, err) = files;
-                (
-                    self.spawn_to(out_w.into(), err_w.into())?,
-                    Some((out, err)),
-                )
+                (self.spawn_to(out_w.into(), err_w.into())?, Some((out, err)))
             }
         };
         let deadline = async {
@@ -395,7 +392,9 @@ pub fn file_tail(path: &Path) -> String {
     let mut bytes = Vec::new();
     if let Ok(mut f) = File::open(path) {
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        if f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES))).is_ok() {
+        if f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))
+            .is_ok()
+        {
             let _ = f.read_to_end(&mut bytes);
         }
     }
@@ -639,11 +638,22 @@ mod tests {
             .run()
             .await
             .unwrap_err();
-        assert!(err.to_string().ends_with("(exit status: 1):\nno such disk"), "{err}");
+        assert!(
+            err.to_string().ends_with("(exit status: 1):\nno such disk"),
+            "{err}"
+        );
 
-        let err = Tool::new("/nonexistent/tool").arg("x").run().await.unwrap_err();
+        let err = Tool::new("/nonexistent/tool")
+            .arg("x")
+            .run()
+            .await
+            .unwrap_err();
         assert!(matches!(err, ToolError::Spawn { .. }), "{err}");
-        assert!(err.to_string().contains("cannot start `/nonexistent/tool x`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("cannot start `/nonexistent/tool x`"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -8,7 +8,11 @@ pub mod esp;
 pub mod overlay;
 pub mod seed;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use catalog::{CatalogError, CatalogImage, GuestTraits, check_keys, line_of};
 use debian_build::DebianRecipe;
@@ -281,22 +285,42 @@ pub struct Resolved {
     pub guest: GuestTraits,
 }
 
+/// What resolving an image reports while it works, for the caller to show.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageProgress {
+    /// A vendor image is downloading.
+    Download(cache::DownloadProgress),
+    /// A local image is building.
+    Build(debian_build::BuildProgress),
+}
+
 /// Makes `entry` available: a vendor image is fetched (a no-op when cached), a local recipe built
-/// (a no-op when built). `mirror` is only needed to build.
+/// (a no-op when built). `mirror` is only needed to build. Progress goes to `progress` when
+/// given. When `cancel` fires, a download is abandoned (its partial file stays for the next
+/// fetch to resume) and a build is stopped and removed; either way an error is returned.
 pub async fn resolve(
     entry: Entry<'_>,
     cache_root: &std::path::Path,
     mirror: Option<&str>,
-    progress: bool,
+    cancel: &CancellationToken,
+    progress: Option<mpsc::UnboundedSender<ImageProgress>>,
 ) -> anyhow::Result<Resolved> {
     match entry {
         Entry::Vendor(i) => {
             let cache = cache::ImageCache::new(&cache_root.join("images"));
             let opts = cache::FetchOptions {
-                progress,
+                progress: progress.map(|tx| -> cache::ProgressSink {
+                    Arc::new(move |p| {
+                        let _ = tx.send(ImageProgress::Download(p));
+                    })
+                }),
                 ..Default::default()
             };
-            let got = cache.fetch(&fetch_request(i), &opts).await?;
+            let request = fetch_request(i);
+            let got = tokio::select! {
+                r = cache.fetch(&request, &opts) => r?,
+                _ = cancel.cancelled() => anyhow::bail!("cancelled while downloading {}", i.name),
+            };
             Ok(Resolved {
                 name: i.name.clone(),
                 path: got.path,
@@ -306,16 +330,16 @@ pub async fn resolve(
             })
         }
         Entry::Local(l) => {
-            let recipe = l.recipe.clone();
-            let root = cache_root.to_path_buf();
-            let built = match debian_build::find_cached(&recipe, &root)? {
+            let built = match debian_build::find_cached(&l.recipe, cache_root)? {
                 Some(b) => b,
                 None => {
                     let mirror = crate::inputs::debian::resolve_mirror(mirror)?;
-                    tokio::task::spawn_blocking(move || {
-                        debian_build::build(&recipe, &mirror, &root)
-                    })
-                    .await??
+                    let report = |p| {
+                        if let Some(tx) = &progress {
+                            let _ = tx.send(ImageProgress::Build(p));
+                        }
+                    };
+                    debian_build::build(&l.recipe, &mirror, cache_root, cancel, &report).await?
                 }
             };
             Ok(Resolved {

@@ -296,7 +296,7 @@ async fn prepare(
         let Some(provider) = provider else { continue };
         send(MatrixEvent::Preparing(format!("qemu {name}")));
         let t = Instant::now();
-        let r = providers::resolve_qemu(provider, &ctx)
+        let r = providers::resolve_qemu(provider, &ctx, cancel)
             .await
             .map_err(|e| format!("qemu {name}: {e:#}"));
         timed(
@@ -318,7 +318,7 @@ async fn prepare(
         let Some(provider) = provider else { continue };
         send(MatrixEvent::Preparing(format!("firmware {name}")));
         let t = Instant::now();
-        let r = providers::resolve_firmware(provider, &ctx)
+        let r = providers::resolve_firmware(provider, &ctx, cancel)
             .await
             .map_err(|e| format!("firmware {name}: {e:#}"));
         timed(
@@ -380,21 +380,34 @@ async fn prepare_image(
                 sha256,
             })
         }
-        ImageChoice::Image(name) => Ok(PreparedImage::Image(resolve_image(name, opts).await?)),
+        ImageChoice::Image(name) => Ok(PreparedImage::Image(
+            resolve_image(name, opts, cancel).await?,
+        )),
         ImageChoice::Upgraded(name) => {
-            let base = resolve_image(name, opts).await?;
+            let base = resolve_image(name, opts, cancel).await?;
             let up = upgrade::prepare(&base, &spec.upgrade, ctx, cancel).await?;
             Ok(PreparedImage::Upgraded { base, up })
         }
     }
 }
 
-async fn resolve_image(name: &str, opts: &MatrixOptions) -> anyhow::Result<Resolved> {
+async fn resolve_image(
+    name: &str,
+    opts: &MatrixOptions,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Resolved> {
     let registry = Registry::load()?;
     let entry = registry
         .get(name)
         .ok_or_else(|| anyhow!("no image named {name:?} in the catalog or local recipes"))?;
-    images::resolve(entry, &opts.cache_root, opts.mirror.as_deref(), false).await
+    images::resolve(
+        entry,
+        &opts.cache_root,
+        opts.mirror.as_deref(),
+        cancel,
+        None,
+    )
+    .await
 }
 
 enum CellOutcome {
