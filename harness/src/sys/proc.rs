@@ -112,8 +112,9 @@ pub enum ToolError {
         log: Option<PathBuf>,
         tail: String,
     },
-    #[error("`{command}` was stopped: cancelled")]
-    Cancelled { command: String },
+    /// Only the program is named: the reason is not in the command line.
+    #[error("`{program}` was stopped: cancelled")]
+    Cancelled { program: String },
     #[error("`{command}`: {source}")]
     Io { command: String, source: io::Error },
 }
@@ -252,6 +253,16 @@ impl Tool {
         }
     }
 
+    fn cancelled(&self) -> ToolError {
+        ToolError::Cancelled {
+            program: Path::new(&self.program)
+                .file_name()
+                .unwrap_or(&self.program)
+                .to_string_lossy()
+                .into_owned(),
+        }
+    }
+
     fn io_error(&self, source: io::Error) -> ToolError {
         ToolError::Io {
             command: self.command_line(),
@@ -287,6 +298,9 @@ impl Tool {
     /// Runs the tool to its end. Success is exit status 0; anything else is an error quoting
     /// the command and the end of its log (or of its captured stderr, else stdout).
     pub async fn run(self) -> Result<Output, ToolError> {
+        if self.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+            return Err(self.cancelled());
+        }
         let started = Instant::now();
         let (mut running, captured) = match &self.log {
             Some(log) => {
@@ -345,9 +359,7 @@ impl Tool {
             None => text_tail(&stdout),
         };
         match end {
-            End::Cancelled => Err(ToolError::Cancelled {
-                command: self.command_line(),
-            }),
+            End::Cancelled => Err(self.cancelled()),
             End::TimedOut => Err(ToolError::TimedOut {
                 command: self.command_line(),
                 cwd: self.cwd.clone(),
@@ -688,10 +700,21 @@ mod tests {
         let took = t.elapsed();
         assert_gone(&pids).await;
         assert!(err.is_cancelled(), "{err}");
+        assert_eq!(err.to_string(), "`sh` was stopped: cancelled");
         assert!(
             took >= Duration::from_millis(300) && took < Duration::from_secs(2),
             "{took:?}"
         );
+        // Already cancelled: nothing is started.
+        let marker = dir.path().join("started");
+        let err = Tool::new("touch")
+            .arg(&marker)
+            .cancel_on(&token)
+            .run()
+            .await
+            .unwrap_err();
+        assert!(err.is_cancelled(), "{err}");
+        assert!(!marker.exists());
     }
 
     #[tokio::test]

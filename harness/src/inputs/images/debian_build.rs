@@ -48,8 +48,15 @@
 //!
 //! Everything happens in `images/local/.build-<hash>-<pid>/` and the finished directory is
 //! renamed to `images/local/<hash>/`, so a directory with a hash name is always complete. A
-//! per-hash lock file serialises concurrent builds of one recipe; leftovers of killed builds are
-//! removed by the next build of the same recipe (never when something is mounted below them).
+//! per-hash lock file serialises concurrent builds of one recipe. A build stopped through its
+//! cancellation token (Ctrl-C, SIGTERM) stops its tool's whole process group and removes its
+//! directory and lock before it returns; a build that fails keeps only its log there. Leftovers
+//! of killed builds (SIGKILL) are removed by the next build of the same recipe (never when
+//! something is mounted below them).
+//!
+//! The build reports its phases ([`PHASES`]) with the time since it started through a
+//! [`BuildProgress`] callback; the phases inside mmdebstrap are seen as its hooks mark their
+//! ends.
 //!
 //! # Host requirements
 //!
@@ -518,7 +525,8 @@ pub fn find_cached(recipe: &DebianRecipe, cache_root: &Path) -> Result<Option<Bu
 /// prints). `elapsed` counts from the start of the build.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BuildProgress {
-    /// Nothing was cached: the build starts, writing its log to `log`.
+    /// Nothing was cached: the build starts, writing its log to `log` (in the build
+    /// directory; the finished image keeps it as [`BuildManifest::build_log`]).
     Started { image: String, log: PathBuf },
     /// A phase began (see [`PHASES`]).
     PhaseStarted {
@@ -607,7 +615,7 @@ pub async fn build(
     tracing::info!(recipe = %recipe.name, %hash, work = %work.display(), "building Debian image");
     progress(BuildProgress::Started {
         image: recipe.name.clone(),
-        log: final_dir.join(LOG_NAME),
+        log: log_path.clone(),
     });
     let built = Builder {
         recipe,
@@ -631,7 +639,7 @@ pub async fn build(
                 .await
                 .with_context(|| format!("cleaning up after the cancelled build: {e:#}"))?;
             return Err(e.context(format!(
-                "building image {} ({hash}): cancelled",
+                "building image {} ({hash}) stopped; nothing of it is kept",
                 recipe.name
             )));
         }
