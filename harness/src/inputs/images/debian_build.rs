@@ -941,20 +941,16 @@ impl Builder<'_> {
     /// Reports the phases whose marks appeared since the first `reported`; returns how many
     /// are reported now.
     fn report_marks(&self, start_ms: u64, marks: &str, reported: usize) -> usize {
-        let Ok(phases) = mmdebstrap_phases(start_ms, epoch_ms(), marks) else {
-            return reported;
-        };
-        // The last entry is the time since the last mark, not a finished phase.
-        let finished = phases.len() - 1;
-        for p in phases.iter().take(finished).skip(reported) {
-            if let Some(i) = MMDEBSTRAP_PHASES.iter().position(|n| *n == p.name) {
-                self.done(MMDEBSTRAP_PHASES[i], p.seconds);
-                if let Some(next) = MMDEBSTRAP_PHASES.get(i + 1) {
-                    self.started_phase(next);
-                }
+        let (ended, now) = ended_phases(start_ms, epoch_ms(), marks, reported);
+        for (phase, seconds) in ended {
+            self.done(phase, seconds);
+            if let Some(i) = MMDEBSTRAP_PHASES.iter().position(|n| *n == phase)
+                && let Some(next) = MMDEBSTRAP_PHASES.get(i + 1)
+            {
+                self.started_phase(next);
             }
         }
-        finished.max(reported)
+        now
     }
 
     /// Starts a host-side phase: fails if the build was cancelled meanwhile (the blocking
@@ -1354,6 +1350,31 @@ pub fn mmdebstrap_phases(start_ms: u64, end_ms: u64, marks: &str) -> Result<Vec<
         seconds: end_ms.saturating_sub(prev) as f64 / 1000.0,
     });
     Ok(out)
+}
+
+/// The mmdebstrap phases whose end is marked in `marks` beyond the first `reported` marks, as
+/// `(phase, seconds)`, and the number of marks now. Unknown names are skipped.
+fn ended_phases(
+    start_ms: u64,
+    now_ms: u64,
+    marks: &str,
+    reported: usize,
+) -> (Vec<(&'static str, f64)>, usize) {
+    let Ok(phases) = mmdebstrap_phases(start_ms, now_ms, marks) else {
+        return (Vec::new(), reported);
+    };
+    // The last entry is the time since the last mark, not a finished phase.
+    let marked = phases.len() - 1;
+    let ended = phases
+        .iter()
+        .take(marked)
+        .skip(reported)
+        .filter_map(|p| {
+            let name = MMDEBSTRAP_PHASES.iter().find(|n| **n == p.name)?;
+            Some((*name, p.seconds))
+        })
+        .collect();
+    (ended, marked.max(reported))
 }
 
 /// The `n` longest steps in a dpkg log: from one line to the next, named by the first line
@@ -2094,6 +2115,26 @@ mod tests {
             ]
         );
         assert!(mmdebstrap_phases(0, 1, "garbage").is_err());
+    }
+
+    #[test]
+    fn phases_are_reported_once_as_their_marks_appear() {
+        let start = 1_000_000;
+        assert_eq!(ended_phases(start, start + 500, "", 0), (vec![], 0));
+        let one = "bootstrap-essential 1068000\n";
+        assert_eq!(
+            ended_phases(start, start + 70_000, one, 0),
+            (vec![("bootstrap-essential", 68.0)], 1)
+        );
+        // Read again with nothing new: nothing to report.
+        assert_eq!(ended_phases(start, start + 71_000, one, 1), (vec![], 1));
+        let three = "bootstrap-essential 1068000\ninstall-packages 1700000\ninitramfs 1807000\n";
+        assert_eq!(
+            ended_phases(start, start + 900_000, three, 1),
+            (vec![("install-packages", 632.0), ("initramfs", 107.0)], 3)
+        );
+        // A half-written file is read again next time.
+        assert_eq!(ended_phases(start, start, "bootstrap-ess", 1), (vec![], 1));
     }
 
     #[test]
