@@ -3,12 +3,14 @@
 //! merged == the unsharded run, resume, repeat counts, and a matrix stopped mid-way.
 
 mod common;
+mod support;
 
 use common::*;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use support::chromium;
 
 use bootwatch::plan::matrix::model::MatrixReport;
 
@@ -179,7 +181,7 @@ fn matrix_of_two_qemu_suites_two_firmwares_two_images() {
     // The real page in headless Chromium: every cell rendered with its verdict; a filter from
     // the URL fragment leaves the matching half.
     let html = whole.join("matrix.html");
-    let dom = bootwatch::report::dump_dom(&html, None).unwrap();
+    let dom = chromium::dump_dom(&html, None).unwrap();
     assert_eq!(
         dom.matches("<td class=\"cell cat-sync-exception\"").count(),
         4,
@@ -192,7 +194,7 @@ fn matrix_of_two_qemu_suites_two_firmwares_two_images() {
         "{dom}"
     );
     assert!(dom.contains("8 of 8 cells shown"), "{dom}");
-    let dom = bootwatch::report::dump_dom(&html, Some("qemu=debian:sid")).unwrap();
+    let dom = chromium::dump_dom(&html, Some("qemu=debian:sid")).unwrap();
     assert!(dom.contains("4 of 8 cells shown"), "{dom}");
     eprintln!(
         "whole matrix: wall {wall:.1} s; report: wall {:.1} s, cells {:.1} s, efficiency {:.2}, outside QEMU {:.1} s ({:.1} %)",

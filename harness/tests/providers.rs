@@ -17,6 +17,7 @@ use bootwatch::inputs::providers::{
     self, FirmwareProvider, ProviderContext, QemuProvider, debian_tree,
 };
 use common::*;
+use tokio_util::sync::CancellationToken;
 
 fn network_tests_enabled() -> bool {
     if std::env::var_os("BOOTWATCH_SKIP_NETWORK_TESTS").is_some_and(|v| !v.is_empty()) {
@@ -24,6 +25,11 @@ fn network_tests_enabled() -> bool {
         return false;
     }
     true
+}
+
+/// A token nobody cancels.
+fn never() -> CancellationToken {
+    CancellationToken::new()
 }
 
 fn ctx() -> ProviderContext {
@@ -48,7 +54,7 @@ async fn resolve_twice(suite: &str) -> (providers::ResolvedQemu, debian_tree::Tr
     let ctx = ctx();
     let p: QemuProvider = format!("debian:{suite}").parse().unwrap();
     let started = Instant::now();
-    let q = providers::resolve_qemu(&p, &ctx).await.unwrap();
+    let q = providers::resolve_qemu(&p, &ctx, &never()).await.unwrap();
     let first = started.elapsed();
     let tree_dir = q
         .binary
@@ -69,7 +75,7 @@ async fn resolve_twice(suite: &str) -> (providers::ResolvedQemu, debian_tree::Tr
     );
 
     let started = Instant::now();
-    let again = providers::resolve_qemu(&p, &ctx).await.unwrap();
+    let again = providers::resolve_qemu(&p, &ctx, &never()).await.unwrap();
     let second = started.elapsed();
     eprintln!("debian:{suite}: cached resolution {second:.2?}");
     let manifest2 = debian_tree::load_tree(&tree_dir).unwrap().manifest;
@@ -120,7 +126,7 @@ async fn trixie_qemu_boots_the_crash_fixture_beside_the_hosts() {
         mirror: Some("http://127.0.0.1:9/debian".into()),
         cache_root: ctx().cache_root,
     };
-    let cached = providers::resolve_qemu(&"debian:trixie".parse().unwrap(), &offline)
+    let cached = providers::resolve_qemu(&"debian:trixie".parse().unwrap(), &offline, &never())
         .await
         .unwrap();
     assert_eq!(cached.binary, q.binary);
@@ -213,7 +219,9 @@ async fn debian_edk2_strictnx_and_host_firmware() {
     }
     let ctx = ctx();
     let p: FirmwareProvider = "debian:2025.02/strictnx".parse().unwrap();
-    let f = providers::resolve_firmware(&p, &ctx).await.unwrap();
+    let f = providers::resolve_firmware(&p, &ctx, &never())
+        .await
+        .unwrap();
     assert_eq!(f.spec, "debian:2025.02/strictnx");
     assert!(
         f.code.ends_with("AAVMF_CODE.secboot.strictnx.fd"),
@@ -231,21 +239,23 @@ async fn debian_edk2_strictnx_and_host_firmware() {
         mirror: Some("http://127.0.0.1:9/debian".into()),
         cache_root: ctx.cache_root.clone(),
     };
-    let again = providers::resolve_firmware(&p, &offline).await.unwrap();
+    let again = providers::resolve_firmware(&p, &offline, &never())
+        .await
+        .unwrap();
     assert_eq!(again.code, f.code);
     assert_eq!(again.code_sha256, f.code_sha256);
 
     let bogus: FirmwareProvider = "debian:2025.02/bogus".parse().unwrap();
     let err = format!(
         "{:#}",
-        providers::resolve_firmware(&bogus, &offline)
+        providers::resolve_firmware(&bogus, &offline, &never())
             .await
             .unwrap_err()
     );
     assert!(err.contains("bogus") && err.contains("strictnx"), "{err}");
 
     if std::path::Path::new(HOST_CODE).is_file() {
-        let h = providers::resolve_firmware(&FirmwareProvider::Host, &ctx)
+        let h = providers::resolve_firmware(&FirmwareProvider::Host, &ctx, &never())
             .await
             .unwrap();
         assert_eq!(h.code, std::path::Path::new(HOST_CODE));
@@ -260,7 +270,7 @@ async fn host_qemu_knows_its_package() {
     if !qemu_tests_enabled() {
         return;
     }
-    let q = providers::resolve_qemu(&QemuProvider::Host, &ctx())
+    let q = providers::resolve_qemu(&QemuProvider::Host, &ctx(), &never())
         .await
         .unwrap();
     eprintln!("host: {} {:?}", q.version_line, q.package);

@@ -12,6 +12,9 @@ use bootwatch::plan::matrix::model::{
 };
 use bootwatch::report;
 use sha2::Digest;
+use support::chromium;
+
+mod support;
 
 const HOSTILE: &str = "<script>alert(1)</script> ]]> & \u{1b}[31m\u{0}red\" onmouseover=\"x";
 const IMAGES: [&str; 2] = ["debian-12-local", "fixture:crash"];
@@ -661,7 +664,7 @@ fn compare_finds_regressions_and_fixes() {
 // ---- Headless Chromium ------------------------------------------------------------------
 
 fn require_chromium() {
-    if let Err(e) = report::chromium_binary() {
+    if let Err(e) = chromium::chromium_binary() {
         panic!("{e:#} (the HTML report tests need it; run .ci/install-deps)");
     }
 }
@@ -768,7 +771,7 @@ fn chromium_renders_the_grid_and_filters_from_the_fragment() {
     let html = tmp.path().join("matrix.html");
 
     let started = std::time::Instant::now();
-    let dom = report::dump_dom(&html, None).unwrap();
+    let dom = chromium::dump_dom(&html, None).unwrap();
     eprintln!("chromium --dump-dom took {:?}", started.elapsed());
     let tags = start_tags(&dom);
     assert_eq!(
@@ -800,7 +803,7 @@ fn chromium_renders_the_grid_and_filters_from_the_fragment() {
     );
     assert!(dom.contains("8 of 8 cells shown"));
 
-    let dom = report::dump_dom(&html, Some("qemu=debian:trixie")).unwrap();
+    let dom = chromium::dump_dom(&html, Some("qemu=debian:trixie")).unwrap();
     let cells = grid_cells(&dom);
     let shown = visible(&cells);
     assert_eq!(shown.len(), 4);
@@ -811,7 +814,7 @@ fn chromium_renders_the_grid_and_filters_from_the_fragment() {
     );
     assert!(dom.contains("4 of 8 cells shown"));
 
-    let dom = report::dump_dom(
+    let dom = chromium::dump_dom(
         &html,
         Some("qemu=debian%3Atrixie&firmware=debian:2022.11&unknown=1"),
     )
@@ -832,7 +835,7 @@ fn chromium_renders_the_grid_and_filters_from_the_fragment() {
     assert_eq!(visible(&headers).len(), 1);
 
     // A fixed axis with another value hides everything; the detail rows follow the filter.
-    let dom = report::dump_dom(&html, Some("cpu=cortex-a57")).unwrap();
+    let dom = chromium::dump_dom(&html, Some("cpu=cortex-a57")).unwrap();
     assert_eq!(visible(&grid_cells(&dom)).len(), 0);
     let details: Vec<Tag> = start_tags(&dom)
         .into_iter()
@@ -853,7 +856,7 @@ fn chromium_screenshot_is_a_png() {
     let (tmp, _) = written_report();
     let png = tmp.path().join("shot.png");
     let started = std::time::Instant::now();
-    report::screenshot(&tmp.path().join("matrix.html"), &png).unwrap();
+    chromium::screenshot(&tmp.path().join("matrix.html"), &png).unwrap();
     eprintln!("chromium --screenshot took {:?}", started.elapsed());
     let bytes = std::fs::read(&png).unwrap();
     assert!(bytes.len() > 1000, "{} bytes", bytes.len());

@@ -152,6 +152,8 @@ fn request(args: &BootArgs) -> Result<CaseRequest, CliError> {
 pub async fn boot(args: BootArgs) -> CliResult {
     let mut req = request(&args)?;
     let sink = show::terminal(args.json);
+    // One token for the whole command: Ctrl-C during an image build stops the build too.
+    let cancel = signal_token();
     if let Some(name) = &args.image {
         let registry = Registry::load().map_err(CliError::usage)?;
         let Some(entry) = registry.get(name) else {
@@ -169,7 +171,7 @@ pub async fn boot(args: BootArgs) -> CliResult {
             ..req.clone()
         })?;
         let cache = crate::sys::fsx::cache_root().map_err(CliError::undetermined)?;
-        let resolved = images::resolve(entry, &cache, args.mirror.as_deref(), !args.json)
+        let resolved = images::resolve(entry, &cache, args.mirror.as_deref(), &cancel, &sink)
             .await
             .map_err(|e| CliError::undetermined(format!("image {name}: {e:#}")))?;
         req.image = Some(ImageDisk {
@@ -182,7 +184,7 @@ pub async fn boot(args: BootArgs) -> CliResult {
         req.network.get_or_insert_with(Vec::new);
     }
     let checked = case::check(req)?;
-    let done = case::run(checked, &signal_token(), &sink).await?;
+    let done = case::run(checked, &cancel, &sink).await?;
     let first = done.runs.first().expect("a case has a first session");
     if args.json {
         println!(

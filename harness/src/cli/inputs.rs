@@ -93,8 +93,8 @@ pub async fn images(command: ImagesCommand) -> CliResult {
                     "{name} is a local recipe: use `bootwatch images build {name}`"
                 )));
             }
-            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let r = images::resolve(entry, &cache, None, progress)
+            let sink = super::show::terminal(false);
+            let r = images::resolve(entry, &cache, None, &super::signal_token(), &sink)
                 .await
                 .map_err(|e| CliError::undetermined(format!("image {name}: {e:#}")))?;
             let _ = writeln!(out, "{}", r.path.display());
@@ -108,9 +108,16 @@ pub async fn images(command: ImagesCommand) -> CliResult {
                     "{name} is a vendor image: use `bootwatch images fetch {name}`"
                 )));
             }
-            let r = images::resolve(entry, &cache, mirror.as_deref(), false)
-                .await
-                .map_err(|e| CliError::undetermined(format!("image {name}: {e:#}")))?;
+            let sink = super::show::terminal(false);
+            let r = images::resolve(
+                entry,
+                &cache,
+                mirror.as_deref(),
+                &super::signal_token(),
+                &sink,
+            )
+            .await
+            .map_err(|e| CliError::undetermined(format!("image {name}: {e:#}")))?;
             let _ = writeln!(out, "{}", r.path.display());
         }
     }

@@ -187,12 +187,13 @@ pub async fn run(a: RunArgs) -> CliResult {
     }
     let sink = show::terminal(a.json);
     let cache = crate::sys::fsx::cache_root().map_err(CliError::undetermined)?;
-    let image = images::resolve(entry, &cache, a.mirror.as_deref(), !a.json)
+    let cancel = signal_token();
+    let image = images::resolve(entry, &cache, a.mirror.as_deref(), &cancel, &sink)
         .await
         .map_err(|e| CliError::undetermined(format!("image {}: {e:#}", a.image)))?;
     req.image = Some(image_disk(image.path, image.sha256, image.format));
     let checked = case::check(req)?;
-    let done = case::run(checked, &signal_token(), &sink).await?;
+    let done = case::run(checked, &cancel, &sink).await?;
     let r = &done.record;
     if a.json {
         println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());

@@ -92,8 +92,13 @@ fn render(scope: Option<&str>, ev: Event, bars: &Mutex<HashMap<String, ProgressB
             elapsed_s,
             done,
         } => {
-            let state = if done { "done" } else { "..." };
-            eprintln!("{who}{what}: {phase} {state} ({elapsed_s:.0} s)");
+            let s = elapsed_s as u64;
+            let clock = format!("{:>2}:{:02}", s / 60, s % 60);
+            if done {
+                eprintln!("{who}[{clock}] {what}: {phase} done");
+            } else {
+                eprintln!("{who}[{clock}] {what}: {phase}");
+            }
         }
         Event::Preparing { what } => eprintln!("{who}preparing {what} ..."),
         Event::Prepared {

@@ -106,33 +106,30 @@ pub async fn write_seed(dest: &Path, cfg: &seed::SeedConfig) -> anyhow::Result<(
 /// on the base image's ESP that differs in the overlay is written back into the overlay (the
 /// base is only read). Returns the files restored, with their sizes.
 pub async fn restore_bootloader(base: &Path, overlay: &Path) -> anyhow::Result<Vec<(String, u64)>> {
+    // The ESP functions do their file work on blocking threads themselves.
     let qi = overlay::qemu_img()?;
-    let (base, ov) = (base.to_path_buf(), overlay.to_path_buf());
-    blocking(move || {
-        let mut restored = Vec::new();
-        let mut payload = Vec::new();
-        for (path, _) in esp::list_esp(&qi, &base)? {
-            let upper = path.to_ascii_uppercase();
-            if !upper.starts_with("EFI/") && !upper.starts_with("/EFI/") {
-                continue;
-            }
-            let original = esp::read_esp_file(&qi, &base, &path)?;
-            let now = esp::read_esp_file(&qi, &ov, &path).ok();
-            if now.as_deref() != Some(original.as_slice()) {
-                restored.push((path.clone(), original.len() as u64));
-                payload.push((path, original));
-            }
+    let mut restored = Vec::new();
+    let mut payload = Vec::new();
+    for (path, _) in esp::list_esp(&qi, base).await? {
+        let upper = path.to_ascii_uppercase();
+        if !upper.starts_with("EFI/") && !upper.starts_with("/EFI/") {
+            continue;
         }
-        let refs: Vec<(&str, &[u8])> = payload
-            .iter()
-            .map(|(p, b)| (p.as_str(), b.as_slice()))
-            .collect();
-        if !refs.is_empty() {
-            esp::replace_esp_files(&qi, &ov, &refs)?;
+        let original = esp::read_esp_file(&qi, base, &path).await?;
+        let now = esp::read_esp_file(&qi, overlay, &path).await.ok();
+        if now.as_deref() != Some(original.as_slice()) {
+            restored.push((path.clone(), original.len() as u64));
+            payload.push((path, original));
         }
-        Ok(restored)
-    })
-    .await
+    }
+    let refs: Vec<(&str, &[u8])> = payload
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    if !refs.is_empty() {
+        esp::replace_esp_files(&qi, overlay, &refs).await?;
+    }
+    Ok(restored)
 }
 
 /// Hashes files for the record, each once per content (see `sys::fsx::hash_file_cached`);

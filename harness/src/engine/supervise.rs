@@ -72,24 +72,9 @@ impl Qemu {
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
-            .process_group(0)
             .kill_on_drop(true);
-        #[cfg(target_os = "linux")]
-        {
-            let parent = std::process::id();
-            // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-                        .map_err(std::io::Error::from)?;
-                    // The parent may have died before the prctl: then nobody would kill us.
-                    if nix::unistd::getppid().as_raw() as u32 != parent {
-                        nix::libc::_exit(1);
-                    }
-                    Ok(())
-                });
-            }
-        }
+        // Its own process group, and SIGKILL from the kernel when the harness dies.
+        crate::sys::proc::contain(&mut cmd);
         let child = cmd.spawn()?;
         let pid =
             Pid::from_raw(child.id().expect("a child that was just spawned has a pid") as i32);

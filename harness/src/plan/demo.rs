@@ -138,7 +138,7 @@ pub async fn run_cases(
         .get(&demo.image)
         .ok_or_else(|| anyhow!("scenarios/demo.toml: no image named {:?}", demo.image))?;
     let cache = crate::sys::fsx::cache_root()?;
-    let image = images::resolve(entry, &cache, mirror, false).await?;
+    let image = images::resolve(entry, &cache, mirror, cancel, sink).await?;
     let scenario = match demo.scenario.as_str() {
         "upgrade-reboot" => Scenario::parse(UPGRADE_REBOOT, "scenarios/upgrade-reboot.toml")?,
         other => anyhow::bail!("scenarios/demo.toml: unknown scenario {other:?}"),

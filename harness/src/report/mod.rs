@@ -41,7 +41,6 @@
 //! Text that comes from the guest (`exception`, `reason`) is untrusted: every report escapes it
 //! for its format, and control characters are shown as `\xNN`.
 
-mod chromium;
 mod compare;
 mod grid;
 mod html;
@@ -60,7 +59,6 @@ use crate::plan::matrix::model::{
     PLAN_SCHEMA, Plan, PlannedCell, Summary, Timing,
 };
 
-pub use chromium::{chromium_binary, dump_dom, screenshot};
 pub use compare::compare;
 pub use merge::merge;
 

@@ -127,6 +127,58 @@ impl FileLock {
             .await
             .map_err(io::Error::other)?
     }
+
+    /// [`FileLock::acquire`] without a blocking thread: the lock is tried every 200 ms until it
+    /// is ours, or until `cancel` fires (`None`). A thread blocked in `flock` could not be
+    /// cancelled, and the runtime waits for such threads before the process can exit.
+    pub async fn acquire_cancellable(
+        path: &Path,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> io::Result<Option<FileLock>> {
+        let mut told = false;
+        loop {
+            if let Some(lock) = FileLock::try_acquire(path)? {
+                return Ok(Some(lock));
+            }
+            if !told {
+                tracing::info!(lock = %path.display(), "waiting for another bootwatch to finish with it");
+                told = true;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    /// The lock at `path` if nobody holds it.
+    fn try_acquire(path: &Path) -> io::Result<Option<FileLock>> {
+        loop {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| with_path(e, "opening the lock", path))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(fs::TryLockError::Error(e)) => return Err(with_path(e, "locking", path)),
+            }
+            let ours = file.metadata()?;
+            // Locked a file its holder had just removed: try again on the one at the path.
+            if let Ok(now) = fs::metadata(path)
+                && now.dev() == ours.dev()
+                && now.ino() == ours.ino()
+            {
+                return Ok(Some(FileLock {
+                    file: Some(file),
+                    path: path.to_path_buf(),
+                }));
+            }
+        }
+    }
 }
 
 impl Drop for FileLock {
@@ -296,6 +348,41 @@ pub fn sweep_stale(dir: &Path, prefixes: &[&str], max_age: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_cancellable_lock_waits_for_its_holder_or_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let never = tokio_util::sync::CancellationToken::new();
+        let held = FileLock::acquire_cancellable(&p, &never)
+            .await
+            .unwrap()
+            .unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            c.cancel();
+        });
+        let t = std::time::Instant::now();
+        assert!(
+            FileLock::acquire_cancellable(&p, &cancel)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move { FileLock::acquire_cancellable(&p2, &never).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiter.is_finished());
+        drop(held);
+        let got = waiter.await.unwrap().unwrap();
+        assert!(got.is_some());
+        assert!(p.exists());
+        drop(got);
+        assert!(!p.exists(), "the lock file is removed with the lock");
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp_files() {

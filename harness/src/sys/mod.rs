@@ -1,5 +1,6 @@
-//! The host edge every layer stands on: files (atomic writes, locks, hashing, the cache root)
-//! and host facts. The process helper lives here too once every tool goes through it.
+//! The host edge every layer stands on: files (atomic writes, locks, hashing, the cache root),
+//! host facts, and the one way external tools are run ([`proc`]).
 
 pub mod fsx;
 pub mod host;
+pub mod proc;

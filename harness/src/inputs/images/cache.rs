@@ -47,13 +47,13 @@
 //! for the next fetch to resume.
 
 use std::fs;
-use std::io::{self, BufReader, IsTerminal};
+use std::io::{self, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha512};
@@ -66,8 +66,8 @@ const MAX_CHECKSUM_FILE: usize = 4 << 20;
 /// Version of the `by-sha256/<sha256>.json` record format.
 const RECORD_FORMAT: u32 = 1;
 const WRITE_BUFFER: usize = 1 << 20;
-const PROGRESS_TEMPLATE: &str =
-    "{msg} {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}";
+/// Download progress is reported at most this often (and once more when a try ends).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The image cache rooted at `CACHE/images`.
 #[derive(Debug, Clone)]
@@ -94,21 +94,46 @@ pub struct FetchRequest {
     pub checksum_url: Option<String>,
 }
 
-/// How to fetch.
+/// How far a download is, for the caller to show (the cache never prints).
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadProgress {
+    /// The image's name ([`FetchRequest::name`]).
+    pub name: String,
+    /// Bytes in the partial file so far (a resumed download starts above zero; a download that
+    /// restarts from zero goes back to it).
+    pub bytes: u64,
+    /// The image's size when the server said it.
+    pub total: Option<u64>,
+}
+
+/// Where download progress goes.
+pub type ProgressSink = Arc<dyn Fn(DownloadProgress) + Send + Sync>;
+
+/// How to fetch.
+#[derive(Clone)]
 pub struct FetchOptions {
-    /// Draw a progress bar on stderr (it stays hidden anyway when stderr is not a terminal).
-    pub progress: bool,
+    /// Called with the download's progress, at most every 100 ms while bytes arrive.
+    pub progress: Option<ProgressSink>,
     /// A download that receives no byte for this long has stalled (default 60 s).
     pub stall_timeout: Duration,
     /// Tries in all, each resuming the previous one (default 3).
     pub attempts: u32,
 }
 
+impl std::fmt::Debug for FetchOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchOptions")
+            .field("progress", &self.progress.is_some())
+            .field("stall_timeout", &self.stall_timeout)
+            .field("attempts", &self.attempts)
+            .finish()
+    }
+}
+
 impl Default for FetchOptions {
     fn default() -> Self {
         FetchOptions {
-            progress: true,
+            progress: None,
             stall_timeout: Duration::from_secs(60),
             attempts: 3,
         }
@@ -605,7 +630,6 @@ impl ImageCache {
 
         let started = Instant::now();
         tracing::info!(name = %req.name, url = %req.url, digest = %expected, "downloading image");
-        let bar = progress_bar(req, opts);
         let mut part = PartFile {
             path: self.part_path(&key),
             record: self.part_record_path(&key),
@@ -617,21 +641,19 @@ impl ImageCache {
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            match download_attempt(client, req, expected, opts, &mut part, &bar).await {
+            match download_attempt(client, req, expected, opts, &mut part).await {
                 Ok(digests) => break Ok(digests),
                 Err(e) if e.is_transient() && attempt < attempts => {
                     let delay = retry_delay(attempt);
-                    bar.suspend(|| {
-                        tracing::warn!(
-                            name = %req.name,
-                            url = %req.url,
-                            attempt,
-                            attempts,
-                            bytes = part.len,
-                            error = %e,
-                            "download failed; retrying in {delay:?}"
-                        )
-                    });
+                    tracing::warn!(
+                        name = %req.name,
+                        url = %req.url,
+                        attempt,
+                        attempts,
+                        bytes = part.len,
+                        error = %e,
+                        "download failed; retrying in {delay:?}"
+                    );
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => break Err(e),
@@ -640,7 +662,6 @@ impl ImageCache {
         let digests = match result {
             Ok(digests) => digests,
             Err(e) => {
-                bar.abandon();
                 let discard = matches!(e, FetchError::Mismatch { .. })
                     || fs::metadata(&part.path).is_ok_and(|m| m.len() == 0)
                     || !part.path.exists();
@@ -651,7 +672,6 @@ impl ImageCache {
                 return Err(e);
             }
         };
-        bar.finish_and_clear();
 
         let img = self.commit(req, &key, &digests, part.len).await?;
         remove_if_exists(&part.record);
@@ -811,7 +831,6 @@ async fn download_attempt(
     expected: &Expected,
     opts: &FetchOptions,
     part: &mut PartFile,
-    bar: &ProgressBar,
 ) -> Result<Digests, FetchError> {
     part.sync_with_disk(req).await?;
     if part.len > 0 {
@@ -893,11 +912,17 @@ async fn download_attempt(
         }
     };
 
-    if let Some(total) = total {
-        bar.set_length(total);
-    }
-    bar.set_position(part.len);
-    bar.reset_eta();
+    let report = |bytes: u64| {
+        if let Some(sink) = &opts.progress {
+            sink(DownloadProgress {
+                name: req.name.clone(),
+                bytes,
+                total,
+            });
+        }
+    };
+    report(part.len);
+    let mut reported = Instant::now();
 
     let mut file = part.open_append(req).await?;
     let mut stream = resp.bytes_stream();
@@ -912,10 +937,14 @@ async fn download_attempt(
                 }
                 part.hashers.update(&chunk);
                 part.len += chunk.len() as u64;
-                bar.inc(chunk.len() as u64);
+                if reported.elapsed() >= PROGRESS_INTERVAL {
+                    report(part.len);
+                    reported = Instant::now();
+                }
             }
         }
     };
+    report(part.len);
     // Keep what arrived, even after a failure: the next try resumes from it. (Should the
     // flush fail, the file is shorter than `part.len` and is hashed again next time.)
     let flushed = file
@@ -1185,18 +1214,6 @@ fn normalize_sha512(s: &str) -> Option<String> {
 
 fn retry_delay(attempt: u32) -> Duration {
     Duration::from_millis(500 * u64::from(attempt)).min(Duration::from_secs(5))
-}
-
-fn progress_bar(req: &FetchRequest, opts: &FetchOptions) -> ProgressBar {
-    if !opts.progress || !io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(PROGRESS_TEMPLATE)
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_message(req.name.clone());
-    bar
 }
 
 /// Takes the exclusive lock at `path`, waiting for another process's download to end.
@@ -1477,7 +1494,7 @@ mod tests {
 
     fn opts() -> FetchOptions {
         FetchOptions {
-            progress: false,
+            progress: None,
             stall_timeout: Duration::from_secs(5),
             attempts: 3,
         }
@@ -1598,7 +1615,15 @@ mod tests {
             let tmp = tempfile::tempdir().unwrap();
             let cache = ImageCache::new(tmp.path());
             let req = request(&server, "drop");
-            let img = cache.fetch(&req, &opts()).await.unwrap();
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = seen.clone();
+            let options = FetchOptions {
+                progress: Some(Arc::new(move |p: DownloadProgress| {
+                    sink.lock().unwrap().push(p)
+                })),
+                ..opts()
+            };
+            let img = cache.fetch(&req, &options).await.unwrap();
             assert_cached(&cache, &img, &req);
             let hits = server.hits_on("/drop/cloud.qcow2");
             assert_eq!(hits.len(), 2, "{hits:?}");
@@ -1607,6 +1632,18 @@ mod tests {
             assert!(
                 resumed_at > 0 && resumed_at <= DROP_AT as u64,
                 "resumed at {resumed_at}"
+            );
+            // Each try reports where it starts and where it ends; the second starts where the
+            // first stopped and ends at the whole image.
+            let seen = seen.lock().unwrap().clone();
+            let len = image_bytes().len() as u64;
+            assert!(seen.iter().all(|p| p.name == "test-cloud"), "{seen:?}");
+            assert_eq!(seen.first().map(|p| p.bytes), Some(0), "{seen:?}");
+            assert!(seen.iter().any(|p| p.bytes == resumed_at), "{seen:?}");
+            assert_eq!(
+                seen.last().map(|p| (p.bytes, p.total)),
+                Some((len, Some(len))),
+                "{seen:?}"
             );
         })
         .await
@@ -2354,11 +2391,6 @@ mod tests {
             err.contains("img.qcow2") && err.contains("no SHA-256 or SHA-512"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn progress_template_is_valid() {
-        assert!(ProgressStyle::with_template(PROGRESS_TEMPLATE).is_ok());
     }
 
     #[test]

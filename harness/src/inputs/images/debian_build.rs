@@ -48,8 +48,15 @@
 //!
 //! Everything happens in `images/local/.build-<hash>-<pid>/` and the finished directory is
 //! renamed to `images/local/<hash>/`, so a directory with a hash name is always complete. A
-//! per-hash lock file serialises concurrent builds of one recipe; leftovers of killed builds are
-//! removed by the next build of the same recipe (never when something is mounted below them).
+//! per-hash lock file serialises concurrent builds of one recipe. A build stopped through its
+//! cancellation token (Ctrl-C, SIGTERM) stops its tool's whole process group and removes its
+//! directory and lock before it returns; a build that fails keeps only its log there. Leftovers
+//! of killed builds (SIGKILL) are removed by the next build of the same recipe (never when
+//! something is mounted below them).
+//!
+//! The build reports its phases ([`PHASES`]) with the time since it started through a
+//! [`BuildProgress`] callback; the phases inside mmdebstrap are seen as its hooks mark their
+//! ends.
 //!
 //! # Host requirements
 //!
@@ -79,12 +86,14 @@ use std::fs;
 use std::io::{self, BufRead, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::sys::proc::Tool;
 
 /// Changes whenever the builder would make a different image from the same recipe; part of the
 /// recipe hash.
@@ -512,11 +521,71 @@ pub fn find_cached(recipe: &DebianRecipe, cache_root: &Path) -> Result<Option<Bu
     }))
 }
 
+/// What an image build reports while it runs, for the caller to show (the build never
+/// prints). `elapsed` counts from the start of the build.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BuildProgress {
+    /// Nothing was cached: the build starts, writing its log to `log` (in the build
+    /// directory; the finished image keeps it as [`BuildManifest::build_log`]).
+    Started { image: String, log: PathBuf },
+    /// A phase began (see [`PHASES`]).
+    PhaseStarted {
+        image: String,
+        phase: &'static str,
+        elapsed: Duration,
+    },
+    /// A phase ended after `seconds`.
+    PhaseDone {
+        image: String,
+        phase: &'static str,
+        seconds: f64,
+        elapsed: Duration,
+    },
+}
+
+/// The phases of a build in order, as [`BuildProgress`] and [`BuildManifest::phases`] name
+/// them. The first five are inside mmdebstrap (their ends are marked by its hooks).
+pub const PHASES: &[&str] = &[
+    "bootstrap-essential",
+    "install-packages",
+    "initramfs",
+    "grub",
+    "mmdebstrap-cleanup",
+    "finish-tree",
+    "gpt",
+    "esp",
+    "ext4",
+    "qcow2",
+    "sha256",
+];
+/// The phases that run inside mmdebstrap, in the order their marks are written.
+const MMDEBSTRAP_PHASES: &[&str] = &[
+    "bootstrap-essential",
+    "install-packages",
+    "initramfs",
+    "grub",
+    "mmdebstrap-cleanup",
+];
+/// How often the hooks' marks are read while mmdebstrap runs.
+const MARKS_POLL: Duration = Duration::from_secs(1);
+
 /// Builds the image for `recipe` from `mirror` (a Debian archive URL, e.g. from
-/// [`crate::inputs::debian::resolve_mirror`]) unless it is cached. Blocking; takes minutes on a cold
-/// cache (progress through `tracing::info!`), well under a second on a warm one. Call it from
-/// async code through `tokio::task::spawn_blocking`.
-pub fn build(recipe: &DebianRecipe, mirror: &str, cache_root: &Path) -> Result<BuiltImage> {
+/// [`crate::inputs::debian::resolve_mirror`]) unless it is cached. Takes minutes on a cold cache
+/// (phases reported through `progress`), well under a second on a warm one. Every tool runs
+/// through [`crate::sys::proc::Tool`]; file work (GPT, ESP, hashing, removing the tree) runs on
+/// blocking threads.
+///
+/// When `cancel` fires, the tool running is stopped with its whole process group, the build
+/// directory is removed and an error is returned: nothing of the build is left in the cache,
+/// and the next build starts afresh. A build that fails keeps its directory (hidden, with the
+/// log the error names) until the next build of the recipe removes it.
+pub async fn build(
+    recipe: &DebianRecipe,
+    mirror: &str,
+    cache_root: &Path,
+    cancel: &CancellationToken,
+    progress: &(dyn Fn(BuildProgress) + Send + Sync),
+) -> Result<BuiltImage> {
     recipe.validate()?;
     ensure!(is_mirror(mirror), "bad mirror URL {mirror:?}");
     if let Some(img) = find_cached(recipe, cache_root)? {
@@ -525,19 +594,30 @@ pub fn build(recipe: &DebianRecipe, mirror: &str, cache_root: &Path) -> Result<B
     let hash = recipe.hash();
     let local = local_images_dir(cache_root);
     fs::create_dir_all(&local).with_context(|| format!("creating {}", local.display()))?;
-    let _lock = crate::sys::fsx::FileLock::acquire(&local.join(format!(".{hash}.lock")))?;
+    let lock_path = local.join(format!(".{hash}.lock"));
+    let Some(_lock) = crate::sys::fsx::FileLock::acquire_cancellable(&lock_path, cancel).await?
+    else {
+        bail!("cancelled while waiting for {}", lock_path.display());
+    };
     // Another process may have finished it while we waited for the lock.
     if let Some(img) = find_cached(recipe, cache_root)? {
         return Ok(img);
     }
     preflight()?;
-    remove_stale_builds(&local, &hash)?;
+    {
+        let (local, hash) = (local.clone(), hash.clone());
+        blocking(move || remove_stale_builds(&local, &hash)).await?;
+    }
     let work = local.join(format!(".build-{hash}-{}", std::process::id()));
     fs::create_dir(&work).with_context(|| format!("creating {}", work.display()))?;
     let log_path = work.join(LOG_NAME);
     let final_dir = local.join(&hash);
     tracing::info!(recipe = %recipe.name, %hash, work = %work.display(), "building Debian image");
-    let manifest = Builder {
+    progress(BuildProgress::Started {
+        image: recipe.name.clone(),
+        log: log_path.clone(),
+    });
+    let built = Builder {
         recipe,
         mirror,
         hash: &hash,
@@ -545,19 +625,43 @@ pub fn build(recipe: &DebianRecipe, mirror: &str, cache_root: &Path) -> Result<B
         log_path: &log_path,
         final_dir: &final_dir,
         phases: Vec::new(),
+        started: Instant::now(),
+        cancel,
+        progress,
     }
     .run()
-    .with_context(|| {
-        format!(
-            "building image {} ({hash}); build log: {}",
-            recipe.name,
-            log_path.display()
-        )
-    })?;
+    .await;
+    let manifest = match built {
+        Ok(m) => m,
+        Err(e) if cancel.is_cancelled() => {
+            let w = work.clone();
+            blocking(move || remove_build_dir(&w))
+                .await
+                .with_context(|| format!("cleaning up after the cancelled build: {e:#}"))?;
+            return Err(e.context(format!(
+                "building image {} ({hash}) stopped; nothing of it is kept",
+                recipe.name
+            )));
+        }
+        Err(e) => {
+            // Keep the log the error points at; the rest is large.
+            let w = work.clone();
+            let _ = blocking(move || remove_all_but_log(&w)).await;
+            return Err(e.context(format!(
+                "building image {} ({hash}); build log: {}",
+                recipe.name,
+                log_path.display()
+            )));
+        }
+    };
     // A directory without a manifest is not an image (find_cached said so); we hold the lock.
     if final_dir.exists() {
-        fs::remove_dir_all(&final_dir)
-            .with_context(|| format!("removing the incomplete {}", final_dir.display()))?;
+        let f = final_dir.clone();
+        blocking(move || {
+            fs::remove_dir_all(&f)
+                .with_context(|| format!("removing the incomplete {}", f.display()))
+        })
+        .await?;
     }
     fs::rename(&work, &final_dir)
         .with_context(|| format!("renaming {} to {}", work.display(), final_dir.display()))?;
@@ -571,6 +675,47 @@ pub fn build(recipe: &DebianRecipe, mirror: &str, cache_root: &Path) -> Result<B
         manifest,
         cached: false,
     })
+}
+
+/// Runs blocking file work on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("blocking task")?
+}
+
+/// Removes a build directory, refusing if something is mounted below it.
+fn remove_build_dir(dir: &Path) -> Result<()> {
+    let mounts = mounts_below(dir)?;
+    ensure!(
+        mounts.is_empty(),
+        "build directory {} has mounts below it ({}); unmount them and delete it",
+        dir.display(),
+        mounts.join(", ")
+    );
+    fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+/// Empties a failed build's directory except its log.
+fn remove_all_but_log(dir: &Path) -> Result<()> {
+    ensure!(
+        mounts_below(dir)?.is_empty(),
+        "mounts below {}",
+        dir.display()
+    );
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_name() == LOG_NAME {
+            continue;
+        }
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            fs::remove_dir_all(&p)?;
+        } else {
+            fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
 }
 
 /// Checks what the build needs from the host: root, the tools of [`HOST_PACKAGES`], and
@@ -613,11 +758,13 @@ struct Builder<'a> {
     log_path: &'a Path,
     final_dir: &'a Path,
     phases: Vec<PhaseTiming>,
+    started: Instant,
+    cancel: &'a CancellationToken,
+    progress: &'a (dyn Fn(BuildProgress) + Send + Sync),
 }
 
 impl Builder<'_> {
-    fn run(mut self) -> Result<BuildManifest> {
-        let started = Instant::now();
+    async fn run(mut self) -> Result<BuildManifest> {
         let layout = DiskLayout::new(self.recipe.disk_size_mib, self.recipe.esp_size_mib)?;
         let root_uuid = uuid::Uuid::new_v4().hyphenated().to_string();
         let esp_id = u32::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..4].try_into()?);
@@ -637,20 +784,14 @@ impl Builder<'_> {
 
         // 1. mmdebstrap, with the initramfs and grub.cfg made in its customize hook.
         tracing::info!(suite = %self.recipe.suite, "mmdebstrap (arm64 maintainer scripts under qemu-user)");
-        let start_ms = epoch_ms();
-        let mut cmd = Command::new("mmdebstrap");
-        cmd.args(mmdebstrap_args(self.recipe, self.mirror, &tree, &hooks));
+        let mut tool = Tool::new("mmdebstrap")
+            .args(mmdebstrap_args(self.recipe, self.mirror, &tree, &hooks))
+            .log_to(self.log_path)
+            .cancel_on(self.cancel);
         if std::env::var_os("QEMU_CPU").is_none() {
-            cmd.env("QEMU_CPU", EMULATED_CPU);
+            tool = tool.env("QEMU_CPU", EMULATED_CPU);
         }
-        self.run_cmd(&mut cmd, "mmdebstrap")?;
-        let marks = fs::read_to_string(hooks.join("marks"))
-            .with_context(|| format!("reading {}", hooks.join("marks").display()))?;
-        self.phases
-            .extend(mmdebstrap_phases(start_ms, epoch_ms(), &marks)?);
-        for p in &self.phases {
-            tracing::info!(phase = %p.name, seconds = p.seconds, "image build phase done");
-        }
+        self.mmdebstrap(tool, &hooks.join("marks")).await?;
         if let Ok(dpkg_log) = fs::read_to_string(hooks.join("dpkg.log")) {
             let slow: Vec<String> = slowest_dpkg_steps(&dpkg_log, 25)
                 .into_iter()
@@ -663,73 +804,64 @@ impl Builder<'_> {
         }
 
         // 2. Host-side finishing touches and checks.
-        let t = Instant::now();
-        finish_tree(&tree, self.recipe)?;
-        let kernel_release = kernel_release(&tree)?;
-        for f in [
-            format!("boot/initrd.img-{kernel_release}"),
-            "boot/grub/grub.cfg".to_string(),
-            "etc/fstab".to_string(),
-        ] {
-            ensure!(tree.join(&f).is_file(), "the tree has no /{f}");
-        }
-        let grub_cfg = fs::read_to_string(tree.join("boot/grub/grub.cfg"))?;
-        ensure!(
-            grub_cfg.contains(&format!("root=UUID={root_uuid}")),
-            "/boot/grub/grub.cfg does not boot root=UUID={root_uuid}"
-        );
-        let packages = parse_dpkg_status(&fs::read_to_string(tree.join("var/lib/dpkg/status"))?);
-        let boot_chain: BTreeMap<String, String> = packages
-            .iter()
-            .filter(|p| {
-                p.name.starts_with("shim-")
-                    || p.name.starts_with("grub-")
-                    || p.name.starts_with("grub2-")
-                    || p.name.starts_with("linux-image-")
-            })
-            .map(|p| (p.name.clone(), p.version.clone()))
-            .collect();
-        for (p, v) in self.recipe.effective_pins() {
-            let got = packages
-                .iter()
-                .find(|i| i.name == p)
-                .map(|i| i.version.as_str());
-            ensure!(
-                got == Some(v.as_str()),
-                "pinned {p}={v} but the image has {got:?}"
-            );
-        }
+        let t = self.start("finish-tree")?;
+        let (kernel_release, packages, boot_chain) = {
+            let (tree, recipe, uuid) = (tree.clone(), self.recipe.clone(), root_uuid.clone());
+            blocking(move || check_tree(&tree, &recipe, &uuid)).await?
+        };
         self.phase("finish-tree", t);
 
         // 3. The disk: GPT, ESP, ext4.
         let raw = self.work.join("disk.raw");
-        let t = Instant::now();
-        write_gpt(&raw, &layout)?;
+        let t = self.start("gpt")?;
+        {
+            let raw = raw.clone();
+            blocking(move || write_gpt(&raw, &layout)).await?;
+        }
         self.phase("gpt", t);
-        let t = Instant::now();
-        let esp_files = write_esp(&raw, &layout, esp_id, &tree, &root_uuid)?;
+        let t = self.start("esp")?;
+        let esp_files = {
+            let (raw, tree, uuid) = (raw.clone(), tree.clone(), root_uuid.clone());
+            blocking(move || write_esp(&raw, &layout, esp_id, &tree, &uuid)).await?
+        };
         self.phase("esp", t);
-        let t = Instant::now();
+        let t = self.start("ext4")?;
         tracing::info!("mke2fs -d (root file system)");
-        let mut cmd = mke2fs_command(&tree, &raw, &layout, &root_uuid);
-        self.run_cmd(&mut cmd, "mke2fs")?;
+        mke2fs_command(&tree, &raw, &layout, &root_uuid)
+            .log_to(self.log_path)
+            .cancel_on(self.cancel)
+            .run()
+            .await?;
+        {
+            let (tree, hooks) = (tree.clone(), hooks.clone());
+            blocking(move || {
+                fs::remove_dir_all(&tree)
+                    .with_context(|| format!("removing {}", tree.display()))?;
+                fs::remove_dir_all(&hooks).with_context(|| format!("removing {}", hooks.display()))
+            })
+            .await?;
+        }
         self.phase("ext4", t);
-        fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
-        fs::remove_dir_all(&hooks).with_context(|| format!("removing {}", hooks.display()))?;
 
         // 4. qcow2.
-        let t = Instant::now();
+        let t = self.start("qcow2")?;
         tracing::info!("qemu-img convert -c (compressed qcow2)");
         let qcow2 = self.work.join(DISK_NAME);
-        let mut cmd = Command::new("qemu-img");
-        cmd.args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
+        Tool::new("qemu-img")
+            .args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
             .arg(&raw)
-            .arg(&qcow2);
-        self.run_cmd(&mut cmd, "qemu-img convert")?;
+            .arg(&qcow2)
+            .log_to(self.log_path)
+            .cancel_on(self.cancel)
+            .run()
+            .await?;
         fs::remove_file(&raw)?;
         self.phase("qcow2", t);
-        let t = Instant::now();
-        let (disk_sha256, disk_bytes) = sha256_file(&qcow2)?;
+        let t = self.start("sha256")?;
+        let (disk_sha256, disk_bytes) = {
+            let q = qcow2.clone();
+            blocking(move || sha256_file(&q)).await?
+        };
         self.phase("sha256", t);
 
         let manifest = BuildManifest {
@@ -752,7 +884,7 @@ impl Builder<'_> {
             grub_cfg: "grub-mkconfig in the image (grub-probe answered by a build-only stand-in describing /dev/vda2)".into(),
             initramfs: "update-initramfs -c in the image with MODULES=list plus the virtio/SCSI/NVMe disk modules (build-only; MODULES=most afterwards)".into(),
             built_at: jiff::Timestamp::now(),
-            build_seconds: started.elapsed().as_secs_f64(),
+            build_seconds: self.started.elapsed().as_secs_f64(),
             phases: self.phases.clone(),
             build_log: self.final_dir.join(LOG_NAME),
         };
@@ -772,9 +904,86 @@ impl Builder<'_> {
         Ok(manifest)
     }
 
-    fn phase(&mut self, name: &str, started: Instant) {
+    /// Runs mmdebstrap, reporting its phases as the hooks mark their ends in `marks`.
+    async fn mmdebstrap(&mut self, tool: Tool, marks: &Path) -> Result<()> {
+        let start_ms = epoch_ms();
+        let mut reported = 0;
+        self.start(MMDEBSTRAP_PHASES[0])?;
+        let run = tool.run();
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                r = &mut run => {
+                    r?;
+                    break;
+                }
+                _ = tokio::time::sleep(MARKS_POLL) => {
+                    if let Ok(text) = tokio::fs::read_to_string(marks).await {
+                        reported = self.report_marks(start_ms, &text, reported);
+                    }
+                }
+            }
+        }
+        let text =
+            fs::read_to_string(marks).with_context(|| format!("reading {}", marks.display()))?;
+        let phases = mmdebstrap_phases(start_ms, epoch_ms(), &text)?;
+        self.report_marks(start_ms, &text, reported);
+        for p in &phases {
+            tracing::info!(phase = %p.name, seconds = p.seconds, "image build phase done");
+        }
+        if let Some(last) = phases.last() {
+            self.done(MMDEBSTRAP_PHASES[MMDEBSTRAP_PHASES.len() - 1], last.seconds);
+        }
+        self.phases.extend(phases);
+        Ok(())
+    }
+
+    /// Reports the phases whose marks appeared since the first `reported`; returns how many
+    /// are reported now.
+    fn report_marks(&self, start_ms: u64, marks: &str, reported: usize) -> usize {
+        let (ended, now) = ended_phases(start_ms, epoch_ms(), marks, reported);
+        for (phase, seconds) in ended {
+            self.done(phase, seconds);
+            if let Some(i) = MMDEBSTRAP_PHASES.iter().position(|n| *n == phase)
+                && let Some(next) = MMDEBSTRAP_PHASES.get(i + 1)
+            {
+                self.started_phase(next);
+            }
+        }
+        now
+    }
+
+    /// Starts a host-side phase: fails if the build was cancelled meanwhile (the blocking
+    /// phases take seconds and are not interrupted), else reports it and returns when it
+    /// started (for [`Builder::phase`]).
+    fn start(&self, phase: &'static str) -> Result<Instant> {
+        ensure!(!self.cancel.is_cancelled(), "cancelled before {phase}");
+        self.started_phase(phase);
+        Ok(Instant::now())
+    }
+
+    fn started_phase(&self, phase: &'static str) {
+        (self.progress)(BuildProgress::PhaseStarted {
+            image: self.recipe.name.clone(),
+            phase,
+            elapsed: self.started.elapsed(),
+        });
+    }
+
+    fn done(&self, phase: &'static str, seconds: f64) {
+        (self.progress)(BuildProgress::PhaseDone {
+            image: self.recipe.name.clone(),
+            phase,
+            seconds,
+            elapsed: self.started.elapsed(),
+        });
+    }
+
+    /// Records and reports the end of a host-side phase.
+    fn phase(&mut self, name: &'static str, started: Instant) {
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(phase = name, seconds, "image build phase done");
+        self.done(name, seconds);
         self.phases.push(PhaseTiming {
             name: name.into(),
             seconds,
@@ -790,32 +999,53 @@ impl Builder<'_> {
         writeln!(f, "{text}")?;
         Ok(())
     }
+}
 
-    /// Runs `cmd` with its output appended to the build log; the error names the command and
-    /// quotes the end of the log.
-    fn run_cmd(&self, cmd: &mut Command, what: &str) -> Result<()> {
-        let argv: Vec<String> = std::iter::once(cmd.get_program())
-            .chain(cmd.get_args())
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let line = shlex::try_join(argv.iter().map(String::as_str)).unwrap_or(argv.join(" "));
-        self.log(&format!("$ {line}"))?;
-        let log = fs::OpenOptions::new().append(true).open(self.log_path)?;
-        let status = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .status()
-            .with_context(|| format!("starting {what}: {line}"))?;
-        if !status.success() {
-            bail!(
-                "{what} failed ({status}): {line}\n--- end of {} ---\n{}",
-                self.log_path.display(),
-                tail(self.log_path, 30)
-            );
-        }
-        Ok(())
+/// Host-side finishing touches on the tree, then checks: the initramfs, grub.cfg and fstab are
+/// there, grub.cfg boots the root by UUID, and every pin is installed. Returns the kernel
+/// release, the installed packages and the boot chain's versions.
+#[allow(clippy::type_complexity)]
+fn check_tree(
+    tree: &Path,
+    recipe: &DebianRecipe,
+    root_uuid: &str,
+) -> Result<(String, Vec<InstalledPackage>, BTreeMap<String, String>)> {
+    finish_tree(tree, recipe)?;
+    let kernel_release = kernel_release(tree)?;
+    for f in [
+        format!("boot/initrd.img-{kernel_release}"),
+        "boot/grub/grub.cfg".to_string(),
+        "etc/fstab".to_string(),
+    ] {
+        ensure!(tree.join(&f).is_file(), "the tree has no /{f}");
     }
+    let grub_cfg = fs::read_to_string(tree.join("boot/grub/grub.cfg"))?;
+    ensure!(
+        grub_cfg.contains(&format!("root=UUID={root_uuid}")),
+        "/boot/grub/grub.cfg does not boot root=UUID={root_uuid}"
+    );
+    let packages = parse_dpkg_status(&fs::read_to_string(tree.join("var/lib/dpkg/status"))?);
+    let boot_chain: BTreeMap<String, String> = packages
+        .iter()
+        .filter(|p| {
+            p.name.starts_with("shim-")
+                || p.name.starts_with("grub-")
+                || p.name.starts_with("grub2-")
+                || p.name.starts_with("linux-image-")
+        })
+        .map(|p| (p.name.clone(), p.version.clone()))
+        .collect();
+    for (p, v) in recipe.effective_pins() {
+        let got = packages
+            .iter()
+            .find(|i| i.name == p)
+            .map(|i| i.version.as_str());
+        ensure!(
+            got == Some(v.as_str()),
+            "pinned {p}={v} but the image has {got:?}"
+        );
+    }
+    Ok((kernel_release, packages, boot_chain))
 }
 
 fn local_images_dir(cache_root: &Path) -> PathBuf {
@@ -865,21 +1095,20 @@ pub fn mmdebstrap_args(
 }
 
 /// The mke2fs command that makes the root file system from the tree, inside the raw disk.
-fn mke2fs_command(tree: &Path, raw: &Path, layout: &DiskLayout, root_uuid: &str) -> Command {
-    let mut cmd = Command::new("mke2fs");
+fn mke2fs_command(tree: &Path, raw: &Path, layout: &DiskLayout, root_uuid: &str) -> Tool {
+    let mut tool = Tool::new("mke2fs");
     // The guest's defaults (ext4 features its GRUB and e2fsck know), not the host's.
     let conf = tree.join("etc/mke2fs.conf");
     if conf.is_file() {
-        cmd.env("MKE2FS_CONFIG", conf);
+        tool = tool.env("MKE2FS_CONFIG", conf);
     }
-    cmd.args(["-F", "-q", "-t", "ext4", "-b", "4096", "-U", root_uuid])
+    tool.args(["-F", "-q", "-t", "ext4", "-b", "4096", "-U", root_uuid])
         .arg("-E")
         .arg(format!("nodiscard,offset={}", layout.root_offset()))
         .arg("-d")
         .arg(tree)
         .arg(raw)
-        .arg((layout.root_bytes() / 4096).to_string());
-    cmd
+        .arg((layout.root_bytes() / 4096).to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1121,6 +1350,31 @@ pub fn mmdebstrap_phases(start_ms: u64, end_ms: u64, marks: &str) -> Result<Vec<
         seconds: end_ms.saturating_sub(prev) as f64 / 1000.0,
     });
     Ok(out)
+}
+
+/// The mmdebstrap phases whose end is marked in `marks` beyond the first `reported` marks, as
+/// `(phase, seconds)`, and the number of marks now. Unknown names are skipped.
+fn ended_phases(
+    start_ms: u64,
+    now_ms: u64,
+    marks: &str,
+    reported: usize,
+) -> (Vec<(&'static str, f64)>, usize) {
+    let Ok(phases) = mmdebstrap_phases(start_ms, now_ms, marks) else {
+        return (Vec::new(), reported);
+    };
+    // The last entry is the time since the last mark, not a finished phase.
+    let marked = phases.len() - 1;
+    let ended = phases
+        .iter()
+        .take(marked)
+        .skip(reported)
+        .filter_map(|p| {
+            let name = MMDEBSTRAP_PHASES.iter().find(|n| **n == p.name)?;
+            Some((*name, p.seconds))
+        })
+        .collect();
+    (ended, marked.max(reported))
 }
 
 /// The `n` longest steps in a dpkg log: from one line to the next, named by the first line
@@ -1454,15 +1708,6 @@ fn unescape_mountinfo(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The last `n` lines of a file (for error messages).
-fn tail(path: &Path, n: usize) -> String {
-    let text = fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1870,6 +2115,26 @@ mod tests {
             ]
         );
         assert!(mmdebstrap_phases(0, 1, "garbage").is_err());
+    }
+
+    #[test]
+    fn phases_are_reported_once_as_their_marks_appear() {
+        let start = 1_000_000;
+        assert_eq!(ended_phases(start, start + 500, "", 0), (vec![], 0));
+        let one = "bootstrap-essential 1068000\n";
+        assert_eq!(
+            ended_phases(start, start + 70_000, one, 0),
+            (vec![("bootstrap-essential", 68.0)], 1)
+        );
+        // Read again with nothing new: nothing to report.
+        assert_eq!(ended_phases(start, start + 71_000, one, 1), (vec![], 1));
+        let three = "bootstrap-essential 1068000\ninstall-packages 1700000\ninitramfs 1807000\n";
+        assert_eq!(
+            ended_phases(start, start + 900_000, three, 1),
+            (vec![("install-packages", 632.0), ("initramfs", 107.0)], 3)
+        );
+        // A half-written file is read again next time.
+        assert_eq!(ended_phases(start, start, "bootstrap-ess", 1), (vec![], 1));
     }
 
     #[test]

@@ -46,18 +46,21 @@
 //! runs of 5-10 ms each; the cost grows with the ESP's data and the overlay's size (the copy
 //! that makes the change atomic: `std::fs::copy`, a reflink on btrfs/XFS), not with the base's.
 //!
-//! Everything blocks (it runs `qemu-img` and does file IO): call it from `spawn_blocking`.
+//! The functions are async: `qemu-img` runs through [`crate::sys::proc::Tool`] from the caller's
+//! runtime thread, and the FAT work and the large copies run on blocking threads.
 
 use std::cell::RefCell;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::rc::Rc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde::Serialize;
+
+use crate::sys::proc::Tool;
 
 /// Bytes fetched from each end of the disk to find the partition table.
 const TABLE_WINDOW: u64 = 1 << 20;
@@ -68,6 +71,8 @@ const WRITE_ALIGN: u64 = 4096;
 const MERGE_GAP: u64 = 1 << 20;
 /// Directory depth at which listing stops (a damaged FAT can contain directory cycles).
 const MAX_DEPTH: usize = 32;
+/// One `qemu-img` run takes milliseconds to seconds; one that hangs is stopped.
+const QEMU_IMG_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Where the ESP lies on a disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -104,38 +109,40 @@ pub struct EspRepair {
 }
 
 /// The ESP of `disk` (any format `qemu-img` reads; a backing chain is followed).
-pub fn locate_esp(qemu_img: &Path, disk: &Path) -> Result<EspLocation> {
+pub async fn locate_esp(qemu_img: &Path, disk: &Path) -> Result<EspLocation> {
     let disk = absolute(disk)?;
-    let info = ImageInfo::read(qemu_img, &disk, true)?;
+    let info = ImageInfo::read(qemu_img, &disk, true).await?;
     let scratch = tempfile::Builder::new()
         .prefix("bootwatch-esp-")
         .tempdir()?;
     let src = Source::new(qemu_img, &disk, &info, true);
-    src.locate(scratch.path())
+    src.locate(scratch.path()).await
 }
 
 /// Reads one file from the ESP of `disk` (raw or qcow2, with backing chain). `path_on_esp` is
 /// matched like the firmware does: `/` or `\` separated, case-insensitive.
-pub fn read_esp_file(qemu_img: &Path, disk: &Path, path_on_esp: &str) -> Result<Vec<u8>> {
+pub async fn read_esp_file(qemu_img: &Path, disk: &Path, path_on_esp: &str) -> Result<Vec<u8>> {
     let comps = esp_path(path_on_esp)?;
-    with_esp(qemu_img, disk, |fs| {
+    with_esp(qemu_img, disk, move |fs| {
         let mut f = fs.root_dir().open_file(&comps.join("/"))?;
         let mut bytes = Vec::new();
         f.read_to_end(&mut bytes)?;
         Ok(bytes)
     })
+    .await
     .with_context(|| format!("reading {path_on_esp} from the ESP of {}", disk.display()))
 }
 
 /// Every regular file on the ESP of `disk`, as `(path, size)` sorted by path; paths use `/` and
 /// the names as stored (long names where present).
-pub fn list_esp(qemu_img: &Path, disk: &Path) -> Result<Vec<(String, u64)>> {
+pub async fn list_esp(qemu_img: &Path, disk: &Path) -> Result<Vec<(String, u64)>> {
     with_esp(qemu_img, disk, |fs| {
         let mut out = Vec::new();
         walk(&fs.root_dir(), "", 0, &mut out)?;
         out.sort();
         Ok(out)
     })
+    .await
     .with_context(|| format!("listing the ESP of {}", disk.display()))
 }
 
@@ -144,20 +151,20 @@ pub fn list_esp(qemu_img: &Path, disk: &Path) -> Result<Vec<(String, u64)>> {
 /// holding the guest's earlier changes plus these; the backing file is never written. Atomic: on
 /// error `overlay` is unchanged. Refused while another process (a running QEMU) has the overlay
 /// open for writing. Paths are as for [`read_esp_file`]; an existing file keeps its name's case.
-pub fn replace_esp_files(
+pub async fn replace_esp_files(
     qemu_img: &Path,
     overlay: &Path,
     files: &[(&str, &[u8])],
 ) -> Result<EspRepair> {
     let what = || format!("replacing files on the ESP of {}", overlay.display());
-    replace(qemu_img, overlay, files).with_context(what)
+    replace(qemu_img, overlay, files).await.with_context(what)
 }
 
-fn replace(qemu_img: &Path, overlay: &Path, files: &[(&str, &[u8])]) -> Result<EspRepair> {
+async fn replace(qemu_img: &Path, overlay: &Path, files: &[(&str, &[u8])]) -> Result<EspRepair> {
     let overlay = fs::canonicalize(overlay).with_context(|| overlay.display().to_string())?;
-    let files: Vec<(Vec<String>, &[u8])> = files
+    let files: Vec<(Vec<String>, Vec<u8>)> = files
         .iter()
-        .map(|(p, b)| Ok((esp_path(p)?, *b)))
+        .map(|(p, b)| Ok((esp_path(p)?, b.to_vec())))
         .collect::<Result<_>>()?;
     let names: Vec<String> = files.iter().map(|(c, _)| c.join("/")).collect();
     // FAT names are case-insensitive: the same file twice would make the result depend on order.
@@ -166,7 +173,7 @@ fn replace(qemu_img: &Path, overlay: &Path, files: &[(&str, &[u8])]) -> Result<E
     if let Some(w) = folded.windows(2).find(|w| w[0] == w[1]) {
         bail!("{} is given twice", w[0]);
     }
-    let info = ImageInfo::read(qemu_img, &overlay, false)?;
+    let info = ImageInfo::read(qemu_img, &overlay, false).await?;
     ensure!(
         info.format == "qcow2",
         "{} is a {} image, not a qcow2 overlay",
@@ -187,50 +194,15 @@ fn replace(qemu_img: &Path, overlay: &Path, files: &[(&str, &[u8])]) -> Result<E
         .tempdir_in(dir)
         .with_context(|| format!("creating a scratch directory in {}", dir.display()))?;
     let src = Source::new(qemu_img, &overlay, &info, false);
-    let esp = src.locate(scratch.path())?;
+    let esp = src.locate(scratch.path()).await?;
 
     // Edit a copy of the ESP, recording what changes.
     let esp_raw = scratch.path().join("esp.raw");
-    src.extract(&[(esp.offset, esp.size)], &esp_raw)?;
-    let state = Rc::new(RefCell::new(TrackState::default()));
-    {
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&esp_raw)?;
-        let tracker = Tracker {
-            file,
-            pos: 0,
-            state: state.clone(),
-        };
-        let fs = mount(Box::new(tracker))?;
-        for (comps, bytes) in &files {
-            write_file(&fs, comps, bytes)
-                .with_context(|| format!("writing {} on the ESP", comps.join("/")))?;
-        }
-        fs.unmount().context("closing the ESP")?;
-    }
-    let TrackState { written, error } = Rc::try_unwrap(state)
-        .map_err(|_| anyhow!("the ESP is still open"))?
-        .into_inner();
-    if let Some(e) = error {
-        return Err(e).context("writing the ESP scratch copy");
-    }
-    // Check the edited ESP before anything reaches the overlay.
-    {
-        let fs = mount(Box::new(ReadOnly(fs::File::open(&esp_raw)?)))?;
-        for (comps, bytes) in &files {
-            let mut got = Vec::new();
-            fs.root_dir()
-                .open_file(&comps.join("/"))?
-                .read_to_end(&mut got)?;
-            ensure!(
-                got == *bytes,
-                "{} reads back differently from the edited ESP",
-                comps.join("/")
-            );
-        }
-    }
+    src.extract(&[(esp.offset, esp.size)], &esp_raw).await?;
+    let written = {
+        let esp_raw = esp_raw.clone();
+        blocking(move || edit_esp_copy(&esp_raw, &files)).await?
+    };
     let ranges = coalesce(written, esp.size);
     let disk_ranges: Vec<(u64, u64)> = ranges.iter().map(|&(o, l)| (esp.offset + o, l)).collect();
     let repair = EspRepair {
@@ -250,8 +222,16 @@ fn replace(qemu_img: &Path, overlay: &Path, files: &[(&str, &[u8])]) -> Result<E
         .suffix(".esp-tmp")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    fs::copy(&overlay, tmp.path())
-        .with_context(|| format!("copying {} to {}", overlay.display(), tmp.path().display()))?;
+    let tmp = {
+        let overlay = overlay.clone();
+        blocking(move || {
+            fs::copy(&overlay, tmp.path()).with_context(|| {
+                format!("copying {} to {}", overlay.display(), tmp.path().display())
+            })?;
+            Ok(tmp)
+        })
+        .await?
+    };
     let target = Source {
         qemu_img,
         path: tmp.path(),
@@ -274,28 +254,22 @@ fn replace(qemu_img: &Path, overlay: &Path, files: &[(&str, &[u8])]) -> Result<E
                 to.into(),
             ],
         )
+        .await
         .context("writing into the overlay copy")?;
     }
     let check = scratch.path().join("check.raw");
-    target.extract(&disk_ranges, &check)?;
-    let mut got = fs::File::open(&check)?;
-    let mut want = fs::File::open(&esp_raw)?;
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for &(o, l) in &ranges {
-        a.resize(l as usize, 0);
-        b.resize(l as usize, 0);
-        got.read_exact(&mut a)?;
-        want.seek(SeekFrom::Start(o))?;
-        want.read_exact(&mut b)?;
-        ensure!(
-            a == b,
-            "the overlay copy reads back differently at disk offset {}",
-            esp.offset + o
-        );
-    }
-    tmp.as_file().sync_all()?;
+    target.extract(&disk_ranges, &check).await?;
+    let tmp = {
+        let (ranges, esp_raw, esp_offset) = (ranges.clone(), esp_raw.clone(), esp.offset);
+        blocking(move || {
+            compare_ranges(&check, &esp_raw, &ranges, esp_offset)?;
+            tmp.as_file().sync_all()?;
+            Ok(tmp)
+        })
+        .await?
+    };
     // Nobody may have started using or changed the overlay meanwhile.
-    ImageInfo::read(qemu_img, &overlay, false)?;
+    ImageInfo::read(qemu_img, &overlay, false).await?;
     ensure!(
         stamp(&overlay)? == before,
         "{} changed while it was being repaired",
@@ -317,6 +291,82 @@ fn replace(qemu_img: &Path, overlay: &Path, files: &[(&str, &[u8])]) -> Result<E
     Ok(repair)
 }
 
+/// Writes `files` into the FAT file system in `esp_raw`, then mounts it again and reads every
+/// file back. Returns the byte ranges of `esp_raw` that were written. Blocking.
+fn edit_esp_copy(esp_raw: &Path, files: &[(Vec<String>, Vec<u8>)]) -> Result<Vec<(u64, u64)>> {
+    let state = Rc::new(RefCell::new(TrackState::default()));
+    {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(esp_raw)?;
+        let tracker = Tracker {
+            file,
+            pos: 0,
+            state: state.clone(),
+        };
+        let fs = mount(Box::new(tracker))?;
+        for (comps, bytes) in files {
+            write_file(&fs, comps, bytes)
+                .with_context(|| format!("writing {} on the ESP", comps.join("/")))?;
+        }
+        fs.unmount().context("closing the ESP")?;
+    }
+    let TrackState { written, error } = Rc::try_unwrap(state)
+        .map_err(|_| anyhow!("the ESP is still open"))?
+        .into_inner();
+    if let Some(e) = error {
+        return Err(e).context("writing the ESP scratch copy");
+    }
+    // Check the edited ESP before anything reaches the overlay.
+    let fs = mount(Box::new(ReadOnly(fs::File::open(esp_raw)?)))?;
+    for (comps, bytes) in files {
+        let mut got = Vec::new();
+        fs.root_dir()
+            .open_file(&comps.join("/"))?
+            .read_to_end(&mut got)?;
+        ensure!(
+            got == *bytes,
+            "{} reads back differently from the edited ESP",
+            comps.join("/")
+        );
+    }
+    Ok(written)
+}
+
+/// Compares `check` (the `ranges` read back from the overlay copy, concatenated) with the same
+/// ranges of `esp_raw`. Blocking.
+fn compare_ranges(
+    check: &Path,
+    esp_raw: &Path,
+    ranges: &[(u64, u64)],
+    esp_offset: u64,
+) -> Result<()> {
+    let mut got = fs::File::open(check)?;
+    let mut want = fs::File::open(esp_raw)?;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for &(o, l) in ranges {
+        a.resize(l as usize, 0);
+        b.resize(l as usize, 0);
+        got.read_exact(&mut a)?;
+        want.seek(SeekFrom::Start(o))?;
+        want.read_exact(&mut b)?;
+        ensure!(
+            a == b,
+            "the overlay copy reads back differently at disk offset {}",
+            esp_offset + o
+        );
+    }
+    Ok(())
+}
+
+/// Runs blocking file work on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("blocking task")?
+}
+
 // ---------------------------------------------------------------------------------------------
 // qemu-img
 // ---------------------------------------------------------------------------------------------
@@ -331,13 +381,13 @@ struct ImageInfo {
 
 impl ImageInfo {
     /// Without `force_share`, an image another process writes is an error.
-    fn read(qemu_img: &Path, path: &Path, force_share: bool) -> Result<ImageInfo> {
+    async fn read(qemu_img: &Path, path: &Path, force_share: bool) -> Result<ImageInfo> {
         let mut args: Vec<OsString> = vec!["info".into(), "--output=json".into()];
         if force_share {
             args.push("-U".into());
         }
         args.push(path.into());
-        let out = qemu(qemu_img, args)?;
+        let out = qemu(qemu_img, args).await?;
         let v: serde_json::Value =
             serde_json::from_slice(&out).context("parsing qemu-img info's JSON")?;
         let format = v["format"]
@@ -363,22 +413,13 @@ impl ImageInfo {
     }
 }
 
-/// Runs `qemu-img` with `args`; its stdout, or an error carrying its stderr.
-fn qemu(qemu_img: &Path, args: impl IntoIterator<Item = OsString>) -> Result<Vec<u8>> {
-    let args: Vec<OsString> = args.into_iter().collect();
-    let out = Command::new(qemu_img)
-        .args(&args)
-        .output()
-        .with_context(|| format!("running {}", qemu_img.display()))?;
-    if !out.status.success() {
-        bail!(
-            "qemu-img {} failed: {}",
-            args.first()
-                .map(|a| a.to_string_lossy())
-                .unwrap_or_default(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+/// Runs `qemu-img` with `args`; its stdout, or an error quoting the command and its stderr.
+async fn qemu(qemu_img: &Path, args: impl IntoIterator<Item = OsString>) -> Result<Vec<u8>> {
+    let out = Tool::new(qemu_img)
+        .args(args)
+        .timeout(QEMU_IMG_TIMEOUT)
+        .run()
+        .await?;
     Ok(out.stdout)
 }
 
@@ -429,7 +470,7 @@ impl<'a> Source<'a> {
     }
 
     /// Copies the byte `ranges` of the disk, concatenated, into a new sparse raw file `out`.
-    fn extract(&self, ranges: &[(u64, u64)], out: &Path) -> Result<()> {
+    async fn extract(&self, ranges: &[(u64, u64)], out: &Path) -> Result<()> {
         let mut args: Vec<OsString> = vec!["convert".into(), "-q".into()];
         if self.force_share {
             args.push("-U".into());
@@ -439,12 +480,14 @@ impl<'a> Source<'a> {
             args.push(slice_opts(self.path, Some(self.format), o, l)?.into());
         }
         args.push(out.into());
-        qemu(self.qemu_img, args).with_context(|| format!("reading {}", self.path.display()))?;
+        qemu(self.qemu_img, args)
+            .await
+            .with_context(|| format!("reading {}", self.path.display()))?;
         Ok(())
     }
 
     /// Finds the ESP from the two ends of the disk.
-    fn locate(&self, scratch: &Path) -> Result<EspLocation> {
+    async fn locate(&self, scratch: &Path) -> Result<EspLocation> {
         let size = self.virtual_size;
         let head = size.min(TABLE_WINDOW);
         let tail = (size - head).min(TABLE_WINDOW);
@@ -453,7 +496,7 @@ impl<'a> Source<'a> {
             ranges.push((size - tail, tail));
         }
         let out = scratch.join("table.raw");
-        self.extract(&ranges, &out)?;
+        self.extract(&ranges, &out).await?;
         let mut bytes = fs::read(&out)?;
         let _ = fs::remove_file(&out);
         bytes.resize((head + tail) as usize, 0);
@@ -653,30 +696,43 @@ fn mount(disk: Box<dyn Rws>) -> Result<Fat> {
         .context("the ESP holds no readable FAT file system")
 }
 
-/// Mounts the ESP of `disk` read-only and runs `f` on it. A raw disk is read in place; any other
-/// format through a scratch copy of the ESP.
-fn with_esp<R>(qemu_img: &Path, disk: &Path, f: impl FnOnce(&Fat) -> io::Result<R>) -> Result<R> {
+/// Mounts the ESP of `disk` read-only and runs `f` on it (on a blocking thread). A raw disk is
+/// read in place; any other format through a scratch copy of the ESP.
+async fn with_esp<R: Send + 'static>(
+    qemu_img: &Path,
+    disk: &Path,
+    f: impl FnOnce(&Fat) -> io::Result<R> + Send + 'static,
+) -> Result<R> {
     let disk = absolute(disk)?;
-    let info = ImageInfo::read(qemu_img, &disk, true)?;
+    let info = ImageInfo::read(qemu_img, &disk, true).await?;
     let scratch = tempfile::Builder::new()
         .prefix("bootwatch-esp-")
         .tempdir()?;
     let src = Source::new(qemu_img, &disk, &info, true);
-    let esp = src.locate(scratch.path())?;
-    let stream: Box<dyn Rws> = if info.format == "raw" {
-        let file = fs::File::open(&disk)?;
-        Box::new(fscommon::StreamSlice::new(
-            ReadOnly(file),
-            esp.offset,
-            esp.offset + esp.size,
-        )?)
-    } else {
-        let esp_raw = scratch.path().join("esp.raw");
-        src.extract(&[(esp.offset, esp.size)], &esp_raw)?;
-        Box::new(ReadOnly(fs::File::open(&esp_raw)?))
-    };
-    let fs = mount(stream)?;
-    Ok(f(&fs)?)
+    let esp = src.locate(scratch.path()).await?;
+    let esp_raw = scratch.path().join("esp.raw");
+    let in_place = info.format == "raw";
+    if !in_place {
+        src.extract(&[(esp.offset, esp.size)], &esp_raw).await?;
+    }
+    blocking(move || {
+        let stream: Box<dyn Rws> = if in_place {
+            let file = fs::File::open(&disk)?;
+            Box::new(fscommon::StreamSlice::new(
+                ReadOnly(file),
+                esp.offset,
+                esp.offset + esp.size,
+            )?)
+        } else {
+            Box::new(ReadOnly(fs::File::open(&esp_raw)?))
+        };
+        let fs = mount(stream)?;
+        let r = f(&fs)?;
+        drop(fs);
+        drop(scratch);
+        Ok(r)
+    })
+    .await
 }
 
 fn walk(
@@ -855,6 +911,18 @@ mod tests {
         qemu(qemu_img, args.iter().map(OsString::from)).unwrap();
     }
 
+    /// `qemu-img` for setting up and inspecting test disks (plain std::process, blocking).
+    fn qemu(qemu_img: &Path, args: impl IntoIterator<Item = OsString>) -> Result<Vec<u8>> {
+        let args: Vec<OsString> = args.into_iter().collect();
+        let out = std::process::Command::new(qemu_img).args(&args).output()?;
+        ensure!(
+            out.status.success(),
+            "qemu-img {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out.stdout)
+    }
+
     /// Deterministic pseudo-random bytes.
     fn noise(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
@@ -1014,11 +1082,35 @@ mod tests {
     }
 
     fn read_range(qemu_img: &Path, image: &Path, offset: u64, len: u64) -> Vec<u8> {
-        let info = ImageInfo::read(qemu_img, image, true).unwrap();
+        let info: serde_json::Value = serde_json::from_slice(
+            &qemu(
+                qemu_img,
+                [
+                    "info".into(),
+                    "-U".into(),
+                    "--output=json".into(),
+                    image.into(),
+                ],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let format = info["format"].as_str().unwrap();
         let out = tempfile::NamedTempFile::new().unwrap();
-        Source::new(qemu_img, image, &info, true)
-            .extract(&[(offset, len)], out.path())
-            .unwrap();
+        qemu(
+            qemu_img,
+            [
+                "convert".into(),
+                "-q".into(),
+                "-U".into(),
+                "-O".into(),
+                "raw".into(),
+                "--image-opts".into(),
+                slice_opts(image, Some(format), offset, len).unwrap().into(),
+                out.path().into(),
+            ],
+        )
+        .unwrap();
         fs::read(out.path()).unwrap()
     }
 
@@ -1033,8 +1125,8 @@ mod tests {
 
     const OLD_GRUB: &[u8] = b"grub from the broken update";
 
-    #[test]
-    fn replacing_files_in_an_overlay_keeps_the_base_and_the_guests_changes() {
+    #[tokio::test]
+    async fn replacing_files_in_an_overlay_keeps_the_base_and_the_guests_changes() {
         let qemu_img = qi();
         let tmp = tempfile::tempdir().unwrap();
         // A comma, which qemu-img's option syntax needs escaped.
@@ -1061,7 +1153,9 @@ mod tests {
         let guest_bytes = noise(391 * 512, 99);
         guest_write(&qemu_img, dir, &ov, root + (1 << 20), &guest_bytes);
         let cfg = b"set timeout=5\nsearch.fs_uuid 1234 root\n".repeat(100);
-        replace_esp_files(&qemu_img, &ov, &[("EFI/debian/grub.cfg", &cfg)]).unwrap();
+        replace_esp_files(&qemu_img, &ov, &[("EFI/debian/grub.cfg", &cfg)])
+            .await
+            .unwrap();
 
         // The repair.
         let new_grub = noise(1_500_000, 3);
@@ -1073,6 +1167,7 @@ mod tests {
                 ("EFI\\Recovery\\note.txt", b"restored by bootwatch"),
             ],
         )
+        .await
         .unwrap();
         assert_eq!(
             repair.esp,
@@ -1096,19 +1191,25 @@ mod tests {
 
         // Read back through the overlay (and the case-insensitive lookup).
         assert_eq!(
-            read_esp_file(&qemu_img, &ov, "EFI/debian/grubaa64.efi").unwrap(),
+            read_esp_file(&qemu_img, &ov, "EFI/debian/grubaa64.efi")
+                .await
+                .unwrap(),
             new_grub
         );
         assert_eq!(
-            read_esp_file(&qemu_img, &ov, "efi/recovery/NOTE.TXT").unwrap(),
+            read_esp_file(&qemu_img, &ov, "efi/recovery/NOTE.TXT")
+                .await
+                .unwrap(),
             b"restored by bootwatch"
         );
         assert_eq!(
-            read_esp_file(&qemu_img, &ov, "EFI/debian/grub.cfg").unwrap(),
+            read_esp_file(&qemu_img, &ov, "EFI/debian/grub.cfg")
+                .await
+                .unwrap(),
             cfg
         );
         assert_eq!(
-            list_esp(&qemu_img, &ov).unwrap(),
+            list_esp(&qemu_img, &ov).await.unwrap(),
             [
                 ("EFI/BOOT/BOOTAA64.EFI".to_string(), 4),
                 ("EFI/Recovery/note.txt".to_string(), 21),
@@ -1130,7 +1231,9 @@ mod tests {
         // The base is untouched and still sees the old file; the overlay is still an overlay.
         assert_eq!(sha256(&base), base_sha);
         assert_eq!(
-            read_esp_file(&qemu_img, &base, "EFI/debian/grubaa64.efi").unwrap(),
+            read_esp_file(&qemu_img, &base, "EFI/debian/grubaa64.efi")
+                .await
+                .unwrap(),
             OLD_GRUB
         );
         let info = info_json(&qemu_img, &ov);
@@ -1152,8 +1255,8 @@ mod tests {
         assert_eq!(left, ["overlay.qcow2"]);
     }
 
-    #[test]
-    fn errors_leave_the_overlay_byte_identical() {
+    #[tokio::test]
+    async fn errors_leave_the_overlay_byte_identical() {
         let qemu_img = qi();
         let dir = tempfile::tempdir().unwrap();
 
@@ -1163,14 +1266,15 @@ mod tests {
         let (_, ov) = base_and_overlay(&qemu_img, dir.path(), &raw, false);
         guest_write(&qemu_img, dir.path(), &ov, 5 << 20, b"guest");
         let before = sha256(&ov);
-        let e =
-            replace_esp_files(&qemu_img, &ov, &[("EFI/debian/grubaa64.efi", b"x")]).unwrap_err();
+        let e = replace_esp_files(&qemu_img, &ov, &[("EFI/debian/grubaa64.efi", b"x")])
+            .await
+            .unwrap_err();
         assert!(
             format!("{e:#}").contains("no EFI system partition"),
             "{e:#}"
         );
         assert_eq!(sha256(&ov), before);
-        let e = list_esp(&qemu_img, &ov).unwrap_err();
+        let e = list_esp(&qemu_img, &ov).await.unwrap_err();
         assert!(
             format!("{e:#}").contains("no EFI system partition"),
             "{e:#}"
@@ -1189,7 +1293,9 @@ mod tests {
             0,
         );
         let (base, ov) = base_and_overlay(&qemu_img, &dir2, &raw, true);
-        replace_esp_files(&qemu_img, &ov, &[("EFI/debian/grub.cfg", b"cfg")]).unwrap();
+        replace_esp_files(&qemu_img, &ov, &[("EFI/debian/grub.cfg", b"cfg")])
+            .await
+            .unwrap();
         assert_eq!(
             info_json(&qemu_img, &ov)["backing-filename"],
             "../base.qcow2"
@@ -1205,26 +1311,35 @@ mod tests {
                 ("EFI/debian/huge.efi", &huge),
             ],
         )
+        .await
         .unwrap_err();
         assert!(format!("{e:#}").contains("huge.efi"), "{e:#}");
-        let e = replace_esp_files(&qemu_img, &ov, &[("EFI/../grubaa64.efi", b"x")]).unwrap_err();
+        let e = replace_esp_files(&qemu_img, &ov, &[("EFI/../grubaa64.efi", b"x")])
+            .await
+            .unwrap_err();
         assert!(format!("{e:#}").contains(".."), "{e:#}");
         let e = replace_esp_files(&qemu_img, &ov, &[("EFI/a.efi", b"1"), ("efi/A.EFI", b"2")])
+            .await
             .unwrap_err();
         assert!(format!("{e:#}").contains("twice"), "{e:#}");
         // Nothing to do: nothing is written.
-        let r = replace_esp_files(&qemu_img, &ov, &[]).unwrap();
+        let r = replace_esp_files(&qemu_img, &ov, &[]).await.unwrap();
         assert_eq!(r.bytes_written, 0);
-        let e =
-            replace_esp_files(&qemu_img, &ov, &[("EFI/debian/grubaa64.efi/x", b"x")]).unwrap_err();
+        let e = replace_esp_files(&qemu_img, &ov, &[("EFI/debian/grubaa64.efi/x", b"x")])
+            .await
+            .unwrap_err();
         assert!(format!("{e:#}").contains("grubaa64.efi/x"), "{e:#}");
         // Not an overlay at all.
-        let e = replace_esp_files(&qemu_img, &raw, &[("a", b"x")]).unwrap_err();
+        let e = replace_esp_files(&qemu_img, &raw, &[("a", b"x")])
+            .await
+            .unwrap_err();
         assert!(format!("{e:#}").contains("not a qcow2"), "{e:#}");
         assert_eq!(sha256(&ov), before);
         assert_eq!(sha256(&base), base_before);
         assert_eq!(
-            read_esp_file(&qemu_img, &ov, "EFI/debian/grubaa64.efi").unwrap(),
+            read_esp_file(&qemu_img, &ov, "EFI/debian/grubaa64.efi")
+                .await
+                .unwrap(),
             OLD_GRUB
         );
         let left: Vec<_> = fs::read_dir(ov.parent().unwrap())
@@ -1232,12 +1347,14 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, ["overlay.qcow2"]);
-        let e = read_esp_file(&qemu_img, &ov, "EFI/debian/missing.efi").unwrap_err();
+        let e = read_esp_file(&qemu_img, &ov, "EFI/debian/missing.efi")
+            .await
+            .unwrap_err();
         assert!(format!("{e:#}").contains("missing.efi"), "{e:#}");
     }
 
-    #[test]
-    fn an_overlay_in_use_is_refused() {
+    #[tokio::test]
+    async fn an_overlay_in_use_is_refused() {
         let qemu_img = qi();
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("disk.raw");
@@ -1262,7 +1379,7 @@ mod tests {
             }
         }
         let mut holder = Holder(
-            Command::new(qemu_img.with_file_name("qemu-io"))
+            std::process::Command::new(qemu_img.with_file_name("qemu-io"))
                 .args(["-f", "qcow2", "-c", "opened", "-c", "sleep 60000"])
                 .arg(&ov)
                 .stdin(std::process::Stdio::null())
@@ -1276,25 +1393,32 @@ mod tests {
             .read_line(&mut line)
             .unwrap();
         assert!(line.contains("\"opened\" not found"), "qemu-io: {line:?}");
-        let e =
-            replace_esp_files(&qemu_img, &ov, &[("EFI/debian/grubaa64.efi", b"new")]).unwrap_err();
+        let e = replace_esp_files(&qemu_img, &ov, &[("EFI/debian/grubaa64.efi", b"new")])
+            .await
+            .unwrap_err();
         assert!(format!("{e:#}").contains("lock"), "{e:#}");
         assert_eq!(sha256(&ov), before);
         // Reading is allowed (it sees whatever is on the disk at that moment).
         assert_eq!(
-            read_esp_file(&qemu_img, &ov, "EFI/debian/grubaa64.efi").unwrap(),
+            read_esp_file(&qemu_img, &ov, "EFI/debian/grubaa64.efi")
+                .await
+                .unwrap(),
             OLD_GRUB
         );
         drop(holder);
-        replace_esp_files(&qemu_img, &ov, &[("EFI/debian/grubaa64.efi", b"new")]).unwrap();
+        replace_esp_files(&qemu_img, &ov, &[("EFI/debian/grubaa64.efi", b"new")])
+            .await
+            .unwrap();
         assert_eq!(
-            read_esp_file(&qemu_img, &ov, "EFI/debian/grubaa64.efi").unwrap(),
+            read_esp_file(&qemu_img, &ov, "EFI/debian/grubaa64.efi")
+                .await
+                .unwrap(),
             b"new"
         );
     }
 
-    #[test]
-    fn reads_raw_disks_in_place_and_the_fixtures_superfloppy() {
+    #[tokio::test]
+    async fn reads_raw_disks_in_place_and_the_fixtures_superfloppy() {
         let qemu_img = qi();
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("disk.raw");
@@ -1307,11 +1431,13 @@ mod tests {
             0,
         );
         assert_eq!(
-            read_esp_file(&qemu_img, &raw, "EFI/debian/grubaa64.efi").unwrap(),
+            read_esp_file(&qemu_img, &raw, "EFI/debian/grubaa64.efi")
+                .await
+                .unwrap(),
             OLD_GRUB
         );
         assert_eq!(
-            list_esp(&qemu_img, &raw).unwrap(),
+            list_esp(&qemu_img, &raw).await.unwrap(),
             [("EFI/debian/grubaa64.efi".to_string(), OLD_GRUB.len() as u64)]
         );
 
@@ -1319,7 +1445,7 @@ mod tests {
         let efi = crate::inputs::fixtures::Fixture::Hello.efi_app();
         crate::inputs::fixtures::write_fat_image(&img, &efi).unwrap();
         assert_eq!(
-            locate_esp(&qemu_img, &img).unwrap(),
+            locate_esp(&qemu_img, &img).await.unwrap(),
             EspLocation {
                 offset: 0,
                 size: 1 << 20,
@@ -1327,7 +1453,9 @@ mod tests {
             }
         );
         assert_eq!(
-            read_esp_file(&qemu_img, &img, "EFI/BOOT/BOOTAA64.EFI").unwrap(),
+            read_esp_file(&qemu_img, &img, "EFI/BOOT/BOOTAA64.EFI")
+                .await
+                .unwrap(),
             efi
         );
     }
@@ -1387,8 +1515,8 @@ mod tests {
 
     /// A disk like a real cloud image's: 4 GiB virtual, a 512 MiB FAT32 ESP, data in the base
     /// and in the overlay. Prints how long the repair takes.
-    #[test]
-    fn repair_of_a_4_gib_disk_is_quick() {
+    #[tokio::test]
+    async fn repair_of_a_4_gib_disk_is_quick() {
         let qemu_img = qi();
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("disk.raw");
@@ -1417,8 +1545,9 @@ mod tests {
         let ov_before = fs::metadata(&ov).unwrap().len();
         let new_grub = noise(4 << 20, 9);
         let t = std::time::Instant::now();
-        let repair =
-            replace_esp_files(&qemu_img, &ov, &[("EFI/debian/grubaa64.efi", &new_grub)]).unwrap();
+        let repair = replace_esp_files(&qemu_img, &ov, &[("EFI/debian/grubaa64.efi", &new_grub)])
+            .await
+            .unwrap();
         let took = t.elapsed();
         let ov_after = fs::metadata(&ov).unwrap().len();
         eprintln!(
@@ -1431,7 +1560,9 @@ mod tests {
             ov_after
         );
         assert_eq!(
-            read_esp_file(&qemu_img, &ov, "EFI/debian/grubaa64.efi").unwrap(),
+            read_esp_file(&qemu_img, &ov, "EFI/debian/grubaa64.efi")
+                .await
+                .unwrap(),
             new_grub
         );
         assert_eq!(sha256(&base), base_sha);

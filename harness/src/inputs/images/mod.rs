@@ -8,7 +8,11 @@ pub mod esp;
 pub mod overlay;
 pub mod seed;
 
+use std::sync::Arc;
+
+use crate::core::event::{Event, EventSink};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use catalog::{CatalogError, CatalogImage, GuestTraits, check_keys, line_of};
 use debian_build::DebianRecipe;
@@ -282,21 +286,37 @@ pub struct Resolved {
 }
 
 /// Makes `entry` available: a vendor image is fetched (a no-op when cached), a local recipe built
-/// (a no-op when built). `mirror` is only needed to build.
+/// (a no-op when built). `mirror` is only needed to build. Download progress and build phases
+/// go to `events`. When `cancel` fires, a download is abandoned (its partial file stays for the next
+/// fetch to resume) and a build is stopped and removed; either way an error is returned.
 pub async fn resolve(
     entry: Entry<'_>,
     cache_root: &std::path::Path,
     mirror: Option<&str>,
-    progress: bool,
+    cancel: &CancellationToken,
+    events: &EventSink,
 ) -> anyhow::Result<Resolved> {
     match entry {
         Entry::Vendor(i) => {
             let cache = cache::ImageCache::new(&cache_root.join("images"));
             let opts = cache::FetchOptions {
-                progress,
+                progress: events.is_connected().then(|| -> cache::ProgressSink {
+                    let events = events.clone();
+                    Arc::new(move |p| {
+                        events.emit(Event::Download {
+                            name: p.name,
+                            bytes: p.bytes,
+                            total: p.total,
+                        })
+                    })
+                }),
                 ..Default::default()
             };
-            let got = cache.fetch(&fetch_request(i), &opts).await?;
+            let request = fetch_request(i);
+            let got = tokio::select! {
+                r = cache.fetch(&request, &opts) => r?,
+                _ = cancel.cancelled() => anyhow::bail!("cancelled while downloading {}", i.name),
+            };
             Ok(Resolved {
                 name: i.name.clone(),
                 path: got.path,
@@ -306,16 +326,12 @@ pub async fn resolve(
             })
         }
         Entry::Local(l) => {
-            let recipe = l.recipe.clone();
-            let root = cache_root.to_path_buf();
-            let built = match debian_build::find_cached(&recipe, &root)? {
+            let built = match debian_build::find_cached(&l.recipe, cache_root)? {
                 Some(b) => b,
                 None => {
                     let mirror = crate::inputs::debian::resolve_mirror(mirror)?;
-                    tokio::task::spawn_blocking(move || {
-                        debian_build::build(&recipe, &mirror, &root)
-                    })
-                    .await??
+                    let report = |p| events.emit(build_event(p));
+                    debian_build::build(&l.recipe, &mirror, cache_root, cancel, &report).await?
                 }
             };
             Ok(Resolved {
@@ -326,6 +342,40 @@ pub async fn resolve(
                 guest: l.guest.clone(),
             })
         }
+    }
+}
+
+/// A build's progress as an event.
+fn build_event(p: debian_build::BuildProgress) -> Event {
+    use debian_build::BuildProgress as B;
+    match p {
+        B::Started { image, log } => Event::Build {
+            what: image,
+            phase: format!("building (minutes; log: {})", log.display()),
+            elapsed_s: 0.0,
+            done: false,
+        },
+        B::PhaseStarted {
+            image,
+            phase,
+            elapsed,
+        } => Event::Build {
+            what: image,
+            phase: phase.to_string(),
+            elapsed_s: elapsed.as_secs_f64(),
+            done: false,
+        },
+        B::PhaseDone {
+            image,
+            phase,
+            elapsed,
+            ..
+        } => Event::Build {
+            what: image,
+            phase: phase.to_string(),
+            elapsed_s: elapsed.as_secs_f64(),
+            done: true,
+        },
     }
 }
 

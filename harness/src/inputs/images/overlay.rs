@@ -3,10 +3,16 @@
 //! blocking it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::inputs::images::catalog::ImageFormat;
+use crate::sys::proc::Tool;
+
+/// `qemu-img create` and `info` take milliseconds; one that hangs (a stuck file system) is
+/// stopped instead of holding up the run.
+const QEMU_IMG_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Creates `overlay` (qcow2) backed by `base`. The backing path is stored absolute, so the overlay
 /// stays usable wherever the run directory is read from.
@@ -22,20 +28,13 @@ pub async fn create_overlay(
         ImageFormat::Qcow2 => "qcow2",
         ImageFormat::Raw => "raw",
     };
-    let out = tokio::process::Command::new(qemu_img)
+    Tool::new(qemu_img)
         .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
         .arg(&base)
         .arg(overlay)
-        .output()
-        .await
-        .with_context(|| format!("running {}", qemu_img.display()))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "qemu-img create {} failed: {}",
-            overlay.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+        .timeout(QEMU_IMG_TIMEOUT)
+        .run()
+        .await?;
     Ok(())
 }
 
@@ -46,19 +45,12 @@ pub fn qemu_img() -> anyhow::Result<PathBuf> {
 
 /// `qemu-img info --output=json` of a file.
 pub async fn info(qemu_img: &Path, path: &Path) -> anyhow::Result<serde_json::Value> {
-    let out = tokio::process::Command::new(qemu_img)
+    let out = Tool::new(qemu_img)
         .args(["info", "--output=json", "-U"])
         .arg(path)
-        .output()
-        .await
-        .with_context(|| format!("running {}", qemu_img.display()))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "qemu-img info {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+        .timeout(QEMU_IMG_TIMEOUT)
+        .run()
+        .await?;
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 

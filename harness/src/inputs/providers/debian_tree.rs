@@ -2,9 +2,12 @@
 //! the host.
 //!
 //! A per-suite root tree is made with `mmdebstrap --variant=essential
-//! --include=qemu-system-arm=VERSION` (documentation, man pages and locales excluded; `--mode=auto`,
-//! which is `root` as root and `unshare`/`fakechroot` otherwise) and its QEMU is run directly from
-//! the host, no chroot, through the tree's own dynamic loader:
+//! --include=qemu-system-arm=VERSION` (documentation, man pages and locales excluded; as root
+//! `--mode=unshare`, whose mounts live in mmdebstrap's own mount and pid namespaces, so a build
+//! that is stopped half-way leaves nothing mounted on the host, where `root` mode would leave
+//! `/proc`, `/sys` and `/dev` bind mounts inside the cache; otherwise `--mode=auto`, which is
+//! `unshare` or `fakechroot`) and its QEMU is run directly from the host, no chroot, through the
+//! tree's own dynamic loader:
 //!
 //! ```text
 //! QEMU_MODULE_DIR=TREE/usr/lib/x86_64-linux-gnu/qemu \
@@ -36,9 +39,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use super::{ProviderContext, ResolvedQemu, describe_qemu, sha256_file};
 use crate::core::launch::QemuExec;
+use crate::sys::proc::Tool;
 
 /// The Debian binary package that carries `qemu-system-aarch64`.
 pub const QEMU_PACKAGE: &str = "qemu-system-arm";
@@ -107,8 +112,13 @@ pub fn tree_dir_name(suite: &str, package_version: &str) -> String {
     format!("debian-{suite}-{}", package_version.replace(':', "%3a"))
 }
 
-/// Resolve `debian:SUITE` to a runnable QEMU (building and caching its tree if needed).
-pub(super) async fn resolve(suite: &str, ctx: &ProviderContext) -> Result<ResolvedQemu> {
+/// Resolve `debian:SUITE` to a runnable QEMU (building and caching its tree if needed; a build
+/// stopped by `cancel` leaves nothing behind).
+pub(super) async fn resolve(
+    suite: &str,
+    ctx: &ProviderContext,
+    cancel: &CancellationToken,
+) -> Result<ResolvedQemu> {
     let qemu_dir = ctx.cache_root.join("qemu");
     ensure!(
         !qemu_dir.to_string_lossy().contains(':'),
@@ -116,11 +126,16 @@ pub(super) async fn resolve(suite: &str, ctx: &ProviderContext) -> Result<Resolv
          set BOOTWATCH_CACHE to another directory",
         qemu_dir.display()
     );
-    let tree = find_or_build(suite, ctx, &qemu_dir).await?;
-    runnable(&tree).await
+    let tree = find_or_build(suite, ctx, &qemu_dir, cancel).await?;
+    runnable(&tree, cancel).await
 }
 
-async fn find_or_build(suite: &str, ctx: &ProviderContext, qemu_dir: &Path) -> Result<Tree> {
+async fn find_or_build(
+    suite: &str,
+    ctx: &ProviderContext,
+    qemu_dir: &Path,
+    cancel: &CancellationToken,
+) -> Result<Tree> {
     let mirror = crate::inputs::debian::resolve_mirror(ctx.mirror.as_deref());
     // A fresh remembered index answer whose tree exists: no network at all.
     if let Ok(mirror) = &mirror
@@ -133,9 +148,10 @@ async fn find_or_build(suite: &str, ctx: &ProviderContext, qemu_dir: &Path) -> R
         return Ok(tree);
     }
     let looked_up = match &mirror {
-        Ok(mirror) => lookup_version(mirror, suite)
-            .await
-            .map(|v| (mirror.clone(), v)),
+        Ok(mirror) => tokio::select! {
+            r = lookup_version(mirror, suite) => r.map(|v| (mirror.clone(), v)),
+            _ = cancel.cancelled() => bail!("cancelled"),
+        },
         Err(e) => Err(anyhow!("{e:#}")),
     };
     let (mirror, version) = match looked_up {
@@ -158,7 +174,7 @@ async fn find_or_build(suite: &str, ctx: &ProviderContext, qemu_dir: &Path) -> R
     if let Some(tree) = load_tree(&qemu_dir.join(tree_dir_name(suite, &version))) {
         return Ok(tree);
     }
-    build_locked(suite, &version, &mirror, qemu_dir).await
+    build_locked(suite, &version, &mirror, qemu_dir, cancel).await
 }
 
 fn age_of(unix_secs: u64) -> Duration {
@@ -260,7 +276,7 @@ pub fn newest_cached(qemu_dir: &Path, suite: &str) -> Option<Tree> {
 }
 
 /// The resolved QEMU of a complete tree: checks that the binary is still the one built.
-async fn runnable(tree: &Tree) -> Result<ResolvedQemu> {
+async fn runnable(tree: &Tree, cancel: &CancellationToken) -> Result<ResolvedQemu> {
     let root = tree.root();
     let (binary, exec) = exec_for(&root)?;
     let spec = format!("debian:{}", tree.manifest.suite);
@@ -269,6 +285,7 @@ async fn runnable(tree: &Tree) -> Result<ResolvedQemu> {
         binary,
         exec,
         Some(tree.manifest.package_version.clone()),
+        cancel,
     )
     .await?;
     ensure!(
@@ -374,10 +391,25 @@ fn push_components(pending: &mut Vec<OsString>, path: &Path) {
     pending.extend(parts.into_iter().rev());
 }
 
-/// The `mmdebstrap` arguments for a tree of `suite` with `qemu-system-arm` at `version`.
-/// `X-backports` is built on `X` with both suites as sources (and the backport's version is
-/// checked after the build, see [`installed_version`]).
-pub fn mmdebstrap_args(suite: &str, version: &str, mirror: &str, target: &Path) -> Vec<OsString> {
+/// mmdebstrap's mode: `unshare` as root (see the module documentation), else `auto`.
+pub fn mmdebstrap_mode() -> &'static str {
+    if nix::unistd::geteuid().is_root() {
+        "unshare"
+    } else {
+        "auto"
+    }
+}
+
+/// The `mmdebstrap` arguments for a tree of `suite` with `qemu-system-arm` at `version`, in
+/// `mode` ([`mmdebstrap_mode`]). `X-backports` is built on `X` with both suites as sources (and
+/// the backport's version is checked after the build, see [`installed_version`]).
+pub fn mmdebstrap_args(
+    suite: &str,
+    version: &str,
+    mirror: &str,
+    target: &Path,
+    mode: &str,
+) -> Vec<OsString> {
     let base = suite
         .strip_suffix("-backports")
         .filter(|b| !b.is_empty())
@@ -394,7 +426,7 @@ pub fn mmdebstrap_args(suite: &str, version: &str, mirror: &str, target: &Path) 
         format!("--include={}", pkgs.join(","))
     };
     let mut args: Vec<OsString> = [
-        "--mode=auto".to_owned(),
+        format!("--mode={mode}"),
         "--variant=essential".to_owned(),
         include,
         "--aptopt=Acquire::Check-Valid-Until \"false\"".to_owned(),
@@ -417,18 +449,27 @@ pub fn mmdebstrap_args(suite: &str, version: &str, mirror: &str, target: &Path) 
     args
 }
 
-async fn build_locked(suite: &str, version: &str, mirror: &str, qemu_dir: &Path) -> Result<Tree> {
+async fn build_locked(
+    suite: &str,
+    version: &str,
+    mirror: &str,
+    qemu_dir: &Path,
+    cancel: &CancellationToken,
+) -> Result<Tree> {
     fs::create_dir_all(qemu_dir).with_context(|| format!("creating {}", qemu_dir.display()))?;
     let lock_path = qemu_dir.join(format!(".debian-{suite}.lock"));
     tracing::debug!(lock = %lock_path.display(), "waiting for the tree lock");
-    let guard = crate::sys::fsx::FileLock::acquire_async(&lock_path).await?;
+    let Some(guard) = crate::sys::fsx::FileLock::acquire_cancellable(&lock_path, cancel).await?
+    else {
+        bail!("cancelled while waiting for {}", lock_path.display());
+    };
     let final_dir = qemu_dir.join(tree_dir_name(suite, version));
     if let Some(tree) = load_tree(&final_dir) {
         tracing::debug!(dir = %final_dir.display(), "built by someone else meanwhile");
         return Ok(tree);
     }
     remove_stale_builds(qemu_dir, suite);
-    let result = build(suite, version, mirror, qemu_dir).await;
+    let result = build(suite, version, mirror, qemu_dir, cancel).await;
     drop(guard);
     result
 }
@@ -438,7 +479,15 @@ fn remove_stale_builds(qemu_dir: &Path, suite: &str) {
     crate::sys::fsx::sweep_stale(qemu_dir, &[prefix.as_str()], STALE_BUILD_AGE);
 }
 
-async fn build(suite: &str, version: &str, mirror: &str, qemu_dir: &Path) -> Result<Tree> {
+/// Builds the tree in a hidden staging directory and renames it into place. On every error,
+/// cancellation included, the staging directory is removed (its processes are gone by then).
+async fn build(
+    suite: &str,
+    version: &str,
+    mirror: &str,
+    qemu_dir: &Path,
+    cancel: &CancellationToken,
+) -> Result<Tree> {
     which::which("mmdebstrap").map_err(|_| {
         anyhow!(
             "mmdebstrap is not installed (apt-get install mmdebstrap); it builds the {suite} tree"
@@ -448,35 +497,51 @@ async fn build(suite: &str, version: &str, mirror: &str, qemu_dir: &Path) -> Res
         .prefix(&format!(".build-debian-{suite}-"))
         .tempdir_in(qemu_dir)
         .with_context(|| format!("creating a temporary directory in {}", qemu_dir.display()))?;
-    let root = staging.path().join("root");
-    let args = mmdebstrap_args(suite, version, mirror, &root);
-    let log_path = staging.path().join("mmdebstrap.log");
-    let log = fs::File::create(&log_path)?;
+    let result = build_in(suite, version, mirror, qemu_dir, staging.path(), cancel).await;
+    match result {
+        Ok(tree) => {
+            // Renamed into place (or superseded by a cached tree and removed with the guard).
+            if staging.path().exists() {
+                drop_in_background(staging).await;
+            } else {
+                let _ = staging.keep();
+            }
+            Ok(tree)
+        }
+        Err(e) => {
+            drop_in_background(staging).await;
+            Err(e)
+        }
+    }
+}
+
+/// Removes a staging directory on a blocking thread (a tree is thousands of files).
+async fn drop_in_background(staging: tempfile::TempDir) {
+    let _ = tokio::task::spawn_blocking(move || drop(staging)).await;
+}
+
+async fn build_in(
+    suite: &str,
+    version: &str,
+    mirror: &str,
+    qemu_dir: &Path,
+    staging: &Path,
+    cancel: &CancellationToken,
+) -> Result<Tree> {
+    let root = staging.join("root");
+    let args = mmdebstrap_args(suite, version, mirror, &root, mmdebstrap_mode());
     tracing::info!(
         suite,
         version,
         "building a QEMU tree with mmdebstrap (about 20-60 s)"
     );
     let started = Instant::now();
-    let status = tokio::process::Command::new("mmdebstrap")
+    Tool::new("mmdebstrap")
         .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .status()
-        .await
-        .context("running mmdebstrap")?;
-    if !status.success() {
-        let text = fs::read_to_string(&log_path).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(15).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        bail!(
-            "`{}` failed ({status}):\n{}",
-            crate::core::launch::command_line(Path::new("mmdebstrap"), &args),
-            tail.join("\n")
-        );
-    }
+        .log_to(staging.join("mmdebstrap.log"))
+        .cancel_on(cancel)
+        .run()
+        .await?;
     let installed = installed_version(&root, QEMU_PACKAGE)?;
     if installed != version {
         tracing::warn!(
@@ -487,7 +552,7 @@ async fn build(suite: &str, version: &str, mirror: &str, qemu_dir: &Path) -> Res
         );
     }
     let (binary, exec) = exec_for(&root)?;
-    let line = super::version_line(&binary, &exec)
+    let line = super::version_line(&binary, &exec, cancel)
         .await
         .context("the tree's QEMU does not run through its loader")?;
     let qemu_version =
@@ -497,6 +562,7 @@ async fn build(suite: &str, version: &str, mirror: &str, qemu_dir: &Path) -> Res
     let tree_bytes = tokio::task::spawn_blocking(move || tree_size(&root2))
         .await
         .context("size task")?;
+    ensure!(!cancel.is_cancelled(), "cancelled");
     let manifest = TreeManifest {
         format: MANIFEST_FORMAT,
         suite: suite.to_owned(),
@@ -509,14 +575,13 @@ async fn build(suite: &str, version: &str, mirror: &str, qemu_dir: &Path) -> Res
         tree_bytes,
         mirror: mirror.to_owned(),
     };
-    crate::engine::record::write_json_atomic(&staging.path().join(MANIFEST_NAME), &manifest)?;
+    crate::engine::record::write_json_atomic(&staging.join(MANIFEST_NAME), &manifest)?;
     let final_dir = qemu_dir.join(tree_dir_name(suite, &installed));
     if let Some(tree) = load_tree(&final_dir) {
         // The index was stale and the installed version is cached already.
         return Ok(tree);
     }
-    crate::sys::fsx::replace_dir(staging.path(), &final_dir, "QEMU tree")?;
-    let _ = staging.keep();
+    crate::sys::fsx::replace_dir(staging, &final_dir, "QEMU tree")?;
     tracing::info!(
         dir = %final_dir.display(),
         seconds = manifest.build_seconds,
@@ -673,8 +738,10 @@ mod tests {
             "1:10.0.13+ds-1",
             "http://m/debian",
             Path::new("/t"),
+            "unshare",
         );
         let args = strings(&args);
+        assert!(args.contains(&"--mode=unshare".to_owned()));
         assert!(args.contains(&"--include=qemu-system-arm=1:10.0.13+ds-1".to_owned()));
         assert!(args.contains(&"--variant=essential".to_owned()));
         assert!(args.contains(&"--aptopt=Acquire::Check-Valid-Until \"false\"".to_owned()));
@@ -686,6 +753,7 @@ mod tests {
             "1:10.0.2+ds-2~bpo12+1",
             "http://m/debian",
             Path::new("/t"),
+            "auto",
         );
         let args = strings(&args);
         assert_eq!(

@@ -33,7 +33,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::core::launch::QemuExec;
+use crate::sys::proc::Tool;
 
 /// The accepted QEMU provider spellings, for error messages.
 const QEMU_FORMS: &str = "host, path:/path/to/qemu-system-aarch64, debian:SUITE (e.g. debian:trixie), \
@@ -42,7 +45,7 @@ const QEMU_FORMS: &str = "host, path:/path/to/qemu-system-aarch64, debian:SUITE 
 const FIRMWARE_FORMS: &str = "host, path:/path/to/CODE.fd, path:/path/to/CODE.fd,/path/to/VARS.fd, \
      debian:VERSION (e.g. debian:2025.02), debian:VERSION/VARIANT (e.g. debian:2025.02/strictnx)";
 
-/// How long `qemu-system-aarch64 --version` may take.
+/// How long `qemu-system-aarch64 --version` (or a dpkg query) may take.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where a QEMU build comes from.
@@ -307,8 +310,14 @@ pub fn parse_version_line(line: &str) -> Option<String> {
         .then(|| v.to_owned())
 }
 
-/// Resolve a QEMU provider: find, fetch or build it, and read its version and hash.
-pub async fn resolve_qemu(p: &QemuProvider, ctx: &ProviderContext) -> Result<ResolvedQemu> {
+/// Resolve a QEMU provider: find, fetch or build it, and read its version and hash. When
+/// `cancel` fires, a build in progress is stopped (its processes killed, nothing half-made left
+/// in the cache) and an error is returned.
+pub async fn resolve_qemu(
+    p: &QemuProvider,
+    ctx: &ProviderContext,
+    cancel: &CancellationToken,
+) -> Result<ResolvedQemu> {
     let spec = p.to_string();
     let resolved = match p {
         QemuProvider::Host => {
@@ -318,23 +327,23 @@ pub async fn resolve_qemu(p: &QemuProvider, ctx: &ProviderContext) -> Result<Res
                      path:/path/to/qemu-system-aarch64 or debian:SUITE)"
                 )
             })?;
-            let package = dpkg_package_version(&binary).await;
-            describe_qemu(spec.clone(), binary, QemuExec::default(), package).await?
+            let package = dpkg_package_version(&binary, cancel).await;
+            describe_qemu(spec.clone(), binary, QemuExec::default(), package, cancel).await?
         }
         QemuProvider::Path(path) => {
             let binary = std::path::absolute(path)
                 .with_context(|| format!("making {} absolute", path.display()))?;
             check_executable(&binary)?;
-            describe_qemu(spec.clone(), binary, QemuExec::default(), None).await?
+            describe_qemu(spec.clone(), binary, QemuExec::default(), None, cancel).await?
         }
-        QemuProvider::Debian { suite } => debian_tree::resolve(suite, ctx)
+        QemuProvider::Debian { suite } => debian_tree::resolve(suite, ctx, cancel)
             .await
             .with_context(|| format!("QEMU provider {spec}"))?,
         QemuProvider::Source { dir } => {
-            let (binary, exec) = source::build(dir)
+            let (binary, exec) = source::build(dir, cancel)
                 .await
                 .with_context(|| format!("QEMU provider {spec}"))?;
-            describe_qemu(spec.clone(), binary, exec, None).await?
+            describe_qemu(spec.clone(), binary, exec, None, cancel).await?
         }
     };
     tracing::info!(
@@ -369,8 +378,9 @@ pub(crate) async fn describe_qemu(
     binary: PathBuf,
     exec: QemuExec,
     package: Option<String>,
+    cancel: &CancellationToken,
 ) -> Result<ResolvedQemu> {
-    let version_line = version_line(&binary, &exec).await?;
+    let version_line = version_line(&binary, &exec, cancel).await?;
     let version = parse_version_line(&version_line).ok_or_else(|| {
         anyhow!(
             "{} --version printed {version_line:?}, which has no version number",
@@ -390,7 +400,11 @@ pub(crate) async fn describe_qemu(
 }
 
 /// The first line of `BINARY --version`, run through `exec` (its wrapper and environment).
-pub(crate) async fn version_line(binary: &Path, exec: &QemuExec) -> Result<String> {
+pub(crate) async fn version_line(
+    binary: &Path,
+    exec: &QemuExec,
+    cancel: &CancellationToken,
+) -> Result<String> {
     let (program, mut args): (PathBuf, Vec<OsString>) = match exec.wrapper.split_first() {
         None => (binary.to_path_buf(), Vec::new()),
         Some((program, rest)) => {
@@ -400,26 +414,31 @@ pub(crate) async fn version_line(binary: &Path, exec: &QemuExec) -> Result<Strin
         }
     };
     args.push("--version".into());
-    let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(&args)
-        .envs(exec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let shown = crate::core::launch::command_line(&program, &args);
-    let out = tokio::time::timeout(VERSION_TIMEOUT, cmd.output())
-        .await
-        .map_err(|_| anyhow!("`{shown}` did not finish within {VERSION_TIMEOUT:?}"))?
-        .with_context(|| format!("running `{shown}`"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().next().unwrap_or("").trim().to_owned();
-    if !out.status.success() || line.is_empty() {
-        bail!(
-            "`{shown}` failed ({}): {}{}",
-            out.status,
-            line,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+    let mut tool = Tool::new(&program)
+        .args(&args)
+        .timeout(VERSION_TIMEOUT)
+        .cancel_on(cancel);
+    for (k, v) in &exec.env {
+        tool = tool.env(k, v);
     }
+    let shown = tool.command_line();
+    let out = tool.run().await?;
+    let line = out
+        .stdout_text()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    ensure!(
+        !line.is_empty(),
+        "`{shown}` printed nothing on its standard output{}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .next()
+            .map(|l| format!(" (stderr: {l})"))
+            .unwrap_or_default()
+    );
     Ok(line)
 }
 
@@ -434,7 +453,7 @@ pub(crate) async fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// The version of the Debian package owning `path`, if dpkg is present and knows the file.
-async fn dpkg_package_version(path: &Path) -> Option<String> {
+async fn dpkg_package_version(path: &Path, cancel: &CancellationToken) -> Option<String> {
     which::which("dpkg-query").ok()?;
     let mut candidates = vec![path.to_path_buf()];
     if let Ok(real) = std::fs::canonicalize(path)
@@ -442,19 +461,20 @@ async fn dpkg_package_version(path: &Path) -> Option<String> {
     {
         candidates.push(real);
     }
+    let query = |args: Vec<OsString>| {
+        Tool::new("dpkg-query")
+            .args(args)
+            .timeout(VERSION_TIMEOUT)
+            .cancel_on(cancel)
+            .run()
+    };
     for candidate in candidates {
-        let out = tokio::process::Command::new("dpkg-query")
-            .arg("-S")
-            .arg(&candidate)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .ok()?;
-        if !out.status.success() {
+        // Not owned by a package: exit status 1, and the next candidate is tried.
+        let Ok(out) = query(vec!["-S".into(), candidate.into()]).await else {
             continue;
-        }
+        };
         // "qemu-system-arm: /usr/bin/qemu-system-aarch64" (maybe "a, b: path" for shared files)
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = out.stdout_text();
         let Some((pkgs, _)) = text.lines().next().and_then(|l| l.split_once(": ")) else {
             continue;
         };
@@ -462,15 +482,11 @@ async fn dpkg_package_version(path: &Path) -> Option<String> {
         if pkg.is_empty() || pkg.starts_with("diversion by") {
             continue;
         }
-        let out = tokio::process::Command::new("dpkg-query")
-            .args(["-W", "-f=${Version}"])
-            .arg(&pkg)
-            .stdin(std::process::Stdio::null())
-            .output()
+        let out = query(vec!["-W".into(), "-f=${Version}".into(), pkg.into()])
             .await
             .ok()?;
-        let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if out.status.success() && !version.is_empty() {
+        let version = out.stdout_text().trim().to_owned();
+        if !version.is_empty() {
             return Some(version);
         }
     }
@@ -492,10 +508,12 @@ pub fn host_firmware() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-/// Resolve a firmware provider: find or fetch it and hash its code image.
+/// Resolve a firmware provider: find or fetch it and hash its code image. When `cancel` fires,
+/// a download in progress is abandoned and an error is returned.
 pub async fn resolve_firmware(
     p: &FirmwareProvider,
     ctx: &ProviderContext,
+    cancel: &CancellationToken,
 ) -> Result<ResolvedFirmware> {
     let spec = p.to_string();
     let (code, vars_template, package) = match p {
@@ -507,7 +525,7 @@ pub async fn resolve_firmware(
                 )
             })?;
             let vars = crate::engine::case::sibling_vars(&code);
-            let package = dpkg_package_version(&code).await;
+            let package = dpkg_package_version(&code, cancel).await;
             (code, vars, package)
         }
         FirmwareProvider::Path { code, vars } => {
@@ -560,9 +578,12 @@ pub async fn resolve_firmware(
                 Some(build) => build,
                 None => {
                     let mirror = crate::inputs::debian::resolve_mirror(ctx.mirror.as_deref())?;
-                    crate::inputs::debian::fetch_edk2(&mirror, version, &cache_root)
-                        .await
-                        .with_context(|| format!("firmware provider {spec}"))?
+                    let fetch = crate::inputs::debian::fetch_edk2(&mirror, version, &cache_root);
+                    // Dropping the fetch abandons the download; what it staged is removed.
+                    tokio::select! {
+                        r = fetch => r.with_context(|| format!("firmware provider {spec}"))?,
+                        _ = cancel.cancelled() => bail!("firmware provider {spec}: cancelled"),
+                    }
                 }
             };
             let (code, vars) = build
@@ -747,7 +768,9 @@ mod tests {
         let p: FirmwareProvider = "debian:2025.02/bogus".parse().unwrap();
         let err = format!(
             "{:#}",
-            resolve_firmware(&p, &ctx(tmp.path())).await.unwrap_err()
+            resolve_firmware(&p, &ctx(tmp.path()), &CancellationToken::new())
+                .await
+                .unwrap_err()
         );
         assert!(err.contains("\"bogus\""), "{err}");
         for v in crate::inputs::debian::VARIANTS {
@@ -760,9 +783,13 @@ mod tests {
     async fn path_providers_check_their_files() {
         let tmp = tempfile::tempdir().unwrap();
         let c = ctx(tmp.path());
+        let never = CancellationToken::new();
         // QEMU: missing, not executable, and a real executable answering --version.
         let missing = QemuProvider::Path(tmp.path().join("nope"));
-        let err = format!("{:#}", resolve_qemu(&missing, &c).await.unwrap_err());
+        let err = format!(
+            "{:#}",
+            resolve_qemu(&missing, &c, &never).await.unwrap_err()
+        );
         assert!(err.contains("nope"), "{err}");
         let script = tmp.path().join("fake-qemu");
         std::fs::write(
@@ -772,14 +799,14 @@ mod tests {
         .unwrap();
         let err = format!(
             "{:#}",
-            resolve_qemu(&QemuProvider::Path(script.clone()), &c)
+            resolve_qemu(&QemuProvider::Path(script.clone()), &c, &never)
                 .await
                 .unwrap_err()
         );
         assert!(err.contains("not executable"), "{err}");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let q = resolve_qemu(&QemuProvider::Path(script.clone()), &c)
+        let q = resolve_qemu(&QemuProvider::Path(script.clone()), &c, &never)
             .await
             .unwrap();
         assert_eq!(q.version, "9.9.9");
@@ -796,16 +823,16 @@ mod tests {
             code: code.clone(),
             vars: None,
         };
-        let err = format!("{:#}", resolve_firmware(&p, &c).await.unwrap_err());
+        let err = format!("{:#}", resolve_firmware(&p, &c, &never).await.unwrap_err());
         assert!(err.contains("no vars template"), "{err}");
         std::fs::write(tmp.path().join("MY_VARS.fd"), b"v").unwrap();
-        let r = resolve_firmware(&p, &c).await.unwrap();
+        let r = resolve_firmware(&p, &c, &never).await.unwrap();
         assert_eq!(r.vars_template, Some(tmp.path().join("MY_VARS.fd")));
         let p = FirmwareProvider::Path {
             code: code.clone(),
             vars: Some(tmp.path().join("missing.fd")),
         };
-        let err = format!("{:#}", resolve_firmware(&p, &c).await.unwrap_err());
+        let err = format!("{:#}", resolve_firmware(&p, &c, &never).await.unwrap_err());
         assert!(err.contains("missing.fd"), "{err}");
     }
 }

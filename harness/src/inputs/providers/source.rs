@@ -31,8 +31,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
+use tokio_util::sync::CancellationToken;
 
 use crate::core::launch::QemuExec;
+use crate::sys::proc::Tool;
 
 /// The build directory inside the source tree.
 pub const BUILD_DIR: &str = "build-bootwatch";
@@ -110,8 +112,10 @@ pub fn built_binary(src: &Path) -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-/// Build (or bring up to date) the source tree and return the binary and how to run it.
-pub(super) async fn build(src: &Path) -> Result<(PathBuf, QemuExec)> {
+/// Build (or bring up to date) the source tree and return the binary and how to run it. When
+/// `cancel` fires, configure or make is stopped with its whole process group (the build
+/// directory stays as make left it; the next build continues from there).
+pub(super) async fn build(src: &Path, cancel: &CancellationToken) -> Result<(PathBuf, QemuExec)> {
     let src = std::path::absolute(src)?;
     ensure!(
         src.join("configure").is_file(),
@@ -127,32 +131,15 @@ pub(super) async fn build(src: &Path) -> Result<(PathBuf, QemuExec)> {
         ccache: which::which("ccache").is_ok(),
     };
     let log_path = build_dir.join(LOG_NAME);
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
+    std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     for step in plan(&src, host) {
-        let shown = crate::core::launch::command_line(Path::new(&step.program), &step.args);
-        tracing::info!(cwd = %step.cwd.display(), "building QEMU: {shown}");
-        let status = tokio::process::Command::new(&step.program)
+        let tool = Tool::new(&step.program)
             .args(&step.args)
             .current_dir(&step.cwd)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log.try_clone()?)
-            .kill_on_drop(true)
-            .status()
-            .await
-            .with_context(|| format!("running `{shown}` in {}", step.cwd.display()))?;
-        if !status.success() {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!(
-                "`{shown}` in {} failed ({status}); the end of {}:\n{}",
-                step.cwd.display(),
-                log_path.display(),
-                tail.join("\n")
-            );
-        }
+            .log_to(&log_path)
+            .cancel_on(cancel);
+        tracing::info!(cwd = %step.cwd.display(), "building QEMU: {}", tool.command_line());
+        tool.run().await?;
     }
     let Some(binary) = built_binary(&src) else {
         bail!(
@@ -250,7 +237,10 @@ mod tests {
     #[tokio::test]
     async fn not_a_source_tree_is_a_clear_error() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = build(tmp.path()).await.unwrap_err().to_string();
+        let err = build(tmp.path(), &CancellationToken::new())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a QEMU source tree"), "{err}");
         assert!(!tmp.path().join(BUILD_DIR).exists());
     }

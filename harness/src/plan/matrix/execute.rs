@@ -342,7 +342,7 @@ async fn prepare(
             what: format!("qemu {name}"),
         });
         let t = Instant::now();
-        let r = providers::resolve_qemu(provider, &ctx)
+        let r = providers::resolve_qemu(provider, &ctx, cancel)
             .await
             .map_err(|e| format!("qemu {name}: {e:#}"));
         timed(
@@ -366,7 +366,7 @@ async fn prepare(
             what: format!("firmware {name}"),
         });
         let t = Instant::now();
-        let r = providers::resolve_firmware(provider, &ctx)
+        let r = providers::resolve_firmware(provider, &ctx, cancel)
             .await
             .map_err(|e| format!("firmware {name}: {e:#}"));
         timed(
@@ -432,10 +432,10 @@ async fn prepare_image(
             })
         }
         ImageChoice::Image(name) => Ok(PreparedImage::Image(Box::new(
-            resolve_image(name, opts).await?,
+            resolve_image(name, opts, cancel, sink).await?,
         ))),
         ImageChoice::Upgraded(name) => {
-            let base = resolve_image(name, opts).await?;
+            let base = resolve_image(name, opts, cancel, sink).await?;
             let up = upgrade::prepare(&base, &spec.upgrade, ctx, cancel, sink).await?;
             Ok(PreparedImage::Upgraded {
                 base: Box::new(base),
@@ -445,12 +445,24 @@ async fn prepare_image(
     }
 }
 
-async fn resolve_image(name: &str, opts: &MatrixOptions) -> anyhow::Result<Resolved> {
+async fn resolve_image(
+    name: &str,
+    opts: &MatrixOptions,
+    cancel: &CancellationToken,
+    sink: &EventSink,
+) -> anyhow::Result<Resolved> {
     let registry = Registry::load()?;
     let entry = registry
         .get(name)
         .ok_or_else(|| anyhow!("no image named {name:?} in the catalog or local recipes"))?;
-    images::resolve(entry, &opts.cache_root, opts.mirror.as_deref(), false).await
+    images::resolve(
+        entry,
+        &opts.cache_root,
+        opts.mirror.as_deref(),
+        cancel,
+        sink,
+    )
+    .await
 }
 
 enum CellOutcome {

@@ -94,8 +94,8 @@ pub async fn prepare(
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{}-{key}-", base.name))
         .tempdir_in(&root)?;
-    let q = providers::resolve_qemu(&spec.qemu, ctx).await?;
-    let f = providers::resolve_firmware(&spec.firmware, ctx).await?;
+    let q = providers::resolve_qemu(&spec.qemu, ctx, cancel).await?;
+    let f = providers::resolve_firmware(&spec.firmware, ctx, cancel).await?;
     let Some(vars_template) = f.vars_template.clone() else {
         bail!(
             "the upgrade needs a 64 MiB pflash firmware with a vars store; {} has none",

@@ -1,4 +1,4 @@
-//! Headless Chromium: render `matrix.html` to its DOM (for tests) or to a PNG (for the README).
+//! Headless Chromium (test tooling): render `matrix.html` to its DOM or to a PNG.
 //! Each call uses a fresh profile directory, no network features and a time limit.
 
 use std::io::Read;
