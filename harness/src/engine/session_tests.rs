@@ -133,8 +133,11 @@ impl FakeQemu {
                 }
                 "quit" if self.exits_on_quit => {
                     self.send(ok(json!({}))).await;
-                    self.event("SHUTDOWN", json!({"guest": false, "reason": "host-qmp-quit"}))
-                        .await;
+                    self.event(
+                        "SHUTDOWN",
+                        json!({"guest": false, "reason": "host-qmp-quit"}),
+                    )
+                    .await;
                     self.exit(exit_status(0)).await;
                     return;
                 }
@@ -264,7 +267,15 @@ fn assert_at(t: f64, expected: f64) {
 
 /// Watches and insists on a decision; returns it, its time and the outcome the record gets.
 async fn decided(s: &mut Session, spec: WatchSpec) -> (Decision, f64, Outcome) {
-    match s.watch(spec, &CancellationToken::new()).await.unwrap() {
+    // A watch loop that never decides fails here (after virtual time) instead of spinning.
+    let end = tokio::time::timeout(
+        Duration::from_secs(1000),
+        s.watch(spec, &CancellationToken::new()),
+    )
+    .await
+    .expect("the watch decided within 1000 virtual seconds")
+    .unwrap();
+    match end {
         WatchEnd::Decided { decision, t_s } => {
             let outcome = outcome_of(&decision, s.classifier.current(), t_s);
             (decision, t_s, outcome)
@@ -287,7 +298,10 @@ async fn a_boot_that_reaches_its_target_is_decided_when_the_stage_appears() {
     )
     .await;
     // QMP was negotiated and the version read before the VM was continued.
-    assert_eq!(r.fake.commands(), ["qmp_capabilities", "query-version", "cont"]);
+    assert_eq!(
+        r.fake.commands(),
+        ["qmp_capabilities", "query-version", "cont"]
+    );
     assert_eq!(r.session.qemu_version.as_deref(), Some("7.2.22"));
     assert_eq!(r.session.qemu_package.as_deref(), Some(PACKAGE));
 
@@ -334,7 +348,10 @@ async fn a_boot_that_reaches_its_target_is_decided_when_the_stage_appears() {
     assert_eq!(r.fake.commands().last().map(String::as_str), Some("quit"));
     // The console log is stamped with the virtual times the bytes arrived at.
     let log = std::fs::read_to_string(r.dir.path().join("console.log")).unwrap();
-    assert!(log.contains("[     3.500] [    0.000000] Booting Linux"), "{log}");
+    assert!(
+        log.contains("[     3.500] [    0.000000] Booting Linux"),
+        "{log}"
+    );
     let raw = std::fs::read(r.dir.path().join("serial.raw")).unwrap();
     assert_eq!(raw, [BANNER, GRUB, KERNEL, INIT, LOGIN].concat().as_bytes());
 }
@@ -579,7 +596,10 @@ async fn cancelling_interrupts_the_watch_when_it_is_cancelled() {
     let exit = r.session.shutdown().await.unwrap();
     assert!(exit.killed_by_harness);
     assert_eq!(exit.signal, Some(9));
-    assert_at(r.session.now_s(), 1.0 + Timings::default().stop_grace.as_secs_f64());
+    assert_at(
+        r.session.now_s(),
+        1.0 + Timings::default().stop_grace.as_secs_f64(),
+    );
 }
 
 #[tokio::test(start_paused = true)]
