@@ -640,6 +640,15 @@ async fn after_a_reset_min_boot_waits_for_the_next_boot_to_decide() {
     assert_at(boot.start_t_s.unwrap(), 2.0);
     // The time to verdict counts from the reset, not from QEMU's start.
     assert_at(outcome.time_to_verdict_s.unwrap(), 4.0);
+    let reset_at = r
+        .fake
+        .commands
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, n)| n == "system_reset")
+        .map(|(t, _)| *t);
+    assert_at(reset_at.expect("the fake got system_reset"), 2.0);
     let names: Vec<&str> = r
         .session
         .event_log
