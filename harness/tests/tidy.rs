@@ -2,8 +2,9 @@
 //! prints", "the core does no IO"), checked by reading the crate's source, as rust-analyzer's
 //! `tidy.rs` does. A failure names the file, the line and the rule, and says why the rule exists.
 //!
-//! Only production code is read: a file is read up to its first `#[cfg(test)]`, and files named
-//! `*tests.rs` are skipped. The source is tokenized (proc-macro2), so comments, doc comments and
+//! Only production code is read: items under `#[cfg(test)]` are skipped (a test module, a test
+//! helper), and so are the files of modules declared `#[cfg(test)] mod name;` and files named
+//! `*tests.rs`. The source is tokenized (proc-macro2), so comments, doc comments and
 //! the insides of string literals never count as code, and `use std::{fs, io}` counts as
 //! `std::fs`.
 
@@ -23,6 +24,9 @@ enum Tok {
     Open(Delimiter),
     Close(Delimiter),
 }
+
+/// Tokens with the line each starts on.
+type Lined = Vec<(Tok, usize)>;
 
 /// Something a rule looks for.
 #[derive(Debug, Clone, Copy)]
@@ -128,10 +132,19 @@ struct SourceFile {
     toks: Vec<(Tok, usize)>,
 }
 
-/// Every production `.rs` file under `src/`, tokenized up to its first `#[cfg(test)]`.
+/// What a file holds besides its production tokens: the modules it declares test-only
+/// (`#[cfg(test)] mod name;`, with their `#[path]` if any), whose files are test code.
+#[derive(Debug, PartialEq)]
+struct TestMod {
+    name: String,
+    path: Option<String>,
+}
+
+/// Every production `.rs` file under `src/`: without its `#[cfg(test)]` items, and without the
+/// files of test-only modules and files named `*tests.rs`.
 fn sources() -> Vec<SourceFile> {
     let root = src();
-    let mut files = Vec::new();
+    let mut read = Vec::new();
     for e in walkdir::WalkDir::new(&root).sort_by_file_name() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy();
@@ -145,11 +158,23 @@ fn sources() -> Vec<SourceFile> {
             .to_string_lossy()
             .replace('\\', "/");
         let text = std::fs::read_to_string(e.path()).unwrap();
-        files.push(SourceFile {
-            toks: production_tokens(&text).unwrap_or_else(|err| panic!("src/{rel}: {err}")),
-            rel,
-        });
+        let (toks, test_mods) =
+            production_tokens(&text).unwrap_or_else(|err| panic!("src/{rel}: {err}"));
+        read.push((SourceFile { rel, toks }, test_mods));
     }
+    let test_only: Vec<(Vec<String>, String)> = read
+        .iter()
+        .flat_map(|(f, mods)| mods.iter().map(|m| test_module_files(&f.rel, m)))
+        .collect();
+    let files: Vec<SourceFile> = read
+        .into_iter()
+        .map(|(f, _)| f)
+        .filter(|f| {
+            !test_only
+                .iter()
+                .any(|(files, dir)| files.contains(&f.rel) || f.rel.starts_with(dir.as_str()))
+        })
+        .collect();
     assert!(
         files.len() > 30 && files.iter().any(|f| f.rel.starts_with("core/")),
         "tidy read only {} files under {}",
@@ -159,41 +184,144 @@ fn sources() -> Vec<SourceFile> {
     files
 }
 
-/// The tokens of a file up to its first `#[cfg(test)]`, without doc attributes (`///` and `//!`
-/// become `#[doc = "..."]`, which is prose, not code).
-fn production_tokens(text: &str) -> Result<Vec<(Tok, usize)>, String> {
+/// The files (and the directory of submodules) of a module `m` declared in `declared_in`.
+fn test_module_files(declared_in: &str, m: &TestMod) -> (Vec<String>, String) {
+    let parent = declared_in.rsplit_once('/').map_or("", |(d, _)| d);
+    let join = |a: &str, b: &str| {
+        if a.is_empty() {
+            b.to_string()
+        } else {
+            format!("{a}/{b}")
+        }
+    };
+    if let Some(p) = &m.path {
+        // `#[path]` on an out-of-line module is relative to the declaring file's directory.
+        let file = join(parent, p);
+        let dir = format!("{}/", file.trim_end_matches(".rs"));
+        return (vec![file], dir);
+    }
+    let file_name = declared_in.rsplit('/').next().unwrap_or(declared_in);
+    let base = if ["mod.rs", "lib.rs", "main.rs"].contains(&file_name) {
+        parent.to_string()
+    } else {
+        join(parent, file_name.trim_end_matches(".rs"))
+    };
+    let module = join(&base, &m.name);
+    (
+        vec![format!("{module}.rs"), format!("{module}/mod.rs")],
+        format!("{module}/"),
+    )
+}
+
+/// The tokens of a file without the items under `#[cfg(test)]` and without doc attributes
+/// (`///` and `//!` become `#[doc = "..."]`, which is prose, not code); and the modules the file
+/// declares test-only.
+fn production_tokens(text: &str) -> Result<(Lined, Vec<TestMod>), String> {
     let stream = TokenStream::from_str(text).map_err(|e| format!("cannot tokenize: {e}"))?;
     let mut all = Vec::new();
     flatten(stream, &mut all);
     let mut out = Vec::new();
+    let mut test_mods = Vec::new();
     let mut i = 0;
     while i < all.len() {
-        if all[i].0 == Tok::Punct('#') {
-            let bang = usize::from(all.get(i + 1).map(|t| &t.0) == Some(&Tok::Punct('!')));
-            if all.get(i + 1 + bang).map(|t| &t.0) == Some(&Tok::Open(Delimiter::Bracket)) {
-                let attr_start = i + 2 + bang;
-                let end = matching_close(&all, attr_start - 1);
-                let inner: Vec<&Tok> = all[attr_start..end].iter().map(|t| &t.0).collect();
-                if inner
-                    == [
-                        &Tok::Ident("cfg".into()),
-                        &Tok::Open(Delimiter::Parenthesis),
-                        &Tok::Ident("test".into()),
-                        &Tok::Close(Delimiter::Parenthesis),
-                    ]
+        if let Some((inner, end)) = attribute(&all, i) {
+            if is_cfg_test(inner) {
+                // Skip the other attributes of the item, then the item itself.
+                let mut j = end + 1;
+                let mut path = None;
+                while let Some((inner, end)) = attribute(&all, j) {
+                    if let [(Tok::Ident(k), _), (Tok::Punct('='), _), (Tok::Lit(l), _)] = inner
+                        && k == "path"
+                    {
+                        path = string_value(l).map(str::to_string);
+                    }
+                    j = end + 1;
+                }
+                let item_end = item_end(&all, j);
+                if let Some(name) = out_of_line_module(&all[j..=item_end.max(j).min(all.len() - 1)])
                 {
-                    break;
+                    test_mods.push(TestMod { name, path });
                 }
-                if inner.first() == Some(&&Tok::Ident("doc".into())) {
-                    i = end + 1;
-                    continue;
-                }
+                i = item_end + 1;
+                continue;
+            }
+            if let [(Tok::Ident(d), _), ..] = inner
+                && d == "doc"
+            {
+                i = end + 1;
+                continue;
             }
         }
         out.push(all[i].clone());
         i += 1;
     }
-    Ok(out)
+    Ok((out, test_mods))
+}
+
+/// `#[...]` or `#![...]` at `i`: its inside and the index of its closing bracket.
+fn attribute(all: &[(Tok, usize)], i: usize) -> Option<(&[(Tok, usize)], usize)> {
+    if all.get(i)?.0 != Tok::Punct('#') {
+        return None;
+    }
+    let open = if all.get(i + 1)?.0 == Tok::Punct('!') {
+        i + 2
+    } else {
+        i + 1
+    };
+    if all.get(open)?.0 != Tok::Open(Delimiter::Bracket) {
+        return None;
+    }
+    let end = matching_close(all, open);
+    Some((&all[open + 1..end], end))
+}
+
+fn is_cfg_test(inner: &[(Tok, usize)]) -> bool {
+    let toks: Vec<&Tok> = inner.iter().map(|t| &t.0).collect();
+    toks == [
+        &Tok::Ident("cfg".into()),
+        &Tok::Open(Delimiter::Parenthesis),
+        &Tok::Ident("test".into()),
+        &Tok::Close(Delimiter::Parenthesis),
+    ]
+}
+
+/// The last token of the item starting at `j`: its `;`, the end of its body, or the token before
+/// the end of the enclosing group (a statement or field).
+fn item_end(all: &[(Tok, usize)], j: usize) -> usize {
+    let mut k = j;
+    while k < all.len() {
+        match &all[k].0 {
+            Tok::Punct(';') => return k,
+            Tok::Open(d) => {
+                let close = matching_close(all, k);
+                if *d == Delimiter::Brace {
+                    return close;
+                }
+                k = close + 1;
+            }
+            Tok::Close(_) => return k.saturating_sub(1).max(j),
+            _ => k += 1,
+        }
+    }
+    all.len().saturating_sub(1)
+}
+
+/// `mod name;` (possibly `pub`, `pub(crate)`): the module's name.
+fn out_of_line_module(item: &[(Tok, usize)]) -> Option<String> {
+    let mut rest: Vec<&Tok> = item.iter().map(|t| &t.0).collect();
+    if rest.first() == Some(&&Tok::Ident("pub".into())) {
+        rest.remove(0);
+        if rest.first() == Some(&&Tok::Open(Delimiter::Parenthesis)) {
+            let close = rest
+                .iter()
+                .position(|t| **t == Tok::Close(Delimiter::Parenthesis))?;
+            rest.drain(..=close);
+        }
+    }
+    match rest.as_slice() {
+        [Tok::Ident(m), Tok::Ident(name), Tok::Punct(';')] if m == "mod" => Some(name.clone()),
+        _ => None,
+    }
 }
 
 fn flatten(stream: TokenStream, out: &mut Vec<(Tok, usize)>) {
@@ -426,7 +554,7 @@ fn string_value(lit: &str) -> Option<&str> {
 // The checker itself: each needle is found where it should be and nowhere else.
 
 fn lines_of(src: &str, needle: Needle) -> Vec<usize> {
-    find(&production_tokens(src).unwrap(), needle)
+    find(&production_tokens(src).unwrap().0, needle)
 }
 
 #[test]
@@ -470,7 +598,7 @@ mod tests {
 fn the_checker_applies_rules_by_place() {
     let file = |rel: &str, src: &str| SourceFile {
         rel: rel.to_string(),
-        toks: production_tokens(src).unwrap(),
+        toks: production_tokens(src).unwrap().0,
     };
     let files = [
         file("engine/supervise.rs", "fn a() { Command::new(p).spawn(); }"),
@@ -500,5 +628,61 @@ fn the_checker_applies_rules_by_place() {
     assert_eq!(
         pattern_names_in(&named, &names),
         ["src/engine/w.rs:3: \"edk2-banner\""]
+    );
+}
+
+#[test]
+fn the_checker_skips_test_items_and_test_modules_but_reads_what_follows() {
+    let src = r#"
+#[cfg(test)]
+mod testing;
+fn after_a_test_module_declaration() { println!("production"); }
+#[cfg(test)]
+#[path = "helpers_for_tests.rs"]
+pub(crate) mod helpers;
+#[cfg(test)]
+fn test_helper() { println!("test code"); }
+#[cfg(test)]
+mod tests {
+    fn t() { println!("test code"); }
+}
+fn last() {
+    #[cfg(test)]
+    println!("test code");
+    println!("production");
+}
+"#;
+    assert_eq!(lines_of(src, Needle::Macro("println")), [4, 17]);
+    let (_, mods) = production_tokens(src).unwrap();
+    assert_eq!(
+        mods,
+        [
+            TestMod {
+                name: "testing".into(),
+                path: None
+            },
+            TestMod {
+                name: "helpers".into(),
+                path: Some("helpers_for_tests.rs".into())
+            },
+        ]
+    );
+    assert_eq!(
+        test_module_files("inputs/repo/mod.rs", &mods[0]),
+        (
+            vec![
+                "inputs/repo/testing.rs".to_string(),
+                "inputs/repo/testing/mod.rs".to_string()
+            ],
+            "inputs/repo/testing/".to_string()
+        )
+    );
+    assert_eq!(
+        test_module_files("engine/session.rs", &mods[0]).0,
+        ["engine/session/testing.rs", "engine/session/testing/mod.rs"]
+    );
+    assert_eq!(
+        test_module_files("engine/session.rs", &mods[1]).0,
+        ["engine/helpers_for_tests.rs"]
     );
 }
