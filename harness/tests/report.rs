@@ -862,3 +862,24 @@ fn chromium_screenshot_is_a_png() {
     assert!(bytes.len() > 1000, "{} bytes", bytes.len());
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"));
 }
+
+// Snapshots of the two reports CI systems and people read: a change in their layout shows up
+// in review (`cargo insta review`) rather than in someone's broken dashboard.
+
+#[test]
+fn matrix_md_snapshot() {
+    let (tmp, _) = full_dir();
+    let r = report::build(tmp.path()).unwrap();
+    let md = report::render_markdown(&r);
+    assert!(!md.contains(tmp.path().to_str().unwrap()), "{md}");
+    insta::assert_snapshot!("matrix.md", md);
+}
+
+#[test]
+fn matrix_xml_snapshot() {
+    let (tmp, _) = full_dir();
+    let r = report::build(tmp.path()).unwrap();
+    let xml = report::render_junit(&r).unwrap();
+    assert!(!xml.contains(tmp.path().to_str().unwrap()), "{xml}");
+    insta::assert_snapshot!("matrix.xml", xml);
+}

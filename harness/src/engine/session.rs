@@ -783,3 +783,7 @@ mod tests {
         assert!(cpu_s_from_stat(&own).is_some());
     }
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod fake_qemu_tests;
