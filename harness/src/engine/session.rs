@@ -615,8 +615,12 @@ impl Session {
 
     /// Ends the VM: QMP `quit`, a grace period, then SIGKILL to QEMU's group. Idempotent.
     pub async fn shutdown(&mut self) -> anyhow::Result<ExitInfo> {
-        if let Some(e) = &self.exit {
-            return Ok(e.clone());
+        if let Some(e) = self.exit.clone() {
+            // Tokio's file writes finish on a blocking thread: flush so the files are whole
+            // when the session's records are read.
+            let _ = self.raw.flush().await;
+            let _ = self.log.flush().await;
+            return Ok(e);
         }
         // Stop reading the console first: QEMU must never block on a console nobody reads.
         self.console = None;
@@ -635,9 +639,9 @@ impl Session {
         self.exit = Some(info.clone());
         let _ = self.raw.flush().await;
         let _ = self.log.flush().await;
-        while let Ok(ev) = self.events.try_recv() {
-            self.on_event(ev);
-        }
+        // QEMU sends SHUTDOWN after its reply to `quit`, just before it exits: take the events
+        // until QMP closes, not only those already here.
+        self.drain_events().await;
         Ok(info)
     }
 }
