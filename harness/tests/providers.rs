@@ -287,10 +287,9 @@ async fn host_qemu_knows_its_package() {
     }
 }
 
-/// The other suites of the matrix (about 20 s and 150-250 MiB each when not cached; run with
-/// `--ignored`).
+/// The other suites of the matrix (about 20-30 s and 150-250 MiB each when not cached; sid is
+/// cached by the matrix tests too).
 #[tokio::test]
-#[ignore = "builds two more trees; run with --ignored"]
 async fn sid_and_bookworm_backports() {
     if !network_tests_enabled() {
         return;
