@@ -252,7 +252,7 @@ fn sigterm_during_an_image_build_stops_it_and_keeps_nothing() {
         let err = stderr_of(logs.path(), &name);
         // A fresh build: nothing was found in the cache, mmdebstrap runs from the start.
         assert!(
-            err.contains("building image debian-12-local") && err.contains("bootstrap-essential"),
+            err.contains("debian-12-local: building") && err.contains("bootstrap-essential"),
             "{err}"
         );
         let build_dirs = listing(&local);
