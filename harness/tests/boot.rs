@@ -252,35 +252,74 @@ fn missing_inputs_are_usage_errors_that_name_the_file_and_write_nothing() {
 /// Starts a boot of the silent fixture with a private TMPDIR (so its QEMU can be found by its
 /// socket paths), waits until QEMU runs, kills the harness with `signal`, and checks that no
 /// QEMU is left.
-fn kill_harness_mid_boot(signal: nix::sys::signal::Signal) -> tempfile::TempDir {
+fn kill_harness_mid_boot(
+    signal: nix::sys::signal::Signal,
+) -> (tempfile::TempDir, tempfile::TempDir) {
     let res = results_root();
     let tmp = tempfile::Builder::new()
         .prefix("bootwatch-killtest-")
         .tempdir()
         .unwrap();
-    let mut child = bin()
-        .args([
-            "boot",
-            "--snapshot",
-            "--silence",
-            "100",
-            "--timeout",
-            "200",
-            "--disk",
-        ])
-        .arg(fixtures().join("silent.img"))
-        .arg("--results")
-        .arg(res.path())
-        .env("TMPDIR", tmp.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("harness.stderr")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = start_silent_boot(res.path(), tmp.path(), false);
+    wait_for_qemu(&mut child, tmp.path());
+    std::thread::sleep(Duration::from_secs(2)); // mid-boot: the firmware is running
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    child.wait().unwrap();
     let needle = tmp.path().to_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_with(&needle).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU outlived the harness ({signal}): {:?}",
+            processes_with(&needle)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (res, tmp)
+}
+
+/// A boot of the silent fixture with its own TMPDIR (so its QEMU can be found by its socket
+/// paths), optionally with umask 000.
+fn start_silent_boot(
+    res: &std::path::Path,
+    tmp: &std::path::Path,
+    umask_000: bool,
+) -> std::process::Child {
+    let mut cmd = bin();
+    cmd.args([
+        "boot",
+        "--snapshot",
+        "--silence",
+        "100",
+        "--timeout",
+        "200",
+        "--disk",
+    ])
+    .arg(fixtures().join("silent.img"))
+    .arg("--results")
+    .arg(res)
+    .env("TMPDIR", tmp)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(tmp.join("harness.stderr")).unwrap());
+    if umask_000 {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: umask is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+                Ok(())
+            });
+        }
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Waits until the harness's QEMU runs (found by the TMPDIR in its command line).
+fn wait_for_qemu(child: &mut std::process::Child, tmp: &std::path::Path) {
+    let needle = tmp.to_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     while processes_with(&needle).is_empty() {
-        let stderr =
-            || std::fs::read_to_string(tmp.path().join("harness.stderr")).unwrap_or_default();
+        let stderr = || std::fs::read_to_string(tmp.join("harness.stderr")).unwrap_or_default();
         if let Some(st) = child.try_wait().unwrap() {
             panic!(
                 "the harness ended ({st}) before QEMU was seen: {}",
@@ -294,19 +333,88 @@ fn kill_harness_mid_boot(signal: nix::sys::signal::Signal) -> tempfile::TempDir 
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(2)); // mid-boot: the firmware is running
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
-    child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_with(&needle).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "QEMU outlived the harness ({signal}): {:?}",
-            processes_with(&needle)
-        );
-        std::thread::sleep(Duration::from_millis(100));
+}
+
+/// The private directories of `tmp` (`bootwatch-<pid>-*`).
+fn private_dirs(tmp: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("bootwatch-"))
+        })
+        .collect()
+}
+
+/// Under umask 000 the private directory is still 0700 and QEMU's sockets are its owner's only:
+/// another local user cannot connect to QMP (full control of the VM).
+#[test]
+fn private_directory_and_sockets_stay_private_under_umask_000() {
+    if !qemu_tests_enabled() {
+        return;
     }
-    res
+    use std::os::unix::fs::PermissionsExt;
+    let res = results_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("bootwatch-umask-")
+        .tempdir()
+        .unwrap();
+    // The test's own directory must let others in, or it would hide what bootwatch does.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut child = start_silent_boot(res.path(), tmp.path(), true);
+    wait_for_qemu(&mut child, tmp.path());
+    let dirs = private_dirs(tmp.path());
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dirs[0]), 0o700, "private directory");
+    // QEMU creates its sockets while it starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dirs[0].join("qmp.sock").exists() || !dirs[0].join("serial.sock").exists() {
+        assert!(Instant::now() < deadline, "QEMU made no sockets");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for sock in ["qmp.sock", "serial.sock"] {
+        let m = mode(&dirs[0].join(sock));
+        assert_eq!(m & 0o077, 0, "{sock} is {m:o}");
+    }
+    // Another user (nobody, 65534) tries to connect to QMP.
+    let nobody = nix::unistd::User::from_name("nobody").ok().flatten();
+    if nix::unistd::getuid().is_root()
+        && let Some(nobody) = nobody
+        && which::which("python3").is_ok()
+    {
+        use std::os::unix::process::CommandExt;
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect(sys.argv[1])\nexcept OSError as e:\n print(type(e).__name__); sys.exit(3)\nprint('connected')",
+            ])
+            .arg(dirs[0].join("qmp.sock"))
+            .uid(nobody.uid.as_raw())
+            .gid(nobody.gid.as_raw())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "another user could connect: {said}"
+        );
+        assert!(said.contains("PermissionError"), "{said}");
+    } else {
+        eprintln!(
+            "no second user can be made here (not root, no `nobody`, or no python3): only the modes were checked"
+        );
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
 }
 
 #[test]
@@ -314,7 +422,7 @@ fn sigterm_mid_boot_leaves_no_qemu_and_an_interrupted_result() {
     if !qemu_tests_enabled() {
         return;
     }
-    let res = kill_harness_mid_boot(nix::sys::signal::Signal::SIGTERM);
+    let (res, _tmp) = kill_harness_mid_boot(nix::sys::signal::Signal::SIGTERM);
     let dir = res
         .path()
         .read_dir()
@@ -334,7 +442,7 @@ fn sigkill_mid_boot_leaves_no_qemu() {
     if !qemu_tests_enabled() {
         return;
     }
-    let res = kill_harness_mid_boot(nix::sys::signal::Signal::SIGKILL);
+    let (res, tmp) = kill_harness_mid_boot(nix::sys::signal::Signal::SIGKILL);
     // The harness could not finish its record, but what it wrote is valid JSON saying so.
     let dir = res
         .path()
@@ -346,5 +454,26 @@ fn sigkill_mid_boot_leaves_no_qemu() {
         .path();
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
+    // The killed harness could not remove its private directory (with its 64 MiB vars copy, if
+    // any); the next run removes it, since its owner is gone.
+    let stale = private_dirs(tmp.path());
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    let out = bin()
+        .args(["boot", "--json", "--snapshot", "--disk"])
+        .arg(fixtures().join("hello.img"))
+        .arg("--results")
+        .arg(res.path())
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !stale[0].exists(),
+        "the dead run's private directory is still there"
+    );
+    assert!(
+        private_dirs(tmp.path()).is_empty(),
+        "the new run's is gone too"
+    );
     assert_eq!(r["status"], "running");
 }

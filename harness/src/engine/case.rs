@@ -538,6 +538,8 @@ struct Driver<'a> {
     served: Option<crate::inputs::repo::Served>,
     session: Option<Session>,
     shell: Option<Shell>,
+    /// The provisioned user and password (never in a record).
+    login: Option<crate::engine::record::Secrets>,
     hashing: Option<tokio::task::JoinHandle<Vec<Option<FileInfo>>>>,
 }
 
@@ -597,6 +599,7 @@ impl<'a> Driver<'a> {
             served: None,
             session: None,
             shell: None,
+            login: None,
             hashing: None,
         };
         let first = d.new_run(1);
@@ -836,13 +839,22 @@ impl<'a> Driver<'a> {
             let cfg = SeedConfig::new(&img.guest.login_user, "bootwatch", &req.name)?;
             let seed = scratch.join("seed.img");
             disk::write_seed(&seed, &cfg).await?;
+            let secrets = crate::engine::record::Secrets {
+                user: cfg.user.clone(),
+                password: cfg.password.clone(),
+            };
+            if keep {
+                let (path, bytes) = (self.dir.join("secrets.json"), json_bytes(&secrets)?);
+                disk::blocking(move || Ok(fsx::write_atomic_mode(&path, &bytes, 0o600)?)).await?;
+            }
+            self.login = Some(secrets);
             let p = Provision {
                 image: img.name.clone(),
                 base: img.base.clone(),
                 base_sha256: img.base_sha256.clone(),
                 overlay: ov.clone(),
                 user: cfg.user,
-                password: cfg.password,
+                secrets: keep.then(|| PathBuf::from("secrets.json")),
             };
             self.record.provision = Some(p.clone());
             self.run_mut().provision = Some(p);
@@ -943,11 +955,7 @@ impl<'a> Driver<'a> {
                     .await
             }
             Step::Login { timeout } => {
-                let p = self
-                    .record
-                    .provision
-                    .clone()
-                    .expect("checked: login needs an image");
+                let p = self.login.clone().expect("checked: login needs an image");
                 let s = self.session.as_mut().expect("a session after boot");
                 self.shell = Some(Shell::login(s, &p.user, &p.password, *timeout, cancel).await?);
                 Ok(())

@@ -24,15 +24,49 @@ pub async fn blocking<T: Send + 'static>(
 
 /// A private directory for a case's sockets and scratch files, readable by its owner only
 /// (whatever the umask: QMP on those sockets is full control of the VM). Removed when dropped.
+/// Its name carries the owner's pid: directories of processes that are gone (a harness killed
+/// with SIGKILL cannot clean up; its vars copy alone is 64 MiB) are removed first.
 pub fn private_dir() -> std::io::Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
+    sweep_dead_private_dirs(&std::env::temp_dir());
     let dir = tempfile::Builder::new()
-        .prefix("bootwatch-")
+        .prefix(&format!("{PRIVATE_PREFIX}{}-", std::process::id()))
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()?;
     // `permissions` is applied through the umask on some platforms: set it again, explicitly.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
     Ok(dir)
+}
+
+const PRIVATE_PREFIX: &str = "bootwatch-";
+
+/// Removes `bootwatch-<pid>-*` directories in `tmp` that belong to this user and whose process
+/// is gone. A directory whose pid is alive (another bootwatch, or a reused pid) is left alone.
+pub fn sweep_dead_private_dirs(tmp: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    let me = nix::unistd::getuid().as_raw();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PRIVATE_PREFIX)
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let ours = e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if ours && gone && pid > 0 {
+            tracing::info!(dir = %e.path().display(), "removing the private directory of a bootwatch that is gone");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// A case's own copy of a vars template, and what it looked like right after the copy: while it

@@ -156,14 +156,24 @@ pub struct RunResult {
     pub bootwatch_version: String,
 }
 
-/// How an image boot was provisioned. The password is random per run and recorded so a person
-/// can log in to the same overlay later.
+/// How an image boot was provisioned. The user's password is random per case and never in a
+/// record (records are meant to be shared): when the case keeps its disks, it is in
+/// `secrets.json` beside them (mode 0600), so a person can log in to the kept overlay later.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Provision {
     pub image: String,
     pub base: PathBuf,
     pub base_sha256: String,
     pub overlay: PathBuf,
+    pub user: String,
+    /// `secrets.json` (relative to the case directory) when the case kept its disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<PathBuf>,
+}
+
+/// `secrets.json`: what a person needs to log in to a kept overlay (mode 0600, not to be shared).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Secrets {
     pub user: String,
     pub password: String,
 }

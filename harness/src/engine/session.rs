@@ -742,12 +742,23 @@ impl Session {
     }
 }
 
+/// QEMU's output on one line for a reason: control characters (escape sequences, NUL) shown
+/// escaped, so the text is safe in a terminal, a record and a report.
 fn one_line(s: &str) -> String {
     let s = s
         .lines()
         .filter(|l| !l.trim().is_empty())
         .collect::<Vec<_>>()
-        .join(" | ");
+        .join(" | ")
+        .chars()
+        .flat_map(|c| -> Vec<char> {
+            if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            }
+        })
+        .collect::<String>();
     if s.is_empty() {
         "nothing on stderr".into()
     } else {

@@ -75,6 +75,15 @@ impl Qemu {
             .kill_on_drop(true);
         // Its own process group, and SIGKILL from the kernel when the harness dies.
         crate::sys::proc::contain(&mut cmd);
+        // What QEMU creates (the console and QMP sockets) is its owner's only, whatever the
+        // harness's umask: QMP is full control of the VM.
+        // SAFETY: umask is async-signal-safe and the only call between fork and exec here.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+                Ok(())
+            });
+        }
         let child = cmd.spawn()?;
         let pid =
             Pid::from_raw(child.id().expect("a child that was just spawned has a pid") as i32);
