@@ -64,6 +64,14 @@ pub struct WatchSpec {
     pub min_boot: usize,
 }
 
+/// What woke [`Session::pump`].
+enum Woke {
+    /// Console bytes, a QMP event or QEMU's exit were taken in.
+    Io,
+    Timer,
+    Cancelled,
+}
+
 /// How `watch` ended.
 #[derive(Debug, Clone)]
 pub enum WatchEnd {
@@ -455,39 +463,66 @@ impl Session {
                     .min(self.last_output + self.timings.dump_quiet)
                     .min(since + self.timings.dump_max);
             }
-            let console_open = self.console.is_some();
-            let console = self.console.as_mut();
-            tokio::select! {
-                r = async { console.expect("guarded").read(&mut buf).await }, if console_open => {
-                    match r {
-                        Ok(n) if n > 0 => self.on_console(&buf[..n]).await?,
-                        _ => self.console = None, // QEMU closed it: it is exiting
-                    }
-                }
-                Some(ev) = self.events.recv() => self.on_event(ev),
-                st = self.process.wait() => {
-                    self.exit = Some(st.context("waiting for QEMU")?);
-                    self.drain_console().await?;
-                    self.drain_events().await;
-                }
-                _ = tokio::time::sleep_until(wake) => {
+            match self.pump(&mut buf, wake, cancel).await? {
+                Woke::Io => {}
+                Woke::Cancelled => return Ok(WatchEnd::Interrupted { t_s: self.now_s() }),
+                Woke::Timer if fatal_seen.is_none() => {
                     let now = Instant::now();
-                    if fatal_seen.is_none() {
-                        let end = if now >= deadline {
-                            Some(End::Timeout { seconds: spec.timeout.as_secs_f64() })
-                        } else if now >= silent_at {
-                            Some(End::Silence { seconds: spec.silence.as_secs_f64() })
-                        } else {
-                            None
-                        };
-                        if let Some(end) = end {
-                            let d = self.decide(&spec, &end).expect("an end always decides");
-                            return Ok(WatchEnd::Decided { decision: d, t_s: self.now_s() });
-                        }
+                    let end = if now >= deadline {
+                        Some(End::Timeout {
+                            seconds: spec.timeout.as_secs_f64(),
+                        })
+                    } else if now >= silent_at {
+                        Some(End::Silence {
+                            seconds: spec.silence.as_secs_f64(),
+                        })
+                    } else {
+                        None
+                    };
+                    if let Some(end) = end {
+                        let d = self.decide(&spec, &end).expect("an end always decides");
+                        return Ok(WatchEnd::Decided {
+                            decision: d,
+                            t_s: self.now_s(),
+                        });
                     }
                 }
-                _ = cancel.cancelled() => return Ok(WatchEnd::Interrupted { t_s: self.now_s() }),
+                // In a dump window the loop's head decides.
+                Woke::Timer => {}
             }
+        }
+    }
+
+    /// Waits for the next thing to happen: console bytes (recorded and classified), a QMP
+    /// event, QEMU's exit (then whatever is still buffered), the timer at `until`, or `cancel`.
+    async fn pump(
+        &mut self,
+        buf: &mut [u8],
+        until: Instant,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Woke> {
+        let console_open = self.console.is_some();
+        let console = self.console.as_mut();
+        tokio::select! {
+            r = async { console.expect("guarded").read(buf).await }, if console_open => {
+                match r {
+                    Ok(n) if n > 0 => self.on_console(&buf[..n]).await?,
+                    _ => self.console = None, // QEMU closed it: it is exiting
+                }
+                Ok(Woke::Io)
+            }
+            Some(ev) = self.events.recv() => {
+                self.on_event(ev);
+                Ok(Woke::Io)
+            }
+            st = self.process.wait() => {
+                self.exit = Some(st.context("waiting for QEMU")?);
+                self.drain_console().await?;
+                self.drain_events().await;
+                Ok(Woke::Io)
+            }
+            _ = tokio::time::sleep_until(until) => Ok(Woke::Timer),
+            _ = cancel.cancelled() => Ok(Woke::Cancelled),
         }
     }
 
@@ -718,23 +753,10 @@ impl Session {
             if self.exit.is_some() {
                 break ExpectEnd::Exited;
             }
-            let console_open = self.console.is_some();
-            let console = self.console.as_mut();
-            tokio::select! {
-                r = async { console.expect("guarded").read(&mut buf).await }, if console_open => {
-                    match r {
-                        Ok(n) if n > 0 => self.on_console(&buf[..n]).await?,
-                        _ => self.console = None,
-                    }
-                }
-                Some(ev) = self.events.recv() => self.on_event(ev),
-                st = self.process.wait() => {
-                    self.exit = Some(st.context("waiting for QEMU")?);
-                    self.drain_console().await?;
-                    self.drain_events().await;
-                }
-                _ = tokio::time::sleep_until(deadline) => break ExpectEnd::TimedOut,
-                _ = cancel.cancelled() => break ExpectEnd::Interrupted,
+            match self.pump(&mut buf, deadline, cancel).await? {
+                Woke::Io => {}
+                Woke::Timer => break ExpectEnd::TimedOut,
+                Woke::Cancelled => break ExpectEnd::Interrupted,
             }
         };
         self.watch_cpu_s += thread_cpu_s() - cpu0;

@@ -89,43 +89,21 @@ pub struct FileLock {
 }
 
 impl FileLock {
-    /// Blocks until the lock at `path` (created if missing) is ours.
+    /// Blocks until the lock at `path` (created if missing) is ours (for blocking threads).
     pub fn acquire(path: &Path) -> io::Result<FileLock> {
         loop {
-            let file = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .map_err(|e| with_path(e, "opening the lock", path))?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(fs::TryLockError::WouldBlock) => {
-                    tracing::info!(lock = %path.display(), "waiting for another bootwatch to finish with it");
-                    file.lock().map_err(|e| with_path(e, "locking", path))?;
-                }
-                Err(fs::TryLockError::Error(e)) => return Err(with_path(e, "locking", path)),
-            }
-            let ours = file.metadata()?;
-            if let Ok(now) = fs::metadata(path)
-                && now.dev() == ours.dev()
-                && now.ino() == ours.ino()
-            {
-                return Ok(FileLock {
-                    file: Some(file),
-                    path: path.to_path_buf(),
-                });
+            if let Some(l) = FileLock::lock_at(path, true)? {
+                return Ok(l);
             }
         }
     }
 
-    /// [`FileLock::acquire`] on a blocking thread.
+    /// Waits for the lock without holding a thread (it is tried every 200 ms); dropping the
+    /// future stops the wait.
     pub async fn acquire_async(path: &Path) -> io::Result<FileLock> {
-        let p = path.to_path_buf();
-        tokio::task::spawn_blocking(move || FileLock::acquire(&p))
-            .await
-            .map_err(io::Error::other)?
+        let never = tokio_util::sync::CancellationToken::new();
+        let lock = FileLock::acquire_cancellable(path, &never).await?;
+        Ok(lock.expect("a token nobody cancels"))
     }
 
     /// [`FileLock::acquire`] without a blocking thread: the lock is tried every 200 ms until it
@@ -154,30 +132,42 @@ impl FileLock {
     /// The lock at `path` if nobody holds it.
     fn try_acquire(path: &Path) -> io::Result<Option<FileLock>> {
         loop {
-            let file = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .map_err(|e| with_path(e, "opening the lock", path))?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(fs::TryLockError::WouldBlock) => return Ok(None),
-                Err(fs::TryLockError::Error(e)) => return Err(with_path(e, "locking", path)),
-            }
-            let ours = file.metadata()?;
-            // Locked a file its holder had just removed: try again on the one at the path.
-            if let Ok(now) = fs::metadata(path)
-                && now.dev() == ours.dev()
-                && now.ino() == ours.ino()
-            {
-                return Ok(Some(FileLock {
-                    file: Some(file),
-                    path: path.to_path_buf(),
-                }));
+            match FileLock::lock_at(path, false) {
+                Ok(None) if path.exists() => return Ok(None),
+                // The holder removed the file as it let go: try again on a fresh one.
+                Ok(None) => continue,
+                other => return other,
             }
         }
+    }
+
+    /// Opens (creating) and locks the file at `path`, waiting for it when `wait`. `None`: held
+    /// by someone else (without `wait`), or the file we locked was removed by its previous
+    /// holder as it let go (the caller tries again on the one now at the path).
+    fn lock_at(path: &Path, wait: bool) -> io::Result<Option<FileLock>> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| with_path(e, "opening the lock", path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) if wait => {
+                tracing::info!(lock = %path.display(), "waiting for another bootwatch to finish with it");
+                file.lock().map_err(|e| with_path(e, "locking", path))?;
+            }
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(e)) => return Err(with_path(e, "locking", path)),
+        }
+        let ours = file.metadata()?;
+        let still_there =
+            fs::metadata(path).is_ok_and(|now| now.dev() == ours.dev() && now.ino() == ours.ino());
+        Ok(still_there.then(|| FileLock {
+            file: Some(file),
+            path: path.to_path_buf(),
+        }))
     }
 }
 
