@@ -241,6 +241,12 @@ pub fn md(s: &str, max: usize) -> String {
 /// the same on both sites.
 pub const BREAK: &str = "&#8203;";
 
+/// Whether `word` follows `chars[i]`.
+fn followed_by(chars: &[char], i: usize, word: &str) -> bool {
+    let mut rest = chars[i + 1..].iter();
+    word.chars().all(|w| rest.next() == Some(&w))
+}
+
 /// Whether a reference could start at `chars[i]`, so [`BREAK`] goes after it.
 fn breaks_after(chars: &[char], i: usize) -> bool {
     let at = |j: usize| chars.get(j).copied();
@@ -253,9 +259,19 @@ fn breaks_after(chars: &[char], i: usize) -> bool {
         '@' => word(next),
         // Issues and merge requests on both sites (#123, owner/repo#123).
         '#' => next.is_some_and(|c| c.is_ascii_digit()),
-        // GitLab's references: !MR, ~label, %milestone, $snippet, &epic, ^alert, *iteration,
-        // [vulnerability:N] (with a quoted name after ~ and %).
-        '!' | '~' | '%' | '$' | '&' | '^' | '*' | '[' => word(next) || next == Some('"'),
+        // GitLab's references: !MR, ~label, %milestone, $snippet, &epic (a quoted name after
+        // ~ and %) ...
+        '!' | '~' | '%' | '$' | '&' => word(next) || next == Some('"'),
+        // ... ^alert#N, *iteration:N and [vulnerability:N]-style ones, which need their word.
+        '^' => followed_by(chars, i, "alert#"),
+        '*' => followed_by(chars, i, "iteration:"),
+        '[' => {
+            let name: String = chars[i + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphabetic() || **c == '_')
+                .collect();
+            !name.is_empty() && at(i + 1 + name.chars().count()) == Some(':')
+        }
         // GitHub's GH-123.
         '-' => {
             i >= 2
@@ -308,9 +324,9 @@ mod tests {
             ("www.evil.example", format!("www{z}.evil.example")),
             ("(WWW.evil.example)", format!("(WWW{z}.evil.example)")),
             (
-                "!12 ~bug ~\"two words\" %1.0 $3 &4 ^alert *iteration:1 [vulnerability:2]",
+                "!12 ~bug ~\"two words\" %1.0 $3 &4 ^alert#5 *iteration:1 [vulnerability:2]",
                 format!(
-                    "\\!{z}12 \\~{z}bug \\~{z}\"two words\" %{z}1.0 \\${z}3 \\&{z}4 ^{z}alert \\*{z}iteration:1 \\[{z}vulnerability:2\\]"
+                    "\\!{z}12 \\~{z}bug \\~{z}\"two words\" %{z}1.0 \\${z}3 \\&{z}4 ^{z}alert\\#{z}5 \\*{z}iteration:1 \\[{z}vulnerability:2\\]"
                 ),
             ),
         ] {
@@ -321,6 +337,7 @@ mod tests {
             "Synchronous Exception at 0x000000007C743000",
             "50 % done, 3 # of runs, a - b, @ end, x: //, bugh-1, awww.x, CVE-2024-1234",
             "grub-efi-arm64-signed 1+2.06+13+deb12u2",
+            "\\x1b[31m red, [    1.234] kernel, 2^10, 2*3, [abc]",
         ] {
             assert!(
                 !md(plain, 200).contains(BREAK),
