@@ -54,19 +54,6 @@ pub mod limits {
     /// A `run` step's `expect_exit`: a shell's exit status is 0 to 255.
     pub const EXIT_STATUS: RangeInclusive<i32> = 0..=255;
 
-    /// `v` if it is in `range`, else a message naming `what` and the bounds.
-    pub fn check<T: PartialOrd + std::fmt::Display>(
-        what: &str,
-        v: T,
-        range: &RangeInclusive<T>,
-    ) -> Result<T, String> {
-        if range.contains(&v) {
-            Ok(v)
-        } else {
-            Err(out_of_range(what, range, &v))
-        }
-    }
-
     /// "`what` must be an integer from A to B, not V".
     pub fn out_of_range<T: std::fmt::Display>(
         what: &str,

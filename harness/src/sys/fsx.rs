@@ -112,7 +112,7 @@ pub fn read_input(path: &Path, limit: u64) -> io::Result<String> {
         ));
     }
     let too_large = || {
-        let shown = if limit % (1 << 20) == 0 {
+        let shown = if limit.is_multiple_of(1 << 20) {
             format!("{} MiB", limit >> 20)
         } else {
             format!("{limit} bytes")

@@ -178,14 +178,16 @@ pub fn key_offset(table: &Doc<'_>, key: &str) -> Option<usize> {
 /// quoted after it; without a span, toml's full text names the key path instead.
 pub fn toml_error(text: &str, e: &toml::de::Error) -> (usize, String) {
     match e.span() {
-        Some(span) => (
-            span.start,
-            format!(
-                "{} (at `{}`)",
-                e.message().trim(),
-                line_text(text, span.start)
-            ),
-        ),
+        Some(span) => {
+            let line = line_text(text, span.start);
+            let message = e.message().trim();
+            // A table header says nothing the line number does not.
+            if line.starts_with('[') || line.is_empty() {
+                (span.start, message.to_string())
+            } else {
+                (span.start, format!("{message} (at `{line}`)"))
+            }
+        }
         None => (0, e.to_string().trim().replace('\n', " ")),
     }
 }
@@ -282,6 +284,9 @@ impl Catalog {
             if let Some(bad) = unknown_key(table, IMAGE_KEYS) {
                 return Err(in_image(bad));
             }
+            // The guest's fields first on their own: through `flatten`, a bad value would be
+            // located at the table, not at its key.
+            from_doc::<GuestTraits>(text, entry, start).map_err(in_image)?;
             let mut img: CatalogImage = from_doc(text, entry, start).map_err(in_image)?;
             img.line = line_of(text, start);
             check_image(&img)

@@ -76,6 +76,9 @@ pub fn parse_local(text: &str, file: &str) -> Result<Vec<LocalImage>, CatalogErr
         if let Some(bad) = unknown_key(table, LOCAL_KEYS) {
             return Err(in_local(bad));
         }
+        // The guest's fields first on their own: through `flatten`, a bad value would be
+        // located at the table, not at its key.
+        from_doc::<GuestTraits>(text, entry, start).map_err(in_local)?;
         let mut img: LocalImage = from_doc(text, entry, start).map_err(in_local)?;
         // The recipe's name is the image's name.
         img.recipe.name = img.name.clone();
@@ -468,6 +471,13 @@ mod tests {
                 );
             }
         }
+        // A number where the guest's text belongs, also at its line.
+        let e = parse_local(
+            &text.replace("login_user = \"u\"", "login_user = 1e30"),
+            "l.toml",
+        )
+        .unwrap_err();
+        assert!(e.line == 5 && e.message.contains("login_user"), "{e}");
         let ok = parse_local(
             &format!("{text}disk_size_mib = 5120\nesp_size_mib = 4096\ngrub_timeout_secs = 0\n"),
             "l.toml",

@@ -2,7 +2,7 @@
 //! checked completely (providers spelled right, no unknown axis or key, a non-empty plan) before
 //! anything is resolved or started; every error names the file and the line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -249,6 +249,26 @@ impl MatrixSpec {
         )?;
         let axes_at = raw.axes.span().start;
         let axes = raw.axes.into_inner();
+        // Bounded before the values are looked at, so a huge generated axis is refused at once.
+        let len = |a: &Option<RawAxis>| a.as_ref().map_or(1, |v| v.get_ref().len());
+        let cells = [
+            axes.image.get_ref().len(),
+            axes.qemu.get_ref().len(),
+            axes.firmware.get_ref().len(),
+            len(&axes.cpu),
+            len(&axes.vars),
+        ]
+        .into_iter()
+        .fold(1usize, usize::saturating_mul);
+        if cells > limits::MAX_CELLS {
+            return Err(err(
+                axes_at,
+                format!(
+                    "the axes make {cells} cells, more than {} (split the matrix)",
+                    limits::MAX_CELLS
+                ),
+            ));
+        }
 
         fn values<T>(
             axis: &str,
@@ -303,24 +323,6 @@ impl MatrixSpec {
             Some(v) => values("vars", v, VarsChoice::parse, &err)?,
             None => vec![("template".to_string(), VarsChoice::Template)],
         };
-        let cells = [
-            images.len(),
-            qemus.len(),
-            firmwares.len(),
-            cpus.len(),
-            vars.len(),
-        ]
-        .into_iter()
-        .fold(1usize, usize::saturating_mul);
-        if cells > limits::MAX_CELLS {
-            return Err(err(
-                axes_at,
-                format!(
-                    "the axes make {cells} cells, more than {} (split the matrix)",
-                    limits::MAX_CELLS
-                ),
-            ));
-        }
         if vars.iter().any(|(_, v)| *v == VarsChoice::Guest)
             && !images
                 .iter()
@@ -333,6 +335,22 @@ impl MatrixSpec {
                 ),
             ));
         }
+        // More filters than cells cannot each leave out something; the bound also keeps
+        // checking them (and the plan applying them) short.
+        if raw.exclude.len() > limits::MAX_CELLS {
+            return Err(err(
+                raw.exclude[limits::MAX_CELLS].span().start,
+                format!("more than {} [[exclude]] filters", limits::MAX_CELLS),
+            ));
+        }
+        let set = |v: Vec<&String>| v.into_iter().cloned().collect::<BTreeSet<String>>();
+        let known: BTreeMap<&str, BTreeSet<String>> = BTreeMap::from([
+            ("image", set(images.iter().map(|(s, _)| s).collect())),
+            ("qemu", set(qemus.iter().map(|(s, _)| s).collect())),
+            ("firmware", set(firmwares.iter().map(|(s, _)| s).collect())),
+            ("cpu", set(cpus.iter().collect())),
+            ("vars", set(vars.iter().map(|(s, _)| s).collect())),
+        ]);
         let mut exclude = Vec::new();
         for f in raw.exclude {
             let at = f.span().start;
@@ -345,23 +363,17 @@ impl MatrixSpec {
             }
             let mut filter = BTreeMap::new();
             for (axis, value) in f {
-                let known: Vec<&String> = match axis.get_ref().as_str() {
-                    "image" => images.iter().map(|(s, _)| s).collect(),
-                    "qemu" => qemus.iter().map(|(s, _)| s).collect(),
-                    "firmware" => firmwares.iter().map(|(s, _)| s).collect(),
-                    "cpu" => cpus.iter().collect(),
-                    "vars" => vars.iter().map(|(s, _)| s).collect(),
-                    other => {
-                        return Err(err(
-                            axis.span().start,
-                            format!(
-                                "[[exclude]]: unknown axis {other:?} (axes: {})",
-                                AXES.join(", ")
-                            ),
-                        ));
-                    }
+                let Some(known) = known.get(axis.get_ref().as_str()) else {
+                    return Err(err(
+                        axis.span().start,
+                        format!(
+                            "[[exclude]]: unknown axis {:?} (axes: {})",
+                            axis.get_ref(),
+                            AXES.join(", ")
+                        ),
+                    ));
                 };
-                if !known.contains(&value.get_ref()) {
+                if !known.contains(value.get_ref()) {
                     return Err(err(
                         value.span().start,
                         format!(
@@ -386,29 +398,27 @@ impl MatrixSpec {
                 let table_at = u.span().start;
                 let u = u.into_inner();
                 let base = Path::new(file).parent().unwrap_or(Path::new("."));
-                let (update_at, update) = u.update.map_or((table_at, "good".to_string()), |s| {
-                    (s.span().start, s.into_inner())
-                });
+                // A key's value and offset, or the default at the table.
+                let or_default = |v: Option<Spanned<String>>, default: &str| {
+                    v.map_or((table_at, default.to_string()), |s| {
+                        (s.span().start, s.into_inner())
+                    })
+                };
+                let (at, update) = or_default(u.update, "good");
                 let named = match update.as_str() {
                     "good" | "bad" => update.clone(),
                     dir => base.join(dir).display().to_string(),
                 };
-                let update = UpdateChoice::parse(&named)
-                    .map_err(|m| err(update_at, format!("[upgrade] {m}")))?;
-                let provider = |key: &str, v: Option<Spanned<String>>| {
-                    let (at, s) = v.map_or((table_at, "host".to_string()), |s| {
-                        (s.span().start, s.into_inner())
-                    });
-                    (at, s, key.to_string())
-                };
-                let (at, s, key) = provider("qemu", u.qemu);
-                let qemu = s
+                let update =
+                    UpdateChoice::parse(&named).map_err(|m| err(at, format!("[upgrade] {m}")))?;
+                let (at, qemu) = or_default(u.qemu, "host");
+                let qemu = qemu
                     .parse()
-                    .map_err(|m| err(at, format!("[upgrade] {key}: {m}")))?;
-                let (at, s, key) = provider("firmware", u.firmware);
-                let firmware = s
+                    .map_err(|m| err(at, format!("[upgrade] qemu: {m}")))?;
+                let (at, firmware) = or_default(u.firmware, "host");
+                let firmware = firmware
                     .parse()
-                    .map_err(|m| err(at, format!("[upgrade] {key}: {m}")))?;
+                    .map_err(|m| err(at, format!("[upgrade] firmware: {m}")))?;
                 // The upgrade scenario is checked now, with the rest of the file, not minutes
                 // later when the first upgraded image is prepared.
                 let scenario = match u.scenario {
@@ -603,6 +613,14 @@ firmware = ["debian:2022.11", "debian:2025.02/strictnx"]
         let e = error(&format!("{SMOKE}cpu = [{}]\n", many(1251)));
         assert!(
             e.starts_with("m.toml:3:") && e.contains("10008 cells, more than 10000"),
+            "{e}"
+        );
+        let filters = |n: usize| "[[exclude]]\nqemu = \"host\"\n".repeat(n);
+        assert!(MatrixSpec::parse(&format!("{SMOKE}{}", filters(10_000)), "m.toml").is_ok());
+        let e = error(&format!("{SMOKE}{}", filters(10_001)));
+        // SMOKE is 6 lines; filter 10 001 starts on line 7 + 2 x 10 000.
+        assert!(
+            e.starts_with("m.toml:20007:") && e.contains("more than 10000 [[exclude]]"),
             "{e}"
         );
     }
