@@ -340,7 +340,7 @@ impl DebianRecipe {
             ));
         }
         // FAT32 needs 64 MiB (with 512-byte sectors); no firmware needs a bigger ESP than a few
-        // GiB, and the build writes the whole FAT file system.
+        // GiB, and formatting writes FAT tables that grow with it.
         if !ESP_SIZE_MIB.contains(&self.esp_size_mib) {
             return Err((
                 "esp_size_mib",
