@@ -449,6 +449,42 @@ fn markdown_table_has_a_row_per_cell() {
     assert!(!md.contains("Regressions"));
 }
 
+/// Guest text that would ping people, link issues and make links if pasted as is.
+const TRACKER: &str = "@octocat see #1 and org/repo#2, GH-3 !4 ~bug %5 $6 &7 ftp://evil.example/a www.evil.example a@b.example";
+
+#[test]
+fn markdown_leaves_tracker_references_dead() {
+    let (tmp, _) = full_dir();
+    let mut r = report::build(tmp.path()).unwrap();
+    r.description = TRACKER.into();
+    r.cells[1].exception = Some(TRACKER.into());
+    r.cells[5].error = Some(TRACKER.into());
+    let md = report::render_markdown(&r);
+    // The text GitHub and GitLab look for references in: character references decoded and
+    // backslash escapes undone.
+    let seen = regex::Regex::new(r"\\(.)")
+        .unwrap()
+        .replace_all(&md.replace("&#8203;", "\u{200b}"), "$1")
+        .into_owned();
+    for live in [
+        r"(^|\W)@\w",
+        r"#\d",
+        r"(?i)\bgh-\d",
+        r"[!~%$&]\w",
+        "://",
+        r"(?i)\bwww\.",
+    ] {
+        let m = regex::Regex::new(live).unwrap().find(&seen);
+        assert!(m.is_none(), "{live} is live at {m:?} in:\n{seen}");
+    }
+    // Without the invisible breaks, the text reads as the guest wrote it.
+    assert_eq!(
+        seen.replace('\u{200b}', "").matches(TRACKER).count(),
+        3,
+        "{md}"
+    );
+}
+
 #[test]
 fn html_is_self_contained_and_escaped() {
     let (tmp, _) = full_dir();

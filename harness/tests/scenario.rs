@@ -18,7 +18,7 @@ fn bad_scenario_files_fail_before_qemu_starts_naming_file_and_line() {
     for (body, line, needle) in [
         (
             "name = \"x\"\n\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\n\n[[step]]\ndo = \"dance\"\n",
-            7,
+            8,
             "unknown step \"dance\"",
         ),
         (
@@ -28,7 +28,7 @@ fn bad_scenario_files_fail_before_qemu_starts_naming_file_and_line() {
         ),
         (
             "name = \"x\"\n\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\ntimeout = \"soon\"\n",
-            3,
+            6,
             "`timeout` must be a positive number",
         ),
     ] {

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::{
-    CliError, CliResult, firmware_or_host, seconds_flag, show, signal_token, unknown_image,
+    CliError, CliResult, firmware_or_host, in_range, seconds_flag, show, signal_token,
+    unknown_image,
 };
 use crate::core::classify::{self, FindingKind};
 use crate::core::launch::{Accel, Forward};
@@ -15,6 +16,7 @@ use crate::engine::case::{self, CaseDir, CaseRequest, ImageDisk, VarsSource};
 use crate::engine::record::RunResult;
 use crate::engine::step::{IDENTIFY_COMMANDS, Step};
 use crate::inputs::images::{self, Registry};
+use crate::plan::scenario::limits;
 
 #[derive(clap::Args, Debug)]
 pub struct BootArgs {
@@ -67,10 +69,11 @@ pub struct BootArgs {
     /// Accelerator: tcg, kvm or hvf (default: the best the host has).
     #[arg(long)]
     accel: Option<Accel>,
-    #[arg(long, default_value_t = 2)]
+    /// vCPUs (1 to 512).
+    #[arg(long, default_value_t = 2, value_parser = in_range(limits::SMP))]
     smp: u32,
-    /// Memory in MiB.
-    #[arg(long, default_value_t = 1024)]
+    /// Memory in MiB (16 to 1048576).
+    #[arg(long, default_value_t = 1024, value_parser = in_range(limits::MEMORY_MIB))]
     memory: u32,
     /// User-mode network with HOST:GUEST TCP forwards bound to 127.0.0.1 (repeatable).
     #[arg(long = "forward", value_parser = parse_forward)]
@@ -90,7 +93,8 @@ fn parse_forward(s: &str) -> Result<Forward, String> {
     let (h, g) = s
         .split_once(':')
         .ok_or("expected HOST:GUEST, e.g. 2222:22")?;
-    let p = |x: &str| x.parse::<u16>().map_err(|e| format!("{x:?}: {e}"));
+    // Port 0 is "any port" to bind and no port to connect to: neither side can use it.
+    let p = |x: &str| in_range(1..=u16::MAX)(x).map_err(|e| format!("port {x:?} {e}"));
     Ok(Forward {
         host_port: p(h)?,
         guest_port: p(g)?,

@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::{CliError, CliResult, show, signal_token};
+use super::{CliError, CliResult, in_range, show, signal_token};
 use crate::core::verdict::exit_code;
 use crate::plan::matrix::execute::{self, MatrixOptions};
 use crate::plan::matrix::model::MatrixReport;
 use crate::plan::matrix::plan::{self, Shard};
 use crate::plan::matrix::spec::MatrixSpec;
+use crate::plan::scenario::limits;
 
 #[derive(clap::Args, Debug)]
 pub struct MatrixArgs {
@@ -18,12 +19,12 @@ pub struct MatrixArgs {
     /// CI_NODE_INDEX/CI_NODE_TOTAL when both are set, else the whole matrix.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
-    /// VMs at once (default: one per core, bounded by memory).
-    #[arg(long)]
+    /// VMs at once, 1 to 256 (default: one per core, bounded by memory).
+    #[arg(long, value_parser = in_range(limits::CONCURRENCY))]
     pub concurrency: Option<usize>,
-    /// Run each cell N times and report flaky cells as "k of N crashed" (default: the file's
-    /// `repeat`, else 1).
-    #[arg(long)]
+    /// Run each cell N times (1 to 100) and report flaky cells as "k of N crashed" (default:
+    /// the file's `repeat`, else 1).
+    #[arg(long, value_parser = in_range(limits::REPEAT))]
     pub repeat: Option<u32>,
     /// Results directory (plan.json, execution.json, cells/, matrix.{json,xml,md,html}).
     /// Re-running into the same directory resumes: finished cells with the same inputs are kept.
@@ -73,11 +74,6 @@ pub async fn matrix(a: MatrixArgs) -> CliResult {
             Some(s) => Some(s.map_err(CliError::usage)?),
         },
     };
-    if a.concurrency == Some(0) || a.repeat == Some(0) {
-        return Err(CliError::usage(
-            "--concurrency and --repeat must be at least 1",
-        ));
-    }
     let repeat = a.repeat.unwrap_or(spec.repeat);
     let plan = plan::expand(&spec, repeat).map_err(CliError::usage)?;
     execute::check_images(&spec).map_err(CliError::usage)?;

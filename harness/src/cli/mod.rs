@@ -205,6 +205,25 @@ fn firmware_or_host(firmware: Option<PathBuf>) -> Result<PathBuf, CliError> {
         })
 }
 
+/// A clap value parser for an integer flag within `range` (see `plan::scenario::limits` for
+/// why each range is what it is): a value out of range is a usage error naming the flag, at
+/// parse time.
+fn in_range<T>(
+    range: std::ops::RangeInclusive<T>,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Clone + Send + Sync + 'static,
+{
+    move |s: &str| match s.trim().parse::<T>() {
+        Ok(v) if range.contains(&v) => Ok(v),
+        _ => Err(format!(
+            "must be an integer from {} to {}",
+            range.start(),
+            range.end()
+        )),
+    }
+}
+
 /// A seconds flag as a step deadline (finite, positive, at most a week).
 fn seconds_flag(flag: &str, v: f64) -> Result<std::time::Duration, CliError> {
     crate::engine::step::seconds(v).map_err(|e| CliError::usage(format!("--{flag} {e}")))

@@ -4,13 +4,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::{CliError, CliResult, firmware_or_host, show, signal_token, unknown_image};
+use super::{CliError, CliResult, firmware_or_host, in_range, show, signal_token, unknown_image};
 use crate::core::launch::Accel;
 use crate::engine::case::{self, CaseDir, CaseRequest, ImageDisk, UpdateRepo, VarsSource};
 use crate::engine::guest::upgrade_command;
 use crate::inputs::images::{self, Registry};
 use crate::plan::demo::{self, Demo, DemoMachine, DemoRow};
-use crate::plan::scenario::Scenario;
+use crate::plan::scenario::{Scenario, limits};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -49,9 +49,11 @@ pub struct RunArgs {
     /// Accelerator: tcg, kvm or hvf (default: the best the host has).
     #[arg(long)]
     accel: Option<Accel>,
-    #[arg(long, default_value_t = 2)]
+    /// vCPUs (1 to 512).
+    #[arg(long, default_value_t = 2, value_parser = in_range(limits::SMP))]
     smp: u32,
-    #[arg(long, default_value_t = 2048)]
+    /// Memory in MiB (16 to 1048576).
+    #[arg(long, default_value_t = 2048, value_parser = in_range(limits::MEMORY_MIB))]
     memory: u32,
     /// Debian archive mirror for building a local image.
     #[arg(long)]

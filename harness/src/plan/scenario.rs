@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::core::verdict::Target;
 use crate::engine::step::seconds;
 pub use crate::engine::step::{RebootMethod, Step};
-use crate::inputs::images::catalog::line_of;
+use crate::inputs::images::catalog::{Doc, key_offset, line_of, located, parse_doc, toml_error};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Scenario {
@@ -19,12 +19,83 @@ pub struct Scenario {
     pub source: String,
 }
 
+/// A problem with a scenario or matrix file: the file, the 1-based line (0 when the problem is
+/// the file as a whole, e.g. it cannot be read) and what is wrong.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}: {message}")]
+#[error("{}", located(file, *line, message))]
 pub struct SpecError {
     pub file: String,
+    /// 1-based; 0 when the problem is the file as a whole.
     pub line: usize,
     pub message: String,
+}
+
+/// Bounds on the numbers users write (flags, scenario and matrix files), checked where each is
+/// parsed so that a value out of range is a usage error naming its flag or line, never a panic
+/// or a run that cannot work. Durations are checked by [`crate::engine::step::seconds`].
+pub mod limits {
+    use std::ops::RangeInclusive;
+
+    /// vCPUs of a guest: QEMU's `virt` machine takes at most 512 (`engine::case` checks the
+    /// same bounds).
+    pub const SMP: RangeInclusive<u32> = 1..=512;
+    /// Guest memory in MiB: under 16 not even the firmware starts; over 1 TiB is more than any
+    /// host this runs on has (`engine::case` checks the same bounds).
+    pub const MEMORY_MIB: RangeInclusive<u32> = 16..=1 << 20;
+    /// Runs of each matrix cell: enough to measure how often a flaky cell crashes; more is a
+    /// typo that would keep a host busy for months.
+    pub const REPEAT: RangeInclusive<u32> = 1..=100;
+    /// VMs at once: each needs at least a host core under TCG, and no host this runs on has
+    /// more than a few hundred.
+    pub const CONCURRENCY: RangeInclusive<usize> = 1..=256;
+    /// Cells of one matrix (the product of its axes, before exclusions). At a minute or more
+    /// per cell under TCG, more is weeks of machine time: a generated axis gone wrong.
+    pub const MAX_CELLS: usize = 10_000;
+    /// A `run` step's `expect_exit`: a shell's exit status is 0 to 255.
+    pub const EXIT_STATUS: RangeInclusive<i32> = 0..=255;
+
+    /// "`what` must be an integer from A to B, not V".
+    pub fn out_of_range<T: std::fmt::Display>(
+        what: &str,
+        range: &RangeInclusive<T>,
+        v: &dyn std::fmt::Display,
+    ) -> String {
+        format!(
+            "{what} must be an integer from {} to {}, not {v}",
+            range.start(),
+            range.end()
+        )
+    }
+
+    /// A TOML value as an integer in `range`; floats (`1e30`, `inf`, `nan`), strings and
+    /// integers that do not fit are refused with the same message.
+    pub fn integer<T>(what: &str, v: &toml::Value, range: &RangeInclusive<T>) -> Result<T, String>
+    where
+        T: TryFrom<i64> + PartialOrd + std::fmt::Display + Copy,
+    {
+        match v {
+            toml::Value::Integer(i) => match T::try_from(*i) {
+                Ok(n) if range.contains(&n) => Ok(n),
+                _ => Err(out_of_range(what, range, i)),
+            },
+            other => Err(out_of_range(what, range, other)),
+        }
+    }
+
+    /// A TOML number as seconds (integers and floats; [`crate::engine::step::seconds`] checks
+    /// the range).
+    pub fn seconds(what: &str, v: &toml::Value) -> Result<std::time::Duration, String> {
+        let n = match v {
+            toml::Value::Integer(i) => *i as f64,
+            toml::Value::Float(f) => *f,
+            other => {
+                return Err(format!(
+                    "{what} must be a positive number of seconds, not {other}"
+                ));
+            }
+        };
+        crate::engine::step::seconds(n).map_err(|e| format!("{what} {e}"))
+    }
 }
 
 const STEP_NAMES: &[&str] = &[
@@ -39,11 +110,7 @@ const STEP_NAMES: &[&str] = &[
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
-            file: path.display().to_string(),
-            line: 0,
-            message: e.to_string(),
-        })?;
+        let text = read_spec(path)?;
         Scenario::parse(&text, &path.display().to_string())
     }
 
@@ -53,10 +120,6 @@ impl Scenario {
             line: line_of(text, offset),
             message,
         };
-        let doc: toml::Spanned<toml::Table> = toml::from_str(text)
-            .map_err(|e| err(e.span().map_or(0, |s| s.start), e.message().to_string()))?;
-        let table = doc.into_inner();
-        // Top-level keys are re-read with spans so errors can point at them.
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Top {
@@ -65,20 +128,34 @@ impl Scenario {
             description: String,
             step: Vec<toml::Spanned<toml::Table>>,
         }
-        let top: Top = toml::from_str(text)
-            .map_err(|e| err(e.span().map_or(0, |s| s.start), e.message().to_string()))?;
-        drop(table);
+        let top: Top = toml::from_str(text).map_err(|e| {
+            let (at, m) = toml_error(text, &e);
+            err(at, m)
+        })?;
         if top.step.is_empty() {
             return Err(err(0, "a scenario needs at least one [[step]]".into()));
         }
+        // The same document with the span of every key, so a step's error points at its key.
+        let doc = parse_doc(text).map_err(|(at, m)| err(at, m))?;
+        let step_docs: Vec<&Doc> = doc
+            .get("step")
+            .and_then(|v| v.get_ref().as_array())
+            .map(|a| a.iter().filter_map(|t| t.get_ref().as_table()).collect())
+            .unwrap_or_default();
         let mut steps = Vec::new();
         let mut starts = Vec::new();
         for (i, s) in top.step.into_iter().enumerate() {
-            let at = s.span().start;
+            let start = s.span().start;
             let t = s.into_inner();
-            let step = parse_step(&t).map_err(|m| err(at, format!("step {}: {m}", i + 1)))?;
+            let step = parse_step(&t).map_err(|(key, m)| {
+                let at = step_docs
+                    .get(i)
+                    .and_then(|d| key_offset(d, &key))
+                    .unwrap_or(start);
+                err(at, format!("step {}: {m}", i + 1))
+            })?;
             steps.push(step);
-            starts.push(at);
+            starts.push(start);
         }
         // Scenarios run on images, whose user bootwatch provisions.
         crate::engine::step::check_steps(&steps, true)
@@ -92,11 +169,36 @@ impl Scenario {
     }
 }
 
-fn parse_step(t: &toml::Table) -> Result<Step, String> {
+/// Reads a scenario or matrix file through the size-limited input reader.
+pub(crate) fn read_spec(path: &Path) -> Result<String, SpecError> {
+    crate::sys::fsx::read_input(path, crate::sys::fsx::INPUT_LIMIT).map_err(|e| SpecError {
+        file: path.display().to_string(),
+        line: 0,
+        message: e.to_string(),
+    })
+}
+
+/// A step problem: the key it is about (`""` for the step as a whole, e.g. a missing key) and
+/// what is wrong.
+type StepError = (String, String);
+
+fn parse_step(t: &toml::Table) -> Result<Step, StepError> {
+    let at = |key: &str, m: String| (key.to_string(), m);
+    let whole = |m: String| (String::new(), m);
     let action = match t.get("do") {
         Some(toml::Value::String(s)) => s.as_str(),
-        Some(v) => return Err(format!("`do` must be a string, not {}", v.type_str())),
-        None => return Err(format!("missing `do` (one of {})", STEP_NAMES.join(", "))),
+        Some(v) => {
+            return Err(at(
+                "do",
+                format!("`do` must be a string, not {}", v.type_str()),
+            ));
+        }
+        None => {
+            return Err(whole(format!(
+                "missing `do` (one of {})",
+                STEP_NAMES.join(", ")
+            )));
+        }
     };
     let allowed: &[&str] = match action {
         "boot" | "watch" => &["do", "until", "timeout", "silence"],
@@ -105,45 +207,50 @@ fn parse_step(t: &toml::Table) -> Result<Step, String> {
         "snapshot-packages" => &["do", "label"],
         "reboot" => &["do", "method"],
         other => {
-            return Err(format!(
-                "unknown step {other:?} (one of {})",
-                STEP_NAMES.join(", ")
+            return Err(at(
+                "do",
+                format!("unknown step {other:?} (one of {})", STEP_NAMES.join(", ")),
             ));
         }
     };
     if let Some(k) = t.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(format!(
-            "`{action}` has no field `{k}` (fields: {})",
-            allowed[1..].join(", ")
+        return Err(at(
+            k,
+            format!(
+                "`{action}` has no field `{k}` (fields: {})",
+                allowed[1..].join(", ")
+            ),
         ));
     }
-    let secs = |key: &str, default: f64| -> Result<std::time::Duration, String> {
-        let v = match t.get(key) {
-            None => default,
-            Some(toml::Value::Integer(i)) => *i as f64,
-            Some(toml::Value::Float(f)) => *f,
-            Some(v) => {
-                return Err(format!(
-                    "`{key}` must be a positive number of seconds, not {v}"
-                ));
-            }
-        };
-        seconds(v).map_err(|e| format!("`{key}` {e}"))
+    let secs = |key: &str, default: f64| -> Result<std::time::Duration, StepError> {
+        match t.get(key) {
+            None => seconds(default).map_err(whole),
+            Some(v) => limits::seconds(&format!("`{key}`"), v).map_err(|m| at(key, m)),
+        }
     };
-    let string = |key: &str| -> Result<Option<String>, String> {
+    let string = |key: &str| -> Result<Option<String>, StepError> {
         match t.get(key) {
             None => Ok(None),
             Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(format!("`{key}` must be a string, not {}", v.type_str())),
+            Some(v) => Err(at(
+                key,
+                format!("`{key}` must be a string, not {}", v.type_str()),
+            )),
         }
     };
-    let until = || -> Result<Target, String> {
+    let required = |key: &str| -> Result<String, StepError> {
+        string(key)?.ok_or_else(|| whole(format!("missing `{key}`")))
+    };
+    let until = || -> Result<Target, StepError> {
         match string("until")?.as_deref() {
             Some("grub") => Ok(Target::Grub),
             Some("kernel") => Ok(Target::Kernel),
             Some("login") => Ok(Target::Login),
-            Some(o) => Err(format!("`until` must be grub, kernel or login, not {o:?}")),
-            None => Err("missing `until` (grub, kernel or login)".into()),
+            Some(o) => Err(at(
+                "until",
+                format!("`until` must be grub, kernel or login, not {o:?}"),
+            )),
+            None => Err(whole("missing `until` (grub, kernel or login)".into())),
         }
     };
     Ok(match action {
@@ -164,29 +271,34 @@ fn parse_step(t: &toml::Table) -> Result<Step, String> {
             timeout: secs("timeout", 3600.0)?,
         },
         "run" => Step::Run {
-            command: string("command")?.ok_or("missing `command`")?,
+            command: required("command")?,
             root: match t.get("root") {
                 None => false,
                 Some(toml::Value::Boolean(b)) => *b,
-                Some(v) => return Err(format!("`root` must be true or false, not {v}")),
+                Some(v) => {
+                    return Err(at("root", format!("`root` must be true or false, not {v}")));
+                }
             },
             timeout: secs("timeout", 600.0)?,
             expect_exit: match t.get("expect_exit") {
                 None => 0,
-                Some(toml::Value::Integer(i)) => {
-                    i32::try_from(*i).map_err(|_| "`expect_exit` out of range")?
-                }
-                Some(v) => return Err(format!("`expect_exit` must be an integer, not {v}")),
+                Some(v) => limits::integer("`expect_exit`", v, &limits::EXIT_STATUS)
+                    .map_err(|m| at("expect_exit", m))?,
             },
         },
         "snapshot-packages" => Step::SnapshotPackages {
-            label: string("label")?.ok_or("missing `label`")?,
+            label: required("label")?,
         },
         "reboot" => Step::Reboot {
             method: match string("method")?.as_deref() {
                 None | Some("guest") => RebootMethod::Guest,
                 Some("qmp") => RebootMethod::Qmp,
-                Some(o) => return Err(format!("`method` must be guest or qmp, not {o:?}")),
+                Some(o) => {
+                    return Err(at(
+                        "method",
+                        format!("`method` must be guest or qmp, not {o:?}"),
+                    ));
+                }
             },
         },
         _ => unreachable!("checked above"),
@@ -235,25 +347,99 @@ mod tests {
 
     #[test]
     fn bad_files_name_file_line_and_problem() {
+        // Each error points at the line of its key; a missing key at its step.
         let e = error(&GOOD.replace("do = \"login\"", "do = \"logon\""));
-        assert_eq!((e.file.as_str(), e.line), ("t.toml", 7), "{e}");
+        assert_eq!((e.file.as_str(), e.line), ("t.toml", 8), "{e}");
         assert!(e.message.contains("step 2: unknown step \"logon\""), "{e}");
         let e = error(&GOOD.replace("command = \"true\"\n", ""));
         assert!(e.message.contains("step 3: missing `command`"), "{e}");
         assert_eq!(e.line, 10);
         let e = error(&GOOD.replace("root = true", "root = \"yes\""));
         assert!(e.message.contains("`root` must be true or false"), "{e}");
+        assert_eq!(e.line, 13);
         let e = error(&GOOD.replace("until = \"login\"", "until = \"login\"\ntimeout = \"long\""));
         assert!(
-            e.message.contains("`timeout` must be a positive number"),
+            e.message.contains("`timeout` must be a positive number") && e.line == 6,
             "{e}"
         );
         let e = error(&GOOD.replace("method = \"qmp\"", "method = \"qmp\"\ncolour = 1"));
-        assert!(e.message.contains("no field `colour`"), "{e}");
+        assert!(
+            e.message.contains("no field `colour`") && e.line == 18,
+            "{e}"
+        );
         let e = error("name = \"t\"\n[[step]]\ndo = \"login\"\n");
         assert!(e.message.contains("first step must be `boot`"), "{e}");
         let e = error("name = \"t\"\nnonsense = 1\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\n");
         assert!(e.message.contains("nonsense") && e.line == 2, "{e}");
+    }
+
+    #[test]
+    fn numbers_out_of_range_name_their_key_and_line() {
+        let hostile = [
+            "inf",
+            "-inf",
+            "nan",
+            "-1",
+            "0",
+            "1e30",
+            "1.8e19",
+            "18446744073709551616",
+            "\"5\"",
+        ];
+        // (step, key): every number a step takes.
+        for (step, key) in [
+            ("do = \"boot\"\nuntil = \"login\"", "timeout"),
+            ("do = \"boot\"\nuntil = \"login\"", "silence"),
+            ("do = \"login\"", "timeout"),
+            ("do = \"run\"\ncommand = \"true\"", "timeout"),
+            ("do = \"upgrade\"", "timeout"),
+            ("do = \"watch\"\nuntil = \"login\"", "timeout"),
+            ("do = \"watch\"\nuntil = \"login\"", "silence"),
+        ] {
+            for bad in hostile.iter().chain(&["604801"]) {
+                let text = format!(
+                    "name = \"t\"\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\n[[step]]\ndo = \"login\"\n\
+                     [[step]]\n{step}\n{key} = {bad}\n"
+                );
+                let e = error(&text);
+                let line = text.lines().count();
+                assert!(
+                    e.line == line && e.message.contains(key),
+                    "{step} {key} = {bad}: {e}"
+                );
+            }
+        }
+        // 0 is the default exit status, not a hostile one.
+        for bad in hostile
+            .iter()
+            .filter(|b| **b != "0")
+            .chain(&["256", "-0x1"])
+        {
+            let text = GOOD.replace("root = true", &format!("expect_exit = {bad}"));
+            let e = error(&text);
+            assert!(
+                e.line == 13 && e.message.contains("expect_exit"),
+                "expect_exit = {bad}: {e}"
+            );
+        }
+        let ok = Scenario::parse(&GOOD.replace("root = true", "expect_exit = 255"), "t.toml");
+        assert!(matches!(
+            ok.unwrap().steps[2],
+            Step::Run {
+                expect_exit: 255,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn files_are_read_through_the_size_limit() {
+        let e = Scenario::load(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(e.line, 0);
+        assert_eq!(
+            e.to_string(),
+            "/dev/zero: is a device, not a regular file (input files are read whole)"
+        );
     }
 
     #[test]

@@ -210,17 +210,87 @@ fn table_row(out: &mut String, cells: &[String]) {
 }
 
 /// Text for a table cell: one line, cut to `max` characters, Markdown punctuation (including
-/// `|`, backticks and `<`) backslash-escaped so it renders literally and cannot end the cell.
+/// `|`, backticks and `<`) backslash-escaped so it renders literally and cannot end the cell,
+/// and tracker references broken (see [`BREAK`]).
 pub fn md(s: &str, max: usize) -> String {
     let line = one_line(s, max);
+    let chars: Vec<char> = line.chars().collect();
     let mut out = String::with_capacity(line.len());
-    for c in line.chars() {
+    for (i, &c) in chars.iter().enumerate() {
         if "\\`*_[]<>|~&#!$".contains(c) {
             out.push('\\');
         }
         out.push(c);
+        if breaks_after(&chars, i) {
+            out.push_str(BREAK);
+        }
     }
     out
+}
+
+/// What goes between the characters of a would-be reference: a zero-width space, written as
+/// a character reference. matrix.md is pasted into GitHub and GitLab issues, where guest text
+/// such as `@user`, `#123`, `GH-1`, `!12`, `~label` or `https://...` would otherwise notify
+/// people, link (and back-link) unrelated issues, or make links out of whatever a guest
+/// printed. Both sites find those patterns in the rendered text, after character references
+/// are decoded, so an invisible character after the sigil breaks them while the text reads
+/// the same. Backslash escapes alone are not enough (GitHub still links `\#123`, and neither
+/// site lets a backslash stop a URL autolink); backticks or HTML would change how the text
+/// looks. The reference rather than a raw U+200B keeps the break visible in the Markdown
+/// source (and safe from editors that strip invisible characters); Renovate's pull requests do
+/// the same on both sites.
+pub const BREAK: &str = "&#8203;";
+
+/// Whether `word` follows `chars[i]`.
+fn followed_by(chars: &[char], i: usize, word: &str) -> bool {
+    let mut rest = chars[i + 1..].iter();
+    word.chars().all(|w| rest.next() == Some(&w))
+}
+
+/// Whether a reference could start at `chars[i]`, so [`BREAK`] goes after it.
+fn breaks_after(chars: &[char], i: usize) -> bool {
+    let at = |j: usize| chars.get(j).copied();
+    let next = at(i + 1);
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    // The character before position `j` does not continue a word (`j` starts one).
+    let starts_word = |j: usize| j == 0 || !word(at(j - 1));
+    match chars[i] {
+        // Mentions (@user, @org/team), e-mail autolinks (a@b.c), commits (owner/repo@sha).
+        '@' => word(next),
+        // Issues and merge requests on both sites (#123, owner/repo#123).
+        '#' => next.is_some_and(|c| c.is_ascii_digit()),
+        // GitLab's references: !MR, ~label, %milestone, $snippet, &epic (a quoted name after
+        // ~ and %) ...
+        '!' | '~' | '%' | '$' | '&' => word(next) || next == Some('"'),
+        // ... ^alert#N, *iteration:N and [vulnerability:N]-style ones, which need their word.
+        '^' => followed_by(chars, i, "alert#"),
+        '*' => followed_by(chars, i, "iteration:"),
+        '[' => {
+            let name: String = chars[i + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphabetic() || **c == '_')
+                .collect();
+            !name.is_empty() && at(i + 1 + name.chars().count()) == Some(':')
+        }
+        // GitHub's GH-123.
+        '-' => {
+            i >= 2
+                && at(i - 2).is_some_and(|c| c.eq_ignore_ascii_case(&'g'))
+                && at(i - 1).is_some_and(|c| c.eq_ignore_ascii_case(&'h'))
+                && starts_word(i - 2)
+                && next.is_some_and(|c| c.is_ascii_digit())
+        }
+        // URL autolinks: any scheme:// (GitLab links every scheme) ...
+        ':' => at(i + 1) == Some('/') && at(i + 2) == Some('/'),
+        // ... and GitHub's www. links.
+        'w' | 'W' => {
+            i >= 2
+                && (i - 2..=i).all(|j| at(j).is_some_and(|c| c.eq_ignore_ascii_case(&'w')))
+                && starts_word(i - 2)
+                && next == Some('.')
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -232,5 +302,48 @@ mod tests {
         assert_eq!(md("a|b\nc`d", 80), "a\\|b c\\`d");
         assert_eq!(md("<script>", 80), "\\<script\\>");
         assert_eq!(md("x\x1by", 80), "x\\\\x1by");
+    }
+
+    #[test]
+    fn md_breaks_tracker_references() {
+        let z = BREAK;
+        for (input, want) in [
+            ("ping @octocat", format!("ping @{z}octocat")),
+            (
+                "@_bot and a@b.example",
+                format!("@{z}\\_bot and a@{z}b.example"),
+            ),
+            ("see #123", format!("see \\#{z}123")),
+            ("org/repo#9", format!("org/repo\\#{z}9")),
+            ("GH-7 and gh-8", format!("GH-{z}7 and gh-{z}8")),
+            (
+                "https://evil.example/x",
+                format!("https:{z}//evil.example/x"),
+            ),
+            ("ftp://x", format!("ftp:{z}//x")),
+            ("www.evil.example", format!("www{z}.evil.example")),
+            ("(WWW.evil.example)", format!("(WWW{z}.evil.example)")),
+            (
+                "!12 ~bug ~\"two words\" %1.0 $3 &4 ^alert#5 *iteration:1 [vulnerability:2]",
+                format!(
+                    "\\!{z}12 \\~{z}bug \\~{z}\"two words\" %{z}1.0 \\${z}3 \\&{z}4 ^{z}alert\\#{z}5 \\*{z}iteration:1 \\[{z}vulnerability:2\\]"
+                ),
+            ),
+        ] {
+            assert_eq!(md(input, 200), want, "{input}");
+        }
+        // Ordinary text keeps its look: no sigil followed by a name, number or scheme.
+        for plain in [
+            "Synchronous Exception at 0x000000007C743000",
+            "50 % done, 3 # of runs, a - b, @ end, x: //, bugh-1, awww.x, CVE-2024-1234",
+            "grub-efi-arm64-signed 1+2.06+13+deb12u2",
+            "\\x1b[31m red, [    1.234] kernel, 2^10, 2*3, [abc]",
+        ] {
+            assert!(
+                !md(plain, 200).contains(BREAK),
+                "{plain}: {}",
+                md(plain, 200)
+            );
+        }
     }
 }

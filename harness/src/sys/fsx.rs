@@ -79,6 +79,69 @@ fn with_path(e: io::Error, action: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{action} {}: {e}", path.display()))
 }
 
+/// The most an input file (catalog, local recipes, scenario, matrix) may hold. The shipped ones
+/// are a few KiB; 4 MiB leaves room for generated files while keeping a mistaken path (a disk
+/// image, a log) from being read into memory whole.
+pub const INPUT_LIMIT: u64 = 4 << 20;
+
+/// Reads an input file as UTF-8 text of at most `limit` bytes. Only regular files are read:
+/// a device such as `/dev/zero` never ends and a FIFO can block forever, so both are refused
+/// before any read (the file is opened non-blocking, so opening a FIFO does not wait for a
+/// writer either). The error says what is wrong, not which file: callers name the file.
+pub fn read_input(path: &Path, limit: u64) -> io::Result<String> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let t = meta.file_type();
+    if !t.is_file() {
+        let kind = if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else {
+            "a socket"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("is {kind}, not a regular file (input files are read whole)"),
+        ));
+    }
+    let too_large = || {
+        let shown = if limit.is_multiple_of(1 << 20) {
+            format!("{} MiB", limit >> 20)
+        } else {
+            format!("{limit} bytes")
+        };
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {shown}, the limit for an input file"),
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_large());
+    }
+    // The file may grow between the stat and the read: read at most one byte past the limit.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
 /// An exclusive advisory lock on a file, held until dropped. The lock file is removed before it
 /// is unlocked, so a waiter that then gets the lock on the removed file notices (the path points
 /// at another inode, or at nothing) and starts over: lock files do not pile up.
@@ -338,6 +401,44 @@ pub fn sweep_stale(dir: &Path, prefixes: &[&str], max_age: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_files_are_read_whole_only_when_small_and_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.toml");
+        fs::write(&p, "name = \"m\"\n").unwrap();
+        assert_eq!(read_input(&p, INPUT_LIMIT).unwrap(), "name = \"m\"\n");
+        assert_eq!(read_input(&p, 11).unwrap().len(), 11);
+        let e = read_input(&p, 10).unwrap_err().to_string();
+        assert!(e.contains("larger than 10 bytes"), "{e}");
+
+        // A sparse file over the limit is refused from its size, without reading it.
+        let big = dir.path().join("big.toml");
+        fs::File::create(&big)
+            .unwrap()
+            .set_len(INPUT_LIMIT + 1)
+            .unwrap();
+        let e = read_input(&big, INPUT_LIMIT).unwrap_err().to_string();
+        assert!(e.contains("larger than 4 MiB"), "{e}");
+
+        let t = std::time::Instant::now();
+        let e = read_input(Path::new("/dev/zero"), INPUT_LIMIT)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a device"), "{e}");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = read_input(&fifo, INPUT_LIMIT).unwrap_err().to_string();
+        assert!(e.contains("is a FIFO"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        let e = read_input(dir.path(), INPUT_LIMIT).unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+
+        fs::write(&p, b"name = \"\xff\"").unwrap();
+        let e = read_input(&p, INPUT_LIMIT).unwrap_err().to_string();
+        assert!(e.contains("not UTF-8") && e.contains("offset 8"), "{e}");
+        assert!(read_input(&dir.path().join("missing"), INPUT_LIMIT).is_err());
+    }
 
     #[tokio::test]
     async fn a_cancellable_lock_waits_for_its_holder_or_gives_up() {

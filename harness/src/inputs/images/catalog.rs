@@ -93,31 +93,146 @@ const IMAGE_KEYS: &[&str] = &[
     "report_note",
 ];
 
-/// Rejects keys not in `allowed` (a misspelt key must not be silently ignored).
-pub fn check_keys(table: &toml::Table, allowed: &[&str]) -> Result<(), String> {
-    match table.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(format!(
-            "unknown field `{k}`, expected one of {}",
-            allowed.join(", ")
-        )),
-        None => Ok(()),
+/// A TOML document with the span of every key and value, so that a problem found after
+/// parsing can still point at its line.
+pub type Doc<'i> = toml::de::DeTable<'i>;
+/// One spanned value of a [`Doc`].
+pub type DocValue<'i> = toml::Spanned<toml::de::DeValue<'i>>;
+
+/// Parses `text` as a spanned document; the error is located at its byte offset.
+pub fn parse_doc(text: &str) -> Result<Doc<'_>, (usize, String)> {
+    toml::de::DeTable::parse(text)
+        .map(toml::Spanned::into_inner)
+        .map_err(|e| toml_error(text, &e))
+}
+
+/// The first key of `table` not in `allowed` (a misspelt key must not be silently ignored):
+/// its offset and a message naming it.
+pub fn unknown_key(table: &Doc<'_>, allowed: &[&str]) -> Option<(usize, String)> {
+    table
+        .keys()
+        .find(|k| !allowed.contains(&k.get_ref().as_ref()))
+        .map(|k| {
+            (
+                k.span().start,
+                format!(
+                    "unknown field `{}`, expected one of {}",
+                    k.get_ref(),
+                    allowed.join(", ")
+                ),
+            )
+        })
+}
+
+/// The tables of the array `key` (`[[key]]`) of a document whose only top-level key is `key`.
+pub fn tables_of<'a, 'i>(
+    doc: &'a Doc<'i>,
+    key: &str,
+) -> Result<Vec<&'a DocValue<'i>>, (usize, String)> {
+    if let Some(bad) = unknown_key(doc, &[key]) {
+        return Err(bad);
+    }
+    let Some(v) = doc.get(key) else {
+        return Ok(Vec::new());
+    };
+    let not_tables = || {
+        (
+            v.span().start,
+            format!("`{key}` must be an array of tables ([[{key}]])"),
+        )
+    };
+    let array = v.get_ref().as_array().ok_or_else(not_tables)?;
+    array
+        .iter()
+        .map(|t| {
+            if t.get_ref().is_table() {
+                Ok(t)
+            } else {
+                Err(not_tables())
+            }
+        })
+        .collect()
+}
+
+/// Deserializes one spanned value; a problem is located at the offending value when toml knows
+/// it, else at `fallback`.
+pub fn from_doc<T: serde::de::DeserializeOwned>(
+    text: &str,
+    v: &DocValue<'_>,
+    fallback: usize,
+) -> Result<T, (usize, String)> {
+    use serde::de::IntoDeserializer;
+    T::deserialize(v.clone().into_deserializer()).map_err(|e| {
+        let (at, m) = toml_error(text, &e);
+        (if e.span().is_some() { at } else { fallback }, m)
+    })
+}
+
+/// The offset of `key` in `table` (of its key, so the line is the one that names it), if there.
+pub fn key_offset(table: &Doc<'_>, key: &str) -> Option<usize> {
+    table.get_key_value(key).map(|(k, _)| k.span().start)
+}
+
+/// A TOML error as the offset it points at and a message. toml's message for a bad value does
+/// not name its key (`invalid value: integer `-1`, expected u32`), so the line it points at is
+/// quoted after it; without a span, toml's full text names the key path instead.
+pub fn toml_error(text: &str, e: &toml::de::Error) -> (usize, String) {
+    match e.span() {
+        Some(span) => {
+            let line = line_text(text, span.start);
+            let message = e.message().trim();
+            // A table header says nothing the line number does not.
+            if line.starts_with('[') || line.is_empty() {
+                (span.start, message.to_string())
+            } else {
+                (span.start, format!("{message} (at `{line}`)"))
+            }
+        }
+        None => (0, e.to_string().trim().replace('\n', " ")),
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCatalog {
-    #[serde(default)]
-    image: Vec<toml::Spanned<toml::Table>>,
+/// The line holding byte `offset`, trimmed and cut to 80 characters, with control characters
+/// escaped: for quoting in an error message.
+pub fn line_text(text: &str, offset: usize) -> String {
+    let mut at = offset.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let line = text[start..end].trim();
+    let mut out = String::new();
+    for c in line.chars().take(80) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if line.chars().count() > 80 {
+        out.push('…');
+    }
+    out
 }
 
 /// A catalog problem, located.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}: {message}")]
+#[error("{}", located(file, *line, message))]
 pub struct CatalogError {
     pub file: String,
+    /// 1-based; 0 when the problem is the file as a whole (it cannot be read).
     pub line: usize,
     pub message: String,
+}
+
+/// `file:line: message`, or `file: message` for a problem with no line.
+pub fn located(file: &str, line: usize, message: &str) -> String {
+    if line == 0 {
+        format!("{file}: {message}")
+    } else {
+        format!("{file}:{line}: {message}")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -132,47 +247,52 @@ impl Catalog {
             .expect("the shipped catalog is valid (tested)")
     }
 
+    /// Reads a catalog file (at most [`crate::sys::fsx::INPUT_LIMIT`] bytes, a regular file).
     pub fn load(path: &Path) -> Result<Catalog, CatalogError> {
-        let text = std::fs::read_to_string(path).map_err(|e| CatalogError {
-            file: path.display().to_string(),
-            line: 0,
-            message: e.to_string(),
-        })?;
+        let text =
+            crate::sys::fsx::read_input(path, crate::sys::fsx::INPUT_LIMIT).map_err(|e| {
+                CatalogError {
+                    file: path.display().to_string(),
+                    line: 0,
+                    message: e.to_string(),
+                }
+            })?;
         Catalog::parse(&text, &path.display().to_string())
     }
 
-    /// Parses and checks a catalog; `file` names it in errors.
+    /// Parses and checks a catalog; `file` names it in errors, each at the line of its key.
     pub fn parse(text: &str, file: &str) -> Result<Catalog, CatalogError> {
-        let err = |offset: usize, message: String| CatalogError {
+        let err = |(offset, message): (usize, String)| CatalogError {
             file: file.into(),
             line: line_of(text, offset),
             message,
         };
-        let raw: RawCatalog = toml::from_str(text).map_err(|e| {
-            let at = e.span().map_or(0, |s| s.start);
-            err(at, e.message().to_string())
-        })?;
+        let doc = parse_doc(text).map_err(err)?;
         let mut images: Vec<CatalogImage> = Vec::new();
-        for table in raw.image {
-            let start = table.span().start;
-            let table = table.into_inner();
+        for entry in tables_of(&doc, "image").map_err(err)? {
+            let start = entry.span().start;
+            let table = entry
+                .get_ref()
+                .as_table()
+                .expect("tables_of returns tables");
             let name = table
                 .get("name")
-                .and_then(|v| v.as_str())
+                .and_then(|v| v.get_ref().as_str())
                 .unwrap_or("?")
                 .to_string();
-            check_keys(&table, IMAGE_KEYS)
-                .map_err(|m| err(start, format!("image {name:?}: {m}")))?;
-            let mut img: CatalogImage =
-                toml::Value::Table(table)
-                    .try_into()
-                    .map_err(|e: toml::de::Error| {
-                        err(start, format!("image {name:?}: {}", e.message()))
-                    })?;
+            let in_image = |(at, m): (usize, String)| err((at, format!("image {name:?}: {m}")));
+            if let Some(bad) = unknown_key(table, IMAGE_KEYS) {
+                return Err(in_image(bad));
+            }
+            // The guest's fields first on their own: through `flatten`, a bad value would be
+            // located at the table, not at its key.
+            from_doc::<GuestTraits>(text, entry, start).map_err(in_image)?;
+            let mut img: CatalogImage = from_doc(text, entry, start).map_err(in_image)?;
             img.line = line_of(text, start);
-            check_image(&img).map_err(|m| err(start, format!("image {name:?}: {m}")))?;
+            check_image(&img)
+                .map_err(|(field, m)| in_image((key_offset(table, field).unwrap_or(start), m)))?;
             if images.iter().any(|i| i.name == img.name) {
-                return Err(err(start, format!("image {name:?} is defined twice")));
+                return Err(err((start, format!("image {name:?} is defined twice"))));
             }
             images.push(img);
         }
@@ -187,60 +307,74 @@ impl Catalog {
     }
 }
 
-fn check_image(i: &CatalogImage) -> Result<(), String> {
+/// Checks what the types do not; a problem comes with the field it is about.
+fn check_image(i: &CatalogImage) -> Result<(), (&'static str, String)> {
     if i.name.is_empty()
         || !i
             .name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
     {
-        return Err("name must be lowercase letters, digits, '-' and '.'".into());
+        return Err((
+            "name",
+            "name must be lowercase letters, digits, '-' and '.'".into(),
+        ));
     }
     if i.arch != "aarch64" {
-        return Err(format!(
-            "arch {:?}: only aarch64 images belong here",
-            i.arch
+        return Err((
+            "arch",
+            format!("arch {:?}: only aarch64 images belong here", i.arch),
         ));
     }
     if !(i.url.starts_with("https://") || i.url.starts_with("http://")) {
-        return Err(format!("url {:?} is not an http(s) URL", i.url));
+        return Err(("url", format!("url {:?} is not an http(s) URL", i.url)));
     }
     let lower = i.url.to_ascii_lowercase();
     if ["/latest/", "-latest.", "/current/"]
         .iter()
         .any(|m| lower.contains(m))
     {
-        return Err(format!(
-            "url {:?} is a moving link; pin a versioned file",
-            i.url
+        return Err((
+            "url",
+            format!("url {:?} is a moving link; pin a versioned file", i.url),
         ));
     }
-    let hex = |v: &Option<String>, len: usize, field: &str| match v {
+    let hex = |v: &Option<String>, len: usize, field: &'static str| match v {
         Some(h)
             if h.len() != len
                 || !h
                     .chars()
                     .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) =>
         {
-            Err(format!("{field} must be {len} lowercase hex digits"))
+            Err((field, format!("{field} must be {len} lowercase hex digits")))
         }
         _ => Ok(()),
     };
     hex(&i.sha256, 64, "sha256")?;
     hex(&i.sha512, 128, "sha512")?;
     if i.sha256.is_none() && i.sha512.is_none() && i.checksum_url.is_none() {
-        return Err("no way to verify it: give sha256, sha512 or checksum_url".into());
+        // About the entry as a whole: located at its table.
+        return Err((
+            "",
+            "no way to verify it: give sha256, sha512 or checksum_url".into(),
+        ));
     }
-    if i.guest.login_user.is_empty()
-        || i.guest.upgrade_command.is_empty()
-        || i.guest.package_query.is_empty()
-    {
-        return Err("login_user, upgrade_command and package_query must not be empty".into());
+    for (field, v) in [
+        ("login_user", &i.guest.login_user),
+        ("upgrade_command", &i.guest.upgrade_command),
+        ("package_query", &i.guest.package_query),
+    ] {
+        if v.is_empty() {
+            return Err((field, format!("{field} must not be empty")));
+        }
     }
     if i.guest.provision != "cloud-init" {
-        return Err(format!(
-            "provision {:?}: only \"cloud-init\" is supported",
-            i.guest.provision
+        return Err((
+            "provision",
+            format!(
+                "provision {:?}: only \"cloud-init\" is supported",
+                i.guest.provision
+            ),
         ));
     }
     Ok(())
@@ -318,8 +452,9 @@ mod tests {
     #[test]
     fn errors_name_file_and_line() {
         assert!(Catalog::parse(&entry(""), "c.toml").is_ok());
+        // A misspelt key is located at itself; a missing one at its table.
         let e = Catalog::parse(&entry("colour = \"red\"\n"), "c.toml").unwrap_err();
-        assert_eq!((e.file.as_str(), e.line), ("c.toml", 3), "{e}");
+        assert_eq!((e.file.as_str(), e.line), ("c.toml", 22), "{e}");
         assert!(e.message.contains("colour"), "{e}");
         let missing = entry("").replace("login_user = \"u\"\n", "");
         let e = Catalog::parse(&missing, "c.toml").unwrap_err();
@@ -328,12 +463,8 @@ mod tests {
             "{e}"
         );
         let bad_hash = entry("").replace(&"a".repeat(64), "xyz");
-        assert!(
-            Catalog::parse(&bad_hash, "c.toml")
-                .unwrap_err()
-                .message
-                .contains("sha256")
-        );
+        let e = Catalog::parse(&bad_hash, "c.toml").unwrap_err();
+        assert!(e.message.contains("sha256") && e.line == 9, "{e}");
         let latest = entry("").replace("x-20240101.qcow2", "latest/x.qcow2");
         assert!(
             Catalog::parse(&latest, "c.toml")
@@ -344,6 +475,20 @@ mod tests {
         let syntax = "[[image]]\nname = \"x\nurl = 1\n";
         let e = Catalog::parse(syntax, "c.toml").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
+        // Numbers where text belongs, each at its line with its key.
+        for bad in ["inf", "nan", "-1", "1e30", "18446744073709551616"] {
+            let e = Catalog::parse(
+                &entry("").replace("version = \"1\"", &format!("version = {bad}")),
+                "c.toml",
+            )
+            .unwrap_err();
+            assert!(e.line == 6 && e.message.contains("version"), "{bad}: {e}");
+        }
+        let e = Catalog::parse("image = 5\n", "c.toml").unwrap_err();
+        assert!(e.message.contains("array of tables"), "{e}");
+        let e = Catalog::parse("images = []\n", "c.toml").unwrap_err();
+        assert!(e.message.contains("unknown field `images`"), "{e}");
+        assert!(Catalog::parse("", "c.toml").unwrap().images.is_empty());
         let twice = format!("{}{}", entry(""), entry("").replace("# comment\n", ""));
         assert!(
             Catalog::parse(&twice, "c.toml")

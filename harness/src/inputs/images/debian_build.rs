@@ -164,6 +164,10 @@ pub const DISK_NAME: &str = "disk.qcow2";
 pub const LOG_NAME: &str = "build.log";
 
 const MIB: u64 = 1024 * 1024;
+/// The longest GRUB menu timeout a recipe may ask for.
+const MAX_GRUB_TIMEOUT_SECS: u32 = 600;
+/// The ESP sizes a recipe may ask for, in MiB.
+const ESP_SIZE_MIB: std::ops::RangeInclusive<u64> = 64..=4096;
 const SECTOR: u64 = 512;
 
 /// What to build. Everything except `name` goes into [`DebianRecipe::hash`].
@@ -171,7 +175,9 @@ const SECTOR: u64 = 512;
 #[serde(deny_unknown_fields)]
 pub struct DebianRecipe {
     /// A label for people; not part of the hash (two recipes differing only in name share one
-    /// image, whose manifest keeps the first one's name).
+    /// image, whose manifest keeps the first one's name). A recipe file does not write it: the
+    /// local image's name is used.
+    #[serde(default)]
     pub name: String,
     /// Debian suite to bootstrap, e.g. `bookworm` or `trixie`.
     pub suite: String,
@@ -274,55 +280,80 @@ impl DebianRecipe {
 
     /// Checks every field that ends up in a command line, a shell script or a config file.
     pub fn validate(&self) -> Result<()> {
-        ensure!(
-            is_suite(&self.suite),
-            "recipe {}: bad suite {:?}",
-            self.name,
-            self.suite
-        );
-        for s in &self.extra_suites {
-            ensure!(is_suite(s), "recipe {}: bad extra suite {s:?}", self.name);
+        self.check()
+            .map_err(|(_, m)| anyhow::anyhow!("recipe {}: {m}", self.name))
+    }
+
+    /// What [`DebianRecipe::validate`] checks; a problem comes with the field it is about, so a
+    /// recipe file can point at its line.
+    pub fn check(&self) -> std::result::Result<(), (&'static str, String)> {
+        if !is_suite(&self.suite) {
+            return Err(("suite", format!("bad suite {:?}", self.suite)));
         }
-        for p in self.packages.iter().chain([&self.kernel]) {
-            ensure!(
-                is_package(p),
-                "recipe {}: bad package name {p:?}",
-                self.name
-            );
+        for s in &self.extra_suites {
+            if !is_suite(s) {
+                return Err(("extra_suites", format!("bad extra suite {s:?}")));
+            }
+        }
+        for (field, p) in self
+            .packages
+            .iter()
+            .map(|p| ("packages", p))
+            .chain([("kernel", &self.kernel)])
+        {
+            if !is_package(p) {
+                return Err((field, format!("bad package name {p:?}")));
+            }
         }
         for (p, v) in &self.pins {
-            ensure!(
-                is_package(p),
-                "recipe {}: bad pinned package {p:?}",
-                self.name
-            );
-            ensure!(
-                is_version(v),
-                "recipe {}: bad version {v:?} for {p}",
-                self.name
-            );
+            if !is_package(p) {
+                return Err(("pins", format!("bad pinned package {p:?}")));
+            }
+            if !is_version(v) {
+                return Err(("pins", format!("bad version {v:?} for {p}")));
+            }
         }
-        ensure!(
-            is_hostname(&self.hostname),
-            "recipe {}: bad hostname {:?}",
-            self.name,
-            self.hostname
-        );
-        ensure!(
-            self.kernel_cmdline
-                .bytes()
-                .all(|b| (b' '..=b'~').contains(&b) && !b"\"'`$\\".contains(&b)),
-            "recipe {}: kernel_cmdline must be printable ASCII without quotes, `$` or `\\`: {:?}",
-            self.name,
-            self.kernel_cmdline
-        );
-        ensure!(
-            self.grub_timeout_secs <= 600,
-            "recipe {}: grub_timeout_secs too large",
-            self.name
-        );
+        if !is_hostname(&self.hostname) {
+            return Err(("hostname", format!("bad hostname {:?}", self.hostname)));
+        }
+        if !self
+            .kernel_cmdline
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && !b"\"'`$\\".contains(&b))
+        {
+            return Err((
+                "kernel_cmdline",
+                format!(
+                    "kernel_cmdline must be printable ASCII without quotes, `$` or `\\`: {:?}",
+                    self.kernel_cmdline
+                ),
+            ));
+        }
+        // GRUB waits this long at every boot of every case; ten minutes is already a mistake.
+        if self.grub_timeout_secs > MAX_GRUB_TIMEOUT_SECS {
+            return Err((
+                "grub_timeout_secs",
+                format!(
+                    "grub_timeout_secs must be 0 to {MAX_GRUB_TIMEOUT_SECS}, not {}",
+                    self.grub_timeout_secs
+                ),
+            ));
+        }
+        // FAT32 needs 64 MiB (with 512-byte sectors); no firmware needs a bigger ESP than a few
+        // GiB, and formatting writes FAT tables that grow with it.
+        if !ESP_SIZE_MIB.contains(&self.esp_size_mib) {
+            return Err((
+                "esp_size_mib",
+                format!(
+                    "esp_size_mib must be {} to {}, not {}",
+                    ESP_SIZE_MIB.start(),
+                    ESP_SIZE_MIB.end(),
+                    self.esp_size_mib
+                ),
+            ));
+        }
         DiskLayout::new(self.disk_size_mib, self.esp_size_mib)
-            .with_context(|| format!("recipe {}", self.name))?;
+            .map_err(|e| ("disk_size_mib", e.to_string()))?;
         Ok(())
     }
 

@@ -14,7 +14,10 @@ use crate::core::event::{Event, EventSink};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use catalog::{CatalogError, CatalogImage, GuestTraits, check_keys, line_of};
+use catalog::{
+    CatalogError, CatalogImage, GuestTraits, from_doc, key_offset, line_of, parse_doc, tables_of,
+    unknown_key,
+};
 use debian_build::DebianRecipe;
 
 /// The local recipes shipped with bootwatch.
@@ -49,48 +52,50 @@ const LOCAL_KEYS: &[&str] = &[
     "report_note",
 ];
 
-/// Parses local recipes; errors name the file and line.
+/// Parses local recipes; errors name the file and the line of the key they are about.
 pub fn parse_local(text: &str, file: &str) -> Result<Vec<LocalImage>, CatalogError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Raw {
-        #[serde(default)]
-        local: Vec<toml::Spanned<toml::Table>>,
-    }
-    let err = |offset: usize, message: String| CatalogError {
+    let err = |(offset, message): (usize, String)| CatalogError {
         file: file.into(),
         line: line_of(text, offset),
         message,
     };
-    let raw: Raw = toml::from_str(text)
-        .map_err(|e| err(e.span().map_or(0, |s| s.start), e.message().to_string()))?;
+    let doc = parse_doc(text).map_err(err)?;
     let mut out: Vec<LocalImage> = Vec::new();
-    for t in raw.local {
-        let start = t.span().start;
-        let mut table = t.into_inner();
+    for entry in tables_of(&doc, "local").map_err(err)? {
+        let start = entry.span().start;
+        let table = entry
+            .get_ref()
+            .as_table()
+            .expect("tables_of returns tables");
         let name = table
             .get("name")
-            .and_then(|v| v.as_str())
+            .and_then(|v| v.get_ref().as_str())
             .unwrap_or("?")
             .to_string();
-        check_keys(&table, LOCAL_KEYS)
-            .map_err(|m| err(start, format!("local image {name:?}: {m}")))?;
-        // The recipe's name is the image's name.
-        if let Some(toml::Value::Table(r)) = table.get_mut("recipe") {
-            r.insert("name".into(), toml::Value::String(name.clone()));
+        let in_local = |(at, m): (usize, String)| err((at, format!("local image {name:?}: {m}")));
+        if let Some(bad) = unknown_key(table, LOCAL_KEYS) {
+            return Err(in_local(bad));
         }
-        let mut img: LocalImage =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    err(start, format!("local image {name:?}: {}", e.message()))
-                })?;
-        img.recipe
-            .validate()
-            .map_err(|e| err(start, format!("{e:#}")))?;
+        // The guest's fields first on their own: through `flatten`, a bad value would be
+        // located at the table, not at its key.
+        from_doc::<GuestTraits>(text, entry, start).map_err(in_local)?;
+        let mut img: LocalImage = from_doc(text, entry, start).map_err(in_local)?;
+        // The recipe's name is the image's name.
+        img.recipe.name = img.name.clone();
+        img.recipe.check().map_err(|(field, m)| {
+            let recipe = table.get("recipe").and_then(|r| r.get_ref().as_table());
+            let at = recipe
+                .and_then(|r| key_offset(r, field))
+                .or_else(|| key_offset(table, "recipe"))
+                .unwrap_or(start);
+            in_local((at, format!("recipe: {m}")))
+        })?;
         img.line = line_of(text, start);
         if out.iter().any(|i| i.name == img.name) {
-            return Err(err(start, format!("local image {name:?} is defined twice")));
+            return Err(err((
+                start,
+                format!("local image {name:?} is defined twice"),
+            )));
         }
         out.push(img);
     }
@@ -419,7 +424,7 @@ mod tests {
             "l.toml",
         )
         .unwrap_err();
-        assert_eq!(e.line, 2, "{e}");
+        assert_eq!(e.line, 15, "{e}");
         assert!(e.message.contains("suite"), "{e}");
         let e = parse_local(
             &text.replace("[local.recipe]", "flavour = 1\n[local.recipe]"),
@@ -432,6 +437,53 @@ mod tests {
             "l.toml",
         )
         .unwrap_err();
-        assert!(e.message.contains("size"), "{e}");
+        assert!(e.message.contains("size") && e.line == 16, "{e}");
+    }
+
+    /// Every number a local recipe takes, with values no build can use: each refused at the
+    /// line of its key, naming it, without a panic.
+    #[test]
+    fn recipe_numbers_out_of_range_name_their_key_and_line() {
+        let text = "\n[[local]]\nname = \"x\"\ndescription = \"\"\nlogin_user = \"u\"\nprovision = \"cloud-init\"\n\
+                    package_manager = \"apt\"\nupgrade_command = \"u\"\nexclude_bootloader = \"\"\npackage_query = \"q\"\n\
+                    bootloader_packages = []\nreported = \"unaffected\"\nreport_note = \"\"\n[local.recipe]\nsuite = \"bookworm\"\n";
+        let hostile = [
+            "inf",
+            "-inf",
+            "nan",
+            "-1",
+            "1e30",
+            "1.8e19",
+            "18446744073709551616",
+            "9223372036854775807",
+            "\"5\"",
+        ];
+        for (key, extra_bad) in [
+            ("disk_size_mib", &["0", "1000", "2097153"][..]),
+            ("esp_size_mib", &["0", "63", "4097"][..]),
+            ("grub_timeout_secs", &["601", "4294967296"][..]),
+        ] {
+            for bad in hostile.iter().chain(extra_bad) {
+                let e = parse_local(&format!("{text}{key} = {bad}\n"), "l.toml").unwrap_err();
+                assert!(
+                    e.line == 16 && e.message.contains(key),
+                    "{key} = {bad}: {e}"
+                );
+            }
+        }
+        // A number where the guest's text belongs, also at its line.
+        let e = parse_local(
+            &text.replace("login_user = \"u\"", "login_user = 1e30"),
+            "l.toml",
+        )
+        .unwrap_err();
+        assert!(e.line == 5 && e.message.contains("login_user"), "{e}");
+        let ok = parse_local(
+            &format!("{text}disk_size_mib = 5120\nesp_size_mib = 4096\ngrub_timeout_secs = 0\n"),
+            "l.toml",
+        )
+        .unwrap();
+        assert_eq!(ok[0].recipe.esp_size_mib, 4096);
+        assert_eq!(ok[0].recipe.grub_timeout_secs, 0);
     }
 }
