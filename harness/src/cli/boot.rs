@@ -13,10 +13,10 @@ use crate::core::classify::{self, FindingKind};
 use crate::core::launch::{Accel, Forward};
 use crate::core::verdict::Target;
 use crate::engine::case::{self, CaseDir, CaseRequest, ImageDisk, VarsSource};
+use crate::engine::limits;
 use crate::engine::record::RunResult;
 use crate::engine::step::{IDENTIFY_COMMANDS, Step};
 use crate::inputs::images::{self, Registry};
-use crate::plan::scenario::limits;
 
 #[derive(clap::Args, Debug)]
 pub struct BootArgs {

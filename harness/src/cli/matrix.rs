@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use super::{CliError, CliResult, in_range, show, signal_token};
 use crate::core::verdict::exit_code;
+use crate::engine::limits;
 use crate::plan::matrix::execute::{self, MatrixOptions};
 use crate::plan::matrix::model::MatrixReport;
 use crate::plan::matrix::plan::{self, Shard};
 use crate::plan::matrix::spec::MatrixSpec;
-use crate::plan::scenario::limits;
 
 #[derive(clap::Args, Debug)]
 pub struct MatrixArgs {

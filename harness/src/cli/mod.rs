@@ -205,7 +205,7 @@ fn firmware_or_host(firmware: Option<PathBuf>) -> Result<PathBuf, CliError> {
         })
 }
 
-/// A clap value parser for an integer flag within `range` (see `plan::scenario::limits` for
+/// A clap value parser for an integer flag within `range` (see `engine::limits` for
 /// why each range is what it is): a value out of range is a usage error naming the flag, at
 /// parse time.
 fn in_range<T>(

@@ -5,6 +5,7 @@
 pub mod case;
 pub mod disk;
 pub mod guest;
+pub mod limits;
 pub mod qmp;
 pub mod record;
 pub mod session;

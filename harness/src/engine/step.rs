@@ -68,13 +68,15 @@ pub enum Step {
 /// `Duration` cannot hold every `f64` a user can write.
 pub const MAX_STEP_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
 
-/// Seconds as a step deadline: finite, positive and at most [`MAX_STEP_SECONDS`].
+/// Seconds as a step deadline: finite, at least a millisecond (a smaller positive value would
+/// round to a zero `Duration`) and at most [`MAX_STEP_SECONDS`].
 pub fn seconds(v: f64) -> Result<Duration, String> {
-    if v.is_finite() && v > 0.0 && v <= MAX_STEP_SECONDS {
+    if v.is_finite() && (0.001..=MAX_STEP_SECONDS).contains(&v) {
         Ok(Duration::from_secs_f64(v))
     } else {
+        // `{v:?}` keeps 1e30 short (`{v}` would print all 31 digits).
         Err(format!(
-            "must be a positive number of seconds up to {MAX_STEP_SECONDS:.0} (a week), not {v}"
+            "must be a number of seconds from 0.001 to {MAX_STEP_SECONDS:.0} (a week), not {v:?}"
         ))
     }
 }
@@ -191,6 +193,7 @@ mod tests {
         for bad in [
             0.0,
             -1.0,
+            1e-300,
             f64::INFINITY,
             f64::NAN,
             1e30,

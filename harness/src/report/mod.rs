@@ -168,9 +168,13 @@ pub fn comparable(report: &MatrixReport) -> serde_json::Value {
     v
 }
 
+/// The largest record file a report reads (a plan of 10,000 cells is a few MiB).
+const RECORD_LIMIT: u64 = 64 << 20;
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // Results directories may come from elsewhere (`report merge`): a record is small.
+    let text = crate::sys::fsx::read_input(path, RECORD_LIMIT)
+        .with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 

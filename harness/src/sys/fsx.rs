@@ -89,6 +89,20 @@ pub const INPUT_LIMIT: u64 = 4 << 20;
 /// before any read (the file is opened non-blocking, so opening a FIFO does not wait for a
 /// writer either). The error says what is wrong, not which file: callers name the file.
 pub fn read_input(path: &Path, limit: u64) -> io::Result<String> {
+    let bytes = read_input_bytes(path, limit)?;
+    String::from_utf8(bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
+/// [`read_input`] for binary files (a keyring).
+pub fn read_input_bytes(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = fs::OpenOptions::new()
         .read(true)
@@ -131,15 +145,7 @@ pub fn read_input(path: &Path, limit: u64) -> io::Result<String> {
     if bytes.len() as u64 > limit {
         return Err(too_large());
     }
-    String::from_utf8(bytes).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "not UTF-8 text (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
-        )
-    })
+    Ok(bytes)
 }
 
 /// An exclusive advisory lock on a file, held until dropped. The lock file is removed before it

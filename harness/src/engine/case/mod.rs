@@ -19,7 +19,8 @@ use crate::core::event::EventSink;
 use crate::core::launch::{
     self, Accel, Disk, DiskFormat, FirmwareLoad, Forward, PFLASH_SIZE, QemuExec, VmConfig,
 };
-use crate::engine::disk::{self};
+use crate::engine::disk;
+use crate::engine::limits;
 use crate::engine::record::{CaseRecord, RunResult};
 use crate::engine::session::Timings;
 use crate::engine::step::{Step, check_steps};
@@ -266,13 +267,14 @@ pub fn check_machine(req: CaseRequest) -> Result<Case, ConfigError> {
             req.firmware_code.display()
         )));
     }
-    if req.smp == 0 || req.smp > 512 {
-        return Err(cfg(format!("--smp must be 1 to 512, not {}", req.smp)));
+    if !limits::SMP.contains(&req.smp) {
+        return Err(cfg(limits::out_of_range("--smp", &limits::SMP, &req.smp)));
     }
-    if req.memory_mib < 16 || req.memory_mib > 1 << 20 {
-        return Err(cfg(format!(
-            "--memory must be 16 to 1048576 MiB, not {}",
-            req.memory_mib
+    if !limits::MEMORY_MIB.contains(&req.memory_mib) {
+        return Err(cfg(limits::out_of_range(
+            "--memory (MiB)",
+            &limits::MEMORY_MIB,
+            &req.memory_mib,
         )));
     }
     let mut disks = Vec::new();

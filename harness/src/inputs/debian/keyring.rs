@@ -100,13 +100,14 @@ pub fn shared_keyring(path: &Path) -> Result<Arc<Keyring>> {
 impl Keyring {
     /// Read a keyring file: binary (like Debian's `.gpg` keyrings) or ASCII-armoured.
     pub fn load(path: &Path) -> Result<Keyring> {
-        let bytes = std::fs::read(path).with_context(|| {
-            format!(
-                "reading the archive keyring {} (install debian-archive-keyring, or name \
+        let bytes = crate::sys::fsx::read_input_bytes(path, crate::sys::fsx::INPUT_LIMIT)
+            .with_context(|| {
+                format!(
+                    "reading the archive keyring {} (install debian-archive-keyring, or name \
                  another keyring with {KEYRING_ENV})",
-                path.display()
-            )
-        })?;
+                    path.display()
+                )
+            })?;
         let (certs, _) = SignedPublicKey::from_reader_many(&bytes[..])
             .with_context(|| format!("reading OpenPGP keys from {}", path.display()))?;
         let certs = certs

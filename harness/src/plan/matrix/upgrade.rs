@@ -55,7 +55,8 @@ pub async fn prepare(
 ) -> anyhow::Result<UpgradedImage> {
     let (scenario_text, scenario_name) = match &spec.scenario {
         Some(p) => (
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            fsx::read_input(p, fsx::INPUT_LIMIT)
+                .with_context(|| format!("reading {}", p.display()))?,
             p.display().to_string(),
         ),
         None => (
