@@ -10,7 +10,7 @@ use super::{
     unknown_image,
 };
 use crate::core::classify::{self, FindingKind};
-use crate::core::launch::{Accel, Forward};
+use crate::core::launch::{Accel, FirmwareWait, Forward};
 use crate::core::verdict::Target;
 use crate::engine::case::{self, CaseDir, CaseRequest, ImageDisk, VarsSource};
 use crate::engine::limits;
@@ -26,6 +26,11 @@ pub struct BootArgs {
     /// Vars template (default: the VARS file next to the code image); the run boots a copy.
     #[arg(long)]
     vars: Option<PathBuf>,
+    /// The firmware boot manager's countdown: skip (default: no wait, the same boot options in
+    /// the same order) or default (the firmware's own wait, about 5 s).
+    #[arg(long, default_value = "skip")]
+    firmware_wait: FirmwareWait,
+
     /// Disk image (raw or qcow2); repeat for more disks.
     #[arg(long, required_unless_present = "image")]
     disk: Vec<PathBuf>,
@@ -148,6 +153,7 @@ fn request(args: &BootArgs) -> Result<CaseRequest, CliError> {
     req.disks = args.disk.clone();
     req.snapshot = args.snapshot;
     req.keep_disks = args.keep_overlay;
+    req.firmware_wait = args.firmware_wait;
     req.network = (args.net || !args.forwards.is_empty()).then(|| args.forwards.clone());
     req.extra_args = args.qemu_args.clone();
     Ok(req)

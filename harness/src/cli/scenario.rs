@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::{CliError, CliResult, firmware_or_host, in_range, show, signal_token, unknown_image};
-use crate::core::launch::Accel;
+use crate::core::launch::{Accel, FirmwareWait};
 use crate::engine::case::{self, CaseDir, CaseRequest, ImageDisk, UpdateRepo, VarsSource};
 use crate::engine::guest::upgrade_command;
 use crate::inputs::images::{self, Registry};
@@ -27,6 +27,11 @@ pub struct RunArgs {
     /// Vars template (default: the VARS file next to the code image).
     #[arg(long)]
     vars: Option<PathBuf>,
+    /// The firmware boot manager's countdown: skip (default: no wait, the same boot options in
+    /// the same order) or default (the firmware's own wait, about 5 s).
+    #[arg(long, default_value = "skip")]
+    firmware_wait: FirmwareWait,
+
     /// A package repository directory to serve to the guest for the upgrade (hermetic updates);
     /// without it the guest upgrades from its own configured sources.
     #[arg(long)]
@@ -78,6 +83,10 @@ pub struct DemoArgs {
     qemu: PathBuf,
     #[arg(long)]
     firmware: Option<PathBuf>,
+    /// The firmware boot manager's countdown: skip (default: no wait, the same boot options in
+    /// the same order) or default (the firmware's own wait, about 5 s).
+    #[arg(long, default_value = "skip")]
+    firmware_wait: FirmwareWait,
 }
 
 pub async fn run(a: RunArgs) -> CliResult {
@@ -117,6 +126,7 @@ pub async fn run(a: RunArgs) -> CliResult {
         req.vars = VarsSource::Template(v.clone());
     }
     req.keep_disks = true;
+    req.firmware_wait = a.firmware_wait;
     req.network = Some(Vec::new());
     req.scenario = Some(scenario.name.clone());
     req.update = a.update.clone().map(|dir| UpdateRepo {
@@ -237,6 +247,7 @@ pub async fn demo(a: DemoArgs) -> CliResult {
             ))
         })?,
         firmware_code: firmware_or_host(a.firmware.clone())?,
+        firmware_wait: a.firmware_wait,
     };
     let sink = show::terminal(a.json);
     let cancel = signal_token();

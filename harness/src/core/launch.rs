@@ -69,6 +69,41 @@ impl HostFacts {
     }
 }
 
+/// Whether edk2's boot manager waits for a key press before it boots (its countdown, about 5 s
+/// in Debian's builds: pure idle time under TCG).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirmwareWait {
+    /// No countdown: QEMU's `-boot menu=on,splash-time=0` hands the firmware a zero timeout
+    /// (fw_cfg `etc/boot-menu-wait`); the same boot options boot in the same order.
+    #[default]
+    Skip,
+    /// The firmware's own countdown (nothing added to QEMU's command line).
+    Default,
+}
+
+impl FirmwareWait {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirmwareWait::Skip => "skip",
+            FirmwareWait::Default => "default",
+        }
+    }
+}
+
+impl std::str::FromStr for FirmwareWait {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FirmwareWait, String> {
+        match s {
+            "skip" => Ok(FirmwareWait::Skip),
+            "default" => Ok(FirmwareWait::Default),
+            other => Err(format!(
+                "unknown firmware wait {other:?} (skip: no boot-manager countdown, default: the firmware's own)"
+            )),
+        }
+    }
+}
+
 /// How the firmware is given to the machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FirmwareLoad {
@@ -149,6 +184,7 @@ pub struct VmConfig {
     pub smp: u32,
     pub memory_mib: u32,
     pub firmware: FirmwareLoad,
+    pub firmware_wait: FirmwareWait,
     pub disks: Vec<Disk>,
     /// `None`: no network device at all. `Some(forwards)`: user-mode networking.
     pub network: Option<Vec<Forward>>,
@@ -211,6 +247,9 @@ pub fn argv(cfg: &VmConfig) -> Vec<OsString> {
             push(&[&"-drive", &opt("if=pflash,format=raw,unit=1,file=", vars)]);
         }
         FirmwareLoad::Bios { code } => push(&[&"-bios", code]),
+    }
+    if cfg.firmware_wait == FirmwareWait::Skip {
+        push(&[&"-boot", &"menu=on,splash-time=0"]);
     }
     for (i, d) in cfg.disks.iter().enumerate() {
         let ro = if d.read_only { ",readonly=on" } else { "" };
@@ -313,6 +352,7 @@ mod tests {
                 code: "/fw/CODE.fd".into(),
                 vars: "/run/x/vars.fd".into(),
             },
+            firmware_wait: FirmwareWait::Skip,
             disks: vec![Disk {
                 path: "/img/a,b.img".into(),
                 format: DiskFormat::Raw,
@@ -363,6 +403,8 @@ mod tests {
             "if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd",
             "-drive",
             "if=pflash,format=raw,unit=1,file=/run/x/vars.fd",
+            "-boot",
+            "menu=on,splash-time=0",
             "-drive",
             "if=none,id=disk0,format=raw,snapshot=on,file=/img/a,,b.img",
             "-device",
@@ -386,6 +428,7 @@ mod tests {
             code: "/fw/QEMU_EFI.fd".into(),
         };
         c.network = None;
+        c.firmware_wait = FirmwareWait::Default;
         let got: Vec<String> = argv(&c)
             .iter()
             .map(|s| s.to_string_lossy().into_owned())
@@ -393,7 +436,7 @@ mod tests {
         assert!(got.windows(2).any(|w| w == ["-bios", "/fw/QEMU_EFI.fd"]));
         assert!(
             !got.iter()
-                .any(|a| a.contains("pflash") || a.contains("netdev"))
+                .any(|a| a.contains("pflash") || a.contains("netdev") || a == "-boot")
         );
     }
 

@@ -75,6 +75,10 @@ pub struct FirmwareInfo {
     pub vars: Option<FileInfo>,
     /// From the firmware's banner, when it printed one.
     pub banner_version: Option<String>,
+    /// `skip`: the boot manager's countdown was skipped (`-boot menu=on,splash-time=0`);
+    /// `default`: the firmware waited as it does on its own.
+    #[serde(default)]
+    pub wait: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -115,6 +115,7 @@ pub struct DemoRow {
 pub struct DemoMachine {
     pub qemu: PathBuf,
     pub firmware_code: PathBuf,
+    pub firmware_wait: crate::core::launch::FirmwareWait,
 }
 
 fn meets(e: &Expect, o: &Outcome, suspects: &[String]) -> bool {
@@ -165,6 +166,7 @@ pub async fn run_cases(
             scenario.steps.clone(),
         );
         req.qemu = machine.qemu.clone();
+        req.firmware_wait = machine.firmware_wait;
         req.smp = 2;
         req.memory_mib = 2048;
         req.image = Some(ImageDisk {
@@ -257,6 +259,7 @@ pub async fn run_fixtures(
             }],
         );
         req.qemu = machine.qemu.clone();
+        req.firmware_wait = machine.firmware_wait;
         req.smp = 1;
         req.memory_mib = 512;
         req.disks = vec![dir.join(f.image_file_name())];

@@ -183,6 +183,7 @@ impl<'a> Driver<'a> {
                 vars_template: None,
                 vars: None,
                 banner_version: None,
+                wait: Some(self.case.req.firmware_wait.as_str().into()),
             },
             disks: Vec::new(),
             argv: Vec::new(),

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::event::EventSink;
 use crate::core::launch::{
-    self, Accel, Disk, DiskFormat, FirmwareLoad, Forward, PFLASH_SIZE, QemuExec, VmConfig,
+    self, Accel, Disk, DiskFormat, FirmwareLoad, FirmwareWait, Forward, PFLASH_SIZE, QemuExec,
+    VmConfig,
 };
 use crate::engine::disk;
 use crate::engine::limits;
@@ -79,6 +80,8 @@ pub struct CaseRequest {
     pub memory_mib: u32,
     pub firmware_code: PathBuf,
     pub vars: VarsSource,
+    /// Skip the firmware boot manager's countdown (the default) or keep it.
+    pub firmware_wait: FirmwareWait,
     /// Disks booted as they are (raw or qcow2), after the image's overlay and before its seed.
     pub disks: Vec<PathBuf>,
     /// Boot `disks` with `snapshot=on` (never written).
@@ -118,6 +121,7 @@ impl CaseRequest {
             memory_mib: 1024,
             firmware_code,
             vars: VarsSource::Beside,
+            firmware_wait: FirmwareWait::Skip,
             disks: Vec::new(),
             snapshot: false,
             image: None,
@@ -386,6 +390,7 @@ pub fn vm_config(
         smp: req.smp,
         memory_mib: req.memory_mib,
         firmware,
+        firmware_wait: req.firmware_wait,
         disks,
         network: req.network.clone(),
         serial_socket: sockets.join("serial.sock"),

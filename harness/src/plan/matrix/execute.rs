@@ -520,14 +520,20 @@ fn inputs_of(
     h.update(serde_json::to_vec(&inputs).unwrap_or_default());
     h.update(
         format!(
-            "{};target={};timeout={};silence={};repeat={};smp={};memory={}",
+            "{};target={};timeout={};silence={};repeat={};smp={};memory={}{}",
             cell.axes.canonical(),
             plan.target,
             spec.timeout.as_secs_f64(),
             spec.silence.as_secs_f64(),
             plan.repeat,
             spec.smp,
-            spec.memory_mib
+            spec.memory_mib,
+            // Only a non-default wait enters the key: results made before the setting existed
+            // (which skipped nothing) are not kept as if they had.
+            match spec.firmware_wait {
+                crate::core::launch::FirmwareWait::Skip => ";firmware_wait=skip",
+                crate::core::launch::FirmwareWait::Default => "",
+            }
         )
         .as_bytes(),
     );
@@ -663,6 +669,7 @@ fn case_request(
     req.cpu = Some(cell.axes.cpu.clone());
     req.smp = spec.smp;
     req.memory_mib = spec.memory_mib;
+    req.firmware_wait = spec.firmware_wait;
     if let Some(t) = &f.vars_template {
         req.vars = VarsSource::Template(t.clone());
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::core::launch::FirmwareWait;
 use crate::core::verdict::Target;
 use crate::inputs::fixtures::Fixture;
 use crate::inputs::images::catalog::{line_of, toml_error};
@@ -115,6 +116,8 @@ pub struct MatrixSpec {
     pub repeat: u32,
     pub smp: u32,
     pub memory_mib: u32,
+    /// The firmware boot manager's countdown (`skip` by default).
+    pub firmware_wait: FirmwareWait,
     pub images: Vec<(String, ImageChoice)>,
     pub qemus: Vec<(String, QemuProvider)>,
     pub firmwares: Vec<(String, FirmwareProvider)>,
@@ -146,6 +149,8 @@ struct RawMatrix {
     smp: Option<Spanned<toml::Value>>,
     #[serde(default)]
     memory_mib: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    firmware_wait: Option<Spanned<String>>,
     axes: Spanned<RawAxes>,
     #[serde(default)]
     exclude: Vec<Spanned<BTreeMap<Spanned<String>, Spanned<String>>>>,
@@ -247,6 +252,13 @@ impl MatrixSpec {
             DEFAULT_MEMORY_MIB,
             &limits::MEMORY_MIB,
         )?;
+        let firmware_wait = match &raw.firmware_wait {
+            None => FirmwareWait::Skip,
+            Some(w) => w
+                .get_ref()
+                .parse()
+                .map_err(|m| err(w.span().start, format!("firmware_wait: {m}")))?,
+        };
         let axes_at = raw.axes.span().start;
         let axes = raw.axes.into_inner();
         // Bounded before the values are looked at, so a huge generated axis is refused at once.
@@ -449,6 +461,7 @@ impl MatrixSpec {
             repeat,
             smp,
             memory_mib,
+            firmware_wait,
             images,
             qemus,
             firmwares,

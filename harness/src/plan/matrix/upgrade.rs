@@ -27,7 +27,7 @@ use crate::plan::updates;
 use crate::sys::fsx;
 
 /// Bump when the way the upgraded state is made changes (invalidates the cache).
-const UPGRADE_FORMAT: &str = "matrix-upgrade/2";
+const UPGRADE_FORMAT: &str = "matrix-upgrade/3";
 
 /// The upgraded disk and store (both read-only inputs to the cells).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
