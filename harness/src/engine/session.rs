@@ -33,7 +33,14 @@ pub struct Timings {
     pub qmp_up: Duration,
     /// Timeout of every QMP command.
     pub qmp_call: Duration,
-    /// After a fatal line: the dump is over after this much quiet...
+    /// After a fatal line, once the console has been quiet this long, the vCPU is sampled
+    /// (its PC, twice, `park_sample` apart): parked in the firmware's or the kernel's dead loop
+    /// means the dump is over. A DEBUG build's dump ends with its ASSERT line: decided at once.
+    pub dump_settle: Duration,
+    /// Between the two PC samples.
+    pub park_sample: Duration,
+    /// Without a PC to read (QEMU answered no registers): the dump is over after this much
+    /// quiet...
     pub dump_quiet: Duration,
     /// ...or at the latest this long after the fatal line.
     pub dump_max: Duration,
@@ -46,6 +53,8 @@ impl Default for Timings {
         Timings {
             qmp_up: Duration::from_secs(15),
             qmp_call: Duration::from_secs(10),
+            dump_settle: Duration::from_millis(40),
+            park_sample: Duration::from_millis(20),
             dump_quiet: Duration::from_millis(500),
             dump_max: Duration::from_millis(1500),
             stop_grace: Duration::from_secs(2),
@@ -425,6 +434,10 @@ impl Session {
         let started = Instant::now();
         self.last_output = Instant::now();
         let mut fatal_seen: Option<Instant> = None;
+        // The console output the vCPU was last sampled after (sampled again only after more).
+        let mut sampled_after: Option<Instant> = None;
+        // Whether QEMU can tell the vCPU's PC (else only quiet ends a dump).
+        let mut pc_readable = true;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             if let Some(d) = self.decide(&spec, &End::Running) {
@@ -436,8 +449,26 @@ impl Session {
                     });
                 }
                 let since = *fatal_seen.get_or_insert_with(Instant::now);
-                let quiet = self.last_output.elapsed() >= self.timings.dump_quiet;
-                if quiet || since.elapsed() >= self.timings.dump_max || self.exit.is_some() {
+                let quiet_for = self.last_output.elapsed();
+                let mut over = self.dump_closed()
+                    || since.elapsed() >= self.timings.dump_max
+                    || self.exit.is_some()
+                    || quiet_for >= self.timings.dump_quiet;
+                if !over
+                    && pc_readable
+                    && quiet_for >= self.timings.dump_settle
+                    && sampled_after != Some(self.last_output)
+                {
+                    sampled_after = Some(self.last_output);
+                    match self.vcpu_parked().await {
+                        // The last lines may still sit in the socket: a dump is over once they
+                        // are read too (if there were any, they are judged in the next round).
+                        Some(true) => over = !self.take_buffered_console(&mut buf).await?,
+                        Some(false) => {}
+                        None => pc_readable = false,
+                    }
+                }
+                if over {
                     return Ok(WatchEnd::Decided {
                         decision: d,
                         t_s: self.now_s(),
@@ -459,8 +490,13 @@ impl Session {
             let silent_at = self.last_output + spec.silence;
             let mut wake = deadline.min(silent_at);
             if let Some(since) = fatal_seen {
+                let next_look = if pc_readable && sampled_after != Some(self.last_output) {
+                    self.timings.dump_settle
+                } else {
+                    self.timings.dump_quiet
+                };
                 wake = wake
-                    .min(self.last_output + self.timings.dump_quiet)
+                    .min(self.last_output + next_look)
                     .min(since + self.timings.dump_max);
             }
             match self.pump(&mut buf, wake, cancel).await? {
@@ -524,6 +560,39 @@ impl Session {
             _ = tokio::time::sleep_until(until) => Ok(Woke::Timer),
             _ = cancel.cancelled() => Ok(Woke::Cancelled),
         }
+    }
+
+    /// Whether the current boot's exception dump has printed its own end: a DEBUG build's ASSERT
+    /// (the last thing its exception handler prints), or a recursive exception in the dumper.
+    fn dump_closed(&self) -> bool {
+        self.classifier
+            .current()
+            .fatal()
+            .and_then(|f| f.exception.as_ref())
+            .is_some_and(|x| x.assert.is_some() || x.recursive)
+    }
+
+    /// Whether the vCPU has stopped making progress: its PC read twice, `park_sample` apart,
+    /// stays within one small loop (edk2's `CpuDeadLoop`, the kernel's panic loop). `None` when
+    /// QEMU does not tell the PC (then only quiet ends a dump).
+    async fn vcpu_parked(&mut self) -> Option<bool> {
+        let a = self.vcpu_pc().await?;
+        tokio::time::sleep(self.timings.park_sample).await;
+        let b = self.vcpu_pc().await?;
+        Some(a.abs_diff(b) < 0x100)
+    }
+
+    /// The first vCPU's PC, from the monitor's `info registers`.
+    async fn vcpu_pc(&self) -> Option<u64> {
+        let text = self
+            .qmp
+            .execute(qapi::qmp::human_monitor_command {
+                command_line: "info registers".into(),
+                cpu_index: Some(0),
+            })
+            .await
+            .ok()?;
+        parse_pc(&text)
     }
 
     /// The classifier's decision for the boot `spec` is about; before that boot has started,
@@ -610,6 +679,24 @@ impl Session {
             t_s: ev.t_s,
             data: ev.data,
         });
+    }
+
+    /// Reads what the console socket holds right now (without waiting for more); true when it
+    /// held anything.
+    async fn take_buffered_console(&mut self, buf: &mut [u8]) -> anyhow::Result<bool> {
+        let mut any = false;
+        while let Some(c) = self.console.as_mut() {
+            match c.try_read(buf) {
+                Ok(0) => self.console = None,
+                Ok(n) => {
+                    any = true;
+                    self.on_console(&buf[..n]).await?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => self.console = None,
+            }
+        }
+        Ok(any)
     }
 
     /// After QEMU exited: whatever is still buffered in the console socket.
@@ -788,6 +875,16 @@ fn one_line(s: &str) -> String {
     }
 }
 
+/// The PC in the monitor's `info registers` text for an AArch64 vCPU (`PC=0000000046693ecc`).
+fn parse_pc(text: &str) -> Option<u64> {
+    let at = text.find("PC=")? + 3;
+    let hex: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    u64::from_str_radix(&hex, 16).ok()
+}
+
 /// utime + stime of a `/proc/PID/stat` line, in seconds.
 fn cpu_s_from_stat(stat: &str) -> Option<f64> {
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
@@ -806,6 +903,15 @@ fn cpu_s_from_stat(stat: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pc_is_read_from_info_registers() {
+        let text =
+            " PC=0000000046693ecc X00=0000000084000000 X01=0000000000000000\r\nPSTATE=600003c5";
+        assert_eq!(parse_pc(text), Some(0x46693ecc));
+        assert_eq!(parse_pc("no registers"), None);
+        assert_eq!(parse_pc("PC=zz"), None);
+    }
 
     #[test]
     fn cpu_time_from_proc_stat_even_with_odd_command_names() {
