@@ -171,9 +171,20 @@ fn decode_lossy(carry: &mut Vec<u8>, mut raw: &[u8], mut emit: impl FnMut(&str))
         }
         carry.clear();
     }
+    // Replacements in a row are handed over together (a run of invalid bytes is one call).
+    const RUN: &str = "\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}";
+    let mut pending = 0;
+    let flush = |pending: &mut usize, emit: &mut dyn FnMut(&str)| {
+        while *pending > 0 {
+            let k = (*pending).min(RUN.len() / REPLACEMENT.len());
+            emit(&RUN[..k * REPLACEMENT.len()]);
+            *pending -= k;
+        }
+    };
     let mut chunks = raw.utf8_chunks().peekable();
     while let Some(chunk) = chunks.next() {
         if !chunk.valid().is_empty() {
+            flush(&mut pending, &mut emit);
             emit(chunk.valid());
         }
         let bad = chunk.invalid();
@@ -183,9 +194,10 @@ fn decode_lossy(carry: &mut Vec<u8>, mut raw: &[u8], mut emit: impl FnMut(&str))
         if chunks.peek().is_none() && incomplete(bad) {
             carry.extend_from_slice(bad);
         } else {
-            emit(REPLACEMENT);
+            pending += 1;
         }
     }
+    flush(&mut pending, &mut emit);
 }
 
 /// Normalizes complete lines (`block` is empty or ends with '\n'). Runs of lines that need

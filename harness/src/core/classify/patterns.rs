@@ -590,6 +590,10 @@ impl PatternSet {
         candidates: &mut Vec<usize>,
     ) -> Option<(usize, Option<String>)> {
         let joined = format!("{tail}{line}");
+        if !self.scan.is_match(&joined) {
+            // The common case (a long line of anything): no literal at all, found at SIMD speed.
+            return None;
+        }
         self.candidates(&joined, stage, candidates);
         for &i in candidates.iter() {
             let re = &self.patterns[i].regex;
