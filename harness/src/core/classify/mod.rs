@@ -463,9 +463,10 @@ impl Classifier {
             self.line_no += 1;
             start = nl + 1;
         }
-        if start < region.len() {
+        let last = &text[from + start..to];
+        if !last.is_empty() && (self.cut_tail.is_some() || may_be_cut(last)) {
             // A last line without its '\n' (not counted, as in `feed_text`).
-            self.classify_line(self.line_no + 1, &text[from + start..to], t);
+            self.classify_line(self.line_no + 1, last, t);
         }
     }
 
@@ -581,12 +582,12 @@ impl Classifier {
                 {
                     self.push_boot("firmware-restart", line_no, t);
                 }
-                self.advance(stage, &p.name, line_no, &clip(line, at), t);
+                self.advance(stage, &p.name, line_no, (line, at), t);
                 None
             }
             Effect::Fatal | Effect::Suspect | Effect::Note => {
                 if let Some(st) = p.stage {
-                    self.advance(st, &p.name, line_no, &clip(line, at), t);
+                    self.advance(st, &p.name, line_no, (line, at), t);
                 }
                 if p.effect == Effect::Fatal && self.absorb_into_dump(p, &caps, line_no, line, at) {
                     return None;
@@ -742,7 +743,15 @@ impl Classifier {
         }
     }
 
-    fn advance(&mut self, stage: Stage, pattern: &str, line_no: u64, text: &str, t: Option<f64>) {
+    /// Records that the boot reached `stage`; `line` is the line and where its match begins.
+    fn advance(
+        &mut self,
+        stage: Stage,
+        pattern: &str,
+        line_no: u64,
+        line: (&str, usize),
+        t: Option<f64>,
+    ) {
         let boot = self.boots.last_mut().expect("a boot");
         let first_of_pattern = !boot.timeline.iter().any(|m| m.pattern == pattern);
         if stage > boot.stage {
@@ -762,7 +771,7 @@ impl Classifier {
             pattern: pattern.to_string(),
             line: line_no,
             t_s: t,
-            text: text.to_string(),
+            text: clip(line.0, line.1),
         });
     }
 

@@ -957,3 +957,30 @@ fn a_long_line_is_clipped_around_its_match() {
     assert!(f.text.starts_with('…') && f.text.ends_with('…'));
     assert!(d.reason.len() < MAX_TEXT + 100);
 }
+
+/// `has_long_line` agrees with looking at every line, wherever the long line is.
+#[test]
+fn long_lines_are_found_wherever_they_are_in_a_region() {
+    let naive = |r: &[u8]| r.split(|&b| b == b'\n').any(|l| l.len() + 3 >= MAX_LINE);
+    for long in [MAX_LINE - 4, MAX_LINE - 3, MAX_LINE, 3 * MAX_LINE] {
+        for before in [0, 1, 7, 100] {
+            for after in [0, 1, 50] {
+                let mut r = Vec::new();
+                for i in 0..before {
+                    r.extend(std::iter::repeat_n(b'a', i * 37 % 300));
+                    r.push(b'\n');
+                }
+                r.extend(std::iter::repeat_n(b'x', long));
+                r.push(b'\n');
+                for i in 0..after {
+                    r.extend(std::iter::repeat_n(b'b', i * 53 % 4000));
+                    r.push(b'\n');
+                }
+                assert_eq!(has_long_line(&r), naive(&r), "{long} {before} {after}");
+                // Without its last '\n' too.
+                r.pop();
+                assert_eq!(has_long_line(&r), naive(&r), "{long} {before} {after}");
+            }
+        }
+    }
+}
