@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{ScriptedProcess, Session, SessionPaths, Timings, VmProcess, WatchEnd, WatchSpec};
-use crate::core::classify::{Decision, FindingKind};
+use crate::core::classify::{Decision, FINDINGS_PER_PATTERN, FindingKind};
+use crate::core::console::MAX_LINE;
 use crate::core::event::{Event, EventSink};
 use crate::core::verdict::{Outcome, Stage, Verdict, exit_code};
 use crate::engine::record::outcome_of;
@@ -40,6 +41,8 @@ const EXCEPTION: &str = "Synchronous Exception at 0x000000007C743000\r\n";
 enum Act {
     /// Bytes on the serial console.
     Console(&'static str),
+    /// Bytes that are not text (invalid UTF-8) on the serial console.
+    ConsoleBytes(Vec<u8>),
     /// A line on the console every `every` seconds, from now on, forever (last in a script).
     ConsoleForever { every: f64, line: &'static str },
     /// A QMP event.
@@ -160,6 +163,7 @@ impl FakeQemu {
             tokio::time::sleep_until(self.zero + Duration::from_secs_f64(at)).await;
             match act {
                 Act::Console(s) => self.console(s.as_bytes()).await,
+                Act::ConsoleBytes(b) => self.console(&b).await,
                 Act::ConsoleForever { every, line } => loop {
                     self.console(line.as_bytes()).await;
                     tokio::time::sleep(Duration::from_secs_f64(every)).await;
@@ -682,4 +686,78 @@ async fn a_reboot_that_never_comes_is_judged_when_the_console_falls_silent() {
         "no console output for 10 s; last stage none (boot 2 never started)"
     );
     assert_at(t, 11.0);
+}
+
+/// Benign notes printed without end: the watch times out as it would without them, the record
+/// keeps the first few and counts the rest, and the console log keeps every line.
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_notes_is_counted_not_kept() {
+    let note = "BdsDxe: failed to load Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x1,0x0): Not Found\r\n";
+    let mut r = rig(
+        vec![
+            (0.5, Act::Console(BANNER)),
+            (
+                1.0,
+                Act::ConsoleForever {
+                    every: 0.001,
+                    line: note,
+                },
+            ),
+        ],
+        Timings::default(),
+    )
+    .await;
+    let (d, t, _) = decided(&mut r.session, spec(Some(Stage::Login), 20, 5)).await;
+    assert_eq!(
+        (d.verdict, d.exit_code, d.stage),
+        (Verdict::Timeout, exit_code::UNDETERMINED, Stage::Firmware)
+    );
+    assert_at(t, 20.0);
+    r.session.shutdown().await.unwrap();
+    let boot = r.session.classifier.current();
+    let lines = r.session.classifier.lines();
+    assert!(lines > 10_000, "{lines} lines");
+    assert_eq!(boot.findings.len(), FINDINGS_PER_PATTERN);
+    assert!(boot.findings.iter().all(|f| f.kind == FindingKind::Note));
+    let repeats: u64 = boot.findings.iter().map(|f| f.repeats).sum();
+    // Every line but the firmware banner was a note: kept or counted.
+    assert_eq!(repeats + FINDINGS_PER_PATTERN as u64, lines - 1);
+    assert_eq!(boot.findings_dropped, repeats);
+    let json = serde_json::to_vec(r.session.classifier.boots()).unwrap();
+    assert!(json.len() < 16 << 10, "{} bytes", json.len());
+    let log = std::fs::read_to_string(r.dir.path().join("console.log")).unwrap();
+    assert_eq!(log.lines().count() as u64, lines);
+}
+
+/// A megabyte of invalid UTF-8 without a newline, then an exception banner: the banner decides
+/// as usual, and the long line is kept as replacement characters in pieces of at most
+/// `MAX_LINE` bytes, none of them a finding.
+#[tokio::test(start_paused = true)]
+async fn a_long_line_of_invalid_utf8_does_not_hide_the_crash_after_it() {
+    let mut r = rig(
+        vec![
+            (0.5, Act::Console(BANNER)),
+            (1.0, Act::ConsoleBytes(vec![0xff; 1 << 20])),
+            (2.0, Act::Console("\r\n")),
+            (2.1, Act::Console(EXCEPTION)),
+        ],
+        dump_window(500, 5000),
+    )
+    .await;
+    let (d, t, _) = decided(&mut r.session, spec(Some(Stage::Login), 100, 30)).await;
+    assert_eq!(d.verdict, Verdict::SyncException);
+    assert_at(t, 2.6);
+    let boot = r.session.classifier.current();
+    assert_eq!(boot.findings.len(), 1);
+    assert_eq!(
+        boot.findings[d.finding.unwrap()].line,
+        r.session.classifier.lines()
+    );
+    assert!(r.session.tail.is_empty());
+    r.session.shutdown().await.unwrap();
+    let log = std::fs::read_to_string(r.dir.path().join("console.log")).unwrap();
+    let replaced: usize = log.matches('\u{fffd}').count();
+    assert_eq!(replaced, 1 << 20);
+    // Each line of the log is stamped `[    t.ttt] ` (13 bytes) before the text.
+    assert!(log.lines().all(|l| l.len() <= MAX_LINE + 13));
 }
