@@ -33,14 +33,13 @@ pub struct Timings {
     pub qmp_up: Duration,
     /// Timeout of every QMP command.
     pub qmp_call: Duration,
-    /// After a fatal line, once the console has been quiet this long, the vCPU is sampled
-    /// (its PC, twice, `park_sample` apart): parked in the firmware's or the kernel's dead loop
-    /// means the dump is over. A DEBUG build's dump ends with its ASSERT line: decided at once.
+    /// A RELEASE build's dump is its banner printed twice (serial, then the console's copy) and
+    /// nothing more: over once the console has been quiet this long after the second banner. (A
+    /// DEBUG build prints its dump right after the banners, in the same burst, and ends it with
+    /// an ASSERT line: decided at once.)
     pub dump_settle: Duration,
-    /// Between the two PC samples.
-    pub park_sample: Duration,
-    /// Without a PC to read (QEMU answered no registers): the dump is over after this much
-    /// quiet...
+    /// Any other fatal line (a dump whose end did not show, a kernel panic, a rescue shell): over
+    /// after this much quiet...
     pub dump_quiet: Duration,
     /// ...or at the latest this long after the fatal line.
     pub dump_max: Duration,
@@ -53,8 +52,7 @@ impl Default for Timings {
         Timings {
             qmp_up: Duration::from_secs(15),
             qmp_call: Duration::from_secs(10),
-            dump_settle: Duration::from_millis(40),
-            park_sample: Duration::from_millis(20),
+            dump_settle: Duration::from_millis(50),
             dump_quiet: Duration::from_millis(500),
             dump_max: Duration::from_millis(1500),
             stop_grace: Duration::from_secs(2),
@@ -71,6 +69,22 @@ pub struct WatchSpec {
     /// Judge only boot `min_boot` or a later one (after a reboot: the boot that follows it).
     /// While an earlier boot is still running, only its end (silence, timeout, exit) decides.
     pub min_boot: usize,
+}
+
+/// At most this many console lines before a firmware's exception banner in its boot mark a
+/// RELEASE build (Debian's print 2-10); a DEBUG build prints hundreds.
+const QUIET_FIRMWARE_LINES: u64 = 40;
+
+/// What an exception dump shows of its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DumpEnd {
+    /// A DEBUG build's ASSERT, or a recursive exception in the dumper: the dump is over.
+    Closed,
+    /// The banner twice and nothing else yet: a RELEASE build's whole dump, unless a DEBUG
+    /// build's body follows at once.
+    BannerOnly,
+    /// No dump, or one whose end did not show: only quiet ends it.
+    Unknown,
 }
 
 /// What woke [`Session::pump`].
@@ -238,7 +252,8 @@ pub struct Session {
     sink: EventSink,
     /// Which session of its case this is (1-based), for events.
     index: usize,
-    milestones_sent: usize,
+    /// The boot index and how many of its milestones were sent as events.
+    milestones_sent: (usize, usize),
     timings: Timings,
     pub qemu_version: Option<String>,
     pub qemu_package: Option<String>,
@@ -375,7 +390,7 @@ impl Session {
             exit: None,
             sink,
             index,
-            milestones_sent: 0,
+            milestones_sent: (0, 0),
             timings,
             qemu_version,
             qemu_package,
@@ -434,10 +449,6 @@ impl Session {
         let started = Instant::now();
         self.last_output = Instant::now();
         let mut fatal_seen: Option<Instant> = None;
-        // The console output the vCPU was last sampled after (sampled again only after more).
-        let mut sampled_after: Option<Instant> = None;
-        // Whether QEMU can tell the vCPU's PC (else only quiet ends a dump).
-        let mut pc_readable = true;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             if let Some(d) = self.decide(&spec, &End::Running) {
@@ -450,23 +461,16 @@ impl Session {
                 }
                 let since = *fatal_seen.get_or_insert_with(Instant::now);
                 let quiet_for = self.last_output.elapsed();
-                let mut over = self.dump_closed()
+                let mut over = self.dump_end() == DumpEnd::Closed
                     || since.elapsed() >= self.timings.dump_max
                     || self.exit.is_some()
                     || quiet_for >= self.timings.dump_quiet;
                 if !over
-                    && pc_readable
+                    && self.dump_end() == DumpEnd::BannerOnly
                     && quiet_for >= self.timings.dump_settle
-                    && sampled_after != Some(self.last_output)
                 {
-                    sampled_after = Some(self.last_output);
-                    match self.vcpu_parked().await {
-                        // The last lines may still sit in the socket: a dump is over once they
-                        // are read too (if there were any, they are judged in the next round).
-                        Some(true) => over = !self.take_buffered_console(&mut buf).await?,
-                        Some(false) => {}
-                        None => pc_readable = false,
-                    }
+                    // Lines still sitting in the socket would be the dump going on.
+                    over = !self.take_buffered_console(&mut buf).await?;
                 }
                 if over {
                     return Ok(WatchEnd::Decided {
@@ -490,7 +494,7 @@ impl Session {
             let silent_at = self.last_output + spec.silence;
             let mut wake = deadline.min(silent_at);
             if let Some(since) = fatal_seen {
-                let next_look = if pc_readable && sampled_after != Some(self.last_output) {
+                let next_look = if self.dump_end() == DumpEnd::BannerOnly {
                     self.timings.dump_settle
                 } else {
                     self.timings.dump_quiet
@@ -562,37 +566,30 @@ impl Session {
         }
     }
 
-    /// Whether the current boot's exception dump has printed its own end: a DEBUG build's ASSERT
-    /// (the last thing its exception handler prints), or a recursive exception in the dumper.
-    fn dump_closed(&self) -> bool {
-        self.classifier
-            .current()
+    /// How far the current boot's exception dump shows its own end.
+    fn dump_end(&self) -> DumpEnd {
+        let boot = self.classifier.current();
+        let Some((f, x)) = boot
             .fatal()
-            .and_then(|f| f.exception.as_ref())
-            .is_some_and(|x| x.assert.is_some() || x.recursive)
-    }
-
-    /// Whether the vCPU has stopped making progress: its PC read twice, `park_sample` apart,
-    /// stays within one small loop (edk2's `CpuDeadLoop`, the kernel's panic loop). `None` when
-    /// QEMU does not tell the PC (then only quiet ends a dump).
-    async fn vcpu_parked(&mut self) -> Option<bool> {
-        let a = self.vcpu_pc().await?;
-        tokio::time::sleep(self.timings.park_sample).await;
-        let b = self.vcpu_pc().await?;
-        Some(a.abs_diff(b) < 0x100)
-    }
-
-    /// The first vCPU's PC, from the monitor's `info registers`.
-    async fn vcpu_pc(&self) -> Option<u64> {
-        let text = self
-            .qmp
-            .execute(qapi::qmp::human_monitor_command {
-                command_line: "info registers".into(),
-                cpu_index: Some(0),
-            })
-            .await
-            .ok()?;
-        parse_pc(&text)
+            .and_then(|f| f.exception.as_ref().map(|x| (f, x)))
+        else {
+            return DumpEnd::Unknown;
+        };
+        // A DEBUG build is chatty from its first line (hundreds of driver and protocol lines
+        // before any loader runs); a RELEASE build prints a handful. Only a quiet firmware's
+        // double banner is its whole dump.
+        let quiet_firmware = f.line.saturating_sub(boot.first_line) < QUIET_FIRMWARE_LINES;
+        let body = !x.backtrace.is_empty()
+            || !x.registers.is_empty()
+            || !x.modules.is_empty()
+            || x.syndrome.is_some();
+        if x.assert.is_some() || x.recursive {
+            DumpEnd::Closed
+        } else if x.banner_count >= 2 && !body && quiet_firmware {
+            DumpEnd::BannerOnly
+        } else {
+            DumpEnd::Unknown
+        }
     }
 
     /// The classifier's decision for the boot `spec` is about; before that boot has started,
@@ -718,21 +715,28 @@ impl Session {
         if !self.sink.is_connected() {
             return;
         }
-        let boots = self.classifier.boots();
-        let all: Vec<_> = boots
+        // Boots are kept by index (the classifier may drop middle ones): what was sent is the
+        // boot index and how many of its milestones.
+        let (last_boot, sent) = self.milestones_sent;
+        for b in self
+            .classifier
+            .boots()
             .iter()
-            .flat_map(|b| b.timeline.iter().map(move |m| (b.index, m)))
-            .collect();
-        for (boot, m) in &all[self.milestones_sent.min(all.len())..] {
-            self.sink.emit(Event::Milestone {
-                session: self.index,
-                boot: *boot,
-                stage: m.stage,
-                t_s: m.t_s.unwrap_or(0.0),
-                text: m.text.clone(),
-            });
+            .filter(|b| b.index >= last_boot)
+        {
+            let skip = if b.index == last_boot { sent } else { 0 };
+            for m in b.timeline.iter().skip(skip) {
+                self.sink.emit(Event::Milestone {
+                    session: self.index,
+                    boot: b.index,
+                    stage: m.stage,
+                    t_s: m.t_s.unwrap_or(0.0),
+                    text: m.text.clone(),
+                });
+            }
         }
-        self.milestones_sent = all.len();
+        let cur = self.classifier.current();
+        self.milestones_sent = (cur.index, cur.timeline.len());
     }
 
     /// Ends the VM: QMP `quit`, a grace period, then SIGKILL to QEMU's group. Idempotent.
@@ -875,16 +879,6 @@ fn one_line(s: &str) -> String {
     }
 }
 
-/// The PC in the monitor's `info registers` text for an AArch64 vCPU (`PC=0000000046693ecc`).
-fn parse_pc(text: &str) -> Option<u64> {
-    let at = text.find("PC=")? + 3;
-    let hex: String = text[at..]
-        .chars()
-        .take_while(char::is_ascii_hexdigit)
-        .collect();
-    u64::from_str_radix(&hex, 16).ok()
-}
-
 /// utime + stime of a `/proc/PID/stat` line, in seconds.
 fn cpu_s_from_stat(stat: &str) -> Option<f64> {
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
@@ -903,15 +897,6 @@ fn cpu_s_from_stat(stat: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_pc_is_read_from_info_registers() {
-        let text =
-            " PC=0000000046693ecc X00=0000000084000000 X01=0000000000000000\r\nPSTATE=600003c5";
-        assert_eq!(parse_pc(text), Some(0x46693ecc));
-        assert_eq!(parse_pc("no registers"), None);
-        assert_eq!(parse_pc("PC=zz"), None);
-    }
 
     #[test]
     fn cpu_time_from_proc_stat_even_with_odd_command_names() {
