@@ -132,8 +132,7 @@ pub(super) async fn run(
         let step_dir = dir.join(&rel);
         std::fs::create_dir_all(&step_dir)?;
         let scope = sink.scoped(&format!("step {n}"));
-        let (runs, version) = match resolve_candidate(spec, i, &fixed, &ctx, cancel, &scope).await
-        {
+        let (runs, version) = match resolve_candidate(spec, i, &fixed, &ctx, cancel, &scope).await {
             Err(e) => (StepRuns::failed(format!("{build}: {e:#}")), None),
             Ok((q, f)) => {
                 let version = match axis {
@@ -232,7 +231,11 @@ async fn resolve_logged<T>(
     sink.emit(Event::Prepared {
         what: what.into(),
         seconds: crate::engine::qmp::round_ms(t.elapsed().as_secs_f64()),
-        detail: r.as_ref().err().map(|e| format!("{e:#}")).unwrap_or_default(),
+        detail: r
+            .as_ref()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default(),
     });
     r
 }

@@ -190,7 +190,10 @@ fn point_line(p: &Point) -> String {
         .map(|t| format!(" after {t:.1} s"))
         .unwrap_or_default();
     let versions: Vec<String> = [
-        p.run.qemu_version.as_ref().map(|v| format!("QEMU {}", md(v, 40))),
+        p.run
+            .qemu_version
+            .as_ref()
+            .map(|v| format!("QEMU {}", md(v, 40))),
         p.run
             .firmware_version
             .as_ref()

@@ -14,7 +14,9 @@ use std::time::Instant;
 use anyhow::{Context, anyhow, bail, ensure};
 use tokio_util::sync::CancellationToken;
 
-use super::record::{BisectRecord, BisectResult, Candidate, Fixed, Point, Role, Status, StepRecord};
+use super::record::{
+    BisectRecord, BisectResult, Candidate, Fixed, Point, Role, Status, StepRecord,
+};
 use super::search::{self, Class};
 use super::spec::{BisectSpec, package_steps};
 use super::step::{self, StepRuns};
@@ -185,8 +187,7 @@ pub(super) async fn run(
             return Err(());
         }
         let n = rec.steps.len() + 1;
-        let chosen: Vec<&UpdatePackage> =
-            subset.iter().map(|&i| &packages[i]).collect();
+        let chosen: Vec<&UpdatePackage> = subset.iter().map(|&i| &packages[i]).collect();
         let names: Vec<&str> = chosen.iter().map(|p| p.name.as_str()).collect();
         let label = set_label(&names, total);
         progress.announce(
@@ -380,7 +381,8 @@ fn conclude(
     known: &BTreeMap<Vec<usize>, Class>,
     outcome: Result<Option<Vec<usize>>, ()>,
 ) {
-    let names = |s: &[usize]| -> Vec<String> { s.iter().map(|&i| packages[i].name.clone()).collect() };
+    let names =
+        |s: &[usize]| -> Vec<String> { s.iter().map(|&i| packages[i].name.clone()).collect() };
     let point_of = |rec: &BisectRecord, set: &[usize], class: Class| -> Option<Point> {
         let want = names(set);
         let st = rec
@@ -533,10 +535,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let bad = crate::inputs::repo::bad_update(tmp.path(), "1.2+deb12u1").unwrap();
         assert_eq!(bad.packages.len(), 1);
-        let repo = add_harmless_packages(tmp.path(), &["bootwatch-extra-a", "bootwatch-extra-b"])
-            .unwrap();
+        let repo =
+            add_harmless_packages(tmp.path(), &["bootwatch-extra-a", "bootwatch-extra-b"]).unwrap();
         let names: Vec<&str> = repo.packages.iter().map(|p| p.package.as_str()).collect();
-        assert_eq!(names, ["bootwatch-extra-a", "bootwatch-extra-b", "shim-signed"]);
+        assert_eq!(
+            names,
+            ["bootwatch-extra-a", "bootwatch-extra-b", "shim-signed"]
+        );
         let listed = update_packages(tmp.path()).unwrap();
         assert_eq!(
             listed,

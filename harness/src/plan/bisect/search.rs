@@ -304,7 +304,13 @@ mod tests {
     fn finds_the_boundary_with_the_ends_first() {
         // The CI case: four firmware builds, the last one bad, in ceil(log2 4) + 1 = 3 boots.
         let (a, t) = run(&[G, G, G, B]);
-        assert_eq!(a, Answer::Found { before: 2, after: 3 });
+        assert_eq!(
+            a,
+            Answer::Found {
+                before: 2,
+                after: 3
+            }
+        );
         assert_eq!(t, vec![0, 3, 2]);
         // Every boundary position of every length up to 64, ends included: found, and within
         // the ends plus ceil(log2(n - 1)) boots.
@@ -312,7 +318,14 @@ mod tests {
             for k in 1..n {
                 let classes: Vec<Class> = (0..n).map(|i| if i < k { G } else { B }).collect();
                 let (a, t) = run(&classes);
-                assert_eq!(a, Answer::Found { before: k - 1, after: k }, "n={n} k={k}");
+                assert_eq!(
+                    a,
+                    Answer::Found {
+                        before: k - 1,
+                        after: k
+                    },
+                    "n={n} k={k}"
+                );
                 assert!(t.len() <= 2 + ceil_log2(n - 1), "n={n} k={k}: {t:?}");
                 assert_eq!(&t[..2], &[0, n - 1]);
             }
@@ -322,14 +335,26 @@ mod tests {
     #[test]
     fn a_fix_is_found_the_same_way() {
         let (a, _) = run(&[B, B, G, G, G]);
-        assert_eq!(a, Answer::Found { before: 1, after: 2 });
+        assert_eq!(
+            a,
+            Answer::Found {
+                before: 1,
+                after: 2
+            }
+        );
     }
 
     #[test]
     fn skipped_builds_are_stepped_around() {
         // The undetermined build is the first middle; its upper neighbour decides.
         let (a, t) = run(&[G, G, S, G, B]);
-        assert_eq!(a, Answer::Found { before: 3, after: 4 });
+        assert_eq!(
+            a,
+            Answer::Found {
+                before: 3,
+                after: 4
+            }
+        );
         assert_eq!(t, vec![0, 4, 2, 3]);
         // The boundary hidden behind a skipped build: ambiguous, with the range.
         let (a, _) = run(&[G, G, S, B]);
@@ -359,7 +384,11 @@ mod tests {
         assert_eq!(t, vec![0, 2]);
         let (a, t) = run(&[S, B, B]);
         assert_eq!(a, Answer::EndUndetermined(0));
-        assert_eq!(t, vec![0], "nothing more is booted after an undetermined first end");
+        assert_eq!(
+            t,
+            vec![0],
+            "nothing more is booted after an undetermined first end"
+        );
         let (a, _) = run(&[G, G, S]);
         assert_eq!(a, Answer::EndUndetermined(2));
     }

@@ -250,8 +250,7 @@ impl BisectSpec {
             Some(v) => {
                 let at = v.span().start;
                 let vars = VarsChoice::parse(v.get_ref()).map_err(|m| err(at, m))?;
-                if vars == VarsChoice::Guest && !matches!(image_choice, ImageChoice::Upgraded(_))
-                {
+                if vars == VarsChoice::Guest && !matches!(image_choice, ImageChoice::Upgraded(_)) {
                     return Err(err(
                         at,
                         "vars \"guest\" needs an image@upgraded (only an upgraded guest left a store)"

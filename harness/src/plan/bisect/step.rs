@@ -91,7 +91,9 @@ pub struct MachineRecord {
 /// state after its upgrade, made once and cached), each step through its own overlay.
 #[derive(Debug, Clone)]
 pub enum PreparedImage {
-    Fixture { path: PathBuf },
+    Fixture {
+        path: PathBuf,
+    },
     Image(Box<Resolved>),
     Upgraded {
         base: Box<Resolved>,
@@ -142,14 +144,7 @@ pub async fn resolve_image(
     let entry = registry
         .get(name)
         .ok_or_else(|| anyhow!("no image named {name:?} in the catalog or local recipes"))?;
-    images::resolve(
-        entry,
-        &ctx.cache_root,
-        ctx.mirror.as_deref(),
-        cancel,
-        sink,
-    )
-    .await
+    images::resolve(entry, &ctx.cache_root, ctx.mirror.as_deref(), cancel, sink).await
 }
 
 /// Checks that the machine's image names something known (before anything runs).
@@ -471,10 +466,16 @@ mod tests {
 
     #[test]
     fn labels_are_safe_directory_names() {
-        assert_eq!(dir_label("debian:2026.08/strictnx"), "debian-2026.08-strictnx");
+        assert_eq!(
+            dir_label("debian:2026.08/strictnx"),
+            "debian-2026.08-strictnx"
+        );
         assert_eq!(dir_label("path:/tmp/../x y"), "path-tmp-..-x-y");
         assert_eq!(dir_label("..."), "");
         assert_eq!(dir_label(&"a".repeat(100)).len(), 60);
-        assert_eq!(dir_label("shim-signed+bootwatch-extra-a"), "shim-signed+bootwatch-extra-a");
+        assert_eq!(
+            dir_label("shim-signed+bootwatch-extra-a"),
+            "shim-signed+bootwatch-extra-a"
+        );
     }
 }
