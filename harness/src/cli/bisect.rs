@@ -2,6 +2,7 @@
 //! `bootwatch bisect` (a bisection file run to its first bad build).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::boot::{self, BootArgs};
@@ -136,4 +137,131 @@ fn finish(
         );
     }
     Ok(ExitCode::from(code))
+}
+
+/// `bootwatch bisect FILE`.
+#[derive(clap::Args, Debug)]
+pub struct BisectArgs {
+    /// The bisect file (scenarios/bisect/*.toml): the builds (or the update) bisected and the
+    /// machine every step boots.
+    pub file: PathBuf,
+    /// Boot each step up to N times (1 to 100): a step is bad if any run fails (default: the
+    /// file's `repeat`, else 1).
+    #[arg(long, value_parser = in_range(limits::REPEAT))]
+    pub repeat: Option<u32>,
+    /// The bisection's directory: bisect.json, bisect.md, steps/<n>-<build>/run-<k>/ (must not
+    /// exist or be empty; default results/bisect-<name>-<UTC time>).
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// Debian archive mirror (default: BOOTWATCH_MIRROR, else the host's apt sources).
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// Check the file and print what would be bisected without booting anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print bisect.json on stdout at the end (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a bisection. Exit 0 when the boundary (or the culprit set) was found, 2 when the file
+/// is wrong or the two ends do not differ, 125 when undetermined steps or ends leave no answer,
+/// it was interrupted, or a fixed input could not be had.
+pub async fn bisect(a: BisectArgs) -> CliResult {
+    use crate::plan::bisect::{self as b, spec::BisectSpec};
+    let mut spec = BisectSpec::load(&a.file).map_err(CliError::usage)?;
+    if let Some(r) = a.repeat {
+        spec.machine.repeat = r;
+    }
+    b::step::check_image(&spec.machine).map_err(CliError::usage)?;
+    let results = a.results.clone().unwrap_or_else(|| {
+        let now = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+        PathBuf::from("results").join(format!("bisect-{}-{now}", b::step::dir_label(&spec.name)))
+    });
+    let builds = spec.builds();
+    let axis = spec.axis();
+    if a.dry_run {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "bisect {} over {} ({}), repeat {}, image {}",
+            spec.name,
+            axis.as_str(),
+            match axis {
+                b::spec::Axis::Packages => "the update's packages".to_string(),
+                _ => format!(
+                    "{} builds, at most about {} boots",
+                    builds.len(),
+                    b::search::Bisection::new(builds.len()).steps_left()
+                ),
+            },
+            spec.machine.repeat,
+            spec.machine.image
+        );
+        for (i, x) in builds.iter().enumerate() {
+            let _ = writeln!(out, "{i:>3} {x}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    b::check_results_dir(&results).map_err(CliError::usage)?;
+    let cache_root = crate::sys::fsx::cache_root().map_err(CliError::undetermined)?;
+    let opts = b::BisectOptions {
+        results: results.clone(),
+        mirror: a.mirror.clone(),
+        cache_root,
+    };
+    eprintln!(
+        "bisect {}: {} over {}; results in {}",
+        spec.name,
+        if axis == b::spec::Axis::Packages {
+            "delta debugging".to_string()
+        } else {
+            format!("{} builds", builds.len())
+        },
+        axis.as_str(),
+        results.display()
+    );
+    let sink = show::terminal(false);
+    let cancel = signal_token();
+    let rec = b::run(&spec, &opts, &cancel, &sink).await?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&rec).unwrap_or_default()
+        );
+    } else {
+        let _ = writeln!(out, "{}: {}", rec.status.as_str(), rec.message);
+        if let Some(res) = &rec.result {
+            for (what, p) in [
+                ("last good", &res.last_good),
+                ("first bad", &res.first_bad),
+                ("last bad", &res.last_bad),
+                ("first good", &res.first_good),
+            ] {
+                if let Some(p) = p {
+                    let _ = writeln!(
+                        out,
+                        "  {what}: {} (step {}: {} at {}{})  {}",
+                        p.build,
+                        p.step,
+                        p.run.outcome.verdict,
+                        p.run.outcome.stage,
+                        p.run
+                            .exception
+                            .as_deref()
+                            .map(|x| format!(": {}", show::one_line(x)))
+                            .unwrap_or_default(),
+                        results.join(&p.run.dir).display()
+                    );
+                }
+            }
+            if !res.culprits.is_empty() {
+                let _ = writeln!(out, "  culprits: {}", res.culprits.join(", "));
+            }
+        }
+        let _ = writeln!(out, "bisect.json, bisect.md: {}", results.display());
+    }
+    Ok(ExitCode::from(rec.status.exit_code()))
 }

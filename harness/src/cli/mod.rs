@@ -38,6 +38,11 @@ enum Command {
     /// good, 1 bad (the guest failed), 125 undetermined (timeout, build failure, harness
     /// trouble), 128 for a command line it cannot parse (git bisect run stops).
     Check(Box<bisect::CheckArgs>),
+    /// Bisect a bisect file (scenarios/bisect/*.toml): an ordered list of QEMU or firmware
+    /// builds (the other axis fixed) to the first bad one, or an update's packages to the
+    /// culprit set. Each step is an ordinary case; bisect.json and bisect.md say the answer
+    /// with both sides' evidence.
+    Bisect(Box<bisect::BisectArgs>),
     /// Classify a saved console log offline.
     Classify {
         /// The log file (raw serial bytes or normalized text).
@@ -203,6 +208,7 @@ async fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
         Command::Boot(args) => boot::boot(*args).await,
         Command::Check(args) => bisect::check(*args).await,
+        Command::Bisect(args) => bisect::bisect(*args).await,
         Command::Classify { logfile, json } => boot::classify(&logfile, json),
         Command::Fixtures { out } => inputs::fixtures(&out),
         Command::Images { command } => inputs::images(command).await,

@@ -131,7 +131,7 @@ pub(super) async fn run(
         let rel = format!("steps/{n}-{}", step::dir_label(build));
         let step_dir = dir.join(&rel);
         std::fs::create_dir_all(&step_dir)?;
-        let scope = sink.scoped(&format!("step {n}"));
+        let scope = sink.scoped(&format!("bisect step {n}"));
         let (runs, version) = match resolve_candidate(spec, i, &fixed, &ctx, cancel, &scope).await {
             Err(e) => (StepRuns::failed(format!("{build}: {e:#}")), None),
             Ok((q, f)) => {

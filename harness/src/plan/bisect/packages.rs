@@ -205,7 +205,7 @@ pub(super) async fn run(
         }
         let mut guest = image.guest.clone();
         guest.upgrade_command = install_command(&chosen);
-        let scope = sink.scoped(&format!("step {n}"));
+        let scope = sink.scoped(&format!("bisect step {n}"));
         let runs: StepRuns = step::run_step(
             m.repeat,
             &|k| {

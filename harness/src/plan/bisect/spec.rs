@@ -657,7 +657,10 @@ firmware = [
                 "unknown fixture",
             ),
             (
-                format!("{FIRMWARE}[packages]\nupdate = \"bad\"\n"),
+                format!(
+                    "{}[packages]\nupdate = \"bad\"\n",
+                    FIRMWARE.replace("fixture:hello", "some-image")
+                ),
                 4,
                 "one build each",
             ),
