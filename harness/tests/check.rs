@@ -48,6 +48,33 @@ fn good_bad_and_undetermined_exit_codes() {
     ]);
     assert_eq!(c, 1, "{out}");
     assert!(out.contains("sync-exception"), "{out}");
+    // Looking for a fix, a failure is the old side and a good boot the new one.
+    let (c, out) = check(&[
+        "--find-fix",
+        "--snapshot",
+        "--firmware",
+        HOST_CODE,
+        "--disk",
+        &fixture("crash.img"),
+    ]);
+    assert_eq!(c, 0, "{out}");
+    let (c, out) = check(&[
+        "--find-fix",
+        "--snapshot",
+        "--firmware",
+        HOST_CODE,
+        "--disk",
+        &fixture("hello.img"),
+    ]);
+    assert_eq!(c, 1, "{out}");
+    let (c, out) = check(&[
+        "--find-fix",
+        "--firmware",
+        HOST_CODE,
+        "--disk",
+        "/nonexistent/d.img",
+    ]);
+    assert_eq!(c, 125, "{out}");
     // What a failed build at some commit looks like: its firmware file is not there.
     let (c, out) = check(&[
         "--firmware",

@@ -20,6 +20,11 @@ pub struct CheckArgs {
     /// are good, otherwise undetermined. For a failure that does not show every time.
     #[arg(long, default_value_t = 1, value_parser = in_range(limits::REPEAT))]
     repeat: u32,
+    /// Looking for the change that fixed a failure: exit 0 when the guest failed and 1 when it
+    /// was good (undetermined stays 125), for `git bisect start --term-new=fixed
+    /// --term-old=broken`.
+    #[arg(long)]
+    find_fix: bool,
 }
 
 /// The exit code of a `check` command line clap refuses: 128 makes `git bisect run` stop
@@ -29,8 +34,10 @@ pub const CHECK_USAGE_EXIT: u8 = 128;
 /// What `bootwatch check --json` prints.
 #[derive(serde::Serialize)]
 struct CheckReport<'a> {
-    /// `good`, `bad` or `skip` (undetermined).
+    /// `good`, `bad` or `skip` (undetermined): how the guest did, whatever `--find-fix` makes
+    /// of it in `exit_code`.
     class: &'a str,
+    find_fix: bool,
     exit_code: u8,
     repeat: u32,
     /// Why nothing (more) could run, when something could not.
@@ -50,7 +57,16 @@ pub async fn check(args: CheckArgs) -> CliResult {
     let cancel = signal_token();
     let req = match boot::prepare(&args.boot, &cancel, &sink).await {
         Ok(r) => r,
-        Err(e) => return finish(json, Class::Skip, args.repeat, Some(&e.message), &[]),
+        Err(e) => {
+            return finish(
+                json,
+                Class::Skip,
+                args.find_fix,
+                args.repeat,
+                Some(&e.message),
+                &[],
+            );
+        }
     };
     let runs = step::run_step(
         args.repeat,
@@ -90,6 +106,7 @@ pub async fn check(args: CheckArgs) -> CliResult {
     finish(
         json,
         runs.class,
+        args.find_fix,
         args.repeat,
         runs.error.as_deref(),
         &runs.runs,
@@ -99,14 +116,20 @@ pub async fn check(args: CheckArgs) -> CliResult {
 fn finish(
     json: bool,
     class: Class,
+    find_fix: bool,
     repeat: u32,
     error: Option<&str>,
     runs: &[RunEvidence],
 ) -> CliResult {
-    let code = class.exit_code();
+    let code = match (find_fix, class) {
+        (true, Class::Good) => Class::Bad.exit_code(),
+        (true, Class::Bad) => Class::Good.exit_code(),
+        _ => class.exit_code(),
+    };
     if json {
         let r = CheckReport {
             class: class.as_str(),
+            find_fix,
             exit_code: code,
             repeat,
             error,
@@ -125,6 +148,11 @@ fn finish(
             Class::Good => "good",
             Class::Bad => "bad (the guest failed)",
             Class::Skip => "undetermined (git bisect skips it)",
+        };
+        let what = match (find_fix, class) {
+            (true, Class::Good) => "good (with --find-fix: the new, fixed side)",
+            (true, Class::Bad) => "bad (the guest failed; with --find-fix: the old, broken side)",
+            _ => what,
         };
         let runs_note = if repeat > 1 {
             format!(" after {} of up to {repeat} runs", runs.len())
