@@ -7,6 +7,7 @@ mod bisect;
 mod boot;
 mod inputs;
 mod matrix;
+mod probe;
 mod scenario;
 mod show;
 
@@ -77,6 +78,16 @@ enum Command {
     /// Run a compatibility matrix (scenarios/matrix/*.toml): every combination of image, QEMU
     /// build, firmware build, CPU model and vars store, concurrently, with reports.
     Matrix(Box<matrix::MatrixArgs>),
+    /// Read a firmware image offline: drivers, SMCCC users, version strings.
+    Inspect {
+        #[command(subcommand)]
+        command: probe::InspectCommand,
+    },
+    /// Measure a firmware build and the hypervisor under it with the probe application.
+    Probe {
+        #[command(subcommand)]
+        command: probe::ProbeCommand,
+    },
     /// Reports over matrix results.
     Report {
         #[command(subcommand)]
@@ -217,6 +228,8 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Demo(args) => scenario::demo(args).await,
         Command::Matrix(args) => matrix::matrix(*args).await,
         Command::Report { command } => matrix::report(command),
+        Command::Inspect { command } => probe::inspect(command).await,
+        Command::Probe { command } => probe::probe(command).await,
     }
 }
 

@@ -6,5 +6,6 @@ pub mod classify;
 pub mod console;
 pub mod event;
 pub mod facts;
+pub mod firmware;
 pub mod launch;
 pub mod verdict;

@@ -4,5 +4,6 @@
 pub mod debian;
 pub mod fixtures;
 pub mod images;
+pub mod probe;
 pub mod providers;
 pub mod repo;

@@ -3,5 +3,6 @@
 pub mod bisect;
 pub mod demo;
 pub mod matrix;
+pub mod probe;
 pub mod scenario;
 pub mod updates;

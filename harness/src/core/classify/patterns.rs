@@ -137,16 +137,19 @@ pub enum Role {
     /// The firmware banner: its `version` is recorded, its `release` regex turns it into an
     /// upstream release.
     FirmwareBanner,
+    /// `BOOTWATCH-PROBE key=value`: a measurement the firmware probe application printed.
+    ProbeFact,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::LoginPrompt,
         Role::PasswordPrompt,
         Role::ShellPrompt,
         Role::LoginIncorrect,
         Role::Printk,
         Role::FirmwareBanner,
+        Role::ProbeFact,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -157,6 +160,7 @@ impl Role {
             Role::LoginIncorrect => "login-incorrect",
             Role::Printk => "printk",
             Role::FirmwareBanner => "firmware-banner",
+            Role::ProbeFact => "probe-fact",
         }
     }
 
@@ -164,6 +168,7 @@ impl Role {
     fn groups(self) -> &'static [&'static str] {
         match self {
             Role::FirmwareBanner => &["version"],
+            Role::ProbeFact => &["key", "value"],
             _ => &[],
         }
     }
@@ -177,6 +182,7 @@ impl Role {
             Role::LoginIncorrect => "the serial shell takes it as a refused login",
             Role::Printk => "command output is cleaned of console messages with it",
             Role::FirmwareBanner => "runs record the firmware version from it",
+            Role::ProbeFact => "the firmware probe's measurements are read from it",
         }
     }
 }
