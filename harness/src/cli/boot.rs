@@ -194,6 +194,22 @@ pub async fn boot(args: BootArgs) -> CliResult {
         req.network.get_or_insert_with(Vec::new);
     }
     let checked = case::check(req)?;
+    let mut checked = checked;
+    checked.req.inputs = crate::inputs::providers::describe_paths(
+        &checked.qemu,
+        &checked.req.firmware_code,
+        checked.vars_template.as_deref(),
+        &cancel,
+    )
+    .await;
+    if let Some(img) = &args.image {
+        let mut r = crate::engine::record::InputRecord::new(
+            "image",
+            &checked.req.image.as_ref().expect("resolved").base,
+        );
+        r.provider = Some(format!("image:{img}"));
+        checked.req.inputs.push(r);
+    }
     let done = case::run(checked, &cancel, &sink).await?;
     let first = done.runs.first().expect("a case has a first session");
     if args.json {

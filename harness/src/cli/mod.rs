@@ -4,6 +4,7 @@
 //! (2 for bad input, 125 when bootwatch could not run), see `core::verdict::exit_code`.
 
 mod boot;
+mod bundle;
 mod inputs;
 mod matrix;
 mod scenario;
@@ -66,6 +67,13 @@ enum Command {
     /// Run a compatibility matrix (scenarios/matrix/*.toml): every combination of image, QEMU
     /// build, firmware build, CPU model and vars store, concurrently, with reports.
     Matrix(Box<matrix::MatrixArgs>),
+    /// Pack a run, a matrix cell or a bisection into a .tar.gz for an upstream bug report:
+    /// records, consoles, QMP, the QEMU argv, repro.sh, inputs with provenance and sha256,
+    /// REPORT.md; passwords, tokens, home paths and the host name redacted.
+    Bundle(bundle::BundleArgs),
+    /// Boot a bundle's run again on the same artifacts (found by provider or sha256; exit 125
+    /// when one differs) and compare: exit 0 same verdict, 1 different, 125 could not run.
+    Replay(bundle::ReplayArgs),
     /// Reports over matrix results.
     Report {
         #[command(subcommand)]
@@ -191,6 +199,8 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Demo(args) => scenario::demo(args).await,
         Command::Matrix(args) => matrix::matrix(*args).await,
         Command::Report { command } => matrix::report(command),
+        Command::Bundle(args) => bundle::bundle(args),
+        Command::Replay(args) => bundle::replay(args).await,
     }
 }
 

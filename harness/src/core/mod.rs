@@ -7,4 +7,5 @@ pub mod console;
 pub mod event;
 pub mod facts;
 pub mod launch;
+pub mod varstore;
 pub mod verdict;

@@ -2,5 +2,6 @@
 
 pub mod demo;
 pub mod matrix;
+pub mod replay;
 pub mod scenario;
 pub mod updates;
