@@ -72,6 +72,14 @@ fn settings() -> insta::Settings {
         s.add_redaction(sel, redact("version"));
     }
     s.add_redaction(".**.sha256", redact("sha256"));
+    // The inputs' provenance is the host's: its package versions and file sizes.
+    for sel in [
+        ".inputs[].size",
+        ".inputs[].version",
+        ".inputs[].package_version",
+    ] {
+        s.add_redaction(sel, redact("host input"));
+    }
     s.add_redaction(".**.text", banner());
     s
 }

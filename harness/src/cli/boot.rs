@@ -327,6 +327,25 @@ pub(super) async fn prepare(
         });
         req.network.get_or_insert_with(Vec::new);
     }
+    // Where each input came from (for bundles and replay): the case resolves the paths the
+    // way it will boot them.
+    if let Ok(checked) = case::check(req.clone()) {
+        req.inputs = crate::inputs::providers::describe_paths(
+            &checked.qemu,
+            &checked.req.firmware_code,
+            checked.vars_template.as_deref(),
+            cancel,
+        )
+        .await;
+    }
+    if let Some(img) = &args.image {
+        let mut r = crate::engine::record::InputRecord::new(
+            "image",
+            &req.image.as_ref().expect("resolved").base,
+        );
+        r.provider = Some(format!("image:{img}"));
+        req.inputs.push(r);
+    }
     Ok(req)
 }
 

@@ -5,6 +5,7 @@
 
 mod bisect;
 mod boot;
+mod bundle;
 mod inputs;
 mod matrix;
 mod probe;
@@ -88,6 +89,13 @@ enum Command {
         #[command(subcommand)]
         command: probe::ProbeCommand,
     },
+    /// Pack a run, a matrix cell or a bisection into a .tar.gz for an upstream bug report:
+    /// records, consoles, QMP, the QEMU argv, repro.sh, inputs with provenance and sha256,
+    /// REPORT.md; passwords, tokens, home paths and the host name redacted.
+    Bundle(bundle::BundleArgs),
+    /// Boot a bundle's run again on the same artifacts (found by provider or sha256; exit 125
+    /// when one differs) and compare: exit 0 same verdict, 1 different, 125 could not run.
+    Replay(bundle::ReplayArgs),
     /// Reports over matrix results.
     Report {
         #[command(subcommand)]
@@ -230,6 +238,8 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Report { command } => matrix::report(command),
         Command::Inspect { command } => probe::inspect(command).await,
         Command::Probe { command } => probe::probe(command).await,
+        Command::Bundle(args) => bundle::bundle(args),
+        Command::Replay(args) => bundle::replay(args).await,
     }
 }
 

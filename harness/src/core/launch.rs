@@ -225,6 +225,10 @@ pub fn argv(cfg: &VmConfig) -> Vec<OsString> {
         &"none",
         &"-S",
     ]);
+    // An inert text console no device is wired to: the guest sees nothing of it, and QMP's
+    // `screendump` has a console to draw on a machine without a display (a hung guest's
+    // evidence: QEMU refuses a screendump when it has no console at all).
+    push(&[&"-chardev", &"vc,id=screen0"]);
     push(&[
         &"-chardev",
         &opt(
@@ -391,6 +395,8 @@ mod tests {
             "-display",
             "none",
             "-S",
+            "-chardev",
+            "vc,id=screen0",
             "-chardev",
             "socket,id=serial0,server=on,wait=off,path=/run/x/serial.sock",
             "-serial",

@@ -8,4 +8,5 @@ pub mod event;
 pub mod facts;
 pub mod firmware;
 pub mod launch;
+pub mod varstore;
 pub mod verdict;

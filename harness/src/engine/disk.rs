@@ -223,6 +223,21 @@ pub fn check_writable_dir(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// Reads and parses the variable store at the start of a flash image (only as many bytes as
+/// its firmware volume spans): blocking.
+pub fn read_varstore(path: &Path) -> anyhow::Result<crate::core::varstore::VarStore> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let file_len = f.metadata()?.len();
+    let mut head = vec![0u8; 64.min(file_len as usize)];
+    f.read_exact(&mut head)?;
+    let len = crate::core::varstore::store_len(&head, file_len) as usize;
+    let mut all = head;
+    all.resize(len, 0);
+    f.read_exact(&mut all[64.min(len)..])?;
+    crate::core::varstore::parse(&all).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -157,7 +157,33 @@ pub struct RunResult {
     /// Commands run on the serial shell in this session.
     #[serde(default)]
     pub commands: Vec<CommandResult>,
+    /// What the machine showed when the guest went silent, before it was killed (see
+    /// `engine::session::HangEvidence`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hang: Option<HangEvidence>,
     pub bootwatch_version: String,
+}
+
+/// Taken from a guest judged silent, just before QEMU is stopped: QMP `query-status`, the
+/// vCPU registers (`info registers` through the monitor), a screendump and the console's last
+/// bytes, each in its own file of the session's directory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HangEvidence {
+    /// `query-status`'s answer (`status`: `running`, `paused`, `guest-panicked`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+    /// Registers by name as parsed from `info registers` (PC, ELR_EL1, ESR_EL1, FAR_EL1,
+    /// PSTATE...), as QEMU printed them.
+    #[serde(default)]
+    pub registers: BTreeMap<String, String>,
+    /// Files written (relative to the session's directory): `hang/query-status.json`,
+    /// `hang/registers.txt`, `hang/screendump.ppm`, `hang/console-tail.txt`.
+    pub files: Vec<String>,
+    /// What could not be taken, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// How long taking it took.
+    pub duration_s: f64,
 }
 
 /// How an image boot was provisioned. The user's password is random per case and never in a
@@ -173,6 +199,61 @@ pub struct Provision {
     /// `secrets.json` (relative to the case directory) when the case kept its disks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<PathBuf>,
+}
+
+/// Where one input of a case came from: the file, its hash, and the provider, package, URL or
+/// source commit that made it (what a bundle's reader needs to get the same bytes again).
+/// Providers fill what they know when they resolve an input; the case completes `sha256` and
+/// `size` from the files it booted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InputRecord {
+    /// `qemu`, `firmware-code`, `vars-template`, `disk` or `image`.
+    pub role: String,
+    pub path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The provider's spelling: `host`, `debian:bullseye`, `debian:2026.08/strictnx`,
+    /// `fixture:crash`, `image:debian-12-local`, `path:FILE`, `source:DIR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The upstream version (`5.2.0`, `2026.08`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The Debian package the file came from and its version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_version: Option<String>,
+    /// The Debian suite whose index listed the package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite: Option<String>,
+    /// Where the bytes were downloaded from (a package's pool path on the mirror, an image URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The OpenPGP-signed Release that vouched for the package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_release: Option<String>,
+    /// SHA256 of the `.deb` the file was unpacked from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deb_sha256: Option<String>,
+    /// A source build's commit (`git rev-parse HEAD` of its tree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_commit: Option<String>,
+    /// Anything else worth knowing (a local recipe's hash, the mirror an image was built from).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+impl InputRecord {
+    pub fn new(role: &str, path: &Path) -> InputRecord {
+        InputRecord {
+            role: role.into(),
+            path: path.to_path_buf(),
+            ..Default::default()
+        }
+    }
 }
 
 /// `secrets.json`: what a person needs to log in to a kept overlay (mode 0600, not to be shared).
@@ -260,6 +341,14 @@ pub struct CaseRecord {
     pub firmware_code: Option<FileInfo>,
     /// The case's firmware variable store (kept across its sessions), when it has one.
     pub vars: Option<PathBuf>,
+    /// Every input the case booted (QEMU, firmware code, vars template, disks, image) with its
+    /// hash and provenance.
+    #[serde(default)]
+    pub inputs: Vec<InputRecord>,
+    /// The variable store as the case started it and as it left it, decoded (boot entries,
+    /// `BootOrder`), and what changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vars_change: Option<crate::core::varstore::VarsChange>,
     pub host: HostInfo,
     pub started_at: String,
     pub duration_s: f64,

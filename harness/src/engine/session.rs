@@ -772,6 +772,152 @@ impl Session {
     }
 }
 
+/// How long each call of the hang evidence may take, and all of them together.
+const EVIDENCE_CALL: Duration = Duration::from_secs(2);
+const EVIDENCE_ALL: Duration = Duration::from_secs(6);
+/// How much of the console's end the hang evidence keeps.
+const CONSOLE_TAIL: usize = 4096;
+
+impl Session {
+    /// What a silent machine shows, taken before it is stopped: QMP `query-status`, the vCPUs'
+    /// registers (`info registers`) and the instructions at the PC (`x /4i $pc`) through the
+    /// monitor, a `screendump` (PPM, of the VM's display or, on a machine without one, of the
+    /// inert text console bootwatch gives every VM), and the console's last bytes. Written to
+    /// `dir/hang/`; each call bounded by [`EVIDENCE_CALL`], all by [`EVIDENCE_ALL`]; whatever
+    /// fails is listed in `errors`, never an error of the session.
+    pub async fn hang_evidence(&mut self, dir: &Path) -> crate::engine::record::HangEvidence {
+        let t0 = Instant::now();
+        let mut ev = crate::engine::record::HangEvidence::default();
+        match tokio::time::timeout(EVIDENCE_ALL, self.take_hang_evidence(dir, &mut ev)).await {
+            Ok(()) => {}
+            Err(_) => ev.errors.push(format!("stopped after {EVIDENCE_ALL:?}")),
+        }
+        ev.duration_s = round_ms(t0.elapsed().as_secs_f64());
+        ev
+    }
+
+    async fn take_hang_evidence(
+        &mut self,
+        dir: &Path,
+        ev: &mut crate::engine::record::HangEvidence,
+    ) {
+        let hang = dir.join("hang");
+        if let Err(e) = tokio::fs::create_dir_all(&hang).await {
+            ev.errors.push(format!("{}: {e}", hang.display()));
+            return;
+        }
+        let write =
+            async |name: &str, bytes: Vec<u8>, ev: &mut crate::engine::record::HangEvidence| {
+                match tokio::fs::write(hang.join(name), bytes).await {
+                    Ok(()) => ev.files.push(format!("hang/{name}")),
+                    Err(e) => ev.errors.push(format!("hang/{name}: {e}")),
+                }
+            };
+        // The console's end: the last complete lines and the unterminated tail.
+        let mut text = format!("{}{}", self.recent, self.tail);
+        if text.len() > CONSOLE_TAIL {
+            let mut cut = text.len() - CONSOLE_TAIL;
+            while !text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            text.drain(..cut);
+        }
+        write("console-tail.txt", text.into_bytes(), ev).await;
+        let qmp = &self.qmp;
+        match tokio::time::timeout(
+            EVIDENCE_CALL,
+            qmp.execute_raw("query-status", serde_json::Value::Null),
+        )
+        .await
+        {
+            Ok(Ok(v)) => {
+                let bytes = serde_json::to_vec_pretty(&v).unwrap_or_default();
+                ev.status = Some(v);
+                write("query-status.json", bytes, ev).await;
+            }
+            Ok(Err(e)) => ev.errors.push(format!("query-status: {e}")),
+            Err(_) => ev.errors.push("query-status: no answer".into()),
+        }
+        let hmp = async |line: &str| -> Result<String, String> {
+            let cmd = qapi::qmp::human_monitor_command {
+                command_line: line.to_string(),
+                cpu_index: None,
+            };
+            match tokio::time::timeout(EVIDENCE_CALL, qmp.execute(cmd)).await {
+                Ok(Ok(out)) => Ok(out.replace("\r\n", "\n")),
+                Ok(Err(e)) => Err(format!("{line}: {e}")),
+                Err(_) => Err(format!("{line}: no answer")),
+            }
+        };
+        let mut regs = String::new();
+        match hmp("info registers").await {
+            Ok(out) => {
+                ev.registers = parse_registers(&out);
+                regs.push_str("(qemu) info registers\n");
+                regs.push_str(&out);
+            }
+            Err(e) => ev.errors.push(e),
+        }
+        match hmp("x /4i $pc").await {
+            Ok(out) => {
+                regs.push_str("\n(qemu) x /4i $pc\n");
+                regs.push_str(&out);
+            }
+            Err(e) => ev.errors.push(e),
+        }
+        if !regs.is_empty() {
+            write("registers.txt", regs.into_bytes(), ev).await;
+        }
+        let shot = hang.join("screendump.ppm");
+        let cmd = qapi::qmp::screendump {
+            filename: shot.to_string_lossy().into_owned(),
+            device: None,
+            head: None,
+            format: None,
+        };
+        match tokio::time::timeout(EVIDENCE_CALL, qmp.execute(cmd)).await {
+            Ok(Ok(_)) => ev.files.push("hang/screendump.ppm".into()),
+            Ok(Err(e)) => ev.errors.push(format!("screendump: {e}")),
+            Err(_) => ev.errors.push("screendump: no answer".into()),
+        }
+    }
+}
+
+/// `NAME=HEX` pairs of QEMU's `info registers` (the first vCPU's, and every later one's as
+/// `CPU1.NAME`); `PSTATE` keeps its flags and mode (`400003c5 -Z-- EL1h`).
+pub fn parse_registers(out: &str) -> std::collections::BTreeMap<String, String> {
+    let mut regs = std::collections::BTreeMap::new();
+    let mut cpu = 0usize;
+    for line in out.lines() {
+        let line = line.trim();
+        if let Some(n) = line.strip_prefix("CPU#") {
+            cpu = n.trim().parse().unwrap_or(cpu);
+            continue;
+        }
+        let prefix = if cpu == 0 {
+            String::new()
+        } else {
+            format!("CPU{cpu}.")
+        };
+        if let Some(rest) = line.strip_prefix("PSTATE=") {
+            let v: Vec<&str> = rest.split_whitespace().take(3).collect();
+            regs.insert(format!("{prefix}PSTATE"), v.join(" "));
+            continue;
+        }
+        for tok in line.split_whitespace() {
+            if let Some((k, v)) = tok.split_once('=')
+                && !k.is_empty()
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !v.is_empty()
+                && v.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                regs.insert(format!("{prefix}{k}"), v.to_string());
+            }
+        }
+    }
+    regs
+}
+
 /// How much recent console text `expect` can look back over.
 const RECENT_MAX: usize = 1 << 20;
 
@@ -897,6 +1043,16 @@ fn cpu_s_from_stat(stat: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registers_of_info_registers() {
+        let out = "\r\nCPU#0\r\n PC=0000000040001000 X00=0000000000000001 X01=0000000000000000\r\nX29=0000000000000000 X30=0000000000000000  SP=0000000000000000\r\nPSTATE=400003c5 -Z-- EL1h    FPU disabled\r\n";
+        let r = parse_registers(out);
+        assert_eq!(r["PC"], "0000000040001000");
+        assert_eq!(r["X00"], "0000000000000001");
+        assert_eq!(r["SP"], "0000000000000000");
+        assert_eq!(r["PSTATE"], "400003c5 -Z-- EL1h");
+    }
 
     #[test]
     fn cpu_time_from_proc_stat_even_with_odd_command_names() {

@@ -4,5 +4,6 @@ pub mod bisect;
 pub mod demo;
 pub mod matrix;
 pub mod probe;
+pub mod replay;
 pub mod scenario;
 pub mod updates;

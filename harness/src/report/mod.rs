@@ -41,12 +41,14 @@
 //! Text that comes from the guest (`exception`, `reason`) is untrusted: every report escapes it
 //! for its format, and control characters are shown as `\xNN`.
 
+pub mod bundle;
 mod compare;
 mod grid;
 mod html;
 mod junit;
 mod markdown;
 mod merge;
+pub mod redact;
 
 /// Guest text made safe for a Markdown table cell (also used by `bisect.md`).
 pub use markdown::md;

@@ -17,9 +17,9 @@ use crate::engine::disk::{self, VarsCopy};
 use crate::engine::guest;
 use crate::engine::qmp::round_ms;
 use crate::engine::record::{
-    BootVerdict, CASE_SCHEMA, CaseRecord, FileInfo, Files, FirmwareInfo, HostInfo, Provision,
-    QemuInfo, RESULT_SCHEMA, RestoreRecord, RunResult, RunStatus, SessionRecord, StepRecord,
-    outcome_of,
+    BootVerdict, CASE_SCHEMA, CaseRecord, FileInfo, Files, FirmwareInfo, HostInfo, InputRecord,
+    Provision, QemuInfo, RESULT_SCHEMA, RestoreRecord, RunResult, RunStatus, SessionRecord,
+    StepRecord, outcome_of,
 };
 use crate::engine::session::{Session, SessionPaths, WatchEnd, WatchSpec};
 use crate::engine::shell::{Shell, ShellError};
@@ -64,6 +64,8 @@ pub(super) struct Driver<'a> {
     /// The provisioned user and password (never in a record).
     login: Option<crate::engine::record::Secrets>,
     hashing: Option<tokio::task::JoinHandle<Vec<Option<FileInfo>>>>,
+    /// The variable store as it was before the upgrade step (else the template is "before").
+    vars_before: Option<crate::core::varstore::VarStore>,
 }
 
 impl<'a> Driver<'a> {
@@ -100,6 +102,8 @@ impl<'a> Driver<'a> {
             provision: None,
             firmware_code: None,
             vars: None,
+            inputs: req.inputs.clone(),
+            vars_change: None,
             host: HostInfo::probe(),
             started_at: jiff::Timestamp::now().to_string(),
             duration_s: 0.0,
@@ -124,6 +128,7 @@ impl<'a> Driver<'a> {
             shell: None,
             login: None,
             hashing: None,
+            vars_before: None,
         };
         let first = d.new_run(1);
         d.runs.push(first);
@@ -202,6 +207,7 @@ impl<'a> Driver<'a> {
             error: None,
             provision: self.record.provision.clone(),
             commands: Vec::new(),
+            hang: None,
             bootwatch_version: env!("CARGO_PKG_VERSION").into(),
         }
     }
@@ -408,6 +414,8 @@ impl<'a> Driver<'a> {
         let mut inputs = vec![req.firmware_code.clone()];
         inputs.extend(self.case.vars_template.clone());
         inputs.extend(vm.disks.iter().map(|d| d.path.clone()));
+        // QEMU's binary last (the engine's own record of what ran; cached by inode).
+        inputs.push(self.case.qemu.clone());
         self.hashing = Some(tokio::spawn(disk::file_infos(inputs)));
         self.vm = Some(vm);
         self.write_records().await?;
@@ -526,6 +534,10 @@ impl<'a> Driver<'a> {
                 Ok(())
             }
             Step::Upgrade { timeout } => {
+                if let Some(v) = self.vars.as_ref().map(|v| v.path.clone()) {
+                    // The store as the guest had it before the upgrade (QEMU writes it through).
+                    self.vars_before = disk::blocking(move || disk::read_varstore(&v)).await.ok();
+                }
                 let guest = &self.case.req.image.as_ref().expect("checked").guest;
                 let url = self
                     .served
@@ -590,6 +602,14 @@ impl<'a> Driver<'a> {
         };
         match s.watch(spec, self.cancel).await? {
             WatchEnd::Decided { decision, t_s } => {
+                if decision.verdict == Verdict::Hang {
+                    // Before the kill: what the machine shows (bounded in time, off the watch).
+                    let n = s.index();
+                    let dir = self.session_dir(n);
+                    let s = self.session.as_mut().expect("a session after boot");
+                    let ev = s.hang_evidence(&dir).await;
+                    self.run_mut().hang = Some(ev);
+                }
                 let reached = decision.verdict == Verdict::Reached
                     || (target.is_none() && decision.exit_code == exit_code::GOOD);
                 self.judged(&decision, t_s);
@@ -752,8 +772,9 @@ impl<'a> Driver<'a> {
         self.end_session().await;
         drop(self.served.take());
         if let Some(h) = self.hashing.take()
-            && let Ok(hashes) = h.await
+            && let Ok(mut hashes) = h.await
         {
+            let qemu = hashes.pop().flatten();
             let mut it = hashes.into_iter();
             let code = it.next().flatten();
             let template = if self.case.vars_template.is_some() {
@@ -762,6 +783,7 @@ impl<'a> Driver<'a> {
                 None
             };
             let disks: Vec<FileInfo> = it.flatten().collect();
+            self.complete_inputs(code.as_ref(), template.as_ref(), &disks, qemu.as_ref());
             self.record.firmware_code = code.clone();
             for r in &mut self.runs {
                 r.firmware.code = code.clone();
@@ -770,7 +792,10 @@ impl<'a> Driver<'a> {
             }
         }
         if let Some(v) = self.vars.clone() {
-            let info = disk::blocking(move || Ok(v.info()?)).await.ok();
+            let before = self.vars_before.take();
+            let both = disk::blocking(move || Ok((vars_change(&v, before), v.info().ok()))).await;
+            let (change, info) = both.unwrap_or((None, None));
+            self.record.vars_change = change;
             if let Some(r) = self.runs.last_mut() {
                 r.firmware.vars = info;
             }
@@ -795,6 +820,112 @@ impl<'a> Driver<'a> {
         // The private directory (sockets, throwaway disks) goes now.
         drop(self.private.take());
     }
+}
+
+impl Driver<'_> {
+    /// `case.json`'s inputs: what the caller said of their provenance, completed with the hash
+    /// and size of what was booted; inputs nobody described are recorded by path and hash.
+    fn complete_inputs(
+        &mut self,
+        code: Option<&FileInfo>,
+        template: Option<&FileInfo>,
+        disks: &[FileInfo],
+        qemu: Option<&FileInfo>,
+    ) {
+        let mut files: Vec<(&str, &FileInfo)> = Vec::new();
+        files.extend(qemu.map(|f| ("qemu", f)));
+        files.extend(code.map(|f| ("firmware-code", f)));
+        files.extend(template.map(|f| ("vars-template", f)));
+        for d in &self.case.disks {
+            if let Some(f) = disks.iter().find(|f| f.path == d.path) {
+                files.push(("disk", f));
+            }
+        }
+        let inputs = &mut self.record.inputs;
+        // Recorded absolute: a bundle's reader runs elsewhere.
+        let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        for (role, f) in files {
+            let i = match inputs
+                .iter()
+                .position(|r| r.role == role && abs(&r.path) == abs(&f.path))
+            {
+                Some(i) => i,
+                None => {
+                    let mut r = InputRecord::new(role, &abs(&f.path));
+                    if role == "disk" {
+                        r.note = "a disk given as a file".into();
+                    }
+                    inputs.push(r);
+                    inputs.len() - 1
+                }
+            };
+            let r = &mut inputs[i];
+            r.sha256.get_or_insert_with(|| f.sha256.clone());
+            r.size.get_or_insert(f.size);
+        }
+        if let Some(img) = &self.case.req.image {
+            let i = match inputs.iter().position(|r| r.role == "image") {
+                Some(i) => i,
+                None => {
+                    let mut r = InputRecord::new("image", &img.base);
+                    r.provider = Some(format!("image:{}", img.name));
+                    inputs.push(r);
+                    inputs.len() - 1
+                }
+            };
+            inputs[i]
+                .sha256
+                .get_or_insert_with(|| img.base_sha256.clone());
+        }
+        let run = self.runs.first();
+        if let Some(q) = inputs.iter_mut().find(|r| r.role == "qemu") {
+            if q.version.is_none() {
+                q.version = run.and_then(|r| r.qemu.version.clone());
+            }
+            if q.package_version.is_none()
+                && let Some(p) = run.and_then(|r| r.qemu.package.as_deref())
+            {
+                // QEMU's own package string: "Debian 1:7.2+dfsg-7+deb12u18+b3".
+                q.package_version = Some(p.strip_prefix("Debian ").unwrap_or(p).to_string());
+            }
+        }
+    }
+}
+
+/// The store before (the upgrade, else the template) and as the case left it, compared.
+fn vars_change(
+    v: &VarsCopy,
+    before: Option<crate::core::varstore::VarStore>,
+) -> Option<crate::core::varstore::VarsChange> {
+    let mut errors = Vec::new();
+    let (label, before) = match before {
+        Some(b) => ("before-upgrade", Some(b)),
+        None => (
+            "template",
+            disk::read_varstore(&v.template)
+                .map_err(|e| errors.push(format!("{e:#}")))
+                .ok(),
+        ),
+    };
+    let after = disk::read_varstore(&v.path)
+        .map_err(|e| errors.push(format!("{e:#}")))
+        .ok();
+    let empty = crate::core::varstore::VarStore {
+        authenticated: true,
+        variables: Vec::new(),
+    };
+    if before.is_none() && after.is_none() {
+        let mut c = crate::core::varstore::compare(label, &empty, &empty);
+        c.errors = errors;
+        return Some(c);
+    }
+    let mut c = crate::core::varstore::compare(
+        label,
+        before.as_ref().unwrap_or(&empty),
+        after.as_ref().unwrap_or(&empty),
+    );
+    c.errors = errors;
+    Some(c)
 }
 
 /// A record as the bytes of its file: pretty JSON and a final newline.

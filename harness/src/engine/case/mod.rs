@@ -103,6 +103,9 @@ pub struct CaseRequest {
     /// in the overlay) and boot again.
     pub restore_bootloader: bool,
     pub timings: Timings,
+    /// Where the inputs came from (providers, packages, URLs, commits), as the caller resolved
+    /// them: copied into `case.json`'s `inputs` and completed there with hashes.
+    pub inputs: Vec<crate::engine::record::InputRecord>,
 }
 
 impl CaseRequest {
@@ -134,6 +137,7 @@ impl CaseRequest {
             exclude_bootloader: false,
             restore_bootloader: false,
             timings: Timings::default(),
+            inputs: Vec::new(),
         }
     }
 }

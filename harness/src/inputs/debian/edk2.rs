@@ -80,6 +80,12 @@ pub struct Edk2Build {
     pub dir: PathBuf,
     /// SHA256 of the `.deb` it was unpacked from.
     pub deb_sha256: String,
+    /// The `.deb`'s path in the archive (`pool/main/e/edk2/qemu-efi-aarch64_..._all.deb`).
+    #[serde(default)]
+    pub filename: String,
+    /// The OpenPGP-verified Release whose index listed the `.deb`.
+    #[serde(default)]
+    pub signed_release: Option<String>,
     /// Every unpacked file (regular files only), sorted by name.
     pub files: Vec<Edk2File>,
 }
@@ -434,6 +440,8 @@ fn load_build(dir: &Path) -> Result<Edk2Build> {
         suite: manifest.suite,
         dir: dir.to_path_buf(),
         deb_sha256: manifest.deb_sha256,
+        filename: manifest.filename,
+        signed_release: manifest.signed_release,
         files,
     })
 }

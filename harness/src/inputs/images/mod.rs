@@ -288,6 +288,23 @@ pub struct Resolved {
     pub sha256: String,
     pub format: catalog::ImageFormat,
     pub guest: GuestTraits,
+    /// Where it came from: the vendor's URL, or the local recipe's hash and the mirror it was
+    /// built from.
+    pub url: Option<String>,
+    pub note: String,
+}
+
+impl Resolved {
+    /// The record `case.json` keeps of this image.
+    pub fn input_record(&self) -> crate::engine::record::InputRecord {
+        crate::engine::record::InputRecord {
+            provider: Some(format!("image:{}", self.name)),
+            sha256: Some(self.sha256.clone()),
+            url: self.url.clone(),
+            note: self.note.clone(),
+            ..crate::engine::record::InputRecord::new("image", &self.path)
+        }
+    }
 }
 
 /// Makes `entry` available: a vendor image is fetched (a no-op when cached), a local recipe built
@@ -328,6 +345,8 @@ pub async fn resolve(
                 sha256: got.sha256,
                 format: i.format,
                 guest: i.guest.clone(),
+                url: Some(i.url.clone()),
+                note: String::new(),
             })
         }
         Entry::Local(l) => {
@@ -345,6 +364,14 @@ pub async fn resolve(
                 sha256: built.manifest.disk_sha256.clone(),
                 format: catalog::ImageFormat::Qcow2,
                 guest: l.guest.clone(),
+                url: None,
+                note: format!(
+                    "local recipe {}, built by bootwatch {} from Debian's archive {} (recipe hash {})",
+                    l.name,
+                    built.manifest.builder_version,
+                    built.manifest.mirror,
+                    built.manifest.hash
+                ),
             })
         }
     }

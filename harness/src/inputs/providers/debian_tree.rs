@@ -288,6 +288,12 @@ async fn runnable(tree: &Tree, cancel: &CancellationToken) -> Result<ResolvedQem
         cancel,
     )
     .await?;
+    let mut resolved = resolved;
+    resolved.origin.suite = Some(tree.manifest.suite.clone());
+    resolved.origin.note = format!(
+        "qemu-system-arm of {} from {}, in a private root tree",
+        tree.manifest.suite, tree.manifest.mirror
+    );
     ensure!(
         resolved.sha256 == tree.manifest.binary_sha256,
         "{} changed since the tree was built (sha256 {} now, {} then); delete {} to rebuild it",

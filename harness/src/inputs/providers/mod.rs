@@ -274,6 +274,59 @@ pub struct ResolvedQemu {
     pub package: Option<String>,
     /// SHA256 of `binary`.
     pub sha256: String,
+    /// Where it came from beyond the package version: the Debian suite and mirror, or the
+    /// source tree and its commit (filled by the provider; see [`ResolvedQemu::input_record`]).
+    pub origin: crate::engine::record::InputRecord,
+}
+
+impl ResolvedQemu {
+    /// The record `case.json` keeps of this QEMU.
+    pub fn input_record(&self) -> crate::engine::record::InputRecord {
+        crate::engine::record::InputRecord {
+            role: "qemu".into(),
+            path: self.binary.clone(),
+            sha256: Some(self.sha256.clone()),
+            provider: Some(self.spec.clone()),
+            version: Some(self.version.clone()),
+            package_version: self.package.clone(),
+            package: self.package.as_ref().map(|_| {
+                self.origin
+                    .package
+                    .clone()
+                    .unwrap_or("qemu-system-arm".into())
+            }),
+            ..self.origin.clone()
+        }
+    }
+}
+
+impl ResolvedFirmware {
+    /// The records `case.json` keeps of this firmware: the code image and the vars template.
+    pub fn input_records(&self) -> Vec<crate::engine::record::InputRecord> {
+        let code = crate::engine::record::InputRecord {
+            role: "firmware-code".into(),
+            path: self.code.clone(),
+            sha256: Some(self.code_sha256.clone()),
+            provider: Some(self.spec.clone()),
+            package_version: self.package.clone(),
+            package: self
+                .package
+                .as_ref()
+                .map(|_| "qemu-efi-aarch64".to_string()),
+            version: self.package.as_deref().map(upstream_version),
+            ..self.origin.clone()
+        };
+        let mut out = vec![code.clone()];
+        if let Some(v) = &self.vars_template {
+            out.push(crate::engine::record::InputRecord {
+                role: "vars-template".into(),
+                path: v.clone(),
+                sha256: None,
+                ..code
+            });
+        }
+        out
+    }
 }
 
 /// A firmware ready to load.
@@ -289,6 +342,8 @@ pub struct ResolvedFirmware {
     pub package: Option<String>,
     /// SHA256 of `code`.
     pub code_sha256: String,
+    /// The package's suite, pool path and signed Release (`debian:`).
+    pub origin: crate::engine::record::InputRecord,
 }
 
 /// The upstream part of a Debian version: no epoch, no Debian revision, no `+ds`/`+dfsg`/`~`
@@ -328,7 +383,10 @@ pub async fn resolve_qemu(
                 )
             })?;
             let package = dpkg_package_version(&binary, cancel).await;
-            describe_qemu(spec.clone(), binary, QemuExec::default(), package, cancel).await?
+            let mut q =
+                describe_qemu(spec.clone(), binary, QemuExec::default(), package, cancel).await?;
+            q.origin.note = "the host's QEMU".into();
+            q
         }
         QemuProvider::Path(path) => {
             let binary = std::path::absolute(path)
@@ -343,7 +401,10 @@ pub async fn resolve_qemu(
             let (binary, exec) = source::build(dir, cancel)
                 .await
                 .with_context(|| format!("QEMU provider {spec}"))?;
-            describe_qemu(spec.clone(), binary, exec, None, cancel).await?
+            let mut q = describe_qemu(spec.clone(), binary, exec, None, cancel).await?;
+            q.origin.source_commit = git_head(dir);
+            q.origin.note = format!("built from the source tree {}", dir.display());
+            q
         }
     };
     tracing::info!(
@@ -396,6 +457,7 @@ pub(crate) async fn describe_qemu(
         version_line,
         package,
         sha256,
+        origin: Default::default(),
     })
 }
 
@@ -440,6 +502,42 @@ pub(crate) async fn version_line(
             .unwrap_or_default()
     );
     Ok(line)
+}
+
+/// The commit a git work tree has checked out (reading `.git/HEAD`, its ref and packed refs;
+/// no git needed), if it is one.
+pub fn git_head(dir: &Path) -> Option<String> {
+    let mut git = dir.join(".git");
+    if git.is_file() {
+        // A worktree or submodule: "gitdir: PATH".
+        let t = std::fs::read_to_string(&git).ok()?;
+        git = dir.join(t.strip_prefix("gitdir:")?.trim());
+    }
+    let head = std::fs::read_to_string(git.join("HEAD")).ok()?;
+    let head = head.trim();
+    let Some(r) = head.strip_prefix("ref:") else {
+        return Some(head.to_string());
+    };
+    let r = r.trim();
+    let common = std::fs::read_to_string(git.join("commondir"))
+        .ok()
+        .map(|c| git.join(c.trim()))
+        .unwrap_or_else(|| git.clone());
+    for base in [&git, &common] {
+        if let Ok(c) = std::fs::read_to_string(base.join(r)) {
+            return Some(c.trim().to_string());
+        }
+        if let Ok(packed) = std::fs::read_to_string(base.join("packed-refs")) {
+            for line in packed.lines() {
+                if let Some((c, name)) = line.split_once(' ')
+                    && name == r
+                {
+                    return Some(c.to_string());
+                }
+            }
+        }
+    }
+    None
 }
 
 /// SHA256 of a file, hashed on a blocking thread.
@@ -493,6 +591,90 @@ async fn dpkg_package_version(path: &Path, cancel: &CancellationToken) -> Option
     None
 }
 
+/// What a `bootwatch boot` can say of its QEMU and firmware without a provider spelling: the
+/// host's (`host`, with dpkg's package version), a tree or edk2 build of bootwatch's cache (its
+/// manifest: `debian:SUITE`, `debian:VERSION/VARIANT`), or a path. Hashes are left to the case.
+pub async fn describe_paths(
+    qemu: &Path,
+    code: &Path,
+    vars: Option<&Path>,
+    cancel: &CancellationToken,
+) -> Vec<crate::engine::record::InputRecord> {
+    use crate::engine::record::InputRecord;
+    let mut out = Vec::new();
+    let on_path = which::which(qemu).ok();
+    let host_qemu = which::which("qemu-system-aarch64").ok();
+    let mut q = InputRecord::new("qemu", on_path.as_deref().unwrap_or(qemu));
+    if on_path.is_some() && on_path == host_qemu {
+        q.provider = Some("host".into());
+        if let Some(b) = &on_path {
+            q.package_version = dpkg_package_version(b, cancel).await;
+            q.package = q.package_version.as_ref().map(|_| "qemu-system-arm".into());
+        }
+    } else if let Some(b) = &on_path {
+        q.provider = Some(format!("path:{}", b.display()));
+    }
+    out.push(q);
+    let manifest = code
+        .parent()
+        .map(|d| d.join("bootwatch-edk2.json"))
+        .and_then(|m| std::fs::read(m).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let mut c = InputRecord::new("firmware-code", code);
+    if let Some(m) = manifest {
+        let s = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let file = code.file_name().and_then(|f| f.to_str()).unwrap_or("");
+        let variant = match file {
+            "AAVMF_CODE.no-secboot.fd" => "/no-secboot",
+            "AAVMF_CODE.secboot.fd" => "/secboot",
+            "AAVMF_CODE.secboot.strictnx.fd" => "/strictnx",
+            "AAVMF_CODE.ms.fd" => "/ms",
+            "AAVMF_CODE.snakeoil.fd" => "/snakeoil",
+            _ => "",
+        };
+        c.package = s("package");
+        c.package_version = s("debian_version");
+        c.version = c.package_version.as_deref().map(upstream_version);
+        c.provider = c
+            .package_version
+            .as_ref()
+            .map(|v| format!("debian:{v}{variant}"));
+        c.suite = s("suite");
+        c.url = s("filename");
+        c.signed_release = s("signed_release");
+        c.deb_sha256 = s("deb_sha256");
+    } else if host_firmware().as_deref() == Some(code) {
+        c.provider = Some("host".into());
+        c.package_version = dpkg_package_version(code, cancel).await;
+        c.package = c
+            .package_version
+            .as_ref()
+            .map(|_| "qemu-efi-aarch64".into());
+        c.version = c.package_version.as_deref().map(upstream_version);
+    } else {
+        c.provider = Some(format!("path:{}", code.display()));
+    }
+    let vars = vars
+        .map(Path::to_path_buf)
+        .or_else(|| crate::engine::case::sibling_vars(code));
+    if let Some(v) = vars {
+        let mut r = if v.parent() == code.parent() {
+            c.clone()
+        } else {
+            let mut r = InputRecord::new("vars-template", &v);
+            r.provider = Some(format!("path:{}", v.display()));
+            r
+        };
+        r.role = "vars-template".into();
+        r.path = v;
+        out.push(c);
+        out.push(r);
+    } else {
+        out.push(c);
+    }
+    out
+}
+
 /// The host's edk2 for aarch64, where the usual distributions put it.
 pub fn host_firmware() -> Option<PathBuf> {
     [
@@ -516,6 +698,7 @@ pub async fn resolve_firmware(
     cancel: &CancellationToken,
 ) -> Result<ResolvedFirmware> {
     let spec = p.to_string();
+    let mut origin = crate::engine::record::InputRecord::default();
     let (code, vars_template, package) = match p {
         FirmwareProvider::Host => {
             let code = host_firmware().ok_or_else(|| {
@@ -526,6 +709,7 @@ pub async fn resolve_firmware(
             })?;
             let vars = crate::engine::case::sibling_vars(&code);
             let package = dpkg_package_version(&code, cancel).await;
+            origin.note = "the host's edk2".into();
             (code, vars, package)
         }
         FirmwareProvider::Path { code, vars } => {
@@ -589,6 +773,13 @@ pub async fn resolve_firmware(
             let (code, vars) = build
                 .firmware(variant)
                 .with_context(|| format!("firmware provider {spec}"))?;
+            origin.suite = Some(build.suite.clone());
+            origin.deb_sha256 = Some(build.deb_sha256.clone());
+            origin.signed_release = build.signed_release.clone();
+            if !build.filename.is_empty() {
+                // The mirror's pool path: the same file on every Debian mirror.
+                origin.url = Some(build.filename.clone());
+            }
             (code, Some(vars), Some(build.debian_version.clone()))
         }
     };
@@ -600,6 +791,7 @@ pub async fn resolve_firmware(
         vars_template,
         package,
         code_sha256,
+        origin,
     })
 }
 

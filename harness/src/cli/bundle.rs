@@ -1,0 +1,135 @@
+//! `bootwatch bundle` and `bootwatch replay`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::{CliError, CliResult, show, signal_token};
+use crate::core::verdict::exit_code;
+use crate::plan::replay::{self, ReplayError, ReplayOptions};
+use crate::report::bundle;
+
+#[derive(clap::Args, Debug)]
+pub struct BundleArgs {
+    /// A run's results directory (case.json), a matrix cell's (RESULTS/cells/ID: cell.json) or a
+    /// bisection's (bisect.json).
+    dir: PathBuf,
+    /// The archive to write (default: bootwatch-<name>.tar.gz in the current directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print bundle.json.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    /// A bundle (.tar.gz) or the directory it was unpacked into.
+    bundle: PathBuf,
+    /// Results root: the replay writes DIR/<run-id>/.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    /// Debian archive mirror, for inputs that must be fetched again.
+    #[arg(long)]
+    mirror: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn bundle(args: BundleArgs) -> CliResult {
+    if !args.dir.is_dir() {
+        return Err(CliError::usage(format!(
+            "{} is not a directory",
+            args.dir.display()
+        )));
+    }
+    if bundle::Kind::detect(&args.dir).is_none() {
+        return Err(CliError::usage(format!(
+            "{} holds no case.json, cell.json or bisect.json: give a run's results directory, a \
+             matrix cell's (RESULTS/cells/ID) or a bisection's",
+            args.dir.display()
+        )));
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        let name = args
+            .dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "run".into());
+        PathBuf::from(format!("bootwatch-{name}.tar.gz"))
+    });
+    let rec =
+        bundle::make(&args.dir, &out).map_err(|e| CliError::undetermined(format!("{e:#}")))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rec).unwrap_or_default());
+    } else {
+        println!("{}", show::one_line(&rec.title));
+        println!(
+            "  {} {}, verdict {}{}; {} files",
+            rec.kind.as_str(),
+            rec.name,
+            rec.outcome.verdict,
+            rec.repeats
+                .as_ref()
+                .map(|r| format!(" (failed in {} of {} runs)", r.failed, r.runs))
+                .unwrap_or_default(),
+            rec.files.len() + 1
+        );
+        println!("bundle: {}", out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn replay(args: ReplayArgs) -> CliResult {
+    if !Path::new(&args.bundle).exists() {
+        return Err(CliError::usage(format!(
+            "{}: no such file",
+            args.bundle.display()
+        )));
+    }
+    let cache_root = crate::sys::fsx::cache_root().map_err(CliError::undetermined)?;
+    let opts = ReplayOptions {
+        results: args.results.clone(),
+        mirror: args.mirror.clone(),
+        cache_root,
+    };
+    let sink = show::terminal(args.json);
+    let cancel = signal_token();
+    match replay::replay(&args.bundle, &opts, &cancel, &sink).await {
+        Ok(r) => {
+            if args.json {
+                let v = serde_json::json!({
+                    "bundle": args.bundle,
+                    "same": r.same(),
+                    "was": r.was,
+                    "now": r.now,
+                    "results": r.dir,
+                    "inputs": r.found.iter().map(|(role, p)| serde_json::json!({"role": role, "path": p})).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!(
+                    "{}: {} (was {}, now {} at stage {})",
+                    if r.same() {
+                        "same verdict"
+                    } else {
+                        "different verdict"
+                    },
+                    show::one_line(&r.bundle.title),
+                    r.was.verdict,
+                    r.now.verdict,
+                    r.now.stage
+                );
+                println!("  {}", show::one_line(&r.now.reason));
+                println!("results: {}", r.dir.display());
+            }
+            Ok(ExitCode::from(if r.same() {
+                exit_code::GOOD
+            } else {
+                exit_code::BAD
+            }))
+        }
+        Err(ReplayError::Bundle(m)) => Err(CliError::undetermined(format!("replay: {m}"))),
+        Err(e) => Err(CliError::undetermined(format!("replay: {e}"))),
+    }
+}
