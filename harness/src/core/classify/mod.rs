@@ -974,21 +974,65 @@ pub fn classify_log(bytes: &[u8]) -> (Classifier, Decision) {
     classify_log_with(Classifier::new(), bytes)
 }
 
-fn classify_log_with(mut cls: Classifier, bytes: &[u8]) -> (Classifier, Decision) {
-    let mut norm = crate::core::console::Normalizer::new();
-    let mut text = String::new();
-    for chunk in bytes.chunks(1 << 20) {
-        text.clear();
-        norm.feed(chunk, &mut text);
-        cls.feed_text(&text, None);
+fn classify_log_with(cls: Classifier, bytes: &[u8]) -> (Classifier, Decision) {
+    let mut log = LogClassifier::with_classifier(cls);
+    for chunk in bytes.chunks(LOG_CHUNK) {
+        log.feed(chunk);
     }
-    text.clear();
-    norm.finish(&mut text);
-    cls.feed_text(&text, None);
-    let decision = cls
-        .decide(None, &End::EndOfLog)
-        .expect("EndOfLog always decides");
-    (cls, decision)
+    log.finish()
+}
+
+/// Bytes of a saved log read at a time by a caller of [`LogClassifier`] (any size gives the
+/// same result; this one keeps memory small and per-call costs negligible).
+pub const LOG_CHUNK: usize = 1 << 20;
+
+/// Classifies a saved console log handed over in pieces (a file read [`LOG_CHUNK`] bytes at a
+/// time): memory stays bounded by the piece size, whatever the size of the log. The result
+/// does not depend on where the pieces are cut, and is [`classify_log`]'s on the whole.
+pub struct LogClassifier {
+    norm: crate::core::console::Normalizer,
+    cls: Classifier,
+    /// The normalized lines of the last piece (reused).
+    text: String,
+}
+
+impl Default for LogClassifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LogClassifier {
+    pub fn new() -> LogClassifier {
+        LogClassifier::with_classifier(Classifier::new())
+    }
+
+    fn with_classifier(cls: Classifier) -> LogClassifier {
+        LogClassifier {
+            norm: crate::core::console::Normalizer::new(),
+            cls,
+            text: String::new(),
+        }
+    }
+
+    /// The next piece of the log's raw bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.text.clear();
+        self.norm.feed(bytes, &mut self.text);
+        self.cls.feed_text(&self.text, None);
+    }
+
+    /// The log ended: its last line (without a line break) is classified, and the boot decided.
+    pub fn finish(mut self) -> (Classifier, Decision) {
+        self.text.clear();
+        self.norm.finish(&mut self.text);
+        self.cls.feed_text(&self.text, None);
+        let decision = self
+            .cls
+            .decide(None, &End::EndOfLog)
+            .expect("EndOfLog always decides");
+        (self.cls, decision)
+    }
 }
 
 #[cfg(test)]
