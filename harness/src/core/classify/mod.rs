@@ -23,7 +23,9 @@
 pub mod patterns;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use aho_corasick::AhoCorasick;
 use regex::Captures;
 use serde::{Deserialize, Serialize};
 
@@ -300,6 +302,23 @@ pub struct Classifier {
     cut_hit: Option<CutHit>,
     scratch: Vec<usize>,
     last_line: String,
+    /// The literal scan for the state it was made for (see [`Classifier::live_scan`]).
+    live_scan: Option<(ScanState, Option<Arc<AhoCorasick>>)>,
+    /// Whether lines whose literals can change nothing are passed over at the scan (off only in
+    /// the test that checks this changes no result).
+    prune: bool,
+    /// Lines looked at one by one (with the patterns' regexes): the rest were only counted.
+    looked_at: u64,
+}
+
+/// What decides which literals a line can change something with: the boot, its stage and
+/// timeline (which only grows within a boot), and whether a dump is open.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ScanState {
+    boot: usize,
+    stage: Stage,
+    timeline: usize,
+    dump_open: bool,
 }
 
 /// A finding made from a line that may have been cut, with its match near the line's end.
@@ -345,6 +364,9 @@ impl Classifier {
             cut_hit: None,
             scratch: Vec::new(),
             last_line: String::new(),
+            live_scan: None,
+            prune: true,
+            looked_at: 0,
         }
     }
 
@@ -371,6 +393,12 @@ impl Classifier {
     /// Number of complete lines seen.
     pub fn lines(&self) -> u64 {
         self.line_no
+    }
+
+    /// How many lines were looked at one by one (matched against the patterns' regexes); the
+    /// others were only counted.
+    pub fn lines_looked_at(&self) -> u64 {
+        self.looked_at
     }
 
     /// The last non-empty line seen (for `hang` reports).
@@ -424,7 +452,8 @@ impl Classifier {
         let mut pos = 0; // the start of the first line not yet looked at
         while pos < bytes.len() {
             let input = aho_corasick::Input::new(bytes).range(pos..);
-            let hit = self.set.scan.find(input).map(|m| {
+            let scan = self.live_scan();
+            let hit = scan.and_then(|s| s.find(input)).map(|m| {
                 memchr::memrchr(b'\n', &bytes[pos..m.start()]).map_or(pos, |i| pos + i + 1)
             });
             self.pass_lines(text, pos, hit.unwrap_or(bytes.len()), t);
@@ -446,8 +475,60 @@ impl Classifier {
         }
     }
 
-    /// Counts the lines in `text[from..to]`, which hold no literal. Only a line that follows one
-    /// the normalizer may have cut is looked at (joined to it), so the common case is a count.
+    /// The scan for lines that can change something now: a line whose literals all belong to
+    /// patterns that cannot match it (their `until` is reached) or whose match would change
+    /// nothing (a stage pattern already in this boot's timeline, at or below its stage, while no
+    /// dump is open: `apply` would return at once) is passed over like a line without literals.
+    /// Such lines are most of a healthy boot's hits (every systemd status line holds a literal
+    /// of the userspace stage). `None` when no literal is left to look for.
+    fn live_scan(&mut self) -> Option<Arc<AhoCorasick>> {
+        if !self.prune {
+            return Some(self.set.scan.clone());
+        }
+        let boot = self.current();
+        let state = ScanState {
+            boot: boot.index,
+            stage: boot.stage,
+            timeline: boot.timeline.len(),
+            dump_open: self.open_dump.is_some(),
+        };
+        if let Some((s, scan)) = &self.live_scan
+            && *s == state
+        {
+            return scan.clone();
+        }
+        let scan = self.set.scan_without(self.dead_literals());
+        self.live_scan = Some((state, scan.clone()));
+        scan
+    }
+
+    /// The literals (bit `i`: distinct literal `i`) every owner of which is out of scope or
+    /// inert in the current state (see [`Classifier::live_scan`]).
+    fn dead_literals(&self) -> u128 {
+        let set = self.set;
+        if self.open_dump.is_some() || set.literal_owners.len() > 128 {
+            return 0;
+        }
+        let boot = self.current();
+        let inert = |i: usize| {
+            let p = &set.patterns[i];
+            !set.in_scope(i, boot.stage)
+                || (p.effect == Effect::Stage
+                    && !p.restarts_boot
+                    && p.file_stages.is_empty()
+                    && p.stage.is_some_and(|s| s <= boot.stage)
+                    && boot.timeline.iter().any(|m| m.pattern == p.name))
+        };
+        set.literal_owners
+            .iter()
+            .enumerate()
+            .filter(|(_, owners)| owners.iter().all(|&i| inert(i)))
+            .fold(0, |dead, (l, _)| dead | 1 << l)
+    }
+
+    /// Counts the lines in `text[from..to]`, which hold no literal of the live scan. Only a line
+    /// that follows one the normalizer may have cut is looked at (joined to it), so the common
+    /// case is a count.
     fn pass_lines(&mut self, text: &str, from: usize, to: usize, t: Option<f64>) {
         let region = &text.as_bytes()[from..to];
         if self.cut_tail.is_none() && !has_long_line(region) {
@@ -492,6 +573,7 @@ impl Classifier {
     }
 
     fn classify_line(&mut self, line_no: u64, line: &str, t: Option<f64>) {
+        self.looked_at += 1;
         let tail = self.cut_tail.take();
         if let (Some(tail), Some(hit)) = (&tail, self.cut_hit.take()) {
             self.complete_cut_finding(tail, line, hit);
