@@ -1,9 +1,12 @@
-//! Offline classification throughput over a large, mostly healthy boot log (the README quotes
-//! the figure), and over hostile console output (issue #12): a long line of invalid UTF-8
-//! (offline, and read in small pieces as a session reads it), a flood of benign notes and a
-//! flood of distinct exception banners. Each of these used to cost time or memory that grew
-//! faster than the input. Run: `cargo bench --bench classify -- --warm-up-time 1
-//! --measurement-time 3`.
+//! Offline classification throughput on real console text (the README quotes these figures):
+//! the recorded Debian 12 boot, upgrade and reboot (`tests/data/recorded/`) alone and together
+//! with every sample in `tests/data/console/`, repeated to 64 MiB, through the path
+//! `bootwatch classify` takes (normalize + classify, fed in the CLI's read size), and split into
+//! normalize-only and classify-only. Also a synthetic log of kernel lines, and hostile console
+//! output (issue #12): a long line of invalid UTF-8 (offline, and read in small pieces as a
+//! session reads it), a flood of benign notes and a flood of distinct exception banners. Each of
+//! these used to cost time or memory that grew faster than the input. Run: `cargo bench --bench
+//! classify -- --warm-up-time 1 --measurement-time 3` (CI runs it once with `-- --test`).
 
 use std::fmt::Write;
 use std::hint::black_box;
@@ -52,6 +55,74 @@ fn boot_log(size: usize) -> Vec<u8> {
     }
     s.push_str("\nDebian GNU/Linux 12 debian ttyAMA0\n\ndebian login: ");
     s.into_bytes()
+}
+
+/// The recorded console, and the recorded console followed by every sample.
+fn real_consoles() -> (Vec<u8>, Vec<u8>) {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let recorded = std::fs::read(data.join("recorded/debian-12-upgrade-reboot.serial.raw"))
+        .expect("the recorded console");
+    let mut samples: Vec<_> = std::fs::read_dir(data.join("console"))
+        .expect("the samples")
+        .map(|e| e.expect("a sample").path())
+        .collect();
+    samples.sort();
+    let mut all = recorded.clone();
+    for s in samples {
+        all.extend(std::fs::read(s).expect("a sample"));
+    }
+    (recorded, all)
+}
+
+/// `unit` repeated to at least `size` bytes.
+fn repeated(unit: &[u8], size: usize) -> Vec<u8> {
+    unit.repeat(size.div_ceil(unit.len()))
+}
+
+/// What `bootwatch classify` does with a file, without the reads.
+fn cli_path(log: &[u8]) -> u64 {
+    let mut c = bootwatch::core::classify::LogClassifier::new();
+    for chunk in log.chunks(bootwatch::core::classify::LOG_CHUNK) {
+        c.feed(chunk);
+    }
+    let (cls, _) = c.finish();
+    cls.lines()
+}
+
+fn real(c: &mut Criterion) {
+    let (recorded, all) = real_consoles();
+    let mut g = c.benchmark_group("real-console");
+    g.sample_size(10);
+    for (name, unit) in [("recorded", &recorded), ("recorded+samples", &all)] {
+        let log = repeated(unit, 64 << 20);
+        g.throughput(Throughput::Bytes(log.len() as u64));
+        g.bench_function(format!("{name}-64MiB"), |b| {
+            b.iter(|| cli_path(black_box(&log)))
+        });
+        g.bench_function(format!("{name}-normalize-only"), |b| {
+            let mut text = String::new();
+            b.iter(|| {
+                let mut n = bootwatch::core::console::Normalizer::new();
+                for chunk in black_box(&log).chunks(bootwatch::core::classify::LOG_CHUNK) {
+                    text.clear();
+                    n.feed(chunk, &mut text);
+                }
+                text.len()
+            })
+        });
+        let mut text = String::new();
+        let mut n = bootwatch::core::console::Normalizer::new();
+        n.feed(&log, &mut text);
+        n.finish(&mut text);
+        g.bench_function(format!("{name}-classify-only"), |b| {
+            b.iter(|| {
+                let mut c = bootwatch::core::classify::Classifier::new();
+                c.feed_text(black_box(&text), None);
+                c.lines()
+            })
+        });
+    }
+    g.finish();
 }
 
 fn bench(c: &mut Criterion) {
@@ -149,5 +220,5 @@ fn session_like(log: &[u8], read: usize) -> u64 {
     cls.lines()
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, real, bench);
 criterion_main!(benches);

@@ -1,7 +1,7 @@
 //! `bootwatch boot` (a one-step case) and `bootwatch classify` (offline).
 
 use std::ffi::OsString;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -383,10 +383,26 @@ fn print_summary(r: &RunResult, dir: &Path) {
     let _ = writeln!(out, "results: {}", dir.display());
 }
 
+/// Classifies a saved log read in pieces of `LOG_CHUNK` bytes (memory stays small for a log of
+/// any size).
+fn classify_file(path: &Path) -> Result<(classify::Classifier, classify::Decision), CliError> {
+    let unreadable = |e: std::io::Error| CliError::usage(format!("{}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut log = classify::LogClassifier::new();
+    let mut buf = vec![0u8; classify::LOG_CHUNK];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => log.feed(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(unreadable(e)),
+        }
+    }
+    Ok(log.finish())
+}
+
 pub fn classify(path: &Path, json: bool) -> CliResult {
-    let bytes =
-        std::fs::read(path).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-    let (cls, d) = classify::classify_log(&bytes);
+    let (cls, d) = classify_file(path)?;
     let boot = cls.current();
     let mut out = std::io::stdout().lock();
     if json {

@@ -237,22 +237,23 @@ fn copy_clean(region: &[u8], line: &mut LineState, out: &mut String) {
     let Ok(text) = std::str::from_utf8(region) else {
         return per_line(line, out);
     };
-    if region.len() > MAX_LINE {
-        let mut last = 0;
-        for nl in memchr::memchr_iter(b'\n', region) {
-            if nl - last > MAX_LINE {
-                return per_line(line, out);
-            }
-            last = nl + 1;
+    // A line over `MAX_LINE` bytes: every window of `MAX_LINE + 1` bytes from a line start
+    // holds a '\n' unless such a line begins there (a search per window, not per line).
+    let mut from = 0;
+    while region.len() - from > MAX_LINE {
+        match memchr::memrchr(b'\n', &region[from..from + MAX_LINE + 1]) {
+            Some(i) => from += i + 1,
+            None => return per_line(line, out),
         }
     }
+    // One pass: each CR must end its line; a lone CR undoes the copy and goes line by line.
+    let mark = out.len();
     let mut start = 0;
     for cr in memchr::memchr_iter(b'\r', region) {
         if region.get(cr + 1) != Some(&b'\n') {
+            out.truncate(mark);
             return per_line(line, out);
         }
-    }
-    for cr in memchr::memchr_iter(b'\r', region) {
         out.push_str(&text[start..cr]);
         start = cr + 1;
     }
@@ -283,8 +284,112 @@ fn normalize_line(raw: &[u8], line: &mut LineState, out: &mut String) {
         push_line(s, out);
         return;
     }
+    if normalize_escaped(raw, out) {
+        return;
+    }
     line.feed(raw, out);
     line.end(out);
+}
+
+/// Normalizes a line with escapes without the escape parser, when all it holds is valid UTF-8
+/// text, tabs, CRs, other C0 controls outside escapes, and well-formed escape sequences of the
+/// kinds consoles print (CSI such as SGR colours and cursor moves, and two-byte ESC sequences):
+/// exactly what the parser makes of them, at memory speed. Returns false, leaving `out` as it
+/// was, for anything else (invalid UTF-8, OSC/DCS strings, a control byte or stray byte inside a
+/// sequence, a sequence cut by the line end, a line over `MAX_LINE`): the caller then takes the
+/// parser's path. The `bulk_path_equals_the_parser_*` tests check the two agree.
+fn normalize_escaped(raw: &[u8], out: &mut String) -> bool {
+    if raw.len() > MAX_LINE {
+        return false;
+    }
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return false;
+    };
+    let mark = out.len();
+    // Where the current line begins in `out`, and whether a CR was seen since it was printed to.
+    let mut start = mark;
+    let mut after_cr = false;
+    // As the parser's performer does (`Sink::break_line`): a line of only white space is dropped.
+    let break_line = |out: &mut String, start: &mut usize| {
+        if out[*start..].trim().is_empty() {
+            out.truncate(*start);
+        } else {
+            out.push('\n');
+            *start = out.len();
+        }
+    };
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if b >= 0x20 || b == b'\t' {
+            // Printable text (valid UTF-8, so every byte >= 0x80 is part of a character): up to
+            // the next control byte.
+            let end = raw[i..]
+                .iter()
+                .position(|&x| x < 0x20 && x != b'\t')
+                .map_or(raw.len(), |n| i + n);
+            if after_cr {
+                after_cr = false;
+                break_line(out, &mut start);
+            }
+            out.push_str(&text[i..end]);
+            i = end;
+            continue;
+        }
+        match b {
+            b'\r' => after_cr = true,
+            0x1b => match escape_len(&raw[i..]) {
+                Some((len, action)) => {
+                    if matches!(action, b'H' | b'f' | b'd') {
+                        break_line(out, &mut start);
+                    }
+                    i += len;
+                    continue;
+                }
+                None => {
+                    out.truncate(mark);
+                    return false;
+                }
+            },
+            // Other C0 controls are executed, and the performer drops them.
+            _ => {}
+        }
+        i += 1;
+    }
+    // The line is at most `MAX_LINE` bytes: `push_line` would not split it.
+    out.push('\n');
+    true
+}
+
+/// The length of the escape sequence at the start of `b` (which begins with ESC) and the CSI
+/// action the parser dispatches for it, for the sequences whose only effect the performer sees
+/// is that dispatch: `ESC [`, an optional private marker (`<=>?`), parameter bytes (`0-9:;`),
+/// intermediate bytes (0x20-0x2F) and a final byte (0x40-0x7E), which the parser always
+/// dispatches as a CSI; or ESC and one final byte, which it dispatches as an ESC sequence (the
+/// performer ignores those: action 0). `None` for anything else.
+fn escape_len(b: &[u8]) -> Option<(usize, u8)> {
+    match *b.get(1)? {
+        b'[' => {
+            let mut j = 2;
+            if matches!(b.get(j), Some(0x3c..=0x3f)) {
+                j += 1;
+            }
+            while matches!(b.get(j), Some(0x30..=0x3b)) {
+                j += 1;
+            }
+            while matches!(b.get(j), Some(0x20..=0x2f)) {
+                j += 1;
+            }
+            match *b.get(j)? {
+                f @ 0x40..=0x7e => Some((j + 1, f)),
+                _ => None,
+            }
+        }
+        // ESC followed by a final byte: dispatched at once (not `P`, `X`, `[`, `]`, `^`, `_`,
+        // which open strings or sequences).
+        0x30..=0x4f | 0x51..=0x57 | 0x59 | 0x5a | 0x5c | 0x60..=0x7e => Some((2, 0)),
+        _ => None,
+    }
 }
 
 /// True when the line has no control byte but tab (so no escape, no CR).
@@ -506,6 +611,155 @@ mod tests {
             &out[out.len().saturating_sub(40)..]
         );
         assert!(!out.contains("zzzz"));
+    }
+
+    /// The escape parser's result for one line (the path every line with escapes took before
+    /// the bulk path existed).
+    fn via_parser(raw: &[u8]) -> String {
+        let mut line = LineState::default();
+        let mut out = String::new();
+        line.feed(raw, &mut out);
+        line.end(&mut out);
+        out
+    }
+
+    /// The bulk path, where it takes the line.
+    fn via_bulk(raw: &[u8]) -> Option<String> {
+        let mut out = String::from("kept");
+        let taken = normalize_escaped(raw, &mut out);
+        match out.strip_prefix("kept") {
+            Some(rest) if taken => Some(rest.to_string()),
+            _ => {
+                assert_eq!(out, "kept", "a refused line leaves the output as it was");
+                None
+            }
+        }
+    }
+
+    /// Every line of the real recorded console and of the samples: the bulk path gives what the
+    /// escape parser gives, and it takes nearly all the lines with escapes.
+    #[test]
+    fn bulk_path_equals_the_parser_on_real_consoles() {
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let mut files = vec![data.join("recorded/debian-12-upgrade-reboot.serial.raw")];
+        for e in std::fs::read_dir(data.join("console")).unwrap() {
+            files.push(e.unwrap().path());
+        }
+        let (mut escaped, mut taken) = (0, 0);
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap();
+            for raw in bytes.split(|&b| b == b'\n') {
+                if !raw.contains(&0x1b) {
+                    continue;
+                }
+                escaped += 1;
+                if let Some(bulk) = via_bulk(raw) {
+                    taken += 1;
+                    assert_eq!(bulk, via_parser(raw), "{}: {raw:?}", f.display());
+                }
+            }
+        }
+        assert!(escaped > 300, "{escaped} lines with escapes");
+        assert!(taken * 100 >= escaped * 95, "{taken} of {escaped} taken");
+    }
+
+    /// Randomized lines built from what consoles print and from what breaks parsers (escape
+    /// sequences whole, cut, with stray or control bytes inside, OSC strings, C1 characters,
+    /// invalid UTF-8, lone CRs, cursor moves): wherever the bulk path takes a line, it gives what
+    /// the escape parser gives. Seeded, so a failure repeats.
+    #[test]
+    fn bulk_path_equals_the_parser_on_random_lines() {
+        use rand::{Rng, SeedableRng};
+        const PIECES: &[&[u8]] = &[
+            b"systemd[1]: Started ",
+            b"  OK  ] ",
+            b" ",
+            b"   ",
+            b"\t",
+            b"\r",
+            b"\r\r",
+            b"x",
+            b"Synchronous Exception at 0x7C743000",
+            b"caf\xc3\xa9",
+            b"\xe2\x80\xa6",
+            b"\xc2\x85",
+            b"\xc2\x9b",
+            b"\xc2\xa0",
+            b"\x7f",
+            b"\x00",
+            b"\x07",
+            b"\x08",
+            b"\x18",
+            b"\x1a",
+            b"\x0e",
+            b"\x1b[0m",
+            b"\x1b[0;1;39m",
+            b"\x1b[0;32m",
+            b"\x1b[2J",
+            b"\x1b[01;01H",
+            b"\x1b[5;78f",
+            b"\x1b[7d",
+            b"\x1b[H",
+            b"\x1b[K",
+            b"\x1b[=3h",
+            b"\x1b[?25l",
+            b"\x1b[?1;2$p",
+            b"\x1b[1:2:3m",
+            b"\x1b[ q",
+            b"\x1b[1?m",
+            b"\x1b[1 2m",
+            b"\x1b[1\rm",
+            b"\x1b[1\x7fm",
+            b"\x1b[1\xc3\xa9m",
+            b"\x1b[",
+            b"\x1b",
+            b"\x1bM",
+            b"\x1b7",
+            b"\x1bc",
+            b"\x1bH",
+            b"\x1b(B",
+            b"\x1bP1;2qdata\x1b\\",
+            b"\x1b]0;title\x07",
+            b"\x1b]8;;http://x\x1b\\",
+            b"\x1bX",
+            b"\x1b\x1b[m",
+            b"\x1b\xe2\x80\xa6",
+            b"\xff",
+            b"\xc3",
+            b"\xed\xa0\x80",
+            b"\xf0\x9f\x98\x80",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        let (mut tried, mut taken) = (0, 0);
+        for _ in 0..200_000 {
+            let mut raw = Vec::new();
+            for _ in 0..rng.gen_range(0..12) {
+                if rng.gen_bool(0.1) {
+                    raw.push(rng.r#gen::<u8>());
+                } else {
+                    raw.extend_from_slice(PIECES[rng.gen_range(0..PIECES.len())]);
+                }
+            }
+            raw.retain(|&b| b != b'\n');
+            tried += 1;
+            if let Some(bulk) = via_bulk(&raw) {
+                taken += 1;
+                assert_eq!(bulk, via_parser(&raw), "{raw:?}");
+            }
+        }
+        assert!(
+            taken * 4 > tried,
+            "{taken} of {tried} taken: the test must exercise it"
+        );
+        // Long lines: at the limit the bulk path still agrees, beyond it the parser takes them.
+        let long = |n: usize| {
+            let mut v = b"\x1b[0;32m".to_vec();
+            v.resize(n, b'y');
+            v
+        };
+        let at = long(MAX_LINE);
+        assert_eq!(via_bulk(&at).unwrap(), via_parser(&at));
+        assert_eq!(via_bulk(&long(MAX_LINE + 1)), None);
     }
 
     #[test]

@@ -23,7 +23,9 @@
 pub mod patterns;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use aho_corasick::AhoCorasick;
 use regex::Captures;
 use serde::{Deserialize, Serialize};
 
@@ -300,6 +302,23 @@ pub struct Classifier {
     cut_hit: Option<CutHit>,
     scratch: Vec<usize>,
     last_line: String,
+    /// The literal scan for the state it was made for (see [`Classifier::live_scan`]).
+    live_scan: Option<(ScanState, Option<Arc<AhoCorasick>>)>,
+    /// Whether lines whose literals can change nothing are passed over at the scan (off only in
+    /// the test that checks this changes no result).
+    prune: bool,
+    /// Lines looked at one by one (with the patterns' regexes): the rest were only counted.
+    looked_at: u64,
+}
+
+/// What decides which literals a line can change something with: the boot, its stage and
+/// timeline (which only grows within a boot), and whether a dump is open.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ScanState {
+    boot: usize,
+    stage: Stage,
+    timeline: usize,
+    dump_open: bool,
 }
 
 /// A finding made from a line that may have been cut, with its match near the line's end.
@@ -345,6 +364,9 @@ impl Classifier {
             cut_hit: None,
             scratch: Vec::new(),
             last_line: String::new(),
+            live_scan: None,
+            prune: true,
+            looked_at: 0,
         }
     }
 
@@ -371,6 +393,12 @@ impl Classifier {
     /// Number of complete lines seen.
     pub fn lines(&self) -> u64 {
         self.line_no
+    }
+
+    /// How many lines were looked at one by one (matched against the patterns' regexes); the
+    /// others were only counted.
+    pub fn lines_looked_at(&self) -> u64 {
+        self.looked_at
     }
 
     /// The last non-empty line seen (for `hang` reports).
@@ -424,7 +452,8 @@ impl Classifier {
         let mut pos = 0; // the start of the first line not yet looked at
         while pos < bytes.len() {
             let input = aho_corasick::Input::new(bytes).range(pos..);
-            let hit = self.set.scan.find(input).map(|m| {
+            let scan = self.live_scan();
+            let hit = scan.and_then(|s| s.find(input)).map(|m| {
                 memchr::memrchr(b'\n', &bytes[pos..m.start()]).map_or(pos, |i| pos + i + 1)
             });
             self.pass_lines(text, pos, hit.unwrap_or(bytes.len()), t);
@@ -446,8 +475,60 @@ impl Classifier {
         }
     }
 
-    /// Counts the lines in `text[from..to]`, which hold no literal. Only a line that follows one
-    /// the normalizer may have cut is looked at (joined to it), so the common case is a count.
+    /// The scan for lines that can change something now: a line whose literals all belong to
+    /// patterns that cannot match it (their `until` is reached) or whose match would change
+    /// nothing (a stage pattern already in this boot's timeline, at or below its stage, while no
+    /// dump is open: `apply` would return at once) is passed over like a line without literals.
+    /// Such lines are most of a healthy boot's hits (every systemd status line holds a literal
+    /// of the userspace stage). `None` when no literal is left to look for.
+    fn live_scan(&mut self) -> Option<Arc<AhoCorasick>> {
+        if !self.prune {
+            return Some(self.set.scan.clone());
+        }
+        let boot = self.current();
+        let state = ScanState {
+            boot: boot.index,
+            stage: boot.stage,
+            timeline: boot.timeline.len(),
+            dump_open: self.open_dump.is_some(),
+        };
+        if let Some((s, scan)) = &self.live_scan
+            && *s == state
+        {
+            return scan.clone();
+        }
+        let scan = self.set.scan_without(self.dead_literals());
+        self.live_scan = Some((state, scan.clone()));
+        scan
+    }
+
+    /// The literals (bit `i`: distinct literal `i`) every owner of which is out of scope or
+    /// inert in the current state (see [`Classifier::live_scan`]).
+    fn dead_literals(&self) -> u128 {
+        let set = self.set;
+        if self.open_dump.is_some() || set.literal_owners.len() > 128 {
+            return 0;
+        }
+        let boot = self.current();
+        let inert = |i: usize| {
+            let p = &set.patterns[i];
+            !set.in_scope(i, boot.stage)
+                || (p.effect == Effect::Stage
+                    && !p.restarts_boot
+                    && p.file_stages.is_empty()
+                    && p.stage.is_some_and(|s| s <= boot.stage)
+                    && boot.timeline.iter().any(|m| m.pattern == p.name))
+        };
+        set.literal_owners
+            .iter()
+            .enumerate()
+            .filter(|(_, owners)| owners.iter().all(|&i| inert(i)))
+            .fold(0, |dead, (l, _)| dead | 1 << l)
+    }
+
+    /// Counts the lines in `text[from..to]`, which hold no literal of the live scan. Only a line
+    /// that follows one the normalizer may have cut is looked at (joined to it), so the common
+    /// case is a count.
     fn pass_lines(&mut self, text: &str, from: usize, to: usize, t: Option<f64>) {
         let region = &text.as_bytes()[from..to];
         if self.cut_tail.is_none() && !has_long_line(region) {
@@ -492,6 +573,7 @@ impl Classifier {
     }
 
     fn classify_line(&mut self, line_no: u64, line: &str, t: Option<f64>) {
+        self.looked_at += 1;
         let tail = self.cut_tail.take();
         if let (Some(tail), Some(hit)) = (&tail, self.cut_hit.take()) {
             self.complete_cut_finding(tail, line, hit);
@@ -974,21 +1056,65 @@ pub fn classify_log(bytes: &[u8]) -> (Classifier, Decision) {
     classify_log_with(Classifier::new(), bytes)
 }
 
-fn classify_log_with(mut cls: Classifier, bytes: &[u8]) -> (Classifier, Decision) {
-    let mut norm = crate::core::console::Normalizer::new();
-    let mut text = String::new();
-    for chunk in bytes.chunks(1 << 20) {
-        text.clear();
-        norm.feed(chunk, &mut text);
-        cls.feed_text(&text, None);
+fn classify_log_with(cls: Classifier, bytes: &[u8]) -> (Classifier, Decision) {
+    let mut log = LogClassifier::with_classifier(cls);
+    for chunk in bytes.chunks(LOG_CHUNK) {
+        log.feed(chunk);
     }
-    text.clear();
-    norm.finish(&mut text);
-    cls.feed_text(&text, None);
-    let decision = cls
-        .decide(None, &End::EndOfLog)
-        .expect("EndOfLog always decides");
-    (cls, decision)
+    log.finish()
+}
+
+/// Bytes of a saved log read at a time by a caller of [`LogClassifier`] (any size gives the
+/// same result; this one keeps memory small and per-call costs negligible).
+pub const LOG_CHUNK: usize = 1 << 20;
+
+/// Classifies a saved console log handed over in pieces (a file read [`LOG_CHUNK`] bytes at a
+/// time): memory stays bounded by the piece size, whatever the size of the log. The result
+/// does not depend on where the pieces are cut, and is [`classify_log`]'s on the whole.
+pub struct LogClassifier {
+    norm: crate::core::console::Normalizer,
+    cls: Classifier,
+    /// The normalized lines of the last piece (reused).
+    text: String,
+}
+
+impl Default for LogClassifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LogClassifier {
+    pub fn new() -> LogClassifier {
+        LogClassifier::with_classifier(Classifier::new())
+    }
+
+    fn with_classifier(cls: Classifier) -> LogClassifier {
+        LogClassifier {
+            norm: crate::core::console::Normalizer::new(),
+            cls,
+            text: String::new(),
+        }
+    }
+
+    /// The next piece of the log's raw bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.text.clear();
+        self.norm.feed(bytes, &mut self.text);
+        self.cls.feed_text(&self.text, None);
+    }
+
+    /// The log ended: its last line (without a line break) is classified, and the boot decided.
+    pub fn finish(mut self) -> (Classifier, Decision) {
+        self.text.clear();
+        self.norm.finish(&mut self.text);
+        self.cls.feed_text(&self.text, None);
+        let decision = self
+            .cls
+            .decide(None, &End::EndOfLog)
+            .expect("EndOfLog always decides");
+        (self.cls, decision)
+    }
 }
 
 #[cfg(test)]

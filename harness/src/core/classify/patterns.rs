@@ -7,7 +7,7 @@
 //! group it reads.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use regex::Regex;
@@ -246,16 +246,24 @@ pub struct Pattern {
     pub counter_examples: Vec<String>,
 }
 
+/// Partial scans kept per pattern set (boots go through a few states each, the same in every
+/// boot: a handful are ever built).
+const PARTIAL_SCANS: usize = 64;
+
 /// All patterns plus the literal prefilter.
 #[derive(Debug)]
 pub struct PatternSet {
     pub patterns: Vec<Pattern>,
     /// Finds lines that contain any literal (leftmost-first: this is what runs at SIMD speed).
-    pub(crate) scan: AhoCorasick,
+    pub(crate) scan: Arc<AhoCorasick>,
     /// The same literals with standard semantics, for finding every literal within one line.
     pub(crate) prefilter: AhoCorasick,
     /// `literal_owners[i]`: the patterns that list distinct literal `i`.
     pub(crate) literal_owners: Vec<Vec<usize>>,
+    /// The distinct literals, in `scan`'s order.
+    literals: Vec<String>,
+    /// Scans over some of the literals, by the set of literals left out (see [`Self::scan_without`]).
+    partial_scans: Mutex<Vec<(u128, Arc<AhoCorasick>)>>,
     /// Indexes of the patterns with `prompt = true`.
     pub(crate) prompts: Vec<usize>,
     /// `roles[r as usize]`: the index of the pattern with role `r`.
@@ -476,13 +484,15 @@ impl PatternSet {
                 .build(&literals)
                 .map_err(|e| anyhow::anyhow!("patterns.toml: literal prefilter: {e}"))
         };
-        let scan = build(MatchKind::LeftmostFirst)?;
+        let scan = Arc::new(build(MatchKind::LeftmostFirst)?);
         let prefilter = build(MatchKind::Standard)?;
         Ok(PatternSet {
             patterns,
             scan,
             prefilter,
             literal_owners,
+            literals,
+            partial_scans: Mutex::new(Vec::new()),
             prompts,
             roles,
             role_regexes,
@@ -622,8 +632,41 @@ impl PatternSet {
             .find(|&i| self.patterns[i].regex.is_match(tail))
     }
 
+    /// A scan like `scan` over the literals not in `left_out` (bit `i`: distinct literal `i`), or
+    /// `None` when there is none to scan for. Built once per set of literals and kept (at most
+    /// [`PARTIAL_SCANS`] of them; beyond, and for a set of more than 128 literals, the full scan).
+    pub(crate) fn scan_without(&self, left_out: u128) -> Option<Arc<AhoCorasick>> {
+        if left_out == 0 || self.literals.len() > 128 {
+            return Some(self.scan.clone());
+        }
+        let mut cache = self.partial_scans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, scan)) = cache.iter().find(|(k, _)| *k == left_out) {
+            return Some(scan.clone());
+        }
+        if cache.len() >= PARTIAL_SCANS {
+            return Some(self.scan.clone());
+        }
+        let kept: Vec<&String> = self
+            .literals
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| left_out & (1 << i) == 0)
+            .map(|(_, l)| l)
+            .collect();
+        if kept.is_empty() {
+            return None;
+        }
+        let scan = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(kept)
+            .expect("a subset of literals that built");
+        let scan = Arc::new(scan);
+        cache.push((left_out, scan.clone()));
+        Some(scan)
+    }
+
     /// Whether pattern `i` may match a line printed while the boot is in `stage`.
-    fn in_scope(&self, i: usize, stage: Stage) -> bool {
+    pub(crate) fn in_scope(&self, i: usize, stage: Stage) -> bool {
         self.patterns[i].until.is_none_or(|u| stage < u)
     }
 

@@ -984,3 +984,107 @@ fn long_lines_are_found_wherever_they_are_in_a_region() {
         }
     }
 }
+
+// ------------------------------------------------------------------ speed (#13)
+
+/// Everything a classification says about a log: boots, findings, dumps, timeline, decision,
+/// counts and the last line.
+fn outcome(cls: &Classifier, d: &Decision) -> String {
+    serde_json::to_string(&(
+        cls.boots(),
+        d,
+        cls.boots_started(),
+        cls.boots_dropped(),
+        cls.lines(),
+        cls.last_line(),
+        cls.firmware_banner_version(),
+    ))
+    .unwrap()
+}
+
+/// `bytes` classified in pieces of the given sizes (cycled), with or without passing over the
+/// lines whose literals can change nothing.
+fn classify_pieces(bytes: &[u8], sizes: &[usize], prune: bool) -> String {
+    let mut cls = Classifier::new();
+    cls.prune = prune;
+    let mut log = LogClassifier::with_classifier(cls);
+    let mut rest = bytes;
+    for &n in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (now, later) = rest.split_at(n.min(rest.len()));
+        log.feed(now);
+        rest = later;
+    }
+    let (cls, d) = log.finish();
+    outcome(&cls, &d)
+}
+
+/// The real recorded console and every sample, alone, concatenated, and shuffled line by line
+/// into new logs (dumps inside userspace, banners after logins, boots cut anywhere), read in
+/// pieces of many sizes: passing over lines at the scan changes nothing in any result, and a
+/// streamed classification is the whole-log one.
+#[test]
+fn passing_over_inert_lines_changes_no_result() {
+    use rand::{Rng, SeedableRng, seq::SliceRandom};
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let mut logs =
+        vec![std::fs::read(data.join("recorded/debian-12-upgrade-reboot.serial.raw")).unwrap()];
+    let mut names: Vec<_> = std::fs::read_dir(data.join("console"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    for n in &names {
+        logs.push(std::fs::read(n).unwrap());
+    }
+    let all: Vec<u8> = logs.concat();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let lines: Vec<&[u8]> = all.split_inclusive(|&b| b == b'\n').collect();
+    let mut shuffled = Vec::new();
+    for _ in 0..20 {
+        let mut log = Vec::new();
+        for _ in 0..rng.gen_range(50..3000) {
+            // Runs of consecutive lines, so dumps and boots stay partly whole.
+            let at = rng.gen_range(0..lines.len());
+            for l in lines.iter().skip(at).take(rng.gen_range(1..40)) {
+                log.extend_from_slice(l);
+            }
+        }
+        shuffled.push(log);
+    }
+    let mut runs: Vec<Vec<u8>> = logs.clone();
+    runs.push(all.clone());
+    runs.extend(shuffled);
+    for (k, log) in runs.iter().enumerate() {
+        let (cls, d) = classify_log(log);
+        let whole = outcome(&cls, &d);
+        assert_eq!(classify_pieces(log, &[LOG_CHUNK], false), whole, "log {k}");
+        let mut sizes: Vec<usize> = (0..8).map(|_| rng.gen_range(1..5000)).collect();
+        sizes.shuffle(&mut rng);
+        assert_eq!(
+            classify_pieces(log, &sizes, true),
+            whole,
+            "log {k} in pieces"
+        );
+        assert_eq!(
+            classify_pieces(log, &sizes, false),
+            whole,
+            "log {k} in pieces"
+        );
+    }
+    // The recorded console boots to a login twice: most lines with a literal (systemd's
+    // status lines) are passed over.
+    let (cls, _) = classify_log(&logs[0]);
+    assert!(cls.current().reached(Stage::Login));
+    let mut all_lines = Classifier::new();
+    all_lines.prune = false;
+    let (all_lines, _) = classify_log_with(all_lines, &logs[0]);
+    assert!(
+        cls.looked_at * 4 < all_lines.looked_at,
+        "{} of {} lines looked at",
+        cls.looked_at,
+        all_lines.looked_at
+    );
+}
