@@ -4,7 +4,10 @@
 //! (2 for bad input, 125 when bootwatch could not run), see `core::verdict::exit_code`.
 
 mod boot;
+mod explain;
 mod inputs;
+mod inspect;
+mod inspect_chain;
 mod matrix;
 mod scenario;
 mod show;
@@ -71,6 +74,13 @@ enum Command {
         #[command(subcommand)]
         command: matrix::ReportCommand,
     },
+    /// Offline inspection: `inspect chain` (the boot chain of a run or disk).
+    Inspect {
+        #[command(subcommand)]
+        command: inspect::InspectCommand,
+    },
+    /// Name the known bug behind a run's failure, from evidence bootwatch measures itself.
+    Explain(Box<explain::ExplainArgs>),
 }
 
 /// Why a command failed, with the exit code that says so.
@@ -191,6 +201,8 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Demo(args) => scenario::demo(args).await,
         Command::Matrix(args) => matrix::matrix(*args).await,
         Command::Report { command } => matrix::report(command),
+        Command::Inspect { command } => inspect::inspect(command).await,
+        Command::Explain(args) => explain::explain(*args).await,
     }
 }
 
