@@ -105,6 +105,11 @@ pub fn variables(store: &[u8]) -> Result<Vec<Variable>, String> {
 
 /// The boot options in `BootOrder`, in order (`None` when the store has no `BootOrder`).
 pub fn boot_order(store: &[u8]) -> Result<Option<Vec<BootEntry>>, String> {
+    // A template the firmware has not formatted yet (all zeros or all ones) holds nothing.
+    let head = &store[..store.len().min(4096)];
+    if !head.is_empty() && (head.iter().all(|&b| b == 0) || head.iter().all(|&b| b == 0xff)) {
+        return Ok(None);
+    }
     let vars = variables(store)?;
     let global = |name: &str| {
         vars.iter()
@@ -277,5 +282,10 @@ mod tests {
         assert!(!order[1].firmware_app);
         assert_eq!(boot_order(&store(&[])).unwrap(), None);
         assert!(boot_order(b"not a store").is_err());
+        assert_eq!(
+            boot_order(&[0u8; 8192]).unwrap(),
+            None,
+            "an unformatted template"
+        );
     }
 }

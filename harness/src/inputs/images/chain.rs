@@ -36,8 +36,11 @@ pub async fn inspect_disk(disk: &Path, base: Option<&Path>, vars: Option<&Path>)
                 .await
                 .context("a blocking task failed")?
                 .with_context(|| format!("reading the vars store {}", vars.unwrap().display()))?;
-            varstore::boot_order(&bytes)
-                .map_err(|e| anyhow::anyhow!("vars store {}: {e}", vars.unwrap().display()))?
+            // An unreadable store leaves the removable path: the chain is still worth reading.
+            varstore::boot_order(&bytes).unwrap_or_else(|e| {
+                tracing::warn!("vars store {}: {e}", vars.unwrap().display());
+                None
+            })
         }
         None => None,
     };
