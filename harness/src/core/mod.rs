@@ -7,6 +7,7 @@ pub mod classify;
 pub mod console;
 pub mod event;
 pub mod facts;
+pub mod firmware;
 pub mod known_bugs;
 pub mod launch;
 pub mod varstore;
