@@ -81,4 +81,3 @@ pub mod keys {
     pub const SMCCC_CONDUIT: &str = "hypervisor.smccc_conduit";
     pub const SMCCC_UNKNOWN_FN: &str = "hypervisor.smccc_unknown_fn";
 }
-

@@ -112,3 +112,36 @@ fn matches_come_first_then_undecided_then_ruled_out() {
     });
     assert_eq!(ranks, sorted);
 }
+
+#[test]
+fn firmware_and_hypervisor_facts_are_keys_the_probes_measure() {
+    use crate::core::firmware::keys as k;
+    let known = [
+        k::SMCCC_DRIVERS,
+        k::HVC_DRIVERS,
+        k::SMC_DRIVERS,
+        k::MEM_ATTR_PROTOCOL,
+        k::LOADER_DATA_NX,
+        k::LOADER_DATA_PTE_NX,
+        k::MEMMAP_XP,
+        k::SECURE_BOOT,
+        k::QEMU_VERSION,
+        k::ACCELERATOR,
+        k::EL2,
+        k::EL3,
+        k::SMCCC_CONDUIT,
+        k::SMCCC_UNKNOWN_FN,
+    ];
+    for f in &KnownBugs::embedded().family {
+        for c in f.require.iter().chain(&f.support) {
+            if c.fact.starts_with("firmware.") || c.fact.starts_with("hypervisor.") {
+                assert!(
+                    known.contains(&c.fact.as_str()),
+                    "{}: {} is not a probe key",
+                    f.id,
+                    c.fact
+                );
+            }
+        }
+    }
+}

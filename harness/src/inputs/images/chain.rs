@@ -193,3 +193,56 @@ pub fn inspect_file(path: &Path) -> Result<ChainBinary> {
     let name = path.to_string_lossy();
     Ok(describe(&name, bytes.len() as u64, &bytes, "file".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::chain::BootEntry;
+
+    #[test]
+    fn the_boot_path_follows_boot_order_and_changes_are_against_the_base() {
+        let app = crate::inputs::fixtures::Fixture::Crash.efi_app();
+        let tree = vec![
+            (
+                "EFI/BOOT/BOOTAA64.EFI".to_string(),
+                app.len() as u64,
+                app.clone(),
+            ),
+            ("EFI/debian/notes.txt".to_string(), 2, b"hi".to_vec()),
+        ];
+        let base = vec![("EFI/BOOT/BOOTAA64.EFI".to_string(), 4, b"MZ..".to_vec())];
+        let entry = |name: &str, file: Option<&str>, firmware_app: bool| BootEntry {
+            name: name.into(),
+            description: "d".into(),
+            active: true,
+            file: file.map(Into::into),
+            firmware_app,
+        };
+        let order = vec![
+            entry("Boot0000", None, true),
+            entry("Boot0008", Some("EFI/debian/shimaa64.efi"), false),
+            entry("Boot0001", None, false),
+        ];
+        let c = chain_of(&tree, Some(&base), Some(order));
+        assert_eq!(c.binaries.len(), 1, "{c:#?}");
+        let b = &c.binaries[0];
+        assert_eq!(b.path, "EFI/BOOT/BOOTAA64.EFI");
+        assert!(b.via.starts_with("Boot0001"), "{}", b.via);
+        assert_eq!(b.changed, Some(true));
+        assert!(
+            b.original.as_ref().unwrap().pe.is_none(),
+            "the base's copy is not a PE"
+        );
+        assert_eq!(
+            c.changed_files,
+            ["EFI/BOOT/BOOTAA64.EFI", "EFI/debian/notes.txt"]
+        );
+        let f = c.facts();
+        assert_eq!(f.get("chain.first.changed"), Some(&serde_json::json!(true)));
+        assert_eq!(f.get("chain.shim.present"), Some(&serde_json::json!(false)));
+        let same = chain_of(&tree, Some(&tree), None);
+        assert_eq!(same.binaries[0].changed, Some(false));
+        assert!(same.changed_files.is_empty());
+        assert_eq!(chain_of(&tree, None, None).binaries[0].changed, None);
+    }
+}
