@@ -32,13 +32,11 @@ pub async fn explain(a: ExplainArgs) -> CliResult {
             a.target.display()
         )));
     }
-    let (ev, mut x) = match explain::explain(&a.target).await {
-        Ok(r) => r,
-        Err(e) if e.downcast_ref::<serde_json::Error>().is_some() || !a.target.is_dir() => {
-            return Err(CliError::usage(format!("{e:#}")));
-        }
-        Err(e) => return Err(CliError::usage(format!("{e:#}"))),
-    };
+    // What fails here is the evidence (no records, unreadable ones): the chain's own problems
+    // are notes in the explanation.
+    let (ev, mut x) = explain::explain(&a.target)
+        .await
+        .map_err(|e| CliError::usage(format!("{e:#}")))?;
     if a.try_workarounds {
         let cancel = signal_token();
         let sink = show::terminal(a.json);

@@ -55,7 +55,7 @@ pub async fn chain(a: ChainArgs) -> CliResult {
         let p = t.clone();
         let binaries = tokio::task::spawn_blocking(move || ichain::inspect_deb(&p))
             .await
-            .map_err(|e| CliError::undetermined(e))??;
+            .map_err(CliError::undetermined)??;
         Chain {
             boot_order: None,
             binaries,

@@ -96,10 +96,20 @@ pub fn inspect_pe(bytes: &[u8], file_name: &str) -> Result<PeInfo, String> {
     use object::read::pe::{ImageNtHeaders, ImageOptionalHeader, PeFile32, PeFile64};
     use object::{LittleEndian as LE, Object, ObjectSection};
 
-    fn common<Pe: ImageNtHeaders>(
-        pe: &object::read::pe::PeFile<'_, Pe>,
-        bytes: &[u8],
-    ) -> (u16, u16, u16, u32, u32, u32, u32, Vec<Section>, Vec<u8>) {
+    /// The header fields every PE flavour has, read the same way.
+    struct Header {
+        machine: u16,
+        subsystem: u16,
+        dllch: u16,
+        section_alignment: u32,
+        file_alignment: u32,
+        entry: u32,
+        image_size: u32,
+        sections: Vec<Section>,
+        sbat: Vec<u8>,
+    }
+
+    fn common<Pe: ImageNtHeaders>(pe: &object::read::pe::PeFile<'_, Pe>, bytes: &[u8]) -> Header {
         let nt = pe.nt_headers();
         let opt = nt.optional_header();
         let mut sections = Vec::new();
@@ -122,27 +132,37 @@ pub fn inspect_pe(bytes: &[u8], file_name: &str) -> Result<PeInfo, String> {
                 executable: ch & object::pe::IMAGE_SCN_MEM_EXECUTE != 0,
             });
         }
-        (
-            nt.file_header().machine.get(LE),
-            opt.subsystem(),
-            opt.dll_characteristics(),
-            opt.section_alignment(),
-            opt.file_alignment(),
-            opt.address_of_entry_point(),
-            opt.size_of_image(),
+        Header {
+            machine: nt.file_header().machine.get(LE),
+            subsystem: opt.subsystem(),
+            dllch: opt.dll_characteristics(),
+            section_alignment: opt.section_alignment(),
+            file_alignment: opt.file_alignment(),
+            entry: opt.address_of_entry_point(),
+            image_size: opt.size_of_image(),
             sections,
             sbat,
-        )
+        }
     }
 
-    let (pe32_plus, parts) = match PeFile64::parse(bytes) {
+    let (pe32_plus, h) = match PeFile64::parse(bytes) {
         Ok(pe) => (true, common(&pe, bytes)),
         Err(e64) => match PeFile32::parse(bytes) {
             Ok(pe) => (false, common(&pe, bytes)),
             Err(_) => return Err(format!("not a PE image: {e64}")),
         },
     };
-    let (machine, subsystem, dllch, sa, fa, entry, image_size, sections, sbat_bytes) = parts;
+    let Header {
+        machine,
+        subsystem,
+        dllch,
+        section_alignment: sa,
+        file_alignment: fa,
+        entry,
+        image_size,
+        sections,
+        sbat: sbat_bytes,
+    } = h;
     let sbat = parse_sbat(&String::from_utf8_lossy(&sbat_bytes));
     let wx_sections = sections
         .iter()

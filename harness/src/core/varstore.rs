@@ -237,7 +237,7 @@ mod tests {
             s.extend_from_slice(&h);
             s.extend_from_slice(&n);
             s.extend_from_slice(data);
-            while s.len() % 4 != 0 {
+            while !s.len().is_multiple_of(4) {
                 s.push(0xff);
             }
         }

@@ -30,25 +30,23 @@ pub async fn inspect_disk(disk: &Path, base: Option<&Path>, vars: Option<&Path>)
         None => None,
     };
     let boot_order = match vars {
-        Some(v) => {
-            let v = v.to_path_buf();
+        Some(path) => {
+            let v = path.to_path_buf();
             let bytes = tokio::task::spawn_blocking(move || std::fs::read(&v))
                 .await
                 .context("a blocking task failed")?
-                .with_context(|| format!("reading the vars store {}", vars.unwrap().display()))?;
+                .with_context(|| format!("reading the vars store {}", path.display()))?;
             // An unreadable store leaves the removable path: the chain is still worth reading.
             varstore::boot_order(&bytes).unwrap_or_else(|e| {
-                tracing::warn!("vars store {}: {e}", vars.unwrap().display());
+                tracing::warn!("vars store {}: {e}", path.display());
                 None
             })
         }
         None => None,
     };
-    Ok(
-        tokio::task::spawn_blocking(move || chain_of(&tree, base_tree.as_deref(), boot_order))
-            .await
-            .context("a blocking task failed")?,
-    )
+    tokio::task::spawn_blocking(move || chain_of(&tree, base_tree.as_deref(), boot_order))
+        .await
+        .context("a blocking task failed")
 }
 
 type Tree = [(String, u64, Vec<u8>)];
