@@ -6,7 +6,10 @@
 mod bisect;
 mod boot;
 mod bundle;
+mod explain;
 mod inputs;
+mod inspect;
+mod inspect_chain;
 mod matrix;
 mod probe;
 mod scenario;
@@ -79,11 +82,6 @@ enum Command {
     /// Run a compatibility matrix (scenarios/matrix/*.toml): every combination of image, QEMU
     /// build, firmware build, CPU model and vars store, concurrently, with reports.
     Matrix(Box<matrix::MatrixArgs>),
-    /// Read a firmware image offline: drivers, SMCCC users, version strings.
-    Inspect {
-        #[command(subcommand)]
-        command: probe::InspectCommand,
-    },
     /// Measure a firmware build and the hypervisor under it with the probe application.
     Probe {
         #[command(subcommand)]
@@ -101,6 +99,14 @@ enum Command {
         #[command(subcommand)]
         command: matrix::ReportCommand,
     },
+    /// Offline inspection: `inspect firmware` (a code image's drivers, SMCCC users, version
+    /// strings) and `inspect chain` (the boot chain of a run or disk).
+    Inspect {
+        #[command(subcommand)]
+        command: inspect::InspectCommand,
+    },
+    /// Name the known bug behind a run's failure, from evidence bootwatch measures itself.
+    Explain(Box<explain::ExplainArgs>),
 }
 
 /// Why a command failed, with the exit code that says so.
@@ -236,10 +242,11 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Demo(args) => scenario::demo(args).await,
         Command::Matrix(args) => matrix::matrix(*args).await,
         Command::Report { command } => matrix::report(command),
-        Command::Inspect { command } => probe::inspect(command).await,
+        Command::Inspect { command } => inspect::inspect(command).await,
         Command::Probe { command } => probe::probe(command).await,
         Command::Bundle(args) => bundle::bundle(args),
         Command::Replay(args) => bundle::replay(args).await,
+        Command::Explain(args) => explain::explain(*args).await,
     }
 }
 

@@ -14,19 +14,6 @@ use crate::inputs::providers::{self, FirmwareProvider, ProviderContext, QemuProv
 use crate::plan::probe::Reuse;
 
 #[derive(Subcommand, Debug)]
-pub enum InspectCommand {
-    /// Read a firmware code image offline: its firmware volumes (LZMA sections unpacked), its
-    /// drivers (module names), which drivers issue SMCCC calls (hvc/smc), its version strings.
-    Firmware {
-        /// The code image (e.g. AAVMF_CODE.fd, QEMU_EFI.fd).
-        file: PathBuf,
-        /// Print the facts and the driver table as one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand, Debug)]
 pub enum ProbeCommand {
     /// Boot the probe application under a QEMU and firmware build and print what it measured
     /// (cached by the content hashes of QEMU, firmware, CPU model and probe).
@@ -51,8 +38,8 @@ pub enum ProbeCommand {
     },
 }
 
-pub async fn inspect(command: InspectCommand) -> CliResult {
-    let InspectCommand::Firmware { file, json } = command;
+/// `bootwatch inspect firmware FILE [--json]`.
+pub async fn inspect_firmware(file: PathBuf, json: bool) -> CliResult {
     if !file.is_file() {
         return Err(CliError::usage(format!(
             "{}: no such file (give a firmware code image, e.g. /usr/share/AAVMF/AAVMF_CODE.fd)",

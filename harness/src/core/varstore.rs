@@ -8,6 +8,7 @@
 //! `BootNext` and `Timeout` of the EFI global variable GUID are decoded, and two stores
 //! compared ([`VarsChange`]). Pure: bytes in, values out.
 
+use crate::core::chain::BootEntry as ChainBootEntry;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -542,6 +543,101 @@ pub fn load_option(description: &str, file: &str, active: bool) -> Vec<u8> {
     d
 }
 
+/// The boot options in `BootOrder`, in order, as boot-chain inspection needs them (the file
+/// each one starts) (`None` when the store has no `BootOrder`).
+pub fn boot_order(store: &[u8]) -> Result<Option<Vec<ChainBootEntry>>, String> {
+    let vars = parse(store)?;
+    let global = |name: &str| vars.global(name);
+    let Some(order) = global("BootOrder") else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for c in order.chunks_exact(2) {
+        let n = u16::from_le_bytes([c[0], c[1]]);
+        let name = format!("Boot{n:04X}");
+        if let Some(opt) = global(&name) {
+            out.push(chain_load_option(&name, opt));
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Decodes an `EFI_LOAD_OPTION`: attributes, file path list length, description, device path.
+fn chain_load_option(name: &str, data: &[u8]) -> ChainBootEntry {
+    let attributes = data
+        .get(0..4)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let fpl_len = data
+        .get(4..6)
+        .map_or(0, |b| u16::from_le_bytes([b[0], b[1]])) as usize;
+    let mut at = 6;
+    let mut desc = Vec::new();
+    while let Some(b) = data.get(at..at + 2) {
+        at += 2;
+        let u = u16::from_le_bytes([b[0], b[1]]);
+        if u == 0 {
+            break;
+        }
+        desc.push(u);
+    }
+    let path = data.get(at..(at + fpl_len).min(data.len())).unwrap_or(&[]);
+    ChainBootEntry {
+        name: name.to_string(),
+        description: String::from_utf16_lossy(&desc),
+        active: attributes & 1 != 0,
+        file: file_path(path),
+        firmware_app: has_node(path, 4, 6),
+    }
+}
+
+/// Whether a device path has a node of this type and subtype (4/6: a firmware volume file).
+fn has_node(mut dp: &[u8], ty: u8, sub: u8) -> bool {
+    while dp.len() >= 4 {
+        let len = u16::from_le_bytes([dp[2], dp[3]]) as usize;
+        if dp[0] == ty && dp[1] == sub {
+            return true;
+        }
+        if len < 4 || len > dp.len() || (dp[0] == 0x7f && dp[1] == 0xff) {
+            return false;
+        }
+        dp = &dp[len..];
+    }
+    false
+}
+
+/// The media file path (type 4, subtype 4) nodes of a device path, joined: `EFI/debian/x.efi`.
+fn file_path(mut dp: &[u8]) -> Option<String> {
+    let mut parts = Vec::new();
+    while dp.len() >= 4 {
+        let (ty, sub) = (dp[0], dp[1]);
+        let len = u16::from_le_bytes([dp[2], dp[3]]) as usize;
+        if len < 4 || len > dp.len() {
+            break;
+        }
+        if ty == 0x7f && sub == 0xff {
+            break;
+        }
+        if ty == 4 && sub == 4 {
+            let units: Vec<u16> = dp[4..len]
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .take_while(|&u| u != 0)
+                .collect();
+            parts.push(String::from_utf16_lossy(&units));
+        }
+        dp = &dp[len..];
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let joined = parts.join("\\");
+    let p: Vec<&str> = joined
+        .split(['\\', '/'])
+        .filter(|s| !s.is_empty())
+        .collect();
+    Some(p.join("/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,5 +714,97 @@ mod tests {
         // A name size running past the end.
         b[72 + 28 + 36..72 + 28 + 40].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
         assert!(parse(&b).is_err());
+    }
+
+    mod boot_path {
+        use super::super::*;
+        const AUTH_STORE: [u8; 16] = [
+            0x78, 0x2c, 0xf3, 0xaa, 0x7b, 0x94, 0x9a, 0x43, 0xa1, 0x80, 0x2e, 0x14, 0x4e, 0xc3,
+            0x77, 0x92,
+        ];
+        const GLOBAL: [u8; 16] = [
+            0x61, 0xdf, 0xe4, 0x8b, 0xca, 0x93, 0xd2, 0x11, 0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03,
+            0x2b, 0x8c,
+        ];
+        const VAR_ADDED: u8 = 0x3f;
+
+        fn utf16z(s: &str) -> Vec<u8> {
+            s.encode_utf16()
+                .chain([0])
+                .flat_map(|u| u.to_le_bytes())
+                .collect()
+        }
+
+        /// An authenticated store with the given global variables.
+        fn store(vars: &[(&str, Vec<u8>)]) -> Vec<u8> {
+            let mut s = vec![0xffu8; 0x48];
+            s[40..44].copy_from_slice(b"_FVH");
+            s[48..50].copy_from_slice(&0x48u16.to_le_bytes());
+            s.extend_from_slice(&AUTH_STORE);
+            s.extend_from_slice(&0x10000u32.to_le_bytes());
+            s.extend_from_slice(&[0x5a, 0xfe, 0, 0, 0, 0, 0, 0]);
+            for (i, (name, data)) in vars.iter().enumerate() {
+                let n = utf16z(name);
+                let mut h = vec![0u8; 60];
+                h[0..2].copy_from_slice(&0x55aau16.to_le_bytes());
+                // The first copy of each name is deleted and written again.
+                h[2] = if i == 0 { 0x3c } else { VAR_ADDED };
+                h[36..40].copy_from_slice(&(n.len() as u32).to_le_bytes());
+                h[40..44].copy_from_slice(&(data.len() as u32).to_le_bytes());
+                h[44..60].copy_from_slice(&GLOBAL);
+                s.extend_from_slice(&h);
+                s.extend_from_slice(&n);
+                s.extend_from_slice(data);
+                while !s.len().is_multiple_of(4) {
+                    s.push(0xff);
+                }
+            }
+            s.resize(0x48 + 0x10000, 0xff);
+            s
+        }
+
+        fn option(desc: &str, file: Option<&str>) -> Vec<u8> {
+            let mut dp = vec![1u8, 1, 6, 0, 0, 0]; // a hardware node
+            if let Some(f) = file {
+                let p = utf16z(f);
+                dp.extend_from_slice(&[4, 4]);
+                dp.extend_from_slice(&((p.len() + 4) as u16).to_le_bytes());
+                dp.extend_from_slice(&p);
+            }
+            dp.extend_from_slice(&[0x7f, 0xff, 4, 0]);
+            let mut o = 1u32.to_le_bytes().to_vec();
+            o.extend_from_slice(&(dp.len() as u16).to_le_bytes());
+            o.extend_from_slice(&utf16z(desc));
+            o.extend_from_slice(&dp);
+            o
+        }
+
+        #[test]
+        fn boot_order_names_each_options_file() {
+            let s = store(&[
+                ("BootOrder", vec![9, 0]),
+                ("BootOrder", vec![8, 0, 1, 0]),
+                (
+                    "Boot0008",
+                    option("debian", Some("\\EFI\\debian\\shimaa64.efi")),
+                ),
+                ("Boot0001", option("UEFI Misc Device", None)),
+            ]);
+            let order = boot_order(&s).unwrap().unwrap();
+            assert_eq!(order.len(), 2);
+            assert_eq!(order[0].name, "Boot0008");
+            assert_eq!(order[0].description, "debian");
+            assert_eq!(order[0].file.as_deref(), Some("EFI/debian/shimaa64.efi"));
+            assert!(order[0].active);
+            assert_eq!(order[1].file, None);
+            assert!(!order[1].firmware_app);
+            assert_eq!(boot_order(&store(&[])).unwrap(), None);
+            assert!(boot_order(b"not a store").is_err());
+            assert_eq!(
+                boot_order(&[0u8; 8192]).unwrap(),
+                None,
+                "an unformatted template"
+            );
+        }
     }
 }

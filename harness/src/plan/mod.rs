@@ -2,6 +2,7 @@
 
 pub mod bisect;
 pub mod demo;
+pub mod explain;
 pub mod matrix;
 pub mod probe;
 pub mod replay;

@@ -146,6 +146,35 @@ pub async fn list_esp(qemu_img: &Path, disk: &Path) -> Result<Vec<(String, u64)>
     .with_context(|| format!("listing the ESP of {}", disk.display()))
 }
 
+/// Every regular file under `EFI/` (any case) on the ESP of `disk` with its content, read in
+/// one pass (one extraction of the ESP), sorted by path. Files larger than `max_size` are
+/// listed with an empty content.
+pub async fn read_efi_tree(
+    qemu_img: &Path,
+    disk: &Path,
+    max_size: u64,
+) -> Result<Vec<(String, u64, Vec<u8>)>> {
+    with_esp(qemu_img, disk, move |fs| {
+        let mut files = Vec::new();
+        walk(&fs.root_dir(), "", 0, &mut files)?;
+        files.sort();
+        let mut out = Vec::new();
+        for (path, size) in files {
+            if !path.to_ascii_uppercase().starts_with("EFI/") {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            if size <= max_size {
+                fs.root_dir().open_file(&path)?.read_to_end(&mut bytes)?;
+            }
+            out.push((path, size, bytes));
+        }
+        Ok(out)
+    })
+    .await
+    .with_context(|| format!("reading EFI/ on the ESP of {}", disk.display()))
+}
+
 /// Replaces (or creates, with any missing directories) files on the ESP of `overlay`, a qcow2
 /// image, normally with a backing file. The result is again a qcow2 on the same backing file,
 /// holding the guest's earlier changes plus these; the backing file is never written. Atomic: on

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod catalog;
+pub mod chain;
 pub mod debian_build;
 pub mod esp;
 pub mod overlay;

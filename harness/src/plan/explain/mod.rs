@@ -1,0 +1,469 @@
+//! `bootwatch explain`: a run's evidence (its records and, when kept, its disk and vars store)
+//! turned into measured facts (`run.*` from the records, `chain.*` from the boot chain on the
+//! disk), held against the known bug families (`core::known_bugs`), and optionally the
+//! families' workarounds tried as cases on the same prepared disk ([`workarounds`]).
+
+pub mod evidence;
+pub mod workarounds;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::core::chain::{Chain, ChainBinary};
+use crate::core::facts::Facts;
+use crate::core::known_bugs::{FamilyResult, KnownBugs, Status};
+use crate::core::verdict::Outcome;
+pub use evidence::{Evidence, load};
+
+/// The version of `explain --json`'s layout.
+pub const EXPLAIN_SCHEMA: &str = "bootwatch.explain/1";
+
+/// A binary on the boot path that is not the base image's, and who put it there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Replaced {
+    pub path: String,
+    /// Why it is on the boot path.
+    pub via: String,
+    /// What it is now, and what it was (`shim 16.1`, `an EFI application without SBAT, 1024 bytes`).
+    pub now: String,
+    pub was: Option<String>,
+    /// The packages the upgrade changed that put it there (`shim-signed 1.51 -> 1.51+bad1`).
+    pub packages: Vec<String>,
+    /// How the packages were attributed: `upgrade log` (dpkg's "Setting up" block names the
+    /// file), `same program` (the replaced binary's SBAT names the package's program), or
+    /// `boot-chain packages the upgrade changed` (no finer evidence).
+    pub attributed_by: Option<String>,
+}
+
+/// What `explain` says about one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Explanation {
+    pub schema: String,
+    /// The run's case directory and the session explained.
+    pub run: PathBuf,
+    pub session: usize,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// Families every requirement of which holds, most confident first.
+    pub families: Vec<FamilyResult>,
+    /// Families no requirement of which fails, but some are not measured.
+    pub undecided: Vec<FamilyResult>,
+    /// Ids of the families a measured fact rules out.
+    pub ruled_out: Vec<String>,
+    /// Boot-path binaries that differ from the base image.
+    pub replaced: Vec<Replaced>,
+    pub facts: Facts,
+    pub chain: Option<Chain>,
+    /// What could not be measured, and why.
+    pub notes: Vec<String>,
+    /// Filled by `--try-workarounds`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workarounds_tried: Vec<workarounds::Tried>,
+}
+
+impl Explanation {
+    /// Nothing matched.
+    pub fn no_known_family(&self) -> bool {
+        self.families.is_empty()
+    }
+}
+
+/// Reads the evidence under `path`, measures, and matches.
+pub async fn explain(path: &Path) -> Result<(Evidence, Explanation)> {
+    let ev = evidence::load(path)?;
+    let mut notes = Vec::new();
+    let mut facts = run_facts(&ev);
+    let chain = match chain_of_run(&ev).await {
+        Ok(Some(c)) => Some(c),
+        Ok(None) => {
+            notes.push(
+                "boot chain not inspected: the run kept no disk (boot with --keep-overlay, or run a scenario, to keep it)"
+                    .into(),
+            );
+            None
+        }
+        Err(e) => {
+            notes.push(format!("boot chain not inspected: {e:#}"));
+            None
+        }
+    };
+    let mut replaced = Vec::new();
+    if let Some(c) = &chain {
+        facts.merge_prefixed("", c.facts());
+        add_fault_facts(&mut facts, c);
+        replaced = attribute(&ev, c);
+        if let Some(first) = c.first()
+            && let Some(r) = replaced.iter().find(|r| r.path == first.path)
+        {
+            facts.set("chain.first.replaced_by", r.packages.clone());
+        }
+        if ev.base.is_none() {
+            notes.push("no base image: which binaries changed is not known".into());
+        }
+        if c.boot_order.is_none() {
+            notes.push(
+                "no vars store (or no BootOrder in it): the boot path is the removable path only"
+                    .into(),
+            );
+        }
+    }
+    notes.push(
+        "firmware.* and hypervisor.* facts (memory attribute protocol, LoaderData NX, SMCCC callers) need the firmware probe: not measured here"
+            .into(),
+    );
+    let results = KnownBugs::embedded().explain(&facts);
+    let (mut families, mut undecided, mut ruled_out) = (Vec::new(), Vec::new(), Vec::new());
+    for r in results {
+        match r.status {
+            Status::Match => families.push(r),
+            Status::Undecided => undecided.push(r),
+            Status::RuledOut => ruled_out.push(r.id),
+        }
+    }
+    let outcome = ev
+        .case
+        .as_ref()
+        .and_then(|c| {
+            c.boots
+                .iter()
+                .rev()
+                .find(|b| b.session == ev.result.session && b.outcome.exit_code == 1)
+                .map(|b| b.outcome.clone())
+        })
+        .unwrap_or_else(|| ev.result.outcome.clone());
+    let x = Explanation {
+        schema: EXPLAIN_SCHEMA.into(),
+        run: ev.dir.clone(),
+        session: ev.result.session,
+        outcome,
+        families,
+        undecided,
+        ruled_out,
+        replaced,
+        facts,
+        chain,
+        notes,
+        workarounds_tried: Vec::new(),
+    };
+    Ok((ev, x))
+}
+
+/// The boot chain of the run's disk: its kept overlay (or the image it booted), compared with
+/// the bottom of its backing chain (the install media), with the run's vars store.
+pub async fn chain_of_run(ev: &Evidence) -> Result<Option<Chain>> {
+    let Some(disk) = ev.disk.clone().or_else(|| ev.raw_disks.first().cloned()) else {
+        return Ok(None);
+    };
+    let base = match &ev.base {
+        Some(_) => Some(bottom_of_chain(&disk).await?).filter(|b| *b != disk),
+        None => None,
+    };
+    let chain =
+        crate::inputs::images::chain::inspect_disk(&disk, base.as_deref(), ev.vars.as_deref())
+            .await?;
+    Ok(Some(chain))
+}
+
+/// The last file of `disk`'s backing chain (`disk` itself when it has no backing file).
+pub async fn bottom_of_chain(disk: &Path) -> Result<PathBuf> {
+    let qi = crate::inputs::images::overlay::qemu_img()?;
+    let mut at = disk.to_path_buf();
+    for _ in 0..16 {
+        let info = crate::inputs::images::overlay::info(&qi, &at).await?;
+        let next = info["full-backing-filename"]
+            .as_str()
+            .or(info["backing-filename"].as_str());
+        match next {
+            Some(n) => {
+                let p = PathBuf::from(n);
+                at = if p.is_absolute() {
+                    p
+                } else {
+                    at.parent().unwrap_or(Path::new("/")).join(p)
+                };
+            }
+            None => return Ok(at),
+        }
+    }
+    anyhow::bail!("{}: backing chain deeper than 16", disk.display())
+}
+
+/// The `run.*` facts: the verdict of the explained boot, how it was run, what the upgrade
+/// changed.
+pub fn run_facts(ev: &Evidence) -> Facts {
+    let mut f = Facts::new();
+    let r = &ev.result;
+    let boot_outcome = ev
+        .case
+        .as_ref()
+        .and_then(|c| {
+            c.boots
+                .iter()
+                .rev()
+                .find(|b| b.session == r.session && b.outcome.exit_code == 1)
+        })
+        .map(|b| (b.outcome.clone(), b.boot.clone()));
+    let (outcome, boot) = match boot_outcome {
+        Some((o, b)) => (o, Some(b)),
+        None => (r.outcome.clone(), r.boots.last().cloned()),
+    };
+    f.set("run.verdict", outcome.verdict.as_str());
+    f.set("run.stage", outcome.stage.as_str());
+    f.set("run.before_grub", outcome.before_grub);
+    f.set("run.exit_code", outcome.exit_code);
+    let findings = boot
+        .as_ref()
+        .map_or(r.findings.clone(), |b| b.findings.clone());
+    let exception = findings.iter().rev().find_map(|fi| fi.exception.clone());
+    if let Some(x) = exception {
+        f.set("run.exception_kind", x.kind.clone());
+        if let Some(addr) = x.address.as_deref().and_then(|a| {
+            u64::from_str_radix(a.trim_start_matches("0x").trim_start_matches("0X"), 16).ok()
+        }) {
+            f.set("run.fault_address", format!("{addr:#018x}"));
+            f.set("run.fault_page_offset", addr & 0xfff);
+            f.set("run.fault_page_aligned", addr & 0xfff == 0);
+        }
+        if let Some(m) = x.backtrace.iter().find_map(|fr| fr.module.clone()) {
+            f.set("run.fault_module", m.trim_end_matches(".dll").to_string());
+        }
+        if let Some(esr) = &x.esr {
+            f.set("run.esr", esr.clone());
+        }
+    }
+    if let Some(b) = &boot {
+        let stages: Vec<&str> = b.timeline.iter().map(|m| m.stage.as_str()).collect();
+        let mut reached: Vec<&str> = Vec::new();
+        for s in stages {
+            if !reached.contains(&s) {
+                reached.push(s);
+            }
+        }
+        f.set(
+            "run.boot_option_started",
+            reached.iter().any(|s| *s != "firmware" && *s != "none"),
+        );
+        f.set("run.stages_reached", reached);
+    }
+    if let Some(v) = &r.qemu.version {
+        f.set("run.qemu_version", v.clone());
+    }
+    if let Some(p) = &r.qemu.package {
+        f.set("run.qemu_package", p.clone());
+    }
+    f.set("run.accelerator", r.accelerator.clone());
+    f.set("run.cpu", r.cpu.clone());
+    f.set("run.machine", r.machine.clone());
+    if let Some(v) = r.firmware.banner_version.as_ref().filter(|v| !v.is_empty()) {
+        f.set("run.firmware_banner_version", v.clone());
+    }
+    if let Some(c) = &r.firmware.code {
+        f.set("run.firmware_code_sha256", c.sha256.clone());
+    }
+    let fw_cfg: Vec<String> = r
+        .argv
+        .windows(2)
+        .filter(|w| w[0] == "-fw_cfg")
+        .map(|w| w[1].clone())
+        .collect();
+    f.set(
+        "run.memattr_knob",
+        fw_cfg
+            .iter()
+            .any(|a| a.contains("opt/org.tianocore/UninstallMemAttrProtocol")),
+    );
+    f.set("run.fw_cfg", fw_cfg);
+    f.set(
+        "run.usb_storage",
+        r.argv
+            .iter()
+            .any(|a| a.contains("usb-storage") || a.contains("usb-bot")),
+    );
+    if let Some(cell) = &ev.cell {
+        if let Some(v) = &cell.firmware_version {
+            f.set("run.firmware_version", v.clone());
+        }
+        f.set("run.cell", cell.id.clone());
+    }
+    if let Some(c) = &ev.case {
+        if let Some(i) = &c.image {
+            f.set("run.image", i.clone());
+        }
+        if let Some(u) = &c.update {
+            f.set("run.update", u.clone());
+        }
+        f.set("run.suspects", c.suspects.clone());
+        if !c.packages.is_empty() {
+            let boot_chain: Vec<String> = c
+                .package_diff
+                .iter()
+                .filter(|p| crate::engine::guest::is_boot_chain_package(&p.name))
+                .map(|p| p.name.clone())
+                .collect();
+            f.set("run.changed_boot_packages", boot_chain);
+            f.set(
+                "run.changed_packages",
+                c.package_diff.iter().map(change_text).collect::<Vec<_>>(),
+            );
+        }
+    }
+    f
+}
+
+fn change_text(p: &crate::engine::record::PackageChange) -> String {
+    format!(
+        "{} {} -> {}",
+        p.name,
+        p.old.as_deref().unwrap_or("(none)"),
+        p.new.as_deref().unwrap_or("(removed)")
+    )
+}
+
+/// `chain.fault_at_entry_of`: the boot-path binaries whose entry point has the fault's page
+/// offset (edk2 loads images page-aligned, so a fault at an image's entry point has it).
+fn add_fault_facts(f: &mut Facts, c: &Chain) {
+    let Some(off) = f.get("run.fault_page_offset").and_then(|v| v.as_u64()) else {
+        return;
+    };
+    let at: Vec<String> = c
+        .binaries
+        .iter()
+        .filter(|b| {
+            b.pe.as_ref()
+                .is_some_and(|p| u64::from(p.entry_rva) & 0xfff == off)
+        })
+        .map(|b| b.path.clone())
+        .collect();
+    f.set("chain.fault_at_entry_of", at);
+}
+
+/// Which changed packages put each changed boot-path binary there.
+fn attribute(ev: &Evidence, c: &Chain) -> Vec<Replaced> {
+    let changes: Vec<&crate::engine::record::PackageChange> = ev
+        .case
+        .as_ref()
+        .map(|c| {
+            c.package_diff
+                .iter()
+                .filter(|p| crate::engine::guest::is_boot_chain_package(&p.name))
+                .collect()
+        })
+        .unwrap_or_default();
+    let log: String = ev
+        .case
+        .as_ref()
+        .map(|c| {
+            c.steps
+                .iter()
+                .filter(|s| s.step == "upgrade")
+                .flat_map(|s| s.commands.iter().map(|c| c.output.as_str()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    c.binaries
+        .iter()
+        .filter(|b| b.changed == Some(true))
+        .map(|b| {
+            let (packages, by) = packages_for(b, &changes, &log);
+            Replaced {
+                path: b.path.clone(),
+                via: b.via.clone(),
+                now: describe(b),
+                was: b.original.as_deref().map(describe),
+                packages: packages.iter().map(|p| change_text(p)).collect(),
+                attributed_by: by,
+            }
+        })
+        .collect()
+}
+
+fn packages_for<'a>(
+    b: &ChainBinary,
+    changes: &[&'a crate::engine::record::PackageChange],
+    log: &str,
+) -> (
+    Vec<&'a crate::engine::record::PackageChange>,
+    Option<String>,
+) {
+    if changes.is_empty() {
+        return (Vec::new(), None);
+    }
+    // dpkg prints "Setting up NAME (VERSION) ..." and then what the maintainer script prints.
+    let mut current: Option<&str> = None;
+    let mut named = Vec::new();
+    let needle = b.path.to_ascii_lowercase();
+    for line in log.lines() {
+        if let Some(rest) = line.strip_prefix("Setting up ") {
+            current = rest.split_whitespace().next();
+            continue;
+        }
+        if line.starts_with("Processing triggers for ") || line.starts_with("Unpacking ") {
+            current = None;
+            continue;
+        }
+        if let Some(pkg) = current
+            && line.to_ascii_lowercase().contains(&needle)
+        {
+            let pkg = pkg.split(':').next().unwrap_or(pkg);
+            if let Some(ch) = changes.iter().find(|c| c.name == pkg)
+                && !named
+                    .iter()
+                    .any(|n: &&crate::engine::record::PackageChange| n.name == pkg)
+            {
+                named.push(*ch);
+            }
+        }
+    }
+    if !named.is_empty() {
+        return (named, Some("upgrade log".into()));
+    }
+    let program = b
+        .original
+        .as_ref()
+        .and_then(|o| o.pe.as_ref())
+        .map(|p| p.kind.as_str())
+        .filter(|k| *k == "shim" || *k == "grub");
+    if let Some(k) = program {
+        let same: Vec<_> = changes
+            .iter()
+            .copied()
+            .filter(|c| c.name.contains(k))
+            .collect();
+        if !same.is_empty() {
+            return (same, Some("same program".into()));
+        }
+    }
+    (
+        changes.to_vec(),
+        Some("boot-chain packages the upgrade changed".into()),
+    )
+}
+
+/// `shim 16.1 (SBAT shim.debian 16.1), NX_COMPAT no, 954368 bytes`.
+pub fn describe(b: &ChainBinary) -> String {
+    let Some(pe) = &b.pe else {
+        return format!(
+            "not a PE image ({}), {} bytes",
+            b.error.as_deref().unwrap_or("unreadable"),
+            b.size
+        );
+    };
+    let what = match (pe.kind.as_str(), &pe.version) {
+        ("unknown", _) => format!("an unidentified {} EFI binary", pe.machine_name),
+        (k, Some(v)) => format!("{k} {v}"),
+        (k, None) => k.to_string(),
+    };
+    let sbat = match pe.sbat.last() {
+        Some(e) if pe.sbat.len() > 1 => format!("SBAT {} {}", e.component, e.version),
+        _ => "no SBAT".into(),
+    };
+    format!(
+        "{what} ({sbat}, NX_COMPAT {}, {} bytes, sha256 {})",
+        if pe.nx_compat { "yes" } else { "no" },
+        b.size,
+        &b.sha256[..12.min(b.sha256.len())]
+    )
+}

@@ -1,0 +1,308 @@
+//! `bootwatch inspect chain` on Debian's real shim and GRUB packages, and `bootwatch explain` on
+//! real runs: the crash fixture (no known family, with the facts) and the demo's bad update
+//! (the replaced binary on the boot path and the package that put it there; restoring the
+//! boot loader boots). One bad-update run serves every assertion about it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{bin, fixtures, qemu_tests_enabled, results_root, text};
+
+/// The `.deb` of `package` at `version` from `suite` (arm64), through the project's archive
+/// client: signature-checked indexes, verified download, cached.
+async fn deb(suite: &str, package: &str, version: &str) -> PathBuf {
+    use bootwatch::inputs::debian::{Archive, INDEX_CACHE_DIR, resolve_mirror};
+    let cache = bootwatch::sys::fsx::cache_root().unwrap();
+    let archive = Archive::new(&resolve_mirror(None).unwrap())
+        .unwrap()
+        .with_index_cache(cache.join(INDEX_CACHE_DIR));
+    let entries = archive
+        .find(suite, "main", "arm64", package)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{suite} has no main/binary-arm64 index"));
+    let entry = entries
+        .iter()
+        .find(|e| e.version == version)
+        .unwrap_or_else(|| {
+            panic!(
+                "{package} {version} is not in {suite} (it has: {:?})",
+                entries.iter().map(|e| &e.version).collect::<Vec<_>>()
+            )
+        });
+    archive
+        .cached_deb(entry, &cache.join("debs"))
+        .await
+        .unwrap()
+}
+
+fn inspect_json(target: &Path) -> serde_json::Value {
+    let out = bin()
+        .args(["inspect", "chain", "--json"])
+        .arg(target)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The binary at `path` in an `inspect chain --json` report.
+fn binary<'a>(report: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+    report["binaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["path"] == path)
+        .unwrap_or_else(|| panic!("no {path} in {report:#}"))
+}
+
+#[tokio::test]
+async fn inspect_chain_reports_nx_compat_and_sbat_of_debians_shim_and_grub() {
+    // (suite, package, version, file, kind, version string, SBAT component and version, NX_COMPAT)
+    let cases = [
+        (
+            "bullseye",
+            "shim-signed",
+            "1.44~1+deb11u1+15.8-1~deb11u1",
+            "usr/lib/shim/shimaa64.efi.signed",
+            "shim",
+            "15.8",
+            ("shim.debian", "15.8"),
+            false,
+        ),
+        (
+            "bookworm",
+            "shim-signed",
+            "1.51~1+deb12u1+16.1-2~deb12u1",
+            "usr/lib/shim/shimaa64.efi.signed",
+            "shim",
+            "16.1",
+            ("shim.debian", "16.1"),
+            false,
+        ),
+        (
+            "bookworm",
+            "grub-efi-arm64-signed",
+            "1+2.06+13+deb12u2",
+            "usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed",
+            "grub",
+            "2.06-13+deb12u2",
+            ("grub", "2.06"),
+            false,
+        ),
+        (
+            "trixie",
+            "grub-efi-arm64-signed",
+            "1+2.12+9+deb13u4",
+            "usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed",
+            "grub",
+            "2.12-9+deb13u4",
+            ("grub", "2.12"),
+            false,
+        ),
+        (
+            "sid",
+            "grub-efi-arm64-signed",
+            "1+2.14+4",
+            "usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed",
+            "grub",
+            "2.14-4",
+            ("grub", "2.14"),
+            // GRUB 2.14 carries upstream's NX support and declares it.
+            true,
+        ),
+    ];
+    for (suite, package, version, file, kind, v, (component, cv), nx) in cases {
+        let deb = deb(suite, package, version).await;
+        let report = inspect_json(&deb);
+        let b = binary(&report, file);
+        let what = format!("{package} {version}: {b:#}");
+        let pe = &b["pe"];
+        assert_eq!(pe["machine_name"], "arm64", "{what}");
+        assert_eq!(pe["kind"], kind, "{what}");
+        assert_eq!(pe["version"], v, "{what}");
+        assert_eq!(pe["nx_compat"], nx, "{what}");
+        assert_eq!(
+            pe["dll_characteristics"].as_u64().unwrap() & 0x100 != 0,
+            nx,
+            "{what}"
+        );
+        assert_eq!(pe["section_alignment"], 4096, "{what}");
+        assert_eq!(pe["wx_sections"], serde_json::json!([]), "{what}");
+        let sbat = pe["sbat"].as_array().unwrap();
+        assert!(
+            sbat.iter()
+                .any(|e| e["component"] == component && e["version"] == cv),
+            "{what}"
+        );
+        assert!(sbat.iter().all(|e| e["generation"].as_u64().unwrap() >= 1));
+    }
+}
+
+fn explain_json(target: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = bin()
+        .arg("explain")
+        .arg(target)
+        .arg("--json")
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no JSON ({e}): {}", text(&out)))
+}
+
+#[test]
+fn explain_on_the_crash_fixture_names_no_family_and_shows_the_facts() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let res = results_root();
+    let (code, v, stderr) = common::boot_json(&[
+        "--disk",
+        fixtures().join("crash.img").to_str().unwrap(),
+        "--results",
+        res.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{v:#} {stderr}");
+    let run = res.path().join(v["run_id"].as_str().unwrap());
+    let x = explain_json(&run, &[]);
+    assert_eq!(x["schema"], "bootwatch.explain/1");
+    assert_eq!(x["families"], serde_json::json!([]), "{x:#}");
+    let facts = &x["facts"];
+    assert_eq!(facts["run.verdict"], "sync-exception");
+    assert_eq!(facts["run.before_grub"], true);
+    // The fixture's disk is read: one unidentified arm64 binary on the removable path.
+    assert_eq!(
+        facts["chain.first.path"], "EFI/BOOT/BOOTAA64.EFI",
+        "{facts:#}"
+    );
+    assert_eq!(facts["chain.first.kind"], "unknown");
+    assert_eq!(facts["chain.shim.present"], false);
+    let ruled_out: Vec<&str> = x["ruled_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    for id in ["T1", "T2", "T3", "T4", "T5", "T6", "T7"] {
+        assert!(
+            ruled_out.contains(&id)
+                || x["undecided"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f["id"] == id),
+            "{id}: {x:#}"
+        );
+    }
+    let out = bin().arg("explain").arg(&run).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("no known family matches"), "{shown}");
+    assert!(shown.contains("run.verdict = sync-exception"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_names_the_bad_updates_replaced_binary_and_its_package_and_restoring_boots() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let out = bin()
+        .args(["images", "build", "debian-12-local"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "images build: {}", text(&out));
+    // The demo's bad update, made by the same code the demo uses.
+    let cache = bootwatch::sys::fsx::cache_root().unwrap();
+    let repo_dir = tempfile::tempdir().unwrap();
+    let repo = bootwatch::plan::updates::make(
+        &bootwatch::plan::updates::UpdateChoice::Bad,
+        "debian-12-local",
+        None,
+        &cache,
+        repo_dir.path(),
+    )
+    .await
+    .unwrap();
+    let res = results_root();
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/upgrade-reboot.toml");
+    let out = bin()
+        .arg("run")
+        .arg(&scenario)
+        .args(["--image", "debian-12-local", "--json", "--update"])
+        .arg(&repo.dir)
+        .arg("--results")
+        .arg(res.path())
+        .output()
+        .unwrap();
+    let case: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", text(&out)));
+    assert_eq!(case["verdict"], "sync-exception", "{case:#}");
+    let run = std::fs::read_dir(res.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("case.json").is_file())
+        .expect("the case's directory");
+
+    let x = explain_json(&run, &[]);
+    let ids: Vec<&str> = x["families"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["replaced-boot-loader"], "{x:#}");
+    let fam = &x["families"][0];
+    assert_eq!(fam["unmatched"], serde_json::json!([]), "{fam:#}");
+    // The binary the firmware starts, the one the update replaced, and who put it there.
+    let replaced = x["replaced"].as_array().unwrap();
+    let first = x["facts"]["chain.first.path"].as_str().unwrap();
+    let r = replaced
+        .iter()
+        .find(|r| r["path"] == first)
+        .unwrap_or_else(|| panic!("{first} not among the replaced: {x:#}"));
+    assert!(r["was"].as_str().unwrap().starts_with("shim 16.1"), "{r:#}");
+    assert!(r["now"].as_str().unwrap().contains("unidentified"), "{r:#}");
+    let pkgs = r["packages"].as_array().unwrap();
+    assert_eq!(pkgs.len(), 1, "{r:#}");
+    assert!(
+        pkgs[0].as_str().unwrap().starts_with("shim-signed ")
+            && pkgs[0].as_str().unwrap().ends_with("+bootwatch.bad1"),
+        "{r:#}"
+    );
+    assert_eq!(r["attributed_by"], "upgrade log");
+    for t in ["T1", "T3", "T5"] {
+        assert!(
+            x["ruled_out"].as_array().unwrap().iter().any(|i| i == t),
+            "{t} should be ruled out: {x:#}"
+        );
+    }
+
+    // The first workaround, restoring the boot loader, boots; the run's own disk is untouched.
+    let overlay = run.join("overlay.qcow2");
+    let before = bootwatch::sys::fsx::hash_file(&overlay).unwrap();
+    let tries = results_root();
+    let x = explain_json(
+        &run,
+        &[
+            "--try-workarounds",
+            "--results",
+            tries.path().to_str().unwrap(),
+        ],
+    );
+    let tried = x["workarounds_tried"].as_array().unwrap();
+    let restore = tried
+        .iter()
+        .find(|t| t["auto"] == "restore-bootloader")
+        .unwrap_or_else(|| panic!("{x:#}"));
+    assert_eq!(restore["booted"], true, "{restore:#}");
+    assert_eq!(restore["target"], "kernel");
+    let manual = tried.iter().find(|t| t["auto"].is_null()).unwrap();
+    assert!(manual["note"].as_str().unwrap().contains("not automatic"));
+    assert_eq!(
+        bootwatch::sys::fsx::hash_file(&overlay).unwrap().sha256,
+        before.sha256,
+        "the run's overlay was written"
+    );
+}
