@@ -1,9 +1,14 @@
 //! Offline classification throughput over a large, mostly healthy boot log (the README quotes
-//! the figure). Run: `cargo bench --bench classify -- --warm-up-time 1 --measurement-time 3`.
+//! the figure), and over hostile console output (issue #12): a long line of invalid UTF-8
+//! (offline, and read in small pieces as a session reads it), a flood of benign notes and a
+//! flood of distinct exception banners. Each of these used to cost time or memory that grew
+//! faster than the input. Run: `cargo bench --bench classify -- --warm-up-time 1
+//! --measurement-time 3`.
 
 use std::fmt::Write;
 use std::hint::black_box;
 
+use bootwatch::core::verdict::Verdict;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// A boot log of about `size` bytes: firmware and GRUB lines, then kernel and systemd lines of
@@ -57,7 +62,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("boot-log-64MiB", |b| {
         b.iter(|| {
             let (cls, d) = bootwatch::core::classify::classify_log(black_box(&log));
-            assert_eq!(d.verdict, bootwatch::core::verdict::Verdict::Reached);
+            assert_eq!(d.verdict, Verdict::Reached);
             cls.lines()
         })
     });
@@ -71,6 +76,77 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    let mut g = c.benchmark_group("hostile");
+    g.sample_size(10);
+    let invalid = {
+        let mut v = vec![0xffu8; 1 << 20];
+        v.push(b'\n');
+        v
+    };
+    g.throughput(Throughput::Bytes(invalid.len() as u64));
+    g.bench_function("invalid-utf8-line-1MiB", |b| {
+        b.iter(|| {
+            let (cls, d) = bootwatch::core::classify::classify_log(black_box(&invalid));
+            assert_eq!(d.verdict, Verdict::Reached);
+            cls.lines()
+        })
+    });
+    g.bench_function("invalid-utf8-line-1MiB-256B-reads", |b| {
+        b.iter(|| session_like(black_box(&invalid), 256))
+    });
+    let notes = flood(100_000, |_| {
+        "BdsDxe: failed to load Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x1,0x0): Not Found\r\n".into()
+    });
+    g.throughput(Throughput::Bytes(notes.len() as u64));
+    g.bench_function("note-flood-100k-lines", |b| {
+        b.iter(|| {
+            let (cls, d) = bootwatch::core::classify::classify_log(black_box(&notes));
+            assert_eq!(d.verdict, Verdict::Reached);
+            cls.current().findings.len()
+        })
+    });
+    let banners = flood(100_000, |i| {
+        format!("Synchronous Exception at 0x{:016X}\r\n", 0x7C743000 + 4 * i)
+    });
+    g.throughput(Throughput::Bytes(banners.len() as u64));
+    g.bench_function("banner-flood-100k-lines", |b| {
+        b.iter(|| {
+            let (cls, d) = bootwatch::core::classify::classify_log(black_box(&banners));
+            assert_eq!(d.verdict, Verdict::SyncException);
+            cls.current().findings.len()
+        })
+    });
+    g.finish();
+}
+
+/// `n` lines made by `line`, after a firmware banner.
+fn flood(n: usize, line: impl Fn(usize) -> String) -> Vec<u8> {
+    let mut s = String::from(
+        "UEFI firmware (version 2022.11-6+deb12u2 built at 10:39:47 on Mar  3 2025)\r\n",
+    );
+    for i in 0..n {
+        s.push_str(&line(i));
+    }
+    s.into_bytes()
+}
+
+/// What a session does with every read of `read` bytes: normalize, classify the lines, check
+/// the unterminated tail for a prompt.
+fn session_like(log: &[u8], read: usize) -> u64 {
+    let mut norm = bootwatch::core::console::Normalizer::new();
+    let mut cls = bootwatch::core::classify::Classifier::new();
+    let mut text = String::new();
+    for chunk in log.chunks(read) {
+        text.clear();
+        norm.feed(chunk, &mut text);
+        cls.feed_text(&text, Some(1.0));
+        let tail = norm.partial();
+        if !tail.is_empty() {
+            cls.feed_partial(&tail, Some(1.0));
+        }
+    }
+    cls.lines()
 }
 
 criterion_group!(benches, bench);

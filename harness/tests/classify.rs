@@ -60,6 +60,27 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "sync-exception",
         "firmware",
     ),
+    (
+        "own-issue-12-error-lines-after-userspace-1.txt",
+        "reached",
+        "userspace",
+    ),
+    (
+        "own-issue-12-banner-without-address-1.txt",
+        "sync-exception",
+        "firmware",
+    ),
+    (
+        "own-issue-12-banner-across-the-line-limit-1.txt",
+        "sync-exception",
+        "firmware",
+    ),
+    ("own-issue-12-note-flood-1.txt", "reached", "kernel"),
+    (
+        "own-issue-12-banner-flood-1.txt",
+        "sync-exception",
+        "firmware",
+    ),
 ];
 
 #[test]
@@ -88,6 +109,36 @@ fn every_sample_gets_its_expected_verdict_stage_and_exit_code() {
         assert!(v["findings"].is_array(), "{file}");
         let want = if *verdict == "reached" { 0 } else { 1 };
         assert_eq!(out.status.code(), Some(want), "{file}");
+    }
+}
+
+/// A flood of one pattern keeps its first findings; the last kept one counts the rest.
+#[test]
+fn a_flood_shows_its_first_findings_and_how_many_more_there_were() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/console");
+    for (file, pattern) in [
+        ("own-issue-12-note-flood-1.txt", "bds-load-failed"),
+        ("own-issue-12-banner-flood-1.txt", "edk2-sync-exception"),
+    ] {
+        let out = bin()
+            .args(["classify", "--json"])
+            .arg(dir.join(file))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let of_pattern: Vec<&serde_json::Value> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["pattern"] == pattern)
+            .collect();
+        assert_eq!(of_pattern.len(), 16, "{file}");
+        assert_eq!(of_pattern[15]["repeats"], 300 - 16, "{file}");
+        assert!(
+            out.stdout.len() < 64 << 10,
+            "{file}: {} bytes",
+            out.stdout.len()
+        );
     }
 }
 

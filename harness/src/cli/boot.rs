@@ -258,7 +258,8 @@ pub fn classify(path: &Path, json: bool) -> CliResult {
             "finding": d.finding.map(|i| &boot.findings[i]),
             "findings": boot.findings,
             "timeline": boot.timeline,
-            "boots": cls.boots().len(),
+            "boots": cls.boots_started(),
+            "boots_dropped": cls.boots_dropped(),
             "lines": cls.lines(),
         });
         let _ = serde_json::to_writer_pretty(&mut out, &v);

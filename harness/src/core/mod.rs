@@ -5,5 +5,6 @@
 pub mod classify;
 pub mod console;
 pub mod event;
+pub mod facts;
 pub mod launch;
 pub mod verdict;

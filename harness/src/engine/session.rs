@@ -33,7 +33,13 @@ pub struct Timings {
     pub qmp_up: Duration,
     /// Timeout of every QMP command.
     pub qmp_call: Duration,
-    /// After a fatal line: the dump is over after this much quiet...
+    /// A RELEASE build's dump is its banner printed twice (serial, then the console's copy) and
+    /// nothing more: over once the console has been quiet this long after the second banner. (A
+    /// DEBUG build prints its dump right after the banners, in the same burst, and ends it with
+    /// an ASSERT line: decided at once.)
+    pub dump_settle: Duration,
+    /// Any other fatal line (a dump whose end did not show, a kernel panic, a rescue shell): over
+    /// after this much quiet...
     pub dump_quiet: Duration,
     /// ...or at the latest this long after the fatal line.
     pub dump_max: Duration,
@@ -46,6 +52,7 @@ impl Default for Timings {
         Timings {
             qmp_up: Duration::from_secs(15),
             qmp_call: Duration::from_secs(10),
+            dump_settle: Duration::from_millis(50),
             dump_quiet: Duration::from_millis(500),
             dump_max: Duration::from_millis(1500),
             stop_grace: Duration::from_secs(2),
@@ -62,6 +69,22 @@ pub struct WatchSpec {
     /// Judge only boot `min_boot` or a later one (after a reboot: the boot that follows it).
     /// While an earlier boot is still running, only its end (silence, timeout, exit) decides.
     pub min_boot: usize,
+}
+
+/// At most this many console lines before a firmware's exception banner in its boot mark a
+/// RELEASE build (Debian's print 2-10); a DEBUG build prints hundreds.
+const QUIET_FIRMWARE_LINES: u64 = 40;
+
+/// What an exception dump shows of its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DumpEnd {
+    /// A DEBUG build's ASSERT, or a recursive exception in the dumper: the dump is over.
+    Closed,
+    /// The banner twice and nothing else yet: a RELEASE build's whole dump, unless a DEBUG
+    /// build's body follows at once.
+    BannerOnly,
+    /// No dump, or one whose end did not show: only quiet ends it.
+    Unknown,
 }
 
 /// What woke [`Session::pump`].
@@ -229,7 +252,8 @@ pub struct Session {
     sink: EventSink,
     /// Which session of its case this is (1-based), for events.
     index: usize,
-    milestones_sent: usize,
+    /// The boot index and how many of its milestones were sent as events.
+    milestones_sent: (usize, usize),
     timings: Timings,
     pub qemu_version: Option<String>,
     pub qemu_package: Option<String>,
@@ -366,7 +390,7 @@ impl Session {
             exit: None,
             sink,
             index,
-            milestones_sent: 0,
+            milestones_sent: (0, 0),
             timings,
             qemu_version,
             qemu_package,
@@ -436,8 +460,19 @@ impl Session {
                     });
                 }
                 let since = *fatal_seen.get_or_insert_with(Instant::now);
-                let quiet = self.last_output.elapsed() >= self.timings.dump_quiet;
-                if quiet || since.elapsed() >= self.timings.dump_max || self.exit.is_some() {
+                let quiet_for = self.last_output.elapsed();
+                let mut over = self.dump_end() == DumpEnd::Closed
+                    || since.elapsed() >= self.timings.dump_max
+                    || self.exit.is_some()
+                    || quiet_for >= self.timings.dump_quiet;
+                if !over
+                    && self.dump_end() == DumpEnd::BannerOnly
+                    && quiet_for >= self.timings.dump_settle
+                {
+                    // Lines still sitting in the socket would be the dump going on.
+                    over = !self.take_buffered_console(&mut buf).await?;
+                }
+                if over {
                     return Ok(WatchEnd::Decided {
                         decision: d,
                         t_s: self.now_s(),
@@ -459,8 +494,13 @@ impl Session {
             let silent_at = self.last_output + spec.silence;
             let mut wake = deadline.min(silent_at);
             if let Some(since) = fatal_seen {
+                let next_look = if self.dump_end() == DumpEnd::BannerOnly {
+                    self.timings.dump_settle
+                } else {
+                    self.timings.dump_quiet
+                };
                 wake = wake
-                    .min(self.last_output + self.timings.dump_quiet)
+                    .min(self.last_output + next_look)
                     .min(since + self.timings.dump_max);
             }
             match self.pump(&mut buf, wake, cancel).await? {
@@ -523,6 +563,32 @@ impl Session {
             }
             _ = tokio::time::sleep_until(until) => Ok(Woke::Timer),
             _ = cancel.cancelled() => Ok(Woke::Cancelled),
+        }
+    }
+
+    /// How far the current boot's exception dump shows its own end.
+    fn dump_end(&self) -> DumpEnd {
+        let boot = self.classifier.current();
+        let Some((f, x)) = boot
+            .fatal()
+            .and_then(|f| f.exception.as_ref().map(|x| (f, x)))
+        else {
+            return DumpEnd::Unknown;
+        };
+        // A DEBUG build is chatty from its first line (hundreds of driver and protocol lines
+        // before any loader runs); a RELEASE build prints a handful. Only a quiet firmware's
+        // double banner is its whole dump.
+        let quiet_firmware = f.line.saturating_sub(boot.first_line) < QUIET_FIRMWARE_LINES;
+        let body = !x.backtrace.is_empty()
+            || !x.registers.is_empty()
+            || !x.modules.is_empty()
+            || x.syndrome.is_some();
+        if x.assert.is_some() || x.recursive {
+            DumpEnd::Closed
+        } else if x.banner_count >= 2 && !body && quiet_firmware {
+            DumpEnd::BannerOnly
+        } else {
+            DumpEnd::Unknown
         }
     }
 
@@ -612,6 +678,24 @@ impl Session {
         });
     }
 
+    /// Reads what the console socket holds right now (without waiting for more); true when it
+    /// held anything.
+    async fn take_buffered_console(&mut self, buf: &mut [u8]) -> anyhow::Result<bool> {
+        let mut any = false;
+        while let Some(c) = self.console.as_mut() {
+            match c.try_read(buf) {
+                Ok(0) => self.console = None,
+                Ok(n) => {
+                    any = true;
+                    self.on_console(&buf[..n]).await?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => self.console = None,
+            }
+        }
+        Ok(any)
+    }
+
     /// After QEMU exited: whatever is still buffered in the console socket.
     async fn drain_console(&mut self) -> anyhow::Result<()> {
         let mut buf = vec![0u8; 64 * 1024];
@@ -631,21 +715,28 @@ impl Session {
         if !self.sink.is_connected() {
             return;
         }
-        let boots = self.classifier.boots();
-        let all: Vec<_> = boots
+        // Boots are kept by index (the classifier may drop middle ones): what was sent is the
+        // boot index and how many of its milestones.
+        let (last_boot, sent) = self.milestones_sent;
+        for b in self
+            .classifier
+            .boots()
             .iter()
-            .flat_map(|b| b.timeline.iter().map(move |m| (b.index, m)))
-            .collect();
-        for (boot, m) in &all[self.milestones_sent.min(all.len())..] {
-            self.sink.emit(Event::Milestone {
-                session: self.index,
-                boot: *boot,
-                stage: m.stage,
-                t_s: m.t_s.unwrap_or(0.0),
-                text: m.text.clone(),
-            });
+            .filter(|b| b.index >= last_boot)
+        {
+            let skip = if b.index == last_boot { sent } else { 0 };
+            for m in b.timeline.iter().skip(skip) {
+                self.sink.emit(Event::Milestone {
+                    session: self.index,
+                    boot: b.index,
+                    stage: m.stage,
+                    t_s: m.t_s.unwrap_or(0.0),
+                    text: m.text.clone(),
+                });
+            }
         }
-        self.milestones_sent = all.len();
+        let cur = self.classifier.current();
+        self.milestones_sent = (cur.index, cur.timeline.len());
     }
 
     /// Ends the VM: QMP `quit`, a grace period, then SIGKILL to QEMU's group. Idempotent.

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{ScriptedProcess, Session, SessionPaths, Timings, VmProcess, WatchEnd, WatchSpec};
-use crate::core::classify::{Decision, FindingKind};
+use crate::core::classify::{Decision, FINDINGS_PER_PATTERN, FindingKind};
+use crate::core::console::MAX_LINE;
 use crate::core::event::{Event, EventSink};
 use crate::core::verdict::{Outcome, Stage, Verdict, exit_code};
 use crate::engine::record::outcome_of;
@@ -35,11 +36,56 @@ const INIT: &str = "[  OK  ] Started systemd-journald.service - Journal Service.
 /// A prompt: printed without a newline, as getty does.
 const LOGIN: &str = "\r\ndebian login: ";
 const EXCEPTION: &str = "Synchronous Exception at 0x000000007C743000\r\n";
+/// What a DEBUG build prints while it starts: a driver load line per driver, dozens of them.
+const DEBUG_CHATTER: &str = concat!(
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+    "Loading driver at 0x0005F7E0000 EntryPoint=0x0005F7E1000 ArmCpuDxe.efi\r\n",
+    "InstallProtocolInterface: 26BACCB1-6F42-11D4-BCE7-0080C73C8881 5F7E5008\r\n",
+);
 
 /// What the fake QEMU does at a scripted time (seconds after its start).
 enum Act {
     /// Bytes on the serial console.
     Console(&'static str),
+    /// Bytes that are not text (invalid UTF-8) on the serial console.
+    ConsoleBytes(Vec<u8>),
     /// A line on the console every `every` seconds, from now on, forever (last in a script).
     ConsoleForever { every: f64, line: &'static str },
     /// A QMP event.
@@ -160,6 +206,7 @@ impl FakeQemu {
             tokio::time::sleep_until(self.zero + Duration::from_secs_f64(at)).await;
             match act {
                 Act::Console(s) => self.console(s.as_bytes()).await,
+                Act::ConsoleBytes(b) => self.console(&b).await,
                 Act::ConsoleForever { every, line } => loop {
                     self.console(line.as_bytes()).await;
                     tokio::time::sleep(Duration::from_secs_f64(every)).await;
@@ -404,7 +451,13 @@ async fn an_exception_dump_is_read_whole_and_judged_dump_quiet_after_its_last_li
             "PC 0x00043FD37E08 (0x00043FD35000+0x00002E08) [ 0] ArmCpuDxe.dll\r\n",
         ),
     ];
-    let mut script = vec![(0.5, Act::Console(BANNER)), (1.0, Act::Console(EXCEPTION))];
+    // A DEBUG build: chatty before the crash, so its double banner is not taken for a RELEASE
+    // build's whole dump.
+    let mut script = vec![
+        (0.5, Act::Console(BANNER)),
+        (0.6, Act::Console(DEBUG_CHATTER)),
+    ];
+    script.push((1.0, Act::Console(EXCEPTION)));
     script.extend(dump.iter().map(|&(t, l)| (t, Act::Console(l))));
     // Each gap (at most 0.3 s) is shorter than the quiet time; the window is far from its max.
     let mut r = rig(script, dump_window(500, 5000)).await;
@@ -421,7 +474,7 @@ async fn an_exception_dump_is_read_whole_and_judged_dump_quiet_after_its_last_li
     let f = &boot.findings[d.finding.expect("a fatal finding decided")];
     assert_eq!(f.kind, FindingKind::Fatal);
     assert_at(f.t_s.unwrap(), 1.0);
-    assert_eq!(f.line, 2);
+    assert_eq!(f.line, 42);
     let x = f.exception.as_ref().expect("the banner opened a dump");
     assert_eq!(x.kind, "Synchronous");
     assert_eq!(x.address.as_deref(), Some("0x000000007C743000"));
@@ -432,8 +485,8 @@ async fn an_exception_dump_is_read_whole_and_judged_dump_quiet_after_its_last_li
     let frames: Vec<Option<&str>> = x.backtrace.iter().map(|f| f.module.as_deref()).collect();
     assert_eq!(frames, [Some("DxeCore.dll"), Some("ArmCpuDxe.dll")]);
     assert!(x.modules[&1].ends_with("/DxeCore.dll"));
-    // Every line up to the last one belongs to the dump: line 8 is the last PC line.
-    assert_eq!(x.last_line, 8);
+    // Every line up to the last one belongs to the dump: line 48 is the last PC line.
+    assert_eq!(x.last_line, 48);
     // The second banner was taken into the dump, not counted as a second failure.
     assert_eq!(boot.findings.len(), 1);
 }
@@ -623,7 +676,7 @@ async fn after_a_reset_min_boot_waits_for_the_next_boot_to_decide() {
     assert_eq!(d.verdict, Verdict::Reached);
     assert_at(t, 2.0);
 
-    let min_boot = r.session.classifier.boots().len();
+    let min_boot = r.session.classifier.boots_started();
     r.session
         .qmp
         .execute(qapi::qmp::system_reset {})
@@ -682,4 +735,176 @@ async fn a_reboot_that_never_comes_is_judged_when_the_console_falls_silent() {
         "no console output for 10 s; last stage none (boot 2 never started)"
     );
     assert_at(t, 11.0);
+}
+
+/// Benign notes printed without end: the watch times out as it would without them, the record
+/// keeps the first few and counts the rest, and the console log keeps every line.
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_notes_is_counted_not_kept() {
+    let note = "BdsDxe: failed to load Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x1,0x0): Not Found\r\n";
+    let mut r = rig(
+        vec![
+            (0.5, Act::Console(BANNER)),
+            (
+                1.0,
+                Act::ConsoleForever {
+                    every: 0.001,
+                    line: note,
+                },
+            ),
+        ],
+        Timings::default(),
+    )
+    .await;
+    let (d, t, _) = decided(&mut r.session, spec(Some(Stage::Login), 20, 5)).await;
+    assert_eq!(
+        (d.verdict, d.exit_code, d.stage),
+        (Verdict::Timeout, exit_code::UNDETERMINED, Stage::Firmware)
+    );
+    assert_at(t, 20.0);
+    r.session.shutdown().await.unwrap();
+    let boot = r.session.classifier.current();
+    let lines = r.session.classifier.lines();
+    assert!(lines > 10_000, "{lines} lines");
+    assert_eq!(boot.findings.len(), FINDINGS_PER_PATTERN);
+    assert!(boot.findings.iter().all(|f| f.kind == FindingKind::Note));
+    let repeats: u64 = boot.findings.iter().map(|f| f.repeats).sum();
+    // Every line but the firmware banner was a note: kept or counted.
+    assert_eq!(repeats + FINDINGS_PER_PATTERN as u64, lines - 1);
+    assert_eq!(boot.findings_dropped, repeats);
+    let json = serde_json::to_vec(r.session.classifier.boots()).unwrap();
+    assert!(json.len() < 16 << 10, "{} bytes", json.len());
+    let log = std::fs::read_to_string(r.dir.path().join("console.log")).unwrap();
+    assert_eq!(log.lines().count() as u64, lines);
+}
+
+/// A megabyte of invalid UTF-8 without a newline, then an exception banner: the banner decides
+/// as usual, and the long line is kept as replacement characters in pieces of at most
+/// `MAX_LINE` bytes, none of them a finding.
+#[tokio::test(start_paused = true)]
+async fn a_long_line_of_invalid_utf8_does_not_hide_the_crash_after_it() {
+    let mut r = rig(
+        vec![
+            (0.5, Act::Console(BANNER)),
+            (1.0, Act::ConsoleBytes(vec![0xff; 1 << 20])),
+            (2.0, Act::Console("\r\n")),
+            (2.1, Act::Console(EXCEPTION)),
+        ],
+        dump_window(500, 5000),
+    )
+    .await;
+    let (d, t, _) = decided(&mut r.session, spec(Some(Stage::Login), 100, 30)).await;
+    assert_eq!(d.verdict, Verdict::SyncException);
+    assert_at(t, 2.6);
+    let boot = r.session.classifier.current();
+    assert_eq!(boot.findings.len(), 1);
+    assert_eq!(
+        boot.findings[d.finding.unwrap()].line,
+        r.session.classifier.lines()
+    );
+    assert!(r.session.tail.is_empty());
+    r.session.shutdown().await.unwrap();
+    let log = std::fs::read_to_string(r.dir.path().join("console.log")).unwrap();
+    let replaced: usize = log.matches('\u{fffd}').count();
+    assert_eq!(replaced, 1 << 20);
+    // Each line of the log is stamped `[    t.ttt] ` (13 bytes) before the text.
+    assert!(log.lines().all(|l| l.len() <= MAX_LINE + 13));
+}
+
+/// A RELEASE build's whole dump is its banner printed twice: judged `dump_settle` after the
+/// second one, well within 0.1 s of the last line.
+#[tokio::test(start_paused = true)]
+async fn a_release_dump_is_judged_shortly_after_its_second_banner() {
+    let mut r = rig(
+        vec![
+            (0.5, Act::Console(BANNER)),
+            (1.0, Act::Console(EXCEPTION)),
+            (1.001, Act::Console(EXCEPTION)),
+        ],
+        Timings::default(),
+    )
+    .await;
+    let (d, t, _) = decided(&mut r.session, spec(None, 100, 30)).await;
+    assert_eq!(d.verdict, Verdict::SyncException);
+    assert_at(t, 1.001 + Timings::default().dump_settle.as_secs_f64());
+    assert!(
+        t - 1.001 <= 0.1,
+        "verdict {} s after the last line",
+        t - 1.001
+    );
+    let x = r.session.classifier.current().findings[d.finding.unwrap()]
+        .exception
+        .clone()
+        .unwrap();
+    assert_eq!(x.banner_count, 2);
+}
+
+/// A DEBUG build's dump ends with its ASSERT line: judged at once.
+#[tokio::test(start_paused = true)]
+async fn a_debug_dump_is_judged_at_its_assert() {
+    let mut r = rig(
+        vec![
+            (0.5, Act::Console(BANNER)),
+            (1.0, Act::Console(EXCEPTION)),
+            (
+                1.2,
+                Act::Console("PC 0x0000BF56D8A4 (0x0000BF566000+0x000078A4) [ 1] DxeCore.dll\r\n"),
+            ),
+            (
+                1.3,
+                Act::Console(
+                    "ASSERT [ArmCpuDxe] /build/ArmPkg/Library/DefaultExceptionHandlerLib/AArch64/DefaultExceptionHandler.c(333): ((BOOLEAN)(0==1))\r\n",
+                ),
+            ),
+        ],
+        Timings::default(),
+    )
+    .await;
+    let (d, t, _) = decided(&mut r.session, spec(None, 100, 30)).await;
+    assert_eq!(d.verdict, Verdict::SyncException);
+    assert_at(t, 1.3);
+    let x = r.session.classifier.current().findings[d.finding.unwrap()]
+        .exception
+        .clone()
+        .unwrap();
+    assert!(x.assert.is_some());
+    assert_eq!(x.backtrace.len(), 1);
+}
+
+/// A DEBUG build also prints its banner twice, then its dump in the same burst: the body that
+/// follows the second banner within `dump_settle` is read whole, and the ASSERT ends it.
+#[tokio::test(start_paused = true)]
+async fn a_debug_dump_after_two_banners_is_read_whole() {
+    let mut r = rig(
+        vec![
+            (0.5, Act::Console(BANNER)),
+            (1.0, Act::Console(EXCEPTION)),
+            (1.001, Act::Console(EXCEPTION)),
+            (1.03, Act::Console("PC 0x0000BF56D8A4 (0x0000BF566000+0x000078A4) [ 1] DxeCore.dll\r\n")),
+            (1.04, Act::Console(" ESR 0x02000000          FAR 0x0000000000000000\r\n")),
+            (1.3, Act::Console("  X0 0x0000000000000000   X1 0x0000000000000001\r\n")),
+            (
+                1.35,
+                Act::Console(
+                    "ASSERT [ArmCpuDxe] /build/ArmPkg/Library/DefaultExceptionHandlerLib/AArch64/DefaultExceptionHandler.c(333): ((BOOLEAN)(0==1))\r\n",
+                ),
+            ),
+        ],
+        Timings::default(),
+    )
+    .await;
+    let (d, t, _) = decided(&mut r.session, spec(None, 100, 30)).await;
+    assert_eq!(d.verdict, Verdict::SyncException);
+    assert_at(t, 1.35);
+    let x = r.session.classifier.current().findings[d.finding.unwrap()]
+        .exception
+        .clone()
+        .unwrap();
+    assert_eq!(x.backtrace.len(), 1);
+    assert_eq!(x.esr.as_deref(), Some("0x02000000"));
+    assert_eq!(
+        x.registers.get("X1").map(String::as_str),
+        Some("0x0000000000000001")
+    );
+    assert!(x.assert.is_some());
 }

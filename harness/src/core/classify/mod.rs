@@ -1,5 +1,24 @@
 //! The streaming classifier: normalized console lines in, stage timeline and findings out, and the
 //! verdict decision. Pure: no IO, no clocks (times are passed in), no printing.
+//!
+//! What it keeps is bounded whatever the console prints, and its work is linear in the text:
+//! - [`FINDINGS_PER_PATTERN`] findings of each pattern per boot. Later lines of a pattern are
+//!   counted in the last kept finding's `repeats` (and in the boot's `findings_dropped`). The
+//!   decision never changes: the first fatal finding is the first of its pattern, so it is kept,
+//!   and a suspect is only dropped while an earlier one of its pattern still stands (not
+//!   cleared), which is decided on first and is cleared no later.
+//! - [`BOOTS_KEPT_FIRST`] first and [`BOOTS_KEPT_LAST`] last boots. The boot after a gap counts
+//!   the boots dropped before it in `boots_dropped_before`; `Boot::index` keeps counting every
+//!   boot, and [`Classifier::boots_started`] is how many there were.
+//! - Per exception dump, [`DUMP_FRAMES`] backtrace frames, [`DUMP_MODULES`] module paths and
+//!   [`DUMP_REGISTERS`] registers (ESR, ELR and FAR are always kept); the rest are counted in
+//!   `entries_dropped`. A dump whose banner finding was dropped is not read.
+//! - [`MAX_TEXT`] bytes of a line in a finding, a milestone or a dump (the part around the
+//!   match, marked with `…` where cut).
+//!
+//! A line the console normalizer cut at its `MAX_LINE` limit is not lost: the line after one that
+//! may have been cut is also matched joined to the end of it, so a banner printed across the cut
+//! is found.
 
 pub mod patterns;
 
@@ -10,7 +29,28 @@ use serde::{Deserialize, Serialize};
 
 pub use patterns::{DumpPart, Effect, Pattern, PatternSet, Role};
 
+use crate::core::console::may_be_cut;
 use crate::core::verdict::{Stage, Verdict, exit_code};
+
+/// Findings of one pattern kept per boot.
+pub const FINDINGS_PER_PATTERN: usize = 16;
+/// The first boots kept...
+pub const BOOTS_KEPT_FIRST: usize = 4;
+/// ...and the last ones (the current boot is always kept).
+pub const BOOTS_KEPT_LAST: usize = 28;
+/// Backtrace frames kept per exception dump.
+pub const DUMP_FRAMES: usize = 64;
+/// Module legend entries kept per exception dump.
+pub const DUMP_MODULES: usize = 64;
+/// Registers kept per exception dump.
+pub const DUMP_REGISTERS: usize = 128;
+/// Bytes of a console line kept in a finding, a milestone or a dump field.
+pub const MAX_TEXT: usize = 1024;
+/// The unterminated tail is checked for prompts only up to this length: prompts are short, and
+/// the tail is checked again after every read.
+pub const MAX_PROMPT: usize = 256;
+/// Bytes of a line that may have been cut that are joined to the next line to match across.
+const JOIN_TAIL: usize = 256;
 
 /// A stage milestone: the first time a stage pattern was seen in a boot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +104,13 @@ pub struct ExceptionDump {
     pub recursive: bool,
     /// Line number of the last line that belonged to the dump.
     pub last_line: u64,
+    /// Backtrace frames, module paths and registers beyond the caps, not kept.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub entries_dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +138,9 @@ pub struct Finding {
     pub cleared: bool,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub exception: Option<ExceptionDump>,
+    /// Lines of this pattern later in the boot that were not kept (over the cap).
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub repeats: u64,
 }
 
 /// One boot: from power-on or a reset to the next reset.
@@ -104,6 +154,21 @@ pub struct Boot {
     pub stage: Stage,
     pub timeline: Vec<Milestone>,
     pub findings: Vec<Finding>,
+    /// Findings not kept (over the per-pattern cap): the sum of the findings' `repeats`.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub findings_dropped: u64,
+    /// Boots between the previous kept boot and this one that were not kept.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub boots_dropped_before: u64,
+    /// Per pattern index: how many of its findings are kept and where the last one is.
+    #[serde(skip)]
+    tally: Vec<Tally>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    kept: usize,
+    last: usize,
 }
 
 impl Boot {
@@ -121,7 +186,39 @@ impl Boot {
             stage: Stage::None,
             timeline: Vec::new(),
             findings: Vec::new(),
+            findings_dropped: 0,
+            boots_dropped_before: 0,
+            tally: Vec::new(),
         }
+    }
+
+    /// Whether a new finding of pattern `pattern` and kind `kind` is kept; one that is not is
+    /// counted. See the module doc for why the decision cannot change.
+    fn admit(&mut self, pattern: usize, kind: FindingKind) -> bool {
+        let tally = self.tally.get(pattern).copied().unwrap_or_default();
+        if tally.kept < FINDINGS_PER_PATTERN {
+            return true;
+        }
+        let last = &mut self.findings[tally.last];
+        let stands = last.kind == FindingKind::Suspect && !last.cleared;
+        if kind == FindingKind::Suspect && !stands {
+            return true;
+        }
+        last.repeats += 1;
+        self.findings_dropped += 1;
+        false
+    }
+
+    /// Adds an admitted finding of pattern `pattern`; returns its index.
+    fn record(&mut self, pattern: usize, finding: Finding) -> usize {
+        if self.tally.len() <= pattern {
+            self.tally.resize(pattern + 1, Tally::default());
+        }
+        self.findings.push(finding);
+        let idx = self.findings.len() - 1;
+        self.tally[pattern].kept += 1;
+        self.tally[pattern].last = idx;
+        idx
     }
 
     /// The first fatal finding.
@@ -185,14 +282,42 @@ pub struct Decision {
 /// The streaming classifier.
 pub struct Classifier {
     set: &'static PatternSet,
+    /// The boots kept (see the module doc); the last is the current one.
     boots: Vec<Boot>,
+    /// Every boot seen, kept or not.
+    boots_started: usize,
+    boots_dropped: u64,
     line_no: u64,
-    /// Finding index (in the current boot) of the exception dump still being read.
-    open_dump: Option<usize>,
+    /// The exception dump still being read, in the current boot.
+    open_dump: Option<OpenDump>,
     /// A prompt already matched on the unterminated tail: (line number, pattern index).
     prompt_seen: Option<(u64, usize)>,
+    /// The end of the last line when the normalizer may have cut it (the next line is also
+    /// matched joined to it).
+    cut_tail: Option<String>,
+    /// The finding that line made, if its match began in `cut_tail`: a match that goes on
+    /// across the cut completes it.
+    cut_hit: Option<CutHit>,
     scratch: Vec<usize>,
     last_line: String,
+}
+
+/// A finding made from a line that may have been cut, with its match near the line's end.
+#[derive(Debug, Clone, Copy)]
+struct CutHit {
+    pattern: usize,
+    /// The boot (its index) and the index of the finding in it.
+    boot: usize,
+    finding: usize,
+    /// Where the match began, in bytes before the end of the line.
+    from_end: usize,
+}
+
+/// The dump lines go to: a kept finding, or a finding that was not kept (its lines are not read).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum OpenDump {
+    Kept(usize),
+    Dropped,
 }
 
 impl Default for Classifier {
@@ -211,16 +336,32 @@ impl Classifier {
         Classifier {
             set,
             boots: vec![Boot::new(0, "power-on", 1, Some(0.0))],
+            boots_started: 1,
+            boots_dropped: 0,
             line_no: 0,
             open_dump: None,
             prompt_seen: None,
+            cut_tail: None,
+            cut_hit: None,
             scratch: Vec::new(),
             last_line: String::new(),
         }
     }
 
+    /// The boots kept: the first [`BOOTS_KEPT_FIRST`] and the last [`BOOTS_KEPT_LAST`] (their
+    /// `index` counts every boot).
     pub fn boots(&self) -> &[Boot] {
         &self.boots
+    }
+
+    /// How many boots there were, kept or not: the index the next boot gets.
+    pub fn boots_started(&self) -> usize {
+        self.boots_started
+    }
+
+    /// How many boots were not kept.
+    pub fn boots_dropped(&self) -> u64 {
+        self.boots_dropped
     }
 
     pub fn current(&self) -> &Boot {
@@ -257,11 +398,22 @@ impl Classifier {
     /// the current boot does not start another.
     pub fn new_boot(&mut self, reason: &str, t: Option<f64>) {
         let cur = self.current();
-        if cur.stage == Stage::None && cur.findings.is_empty() {
+        if cur.stage == Stage::None && cur.findings.is_empty() && cur.findings_dropped == 0 {
             return;
         }
-        let idx = self.boots.len();
-        self.boots.push(Boot::new(idx, reason, self.line_no + 1, t));
+        self.push_boot(reason, self.line_no + 1, t);
+    }
+
+    /// Begins a boot; over the cap, the oldest of the boots after the first ones is dropped.
+    fn push_boot(&mut self, reason: &str, first_line: u64, t: Option<f64>) {
+        if self.boots.len() >= BOOTS_KEPT_FIRST + BOOTS_KEPT_LAST {
+            let gone = self.boots.remove(BOOTS_KEPT_FIRST);
+            self.boots[BOOTS_KEPT_FIRST].boots_dropped_before += gone.boots_dropped_before + 1;
+            self.boots_dropped += 1;
+        }
+        self.boots
+            .push(Boot::new(self.boots_started, reason, first_line, t));
+        self.boots_started += 1;
         self.open_dump = None;
     }
 
@@ -269,23 +421,23 @@ impl Classifier {
     /// `console::Normalizer`). All lines get the time `t`.
     pub fn feed_text(&mut self, text: &str, t: Option<f64>) {
         let bytes = text.as_bytes();
-        let mut counted_to = 0; // byte offset up to which newlines are counted into line_no
-        let mut pos = 0;
+        let mut pos = 0; // the start of the first line not yet looked at
         while pos < bytes.len() {
             let input = aho_corasick::Input::new(bytes).range(pos..);
-            let Some(m) = self.set.scan.find(input) else {
+            let hit = self.set.scan.find(input).map(|m| {
+                memchr::memrchr(b'\n', &bytes[pos..m.start()]).map_or(pos, |i| pos + i + 1)
+            });
+            self.pass_lines(text, pos, hit.unwrap_or(bytes.len()), t);
+            let Some(start) = hit else {
                 break;
             };
-            let start = memchr::memrchr(b'\n', &bytes[..m.start()]).map_or(0, |i| i + 1);
-            let end =
-                memchr::memchr(b'\n', &bytes[m.start()..]).map_or(bytes.len(), |i| m.start() + i);
-            self.line_no += memchr::memchr_iter(b'\n', &bytes[counted_to..start]).count() as u64;
-            counted_to = start;
-            let line = &text[start..end];
-            self.classify_line(self.line_no + 1, line, t);
+            let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
+            self.classify_line(self.line_no + 1, &text[start..end], t);
+            if end < bytes.len() {
+                self.line_no += 1;
+            }
             pos = end + 1;
         }
-        self.line_no += memchr::memchr_iter(b'\n', &bytes[counted_to..]).count() as u64;
         if let Some(last) = text.trim_end_matches('\n').rsplit('\n').next()
             && !last.trim().is_empty()
         {
@@ -294,10 +446,37 @@ impl Classifier {
         }
     }
 
+    /// Counts the lines in `text[from..to]`, which hold no literal. Only a line that follows one
+    /// the normalizer may have cut is looked at (joined to it), so the common case is a count.
+    fn pass_lines(&mut self, text: &str, from: usize, to: usize, t: Option<f64>) {
+        let region = &text.as_bytes()[from..to];
+        if self.cut_tail.is_none() && !has_long_line(region) {
+            self.line_no += memchr::memchr_iter(b'\n', region).count() as u64;
+            return;
+        }
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', region) {
+            let line = &text[from + start..from + nl];
+            if self.cut_tail.is_some() || may_be_cut(line) {
+                self.classify_line(self.line_no + 1, line, t);
+            }
+            self.line_no += 1;
+            start = nl + 1;
+        }
+        let last = &text[from + start..to];
+        if !last.is_empty() && (self.cut_tail.is_some() || may_be_cut(last)) {
+            // A last line without its '\n' (not counted, as in `feed_text`).
+            self.classify_line(self.line_no + 1, last, t);
+        }
+    }
+
     /// Checks the unterminated tail of the console (a prompt such as `login: ` is printed
     /// without a newline). The line is classified now, and not again when it completes.
     pub fn feed_partial(&mut self, tail: &str, t: Option<f64>) {
-        let Some(i) = self.set.first_prompt_match(tail) else {
+        if tail.len() > MAX_PROMPT {
+            return;
+        }
+        let Some(i) = self.set.first_prompt_match(tail, self.current().stage) else {
             return;
         };
         let line = self.line_no + 1;
@@ -305,7 +484,7 @@ impl Classifier {
             return;
         }
         self.prompt_seen = Some((line, i));
-        self.apply(i, line, tail, t);
+        let _ = self.apply(i, line, tail, t);
         if !tail.trim().is_empty() {
             self.last_line.clear();
             self.last_line.push_str(tail);
@@ -313,41 +492,105 @@ impl Classifier {
     }
 
     fn classify_line(&mut self, line_no: u64, line: &str, t: Option<f64>) {
+        let tail = self.cut_tail.take();
+        if let (Some(tail), Some(hit)) = (&tail, self.cut_hit.take()) {
+            self.complete_cut_finding(tail, line, hit);
+        }
+        let stage = self.current().stage;
         let mut scratch = std::mem::take(&mut self.scratch);
-        let hit = self.set.first_match(line, &mut scratch);
+        let hit = match &tail {
+            None => self
+                .set
+                .first_match(line, stage, &mut scratch)
+                .map(|i| (i, None)),
+            Some(tail) => self.set.first_match_across(tail, line, stage, &mut scratch),
+        };
         self.scratch = scratch;
-        if let Some(i) = hit {
-            if self.prompt_seen == Some((line_no, i)) {
-                return;
+        let mut made = None;
+        if let Some((i, joined)) = hit
+            && self.prompt_seen != Some((line_no, i))
+        {
+            let text = joined.as_deref().unwrap_or(line);
+            made = self.apply(i, line_no, text, t).map(|(finding, at)| CutHit {
+                pattern: i,
+                boot: self.current().index,
+                finding,
+                from_end: text.len() - at,
+            });
+        }
+        if may_be_cut(line) {
+            let mut from = line.len().saturating_sub(JOIN_TAIL);
+            while !line.is_char_boundary(from) {
+                from += 1;
             }
-            self.apply(i, line_no, line, t);
+            let tail = &line[from..];
+            self.cut_tail = Some(tail.to_string());
+            self.cut_hit = made.filter(|h| h.from_end <= tail.len());
         }
     }
 
-    fn apply(&mut self, i: usize, line_no: u64, line: &str, t: Option<f64>) {
+    /// The line after a cut goes on with the match that made the cut line's finding (a banner
+    /// whose address was cut off): the finding gets the whole text and what it captures.
+    fn complete_cut_finding(&mut self, tail: &str, line: &str, hit: CutHit) {
+        let p = &self.set.patterns[hit.pattern];
+        let joined = format!("{tail}{line}");
+        let start = tail.len() - hit.from_end;
+        let Some(caps) = p.regex.captures_at(&joined, start) else {
+            return;
+        };
+        let m = caps.get(0).expect("group 0");
+        if m.start() != start || m.end() <= tail.len() {
+            return;
+        }
+        let boot = self.boots.last_mut().expect("a boot");
+        if boot.index != hit.boot {
+            return;
+        }
+        let f = &mut boot.findings[hit.finding];
+        f.text = clip(&joined, start);
+        if let (Some(x), Some(DumpPart::Banner)) = (f.exception.as_mut(), p.dump) {
+            x.address = caps.name("address").map(|m| format!("0x{}", m.as_str()));
+        }
+    }
+
+    /// Applies pattern `i` to its line; returns the finding it made (its index in the current
+    /// boot) and where the match begins in `line`.
+    fn apply(
+        &mut self,
+        i: usize,
+        line_no: u64,
+        line: &str,
+        t: Option<f64>,
+    ) -> Option<(usize, usize)> {
         let set = self.set;
         let p = &set.patterns[i];
         let caps = p.regex.captures(line).expect("pattern matched this line");
+        let at = caps.get(0).map_or(0, |m| m.start());
         match p.effect {
             // Role-only patterns have no literals and are no prompts: never matched here.
-            Effect::RoleOnly => {}
-            Effect::Dump => self.apply_dump(p, &caps, line_no, line, t),
+            Effect::RoleOnly => None,
+            Effect::Dump => {
+                self.apply_dump(i, &caps, line_no, line, t);
+                None
+            }
             Effect::Stage => {
                 self.open_dump = None;
                 let stage = stage_of(p, &caps);
-                if p.restarts_boot && self.current().timeline.iter().any(|m| m.pattern == p.name) {
-                    let idx = self.boots.len();
-                    self.boots
-                        .push(Boot::new(idx, "firmware-restart", line_no, t));
+                let cur = self.current();
+                if p.restarts_boot
+                    && (cur.stage > stage || cur.timeline.iter().any(|m| m.pattern == p.name))
+                {
+                    self.push_boot("firmware-restart", line_no, t);
                 }
-                self.advance(stage, &p.name, line_no, line, t);
+                self.advance(stage, &p.name, line_no, (line, at), t);
+                None
             }
             Effect::Fatal | Effect::Suspect | Effect::Note => {
                 if let Some(st) = p.stage {
-                    self.advance(st, &p.name, line_no, line, t);
+                    self.advance(st, &p.name, line_no, (line, at), t);
                 }
-                if p.effect == Effect::Fatal && self.absorb_into_dump(p, &caps, line_no, line) {
-                    return;
+                if p.effect == Effect::Fatal && self.absorb_into_dump(p, &caps, line_no, line, at) {
+                    return None;
                 }
                 self.open_dump = None;
                 let kind = match p.effect {
@@ -358,20 +601,29 @@ impl Classifier {
                 let exception = exception_banner(p, &caps, line_no);
                 let opens_dump = exception.is_some();
                 let boot = self.boots.last_mut().expect("a boot");
-                boot.findings.push(Finding {
+                if !boot.admit(i, kind) {
+                    if opens_dump {
+                        self.open_dump = Some(OpenDump::Dropped);
+                    }
+                    return None;
+                }
+                let finding = Finding {
                     pattern: p.name.clone(),
                     kind,
                     verdict: p.verdict,
                     stage: boot.stage,
                     line: line_no,
                     t_s: t,
-                    text: line.trim_end().to_string(),
+                    text: clip(line, at),
                     cleared: false,
                     exception,
-                });
+                    repeats: 0,
+                };
+                let idx = boot.record(i, finding);
                 if opens_dump {
-                    self.open_dump = Some(boot.findings.len() - 1);
+                    self.open_dump = Some(OpenDump::Kept(idx));
                 }
+                Some((idx, at))
             }
         }
     }
@@ -379,8 +631,15 @@ impl Classifier {
     /// A fatal line that continues an open dump (the banner printed again, the ASSERT that ends
     /// a DEBUG build's dump, a recursive exception while dumping) is added to it, not counted as
     /// a new failure.
-    fn absorb_into_dump(&mut self, p: &Pattern, caps: &Captures, line_no: u64, line: &str) -> bool {
-        let Some(idx) = self.open_dump else {
+    fn absorb_into_dump(
+        &mut self,
+        p: &Pattern,
+        caps: &Captures,
+        line_no: u64,
+        line: &str,
+        at: usize,
+    ) -> bool {
+        let Some(OpenDump::Kept(idx)) = self.open_dump else {
             return false;
         };
         let boot = self.boots.last_mut().expect("a boot");
@@ -392,9 +651,9 @@ impl Classifier {
                 if caps.name("address").map(|m| m.as_str())
                     == dump.address.as_deref().map(|a| &a[2..]) =>
             {
-                dump.banner_count += 1;
+                dump.banner_count = dump.banner_count.saturating_add(1);
             }
-            Some(DumpPart::Assert) => dump.assert = Some(line.trim().to_string()),
+            Some(DumpPart::Assert) => dump.assert = Some(clip(line.trim(), at)),
             Some(DumpPart::Recursive) => dump.recursive = true,
             _ => return false,
         }
@@ -402,36 +661,38 @@ impl Classifier {
         true
     }
 
-    fn apply_dump(
-        &mut self,
-        p: &Pattern,
-        caps: &Captures,
-        line_no: u64,
-        line: &str,
-        t: Option<f64>,
-    ) {
+    fn apply_dump(&mut self, i: usize, caps: &Captures, line_no: u64, line: &str, t: Option<f64>) {
+        let p = &self.set.patterns[i];
         if self.open_dump.is_none() {
             // A register dump or backtrace without its banner: the banner was lost (or the
             // firmware prints none), but the firmware took an exception all the same.
             let boot = self.boots.last_mut().expect("a boot");
-            boot.findings.push(Finding {
+            if !boot.admit(i, FindingKind::Fatal) {
+                self.open_dump = Some(OpenDump::Dropped);
+                return;
+            }
+            let finding = Finding {
                 pattern: format!("{}-without-banner", p.name),
                 kind: FindingKind::Fatal,
                 verdict: Some(Verdict::FirmwareException),
                 stage: boot.stage,
                 line: line_no,
                 t_s: t,
-                text: line.trim_end().to_string(),
+                text: clip(line, 0),
                 cleared: false,
                 exception: Some(ExceptionDump {
                     kind: "none".into(),
                     last_line: line_no,
                     ..Default::default()
                 }),
-            });
-            self.open_dump = Some(boot.findings.len() - 1);
+                repeats: 0,
+            };
+            self.open_dump = Some(OpenDump::Kept(boot.record(i, finding)));
         }
-        let idx = self.open_dump.expect("set above");
+        let Some(OpenDump::Kept(idx)) = self.open_dump else {
+            // The dump of a banner that was not kept.
+            return;
+        };
         let boot = self.boots.last_mut().expect("a boot");
         let dump = boot.findings[idx]
             .exception
@@ -439,24 +700,30 @@ impl Classifier {
             .expect("dump findings carry an exception");
         dump.last_line = line_no;
         let hex = |n: &str| caps.name(n).map(|m| format!("0x{}", m.as_str()));
+        let text = |n: &str| caps.name(n).map(|m| clip(m.as_str(), 0));
         match p.dump {
+            Some(DumpPart::Backtrace) if dump.backtrace.len() >= DUMP_FRAMES => {
+                dump.entries_dropped += 1;
+            }
             Some(DumpPart::Backtrace) => dump.backtrace.push(Frame {
                 pc: hex("pc").unwrap_or_default(),
-                module: caps.name("module").map(|m| m.as_str().to_string()),
+                module: text("module"),
                 base: hex("base"),
                 offset: hex("offset"),
             }),
             Some(DumpPart::ModuleLegend) => {
-                if let (Some(i), Some(path)) = (caps.name("index"), caps.name("path"))
+                if let (Some(i), Some(path)) = (caps.name("index"), text("path"))
                     && let Ok(i) = i.as_str().parse()
                 {
-                    dump.modules.insert(i, path.as_str().to_string());
+                    if dump.modules.len() < DUMP_MODULES || dump.modules.contains_key(&i) {
+                        dump.modules.insert(i, path);
+                    } else {
+                        dump.entries_dropped += 1;
+                    }
                 }
             }
-            Some(DumpPart::Syndrome) => dump.syndrome = Some(line.trim().to_string()),
-            Some(DumpPart::Abort) => {
-                dump.abort = caps.name("description").map(|m| m.as_str().to_string())
-            }
+            Some(DumpPart::Syndrome) => dump.syndrome = Some(clip(line.trim(), 0)),
+            Some(DumpPart::Abort) => dump.abort = text("description"),
             Some(DumpPart::Registers) => {
                 for (reg, val) in parse_registers(line) {
                     match reg.as_str() {
@@ -465,14 +732,26 @@ impl Classifier {
                         "FAR" => dump.far = Some(val.clone()),
                         _ => {}
                     }
-                    dump.registers.insert(reg, val);
+                    if dump.registers.len() < DUMP_REGISTERS || dump.registers.contains_key(&reg) {
+                        dump.registers.insert(reg, val);
+                    } else {
+                        dump.entries_dropped += 1;
+                    }
                 }
             }
             _ => {}
         }
     }
 
-    fn advance(&mut self, stage: Stage, pattern: &str, line_no: u64, line: &str, t: Option<f64>) {
+    /// Records that the boot reached `stage`; `line` is the line and where its match begins.
+    fn advance(
+        &mut self,
+        stage: Stage,
+        pattern: &str,
+        line_no: u64,
+        line: (&str, usize),
+        t: Option<f64>,
+    ) {
         let boot = self.boots.last_mut().expect("a boot");
         let first_of_pattern = !boot.timeline.iter().any(|m| m.pattern == pattern);
         if stage > boot.stage {
@@ -492,7 +771,7 @@ impl Classifier {
             pattern: pattern.to_string(),
             line: line_no,
             t_s: t,
-            text: line.trim_end().to_string(),
+            text: clip(line.0, line.1),
         });
     }
 
@@ -501,6 +780,47 @@ impl Classifier {
     pub fn decide(&self, target: Option<Stage>, end: &End) -> Option<Decision> {
         decide_boot(self.current(), target, end)
     }
+}
+
+/// True when a line in `region` (lines ending in '\n', the last one maybe not) is long enough
+/// that the normalizer may have cut it. Every window of `MAX_LINE - 3` bytes from a line start
+/// holds a '\n' unless such a line begins there, so this reads each byte about twice.
+fn has_long_line(region: &[u8]) -> bool {
+    let window = crate::core::console::MAX_LINE - 3;
+    let mut start = 0;
+    while region.len() - start >= window {
+        match memchr::memrchr(b'\n', &region[start..start + window]) {
+            Some(i) => start += i + 1,
+            None => return true,
+        }
+    }
+    false
+}
+
+/// `line` without trailing white space, at most [`MAX_TEXT`] bytes: of a longer line, the part
+/// from shortly before `at` (where the match begins), with `…` where it was cut.
+fn clip(line: &str, at: usize) -> String {
+    let line = line.trim_end();
+    if line.len() <= MAX_TEXT {
+        return line.to_string();
+    }
+    let mut start = at.saturating_sub(64).min(line.len() - MAX_TEXT);
+    while !line.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = start + MAX_TEXT;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut s = String::with_capacity(MAX_TEXT + 6);
+    if start > 0 {
+        s.push('…');
+    }
+    s.push_str(&line[start..end]);
+    if end < line.len() {
+        s.push('…');
+    }
+    s
 }
 
 /// The decision rules (documented in the README, "Verdicts").

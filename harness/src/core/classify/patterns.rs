@@ -2,8 +2,9 @@
 //! over every pattern's literals as a prefilter, and one regex per pattern.
 //!
 //! Code never names a pattern: what the classifier, the serial shell and the reports need is a
-//! pattern field (`dump`, `restarts_boot`, `file_stages`, `role`), and the loader refuses a file
-//! in which something the code relies on is missing, doubled or lacks a capture group it reads.
+//! pattern field (`dump`, `restarts_boot`, `file_stages`, `role`, `until`), and the loader
+//! refuses a file in which something the code relies on is missing, doubled or lacks a capture
+//! group it reads.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -189,6 +190,7 @@ struct RawPattern {
     regex: String,
     effect: Effect,
     stage: Option<String>,
+    until: Option<String>,
     verdict: Option<String>,
     #[serde(default)]
     prompt: bool,
@@ -218,6 +220,9 @@ pub struct Pattern {
     pub regex: Regex,
     pub effect: Effect,
     pub stage: Option<Stage>,
+    /// Once the boot has reached this stage, lines are no longer this pattern's: the program
+    /// that prints them has handed over (a GRUB `error:` printed by a service is not GRUB's).
+    pub until: Option<Stage>,
     pub verdict: Option<Verdict>,
     pub prompt: bool,
     /// What the line contributes to a firmware exception dump.
@@ -293,6 +298,7 @@ impl PatternSet {
                     ));
                 }
                 if p.stage.is_some()
+                    || p.until.is_some()
                     || p.verdict.is_some()
                     || p.prompt
                     || p.dump.is_some()
@@ -300,7 +306,7 @@ impl PatternSet {
                     || !p.file_stages.is_empty()
                 {
                     anyhow::bail!(ctx(
-                        "effect \"role-only\" takes no stage, verdict, prompt, dump, restarts_boot or file_stages (its lines are never classified)"
+                        "effect \"role-only\" takes no stage, until, verdict, prompt, dump, restarts_boot or file_stages (its lines are never classified)"
                     ));
                 }
             } else if p.literals.is_empty() || p.literals.iter().any(|l| l.is_empty()) {
@@ -312,6 +318,21 @@ impl PatternSet {
                 Stage::parse(s).ok_or_else(|| anyhow::anyhow!(ctx(&format!("unknown stage {s:?}"))))
             };
             let stage = p.stage.as_deref().map(parse_stage).transpose()?;
+            let until = p.until.as_deref().map(parse_stage).transpose()?;
+            match (until, stage) {
+                (Some(Stage::None), _) => {
+                    anyhow::bail!(ctx("until = \"none\" leaves the pattern no line to match"))
+                }
+                (Some(u), Some(s)) if u <= s => anyhow::bail!(ctx(&format!(
+                    "until = {:?} must be a stage after its stage {:?} (the pattern would stop matching once it matched)",
+                    u.as_str(),
+                    s.as_str()
+                ))),
+                (None, _) if p.effect == Effect::Suspect => anyhow::bail!(ctx(
+                    "effect \"suspect\" needs until (the stage from which its lines are no longer printed by the program it suspects)"
+                )),
+                _ => {}
+            }
             let verdict = match &p.verdict {
                 Some(v) => Some(
                     Verdict::parse(v)
@@ -419,6 +440,7 @@ impl PatternSet {
                 regex,
                 effect: p.effect,
                 stage,
+                until,
                 verdict,
                 prompt: p.prompt,
                 dump: p.dump,
@@ -540,27 +562,74 @@ impl PatternSet {
         })
     }
 
-    /// The first pattern (in file order) that matches `line`, among those whose literal occurs in
-    /// it. `candidates` is scratch space.
-    pub fn first_match(&self, line: &str, candidates: &mut Vec<usize>) -> Option<usize> {
-        candidates.clear();
-        for m in self.prefilter.find_overlapping_iter(line) {
-            candidates.extend_from_slice(&self.literal_owners[m.pattern().as_usize()]);
-        }
-        candidates.sort_unstable();
-        candidates.dedup();
+    /// The first pattern (in file order) that matches `line` printed while the boot is in
+    /// `stage`, among those whose literal occurs in it and whose `until` the boot has not reached.
+    /// `candidates` is scratch space.
+    pub fn first_match(
+        &self,
+        line: &str,
+        stage: Stage,
+        candidates: &mut Vec<usize>,
+    ) -> Option<usize> {
+        self.candidates(line, stage, candidates);
         candidates
             .iter()
             .copied()
             .find(|&i| self.patterns[i].regex.is_match(line))
     }
 
+    /// For a line that follows one the `MAX_LINE` limit may have cut (`tail` is that line's
+    /// end): the first pattern that matches `line` alone, or that matches `tail` and `line`
+    /// joined but not `tail` alone (what was printed across the cut). Returns the pattern and
+    /// the joined text when that is what matched.
+    pub fn first_match_across(
+        &self,
+        tail: &str,
+        line: &str,
+        stage: Stage,
+        candidates: &mut Vec<usize>,
+    ) -> Option<(usize, Option<String>)> {
+        let joined = format!("{tail}{line}");
+        if !self.scan.is_match(&joined) {
+            // The common case (a long line of anything): no literal at all, found at SIMD speed.
+            return None;
+        }
+        self.candidates(&joined, stage, candidates);
+        for &i in candidates.iter() {
+            let re = &self.patterns[i].regex;
+            if re.is_match(line) {
+                return Some((i, None));
+            }
+            if re.is_match(&joined) && !re.is_match(tail) {
+                return Some((i, Some(joined)));
+            }
+        }
+        None
+    }
+
     /// Like `first_match`, restricted to prompt patterns (for the unterminated console tail).
-    pub fn first_prompt_match(&self, tail: &str) -> Option<usize> {
+    pub fn first_prompt_match(&self, tail: &str, stage: Stage) -> Option<usize> {
         self.prompts
             .iter()
             .copied()
+            .filter(|&i| self.in_scope(i, stage))
             .find(|&i| self.patterns[i].regex.is_match(tail))
+    }
+
+    /// Whether pattern `i` may match a line printed while the boot is in `stage`.
+    fn in_scope(&self, i: usize, stage: Stage) -> bool {
+        self.patterns[i].until.is_none_or(|u| stage < u)
+    }
+
+    /// The patterns in scope at `stage` one of whose literals occurs in `text`, in file order.
+    fn candidates(&self, text: &str, stage: Stage, candidates: &mut Vec<usize>) {
+        candidates.clear();
+        for m in self.prefilter.find_overlapping_iter(text) {
+            candidates.extend_from_slice(&self.literal_owners[m.pattern().as_usize()]);
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates.retain(|&i| self.in_scope(i, stage));
     }
 
     /// The pattern with role `r` (there is exactly one: checked at load).
@@ -621,13 +690,13 @@ mod tests {
                     assert!(p.regex.is_match(ex), "example {ex:?} of {}", p.name);
                 } else {
                     let got = set
-                        .first_match(ex, &mut scratch)
+                        .first_match(ex, Stage::None, &mut scratch)
                         .map(|j| set.patterns[j].name.as_str());
                     assert_eq!(got, Some(p.name.as_str()), "example {ex:?} of {}", p.name);
                 }
                 if p.prompt {
                     assert!(
-                        set.first_prompt_match(ex).is_some(),
+                        set.first_prompt_match(ex, Stage::None).is_some(),
                         "prompt example {ex:?} of {}",
                         p.name
                     );
@@ -649,7 +718,7 @@ mod tests {
                     );
                 }
                 assert_ne!(
-                    set.first_match(ex, &mut scratch),
+                    set.first_match(ex, Stage::None, &mut scratch),
                     Some(i),
                     "counter example {ex:?} of {}",
                     p.name
@@ -659,6 +728,55 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A pattern with `until` matches none of its examples once the boot has reached that stage
+    /// (nor does it on the console's unterminated tail); the line goes to the next pattern.
+    #[test]
+    fn a_scoped_pattern_no_longer_matches_from_its_until_stage() {
+        let set = PatternSet::builtin();
+        let mut scratch = Vec::new();
+        let scoped: Vec<(usize, &Pattern)> = set
+            .patterns
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.until.is_some())
+            .collect();
+        assert!(
+            scoped.iter().any(|(_, p)| p.effect == Effect::Suspect),
+            "suspects are scoped"
+        );
+        for (i, p) in scoped {
+            let until = p.until.unwrap();
+            for ex in &p.examples {
+                for stage in Stage::ALL {
+                    let hit = set.first_match(ex, stage, &mut scratch);
+                    assert_eq!(
+                        hit == Some(i),
+                        stage < until,
+                        "{} at {stage}: {ex:?}",
+                        p.name
+                    );
+                    if p.prompt {
+                        let hit = set.first_prompt_match(ex, stage);
+                        assert_eq!(
+                            hit == Some(i),
+                            stage < until,
+                            "{} prompt at {stage}",
+                            p.name
+                        );
+                    }
+                }
+            }
+        }
+        // A line in the scope of two patterns goes to the next one once the first is out of it.
+        let line = "error: no such device: 1234-ABCD.";
+        let name = |stage| {
+            set.first_match(line, stage, &mut Vec::new())
+                .map(|i| set.patterns[i].name.clone())
+        };
+        assert_eq!(name(Stage::Grub).as_deref(), Some("grub-error"));
+        assert_eq!(name(Stage::Userspace), None);
     }
 
     #[test]
@@ -813,6 +931,26 @@ mod tests {
             (
                 "literals=['a']\neffect='stage'\nstage='firmware'\nfile_stages={shim='shim'}\n",
                 "(?P<path>…)",
+            ),
+            (
+                "effect='role-only'\nrole='printk'\nuntil='kernel'\n",
+                "takes no stage, until",
+            ),
+            (
+                "literals=['a']\neffect='suspect'\nverdict='grub-error'\nstage='grub'\n",
+                "needs until",
+            ),
+            (
+                "literals=['a']\neffect='note'\nstage='grub'\nuntil='grub'\n",
+                "until = \"grub\" must be a stage after its stage \"grub\"",
+            ),
+            (
+                "literals=['a']\neffect='note'\nuntil='none'\n",
+                "until = \"none\"",
+            ),
+            (
+                "literals=['a']\neffect='note'\nuntil='later'\n",
+                "unknown stage \"later\"",
             ),
         ];
         for (fields, want) in cases {

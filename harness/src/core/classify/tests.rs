@@ -2,6 +2,7 @@
 //! `harness/tests/data/console/` (copied from public bug reports; the first line names the source).
 
 use super::*;
+use crate::core::console::MAX_LINE;
 
 fn sample(name: &str) -> Vec<u8> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -564,4 +565,422 @@ fn renaming_every_pattern_changes_nothing_but_the_names() {
         dumps > 5,
         "the samples hold exception dumps with backtraces"
     );
+}
+
+// ------------------------------------------------------------------ hostile console output (#12)
+
+/// The kept findings of pattern `name` in `boot`.
+fn kept<'a>(boot: &'a Boot, name: &str) -> Vec<&'a Finding> {
+    boot.findings.iter().filter(|f| f.pattern == name).collect()
+}
+
+#[test]
+fn error_lines_printed_after_userspace_are_not_grub_or_shim_failures() {
+    let (cls, _) = check(
+        "own-issue-12-error-lines-after-userspace-1.txt",
+        Verdict::Reached,
+        Stage::Userspace,
+    );
+    // `error:`, `Failed to load image`, `start_image() returned`, `grub> ` and `Shell> ` were
+    // all printed by userspace: none of them is a finding.
+    assert!(
+        cls.current().findings.is_empty(),
+        "{:?}",
+        cls.current().findings
+    );
+}
+
+#[test]
+fn a_banner_without_its_address_is_a_crash() {
+    let (cls, d) = check(
+        "own-issue-12-banner-without-address-1.txt",
+        Verdict::SyncException,
+        Stage::Firmware,
+    );
+    let x = dump(&cls, &d);
+    assert_eq!((x.kind.as_str(), x.address), ("Synchronous", None));
+    assert_eq!(x.elr.as_deref(), Some("0x000000007C743000"));
+    assert_eq!(x.registers.len(), 10);
+    for line in [
+        "Synchronous Exception at 0x",
+        "Synchronous Exception at 0x00000",
+        "Synchronous Exception at",
+        "SError Exception at 0x",
+    ] {
+        let (cls, d) = classify_log(format!("{line}\n").as_bytes());
+        assert!(d.verdict.is_guest_failure(), "{line}: {}", d.reason);
+        let x = dump(&cls, &d);
+        let want = line.split("0x").nth(1).filter(|a| !a.is_empty());
+        assert_eq!(x.address, want.map(|a| format!("0x{a}")), "{line}");
+    }
+}
+
+#[test]
+fn a_banner_cut_by_the_line_limit_is_found() {
+    let (cls, d) = check(
+        "own-issue-12-banner-across-the-line-limit-1.txt",
+        Verdict::SyncException,
+        Stage::Firmware,
+    );
+    let x = dump(&cls, &d);
+    assert_eq!(x.address.as_deref(), Some("0x000000007C743000"));
+    // The dump goes on after it.
+    assert_eq!(x.registers.len(), 4);
+    assert_eq!(x.backtrace.len(), 1);
+    // Wherever the cut falls in the banner, and whatever comes before it (a character cut in
+    // two bytes before the limit moves the cut), the whole banner is found, once.
+    let banner = "Synchronous Exception at 0x000000007C743000";
+    for filler in ["=", "\u{fffd}", "é"] {
+        for k in 1..banner.len() {
+            let fill = filler.repeat((MAX_LINE - k) / filler.len() + 1);
+            let mut pre = &fill[..];
+            while pre.len() > MAX_LINE - k {
+                pre = &pre[..pre.len() - filler.len()];
+            }
+            let log = format!("{pre}{banner}\nnext line\n");
+            let (cls, d) = classify_log(log.as_bytes());
+            assert_eq!(d.verdict, Verdict::SyncException, "{filler:?} cut at {k}");
+            let x = dump(&cls, &d);
+            assert_eq!(
+                x.address.as_deref(),
+                Some("0x000000007C743000"),
+                "cut at {k}"
+            );
+            assert_eq!(cls.current().findings.len(), 1, "{filler:?} cut at {k}");
+        }
+    }
+    // A long line with the banner whole in its first piece is found once, not again with the
+    // next piece.
+    let log = format!("{banner} {}\n", "x".repeat(2 * MAX_LINE));
+    let (cls, d) = classify_log(log.as_bytes());
+    assert_eq!(d.verdict, Verdict::SyncException);
+    assert_eq!(cls.current().findings.len(), 1);
+}
+
+#[test]
+fn a_note_flood_keeps_the_first_findings_and_counts_the_rest() {
+    let (cls, _) = check(
+        "own-issue-12-note-flood-1.txt",
+        Verdict::Reached,
+        Stage::Kernel,
+    );
+    let notes = kept(cls.current(), "bds-load-failed");
+    assert_eq!(notes.len(), FINDINGS_PER_PATTERN);
+    assert_eq!(
+        notes.last().unwrap().repeats,
+        300 - FINDINGS_PER_PATTERN as u64
+    );
+    assert_eq!(
+        cls.current().findings_dropped,
+        300 - FINDINGS_PER_PATTERN as u64
+    );
+    assert!(
+        notes[..FINDINGS_PER_PATTERN - 1]
+            .iter()
+            .all(|f| f.repeats == 0)
+    );
+}
+
+#[test]
+fn a_banner_flood_is_decided_by_the_first_banner_and_keeps_a_few() {
+    let (cls, d) = check(
+        "own-issue-12-banner-flood-1.txt",
+        Verdict::SyncException,
+        Stage::Firmware,
+    );
+    assert_eq!(
+        dump(&cls, &d).address.as_deref(),
+        Some("0x000000007C743000")
+    );
+    let banners = kept(cls.current(), "edk2-sync-exception");
+    assert_eq!(banners.len(), FINDINGS_PER_PATTERN);
+    assert_eq!(
+        banners.last().unwrap().repeats,
+        300 - FINDINGS_PER_PATTERN as u64
+    );
+}
+
+/// 10^5 lines of every kind a pattern matches (each pattern's examples in turn, with stage lines
+/// and firmware restarts among them): the classifier's output stays small.
+#[test]
+fn a_flood_of_every_pattern_keeps_a_bounded_output() {
+    let set = PatternSet::builtin();
+    let examples: Vec<&str> = set
+        .patterns
+        .iter()
+        .filter(|p| p.effect != Effect::RoleOnly)
+        .flat_map(|p| p.examples.iter().map(String::as_str))
+        .collect();
+    let mut log = String::new();
+    for i in 0..100_000 {
+        log.push_str(examples[i % examples.len()]);
+        log.push_str(&format!(" {i}\n"));
+    }
+    let (cls, _) = classify_log(log.as_bytes());
+    assert_eq!(cls.lines(), 100_000);
+    assert!(cls.boots_started() > 1000, "{}", cls.boots_started());
+    assert_eq!(cls.boots().len(), BOOTS_KEPT_FIRST + BOOTS_KEPT_LAST);
+    assert_eq!(
+        cls.boots_dropped() as usize,
+        cls.boots_started() - cls.boots().len()
+    );
+    let json = serde_json::to_vec(cls.boots()).unwrap();
+    assert!(json.len() < 1 << 20, "{} bytes", json.len());
+}
+
+/// 10^5 lines of one kind each: what is kept does not grow with the flood.
+#[test]
+fn floods_of_one_kind_keep_a_bounded_output() {
+    /// A name and the flood's line `i`.
+    type Flood = (&'static str, fn(usize) -> String);
+    let floods: [Flood; 5] = [
+        ("notes", |_| {
+            "BdsDxe: failed to load Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x1,0x0): Not Found".into()
+        }),
+        ("distinct banners", |i| {
+            format!("Synchronous Exception at 0x{:016X}", 0x7C743000 + 4 * i)
+        }),
+        ("frames", |i| {
+            format!(
+                "PC 0x{:012X} (0x0000BF566000+0x{:08X}) [ 1] DxeCore.dll",
+                i, i
+            )
+        }),
+        ("modules", |i| {
+            format!("[{i:2}] /build/edk2/Build/{i}/DxeCore.dll")
+        }),
+        ("resets", |i| {
+            if i % 2 == 0 {
+                "UEFI firmware (version 2022.11 built at 1 on 2)".into()
+            } else {
+                "Welcome to GRUB!".into()
+            }
+        }),
+    ];
+    for (name, line) in floods {
+        let mut log = String::from("Synchronous Exception at 0x0000000012345000\n");
+        for i in 0..100_000 {
+            log.push_str(&line(i));
+            log.push('\n');
+        }
+        let (cls, d) = classify_log(log.as_bytes());
+        // After the resets, the current boot is a healthy one; the crash is in the first.
+        let crashed = if name == "resets" {
+            cls.boots()[0].fatal().is_some()
+        } else {
+            d.verdict == Verdict::SyncException
+        };
+        assert!(crashed, "{name}: {}", d.reason);
+        let findings: usize = cls.boots().iter().map(|b| b.findings.len()).sum();
+        assert!(
+            findings <= 2 * FINDINGS_PER_PATTERN,
+            "{name}: {findings} findings"
+        );
+        assert!(
+            cls.boots().len() <= BOOTS_KEPT_FIRST + BOOTS_KEPT_LAST,
+            "{name}"
+        );
+        for x in cls
+            .boots()
+            .iter()
+            .flat_map(|b| &b.findings)
+            .filter_map(|f| f.exception.as_ref())
+        {
+            assert!(x.backtrace.len() <= DUMP_FRAMES, "{name}");
+            assert!(x.modules.len() <= DUMP_MODULES, "{name}");
+        }
+        let json = serde_json::to_vec(&(cls.boots(), &d)).unwrap();
+        assert!(json.len() < 64 << 10, "{name}: {} bytes", json.len());
+    }
+    // What was not kept is counted.
+    let mut log = String::from("Synchronous Exception at 0x0000000012345000\n");
+    for i in 0..1000 {
+        log.push_str(&format!("PC 0x{i:012X}\n[{i:2}] /b/{i}.dll\n"));
+    }
+    let (cls, d) = classify_log(log.as_bytes());
+    let x = dump(&cls, &d);
+    assert_eq!(
+        (x.backtrace.len(), x.modules.len()),
+        (DUMP_FRAMES, DUMP_MODULES)
+    );
+    assert_eq!(
+        x.entries_dropped as usize,
+        2000 - DUMP_FRAMES - DUMP_MODULES
+    );
+}
+
+/// The first and the last boots are kept; the boot after the gap says how many are missing.
+#[test]
+fn only_the_first_and_the_last_boots_are_kept() {
+    let mut cls = Classifier::new();
+    for i in 0..100 {
+        feed_lines(&mut cls, &["Welcome to GRUB!"], i as f64);
+        cls.new_boot("reset", Some(i as f64 + 0.5));
+    }
+    feed_lines(&mut cls, &["Welcome to GRUB!"], 100.0);
+    let indexes: Vec<usize> = cls.boots().iter().map(|b| b.index).collect();
+    let kept_last = 101 - BOOTS_KEPT_LAST;
+    let want: Vec<usize> = (0..BOOTS_KEPT_FIRST).chain(kept_last..101).collect();
+    assert_eq!(indexes, want);
+    assert_eq!(cls.boots_started(), 101);
+    assert_eq!(cls.boots_dropped() as usize, kept_last - BOOTS_KEPT_FIRST);
+    let gap = &cls.boots()[BOOTS_KEPT_FIRST];
+    assert_eq!(
+        gap.boots_dropped_before as usize,
+        kept_last - BOOTS_KEPT_FIRST
+    );
+    assert!(
+        cls.boots()
+            .iter()
+            .filter(|b| b.boots_dropped_before > 0)
+            .count()
+            == 1
+    );
+}
+
+/// Past the cap, a suspect is still kept when every earlier one of its pattern was cleared: the
+/// one that decides is the same as without the cap.
+#[test]
+fn a_suspect_after_cleared_ones_is_kept_past_the_cap() {
+    let mut cls = Classifier::new();
+    let errors: Vec<String> = (0..40)
+        .map(|i| format!("error: no such device: {i}."))
+        .collect();
+    let mut lines = vec!["Welcome to GRUB!"];
+    lines.extend(errors[..20].iter().map(String::as_str));
+    lines.push("Loading Linux 6.1 ...");
+    lines.extend(errors[20..].iter().map(String::as_str));
+    feed_lines(&mut cls, &lines, 1.0);
+    let d = cls.decide(None, &End::EndOfLog).unwrap();
+    assert_eq!(d.verdict, Verdict::GrubError);
+    let f = &cls.current().findings[d.finding.unwrap()];
+    assert_eq!(f.text, "error: no such device: 20.");
+    let errs = kept(cls.current(), "grub-error");
+    assert_eq!(errs.len(), FINDINGS_PER_PATTERN + 1);
+    assert_eq!(
+        errs.iter().map(|f| f.repeats).sum::<u64>(),
+        40 - FINDINGS_PER_PATTERN as u64 - 1
+    );
+}
+
+#[test]
+fn suspects_count_only_in_the_stages_that_print_them() {
+    let decide = |lines: &[&str]| {
+        let mut cls = Classifier::new();
+        feed_lines(&mut cls, lines, 1.0);
+        cls.decide(None, &End::EndOfLog).unwrap().verdict
+    };
+    let userspace = "[  OK  ] Reached target multi-user.target - Multi-User System.";
+    assert_eq!(
+        decide(&["Welcome to GRUB!", "error: file not found."]),
+        Verdict::GrubError
+    );
+    assert_eq!(
+        decide(&[userspace, "error: file not found."]),
+        Verdict::Reached
+    );
+    // GRUB's own errors while loading the kernel still count.
+    assert_eq!(
+        decide(&[
+            "Loading Linux 6.1 ...",
+            "error: you need to load the kernel first."
+        ]),
+        Verdict::GrubError
+    );
+    assert_eq!(
+        decide(&["Failed to load image: Not Found"]),
+        Verdict::ShimError
+    );
+    assert_eq!(
+        decide(&["Welcome to GRUB!", "Failed to load image: Not Found"]),
+        Verdict::Reached
+    );
+    // A firmware banner after userspace is the firmware starting again: its boot's GRUB errors
+    // count (an offline log that begins before a reboot has no RESET event to say so).
+    let mut cls = Classifier::new();
+    feed_lines(
+        &mut cls,
+        &[
+            userspace,
+            "UEFI firmware (version 2022.11 built at 1 on 2)",
+            "error: file `/boot/grub/arm64-efi/bli.mod' not found.",
+        ],
+        1.0,
+    );
+    assert_eq!(cls.boots().len(), 2);
+    let d = cls.decide(None, &End::EndOfLog).unwrap();
+    assert_eq!(d.verdict, Verdict::GrubError);
+    // A prompt on the unterminated tail is scoped too.
+    let mut cls = Classifier::new();
+    feed_lines(&mut cls, &[userspace], 1.0);
+    cls.feed_partial("grub> ", Some(2.0));
+    assert!(cls.current().findings.is_empty());
+}
+
+/// A 1 MiB line of invalid UTF-8: every byte is one U+FFFD, in lines of at most `MAX_LINE`
+/// bytes, and a banner after it is found.
+#[test]
+fn a_long_line_of_invalid_utf8_is_classified_and_bounded() {
+    let mut log = vec![0xffu8; 1 << 20];
+    log.extend_from_slice(b"\nSynchronous Exception at 0x0000000012345000\n");
+    let (cls, d) = classify_log(&log);
+    assert_eq!(d.verdict, Verdict::SyncException);
+    let pieces = (3usize << 20).div_ceil(MAX_LINE - 2);
+    assert!(
+        cls.lines() as usize >= pieces && cls.lines() as usize <= pieces + 2,
+        "{} lines",
+        cls.lines()
+    );
+    assert_eq!(cls.current().findings.len(), 1);
+    assert!(cls.last_line().len() <= MAX_LINE);
+}
+
+/// A finding from a long line keeps the part with the match, at most `MAX_TEXT` bytes.
+#[test]
+fn a_long_line_is_clipped_around_its_match() {
+    let line = format!(
+        "{} Synchronous Exception at 0x0000000012345000 {}",
+        "a".repeat(3000),
+        "b".repeat(1000)
+    );
+    let (cls, d) = classify_log(format!("{line}\n").as_bytes());
+    let f = &cls.current().findings[d.finding.unwrap()];
+    assert!(
+        f.text.len() <= MAX_TEXT + 2 * '…'.len_utf8(),
+        "{}",
+        f.text.len()
+    );
+    assert!(
+        f.text
+            .contains("Synchronous Exception at 0x0000000012345000")
+    );
+    assert!(f.text.starts_with('…') && f.text.ends_with('…'));
+    assert!(d.reason.len() < MAX_TEXT + 100);
+}
+
+/// `has_long_line` agrees with looking at every line, wherever the long line is.
+#[test]
+fn long_lines_are_found_wherever_they_are_in_a_region() {
+    let naive = |r: &[u8]| r.split(|&b| b == b'\n').any(|l| l.len() + 3 >= MAX_LINE);
+    for long in [MAX_LINE - 4, MAX_LINE - 3, MAX_LINE, 3 * MAX_LINE] {
+        for before in [0, 1, 7, 100] {
+            for after in [0, 1, 50] {
+                let mut r = Vec::new();
+                for i in 0..before {
+                    r.extend(std::iter::repeat_n(b'a', i * 37 % 300));
+                    r.push(b'\n');
+                }
+                r.extend(std::iter::repeat_n(b'x', long));
+                r.push(b'\n');
+                for i in 0..after {
+                    r.extend(std::iter::repeat_n(b'b', i * 53 % 4000));
+                    r.push(b'\n');
+                }
+                assert_eq!(has_long_line(&r), naive(&r), "{long} {before} {after}");
+                // Without its last '\n' too.
+                r.pop();
+                assert_eq!(has_long_line(&r), naive(&r), "{long} {before} {after}");
+            }
+        }
+    }
 }

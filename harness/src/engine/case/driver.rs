@@ -546,7 +546,7 @@ impl<'a> Driver<'a> {
             }
             Step::Reboot { method } => {
                 let s = self.session.as_mut().expect("a session after boot");
-                *min_boot = s.classifier.boots().len();
+                *min_boot = s.classifier.boots_started();
                 match method {
                     RebootMethod::Guest => s.send(b"sudo systemctl reboot\r").await?,
                     RebootMethod::Qmp => {
