@@ -357,6 +357,37 @@ pub fn plan(input: &PlanInput) -> Vec<Step> {
     ]
 }
 
+/// The host tools a build runs besides the cross compiler, with the Debian package that has
+/// each: BaseTools is C and C++ built with the host's compilers and `make`, `build` is Python,
+/// and BaseTools' `GenFv` and friends include `uuid/uuid.h`.
+pub const HOST_TOOLS: [(&str, &str); 5] = [
+    ("make", "make"),
+    ("gcc", "gcc"),
+    ("g++", "g++"),
+    ("python3", "python3"),
+    ("/usr/include/uuid/uuid.h", "uuid-dev"),
+];
+
+/// The missing entries of [`HOST_TOOLS`] as `TOOL (install PACKAGE)`, given how to tell whether
+/// a program is on `PATH` and whether a file exists (pure; an entry starting with `/` is a
+/// file).
+pub fn missing_host_tools(
+    on_path: impl Fn(&str) -> bool,
+    file_exists: impl Fn(&Path) -> bool,
+) -> Vec<String> {
+    HOST_TOOLS
+        .iter()
+        .filter(|(tool, _)| {
+            if tool.starts_with('/') {
+                !file_exists(Path::new(tool))
+            } else {
+                !on_path(tool)
+            }
+        })
+        .map(|(tool, package)| format!("{tool} (install {package})"))
+        .collect()
+}
+
 /// What was built: recorded with the firmware.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceBuild {
@@ -379,6 +410,10 @@ pub struct SourceBuild {
     pub submodules: std::collections::BTreeMap<String, String>,
     /// The submodule directories this build filled, and from where.
     pub filled: Vec<String>,
+    /// Submodule path -> where its content came from, as far as the tree says
+    /// ([`content_origin`]): a git checkout's commit, the marker a filling left, or unknown.
+    #[serde(default)]
+    pub content: std::collections::BTreeMap<String, String>,
     /// The cache key (`None`: not cached).
     pub key: Option<String>,
 }
@@ -515,6 +550,42 @@ async fn submodule_pins(
     Ok(pins)
 }
 
+/// The file a filling leaves in a submodule directory: `PIN<TAB>SOURCE` (the tree's pin when
+/// it was filled, and the directory it was copied from).
+pub const FILLED_MARKER: &str = ".bootwatch-filled";
+
+/// Where the content of a submodule directory came from, for the record: `git checkout at
+/// COMMIT` (a real submodule checkout; `, not the pin` when it differs from `pin`), `copied
+/// from SOURCE for pin PIN` (a marker; `, not the pin` likewise), or `present, origin unknown`.
+pub fn content_origin(dir: &Path, pin: &str) -> String {
+    let differs = |at: &str| {
+        if !pin.is_empty() && at != pin {
+            ", not the pin"
+        } else {
+            ""
+        }
+    };
+    if dir.join(".git").exists() {
+        // A submodule checkout's .git is a file naming its git directory; ask git itself.
+        let head = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        if let Some(head) = head {
+            return format!("git checkout at {head}{}", differs(&head));
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(dir.join(FILLED_MARKER)) {
+        let (filled_pin, source) = text.trim().split_once('\t').unwrap_or(("", text.trim()));
+        return format!("copied from {source} for pin {filled_pin}{}", differs(filled_pin));
+    }
+    "present, origin unknown".to_owned()
+}
+
 /// Fills empty submodule directories (see the module documentation); returns what it filled,
 /// or an error naming every one still empty.
 fn fill_submodules(
@@ -541,6 +612,12 @@ fn fill_submodules(
                 copy_tree(&from, &dir).with_context(|| {
                     format!("copying {} to {}", from.display(), dir.display())
                 })?;
+                let pin = pins.get(path).map_or("", String::as_str);
+                std::fs::write(
+                    dir.join(FILLED_MARKER),
+                    format!("{pin}\t{}\n", from.display()),
+                )
+                .with_context(|| format!("writing {}", dir.join(FILLED_MARKER).display()))?;
                 filled.push(format!("{path} from {}", from.display()));
             }
             None => missing.push(path.clone()),
@@ -637,6 +714,12 @@ pub async fn build(
     cache_root: &Path,
     cancel: &CancellationToken,
 ) -> Result<Built> {
+    let missing = missing_host_tools(|t| which::which(t).is_ok(), Path::exists);
+    ensure!(
+        missing.is_empty(),
+        "building ArmVirtQemu needs host tools that are missing: {}",
+        missing.join(", ")
+    );
     build_with(tree, options, cache_root, &format!("{CROSS_PREFIX}gcc"), cancel).await
 }
 
@@ -717,6 +800,10 @@ async fn build_with(
     let pins = submodule_pins(&tree, is_git, cancel).await?;
     let source = std::env::var_os(SUBMODULES_ENV).map(PathBuf::from);
     let filled = fill_submodules(&tree, &pins, source.as_deref())?;
+    let content = pins
+        .iter()
+        .map(|(path, pin)| (path.clone(), content_origin(&tree.join(path), pin)))
+        .collect();
 
     let flags: Vec<String> = options
         .variant
@@ -748,6 +835,7 @@ async fn build_with(
         compiler,
         submodules: pins,
         filled,
+        content,
         key: key.clone(),
     };
 
@@ -955,6 +1043,32 @@ mod tests {
             let err = Options::parse(words).unwrap_err();
             assert!(err.contains(needle), "{words:?}: {err}");
         }
+    }
+
+    #[test]
+    fn missing_host_tools_are_named_with_their_packages() {
+        assert!(missing_host_tools(|_| true, |_| true).is_empty());
+        let missing = missing_host_tools(|t| t != "python3", |f| !f.ends_with("uuid.h"));
+        assert_eq!(
+            missing,
+            [
+                "python3 (install python3)",
+                "/usr/include/uuid/uuid.h (install uuid-dev)"
+            ]
+        );
+    }
+
+    #[test]
+    fn content_origin_reads_the_filling_marker() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        assert_eq!(content_origin(dir, "p1"), "present, origin unknown");
+        std::fs::write(dir.join(FILLED_MARKER), "p1\t/src/debian\n").unwrap();
+        assert_eq!(content_origin(dir, "p1"), "copied from /src/debian for pin p1");
+        assert_eq!(
+            content_origin(dir, "p2"),
+            "copied from /src/debian for pin p1, not the pin"
+        );
     }
 
     #[test]
@@ -1185,7 +1299,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let err = format!(
             "{:#}",
-            build(tmp.path(), Options::default(), tmp.path(), &CancellationToken::new())
+            build_with(tmp.path(), Options::default(), tmp.path(), "gcc", &CancellationToken::new())
                 .await
                 .unwrap_err()
         );
