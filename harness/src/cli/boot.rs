@@ -10,19 +10,25 @@ use super::{
     unknown_image,
 };
 use crate::core::classify::{self, FindingKind};
-use crate::core::launch::{Accel, FirmwareWait, Forward};
+use tokio_util::sync::CancellationToken;
+
+use crate::core::event::{Event, EventSink};
+use crate::core::launch::{Accel, FirmwareWait, Forward, QemuExec};
 use crate::core::verdict::Target;
 use crate::engine::case::{self, CaseDir, CaseRequest, ImageDisk, VarsSource};
 use crate::engine::limits;
 use crate::engine::record::RunResult;
 use crate::engine::step::{IDENTIFY_COMMANDS, Step};
 use crate::inputs::images::{self, Registry};
+use crate::inputs::providers::{self, FirmwareProvider, ProviderContext, QemuProvider};
 
 #[derive(clap::Args, Debug)]
 pub struct BootArgs {
-    /// Firmware code image (default: the host's edk2, e.g. /usr/share/AAVMF/AAVMF_CODE.fd).
-    #[arg(long)]
-    firmware: Option<PathBuf>,
+    /// Firmware code image (default: the host's edk2, e.g. /usr/share/AAVMF/AAVMF_CODE.fd), or
+    /// a firmware provider as in matrix files: host, path:CODE[,VARS], debian:VERSION[/VARIANT]
+    /// (fetched and cached).
+    #[arg(long, value_parser = parse_firmware)]
+    firmware: Option<FirmwareArg>,
     /// Vars template (default: the VARS file next to the code image); the run boots a copy.
     #[arg(long)]
     vars: Option<PathBuf>,
@@ -64,8 +70,11 @@ pub struct BootArgs {
     /// Print result.json to stdout.
     #[arg(long)]
     json: bool,
-    #[arg(long, default_value = "qemu-system-aarch64")]
-    qemu: PathBuf,
+    /// qemu-system-aarch64 binary (a name on PATH or a file), or a QEMU provider as in matrix
+    /// files: host, path:FILE, debian:SUITE (a private root tree, cached), source:DIR (built,
+    /// cached).
+    #[arg(long, default_value = "qemu-system-aarch64", value_parser = parse_qemu)]
+    qemu: QemuArg,
     #[arg(long, default_value = "virt")]
     machine: String,
     /// CPU model (default: cortex-a72 under TCG, host under KVM/HVF).
@@ -94,6 +103,53 @@ pub struct BootArgs {
     results: PathBuf,
 }
 
+/// `--qemu`: a plain binary (the old spelling) or a provider spec.
+#[derive(Debug, Clone)]
+pub enum QemuArg {
+    Binary(PathBuf),
+    Provider(QemuProvider),
+}
+
+/// `--firmware`: a plain code image (the old spelling) or a provider spec.
+#[derive(Debug, Clone)]
+pub enum FirmwareArg {
+    File(PathBuf),
+    Provider(FirmwareProvider),
+}
+
+/// Whether `s` is spelled as a provider (`host`, `path:`, `debian:`, `source:`) rather than
+/// a plain path.
+fn is_provider_spelling(s: &str) -> bool {
+    let t = s.trim();
+    t == "host"
+        || ["path:", "debian:", "source:"]
+            .iter()
+            .any(|p| t.starts_with(p))
+}
+
+fn parse_qemu(s: &str) -> Result<QemuArg, String> {
+    if is_provider_spelling(s) {
+        s.parse().map(QemuArg::Provider)
+    } else {
+        Ok(QemuArg::Binary(PathBuf::from(s)))
+    }
+}
+
+fn parse_firmware(s: &str) -> Result<FirmwareArg, String> {
+    if is_provider_spelling(s) {
+        s.parse().map(FirmwareArg::Provider)
+    } else {
+        Ok(FirmwareArg::File(PathBuf::from(s)))
+    }
+}
+
+impl BootArgs {
+    /// `--json`: print JSON to stdout, no progress on stderr.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+}
+
 fn parse_forward(s: &str) -> Result<Forward, String> {
     let (h, g) = s
         .split_once(':')
@@ -106,9 +162,63 @@ fn parse_forward(s: &str) -> Result<Forward, String> {
     })
 }
 
+/// The QEMU and firmware a boot uses, with provider specs resolved (fetched, built).
+struct Builds {
+    qemu: PathBuf,
+    qemu_exec: QemuExec,
+    firmware: PathBuf,
+    vars: Option<PathBuf>,
+}
+
+/// Resolves `--qemu` and `--firmware` (a provider that cannot be had is an error of the run,
+/// not of the command line: exit 125).
+async fn resolve_builds(
+    args: &BootArgs,
+    cancel: &CancellationToken,
+    sink: &EventSink,
+) -> Result<Builds, CliError> {
+    let ctx = || -> Result<ProviderContext, CliError> {
+        Ok(ProviderContext {
+            mirror: args.mirror.clone(),
+            cache_root: crate::sys::fsx::cache_root().map_err(CliError::undetermined)?,
+        })
+    };
+    let (qemu, qemu_exec) = match &args.qemu {
+        QemuArg::Binary(b) => (b.clone(), QemuExec::default()),
+        QemuArg::Provider(p) => {
+            sink.emit(Event::Preparing {
+                what: format!("qemu {p}"),
+            });
+            let q = providers::resolve_qemu(p, &ctx()?, cancel)
+                .await
+                .map_err(|e| CliError::undetermined(format!("--qemu {p}: {e:#}")))?;
+            (q.binary, q.exec)
+        }
+    };
+    let (firmware, vars) = match &args.firmware {
+        Some(FirmwareArg::Provider(p)) => {
+            sink.emit(Event::Preparing {
+                what: format!("firmware {p}"),
+            });
+            let f = providers::resolve_firmware(p, &ctx()?, cancel)
+                .await
+                .map_err(|e| CliError::undetermined(format!("--firmware {p}: {e:#}")))?;
+            (f.code, f.vars_template)
+        }
+        Some(FirmwareArg::File(f)) => (f.clone(), None),
+        None => (firmware_or_host(None)?, None),
+    };
+    Ok(Builds {
+        qemu,
+        qemu_exec,
+        firmware,
+        vars,
+    })
+}
+
 /// The case `bootwatch boot` runs: one boot step, and with `--login` a login and a few
 /// identifying commands.
-fn request(args: &BootArgs) -> Result<CaseRequest, CliError> {
+fn request(args: &BootArgs, builds: &Builds) -> Result<CaseRequest, CliError> {
     let mut steps = vec![Step::Boot {
         until: args.until,
         timeout: seconds_flag("timeout", args.timeout)?,
@@ -138,16 +248,17 @@ fn request(args: &BootArgs) -> Result<CaseRequest, CliError> {
     let mut req = CaseRequest::new(
         &name,
         CaseDir::Under(args.results.clone()),
-        firmware_or_host(args.firmware.clone())?,
+        builds.firmware.clone(),
         steps,
     );
-    req.qemu = args.qemu.clone();
+    req.qemu = builds.qemu.clone();
+    req.qemu_exec = builds.qemu_exec.clone();
     req.machine = args.machine.clone();
     req.cpu = args.cpu.clone();
     req.accel = args.accel;
     req.smp = args.smp;
     req.memory_mib = args.memory;
-    if let Some(v) = &args.vars {
+    if let Some(v) = args.vars.as_ref().or(builds.vars.as_ref()) {
         req.vars = VarsSource::Template(v.clone());
     }
     req.disks = args.disk.clone();
@@ -160,10 +271,33 @@ fn request(args: &BootArgs) -> Result<CaseRequest, CliError> {
 }
 
 pub async fn boot(args: BootArgs) -> CliResult {
-    let mut req = request(&args)?;
     let sink = show::terminal(args.json);
     // One token for the whole command: Ctrl-C during an image build stops the build too.
     let cancel = signal_token();
+    let req = prepare(&args, &cancel, &sink).await?;
+    let checked = case::check(req)?;
+    let done = case::run(checked, &cancel, &sink).await?;
+    let first = done.runs.first().expect("a case has a first session");
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(first).unwrap_or_default()
+        );
+    } else {
+        print_summary(first, &done.dir);
+    }
+    Ok(ExitCode::from(done.record.outcome.exit_code))
+}
+
+/// The case `bootwatch boot` (and each run of `bootwatch check`) runs, with its builds resolved
+/// and its image fetched or built.
+pub(super) async fn prepare(
+    args: &BootArgs,
+    cancel: &CancellationToken,
+    sink: &EventSink,
+) -> Result<CaseRequest, CliError> {
+    let builds = resolve_builds(args, cancel, sink).await?;
+    let mut req = request(args, &builds)?;
     if let Some(name) = &args.image {
         let registry = Registry::load().map_err(CliError::usage)?;
         let Some(entry) = registry.get(name) else {
@@ -181,7 +315,7 @@ pub async fn boot(args: BootArgs) -> CliResult {
             ..req.clone()
         })?;
         let cache = crate::sys::fsx::cache_root().map_err(CliError::undetermined)?;
-        let resolved = images::resolve(entry, &cache, args.mirror.as_deref(), &cancel, &sink)
+        let resolved = images::resolve(entry, &cache, args.mirror.as_deref(), cancel, sink)
             .await
             .map_err(|e| CliError::undetermined(format!("image {name}: {e:#}")))?;
         req.image = Some(ImageDisk {
@@ -193,18 +327,7 @@ pub async fn boot(args: BootArgs) -> CliResult {
         });
         req.network.get_or_insert_with(Vec::new);
     }
-    let checked = case::check(req)?;
-    let done = case::run(checked, &cancel, &sink).await?;
-    let first = done.runs.first().expect("a case has a first session");
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(first).unwrap_or_default()
-        );
-    } else {
-        print_summary(first, &done.dir);
-    }
-    Ok(ExitCode::from(done.record.outcome.exit_code))
+    Ok(req)
 }
 
 fn print_summary(r: &RunResult, dir: &Path) {

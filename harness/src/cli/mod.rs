@@ -3,6 +3,7 @@
 //! prints. Every command returns `Result<ExitCode, CliError>`; the error carries its exit code
 //! (2 for bad input, 125 when bootwatch could not run), see `core::verdict::exit_code`.
 
+mod bisect;
 mod boot;
 mod inputs;
 mod matrix;
@@ -32,6 +33,11 @@ struct Cli {
 enum Command {
     /// Boot a disk under qemu-system-aarch64 + edk2 and judge the boot.
     Boot(Box<boot::BootArgs>),
+    /// One case judged for `git bisect run`: `bootwatch boot`'s flags (--qemu and --firmware
+    /// also take provider specs: debian:SUITE, path:FILE, source:DIR, debian:VERSION), exit 0
+    /// good, 1 bad (the guest failed), 125 undetermined (timeout, build failure, harness
+    /// trouble), 128 for a command line it cannot parse (git bisect run stops).
+    Check(Box<bisect::CheckArgs>),
     /// Classify a saved console log offline.
     Classify {
         /// The log file (raw serial bytes or normalized text).
@@ -123,7 +129,20 @@ impl From<crate::engine::case::CaseError> for CliError {
 type CliResult = Result<ExitCode, CliError>;
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // `check` runs under `git bisect run`, where 2 would mark the commit bad.
+            let is_check = std::env::args().nth(1).as_deref() == Some("check");
+            let code = match e.exit_code() {
+                0 => 0,
+                _ if is_check => bisect::CHECK_USAGE_EXIT,
+                c => c.clamp(1, 255) as u8,
+            };
+            return ExitCode::from(code);
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -183,6 +202,7 @@ fn signal_token() -> CancellationToken {
 async fn dispatch(cli: Cli) -> CliResult {
     match cli.command {
         Command::Boot(args) => boot::boot(*args).await,
+        Command::Check(args) => bisect::check(*args).await,
         Command::Classify { logfile, json } => boot::classify(&logfile, json),
         Command::Fixtures { out } => inputs::fixtures(&out),
         Command::Images { command } => inputs::images(command).await,

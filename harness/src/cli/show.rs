@@ -137,6 +137,54 @@ fn render(scope: Option<&str>, ev: Event, bars: &Mutex<HashMap<String, ProgressB
                 .unwrap_or_default();
             eprintln!("[{finished}/{total}] {id}  {label}  -> {what}{flaky}  {duration_s:.1} s");
         }
+        Event::BisectStep {
+            step,
+            of_about,
+            what,
+            left,
+            elapsed_s,
+            eta_s,
+        } => {
+            let eta = eta_s
+                .map(|s| format!(", about {} left", clock(s)))
+                .unwrap_or_default();
+            eprintln!(
+                "bisect step {step} of about {of_about}: {}  ({}; {} elapsed{eta})",
+                one_line(&what),
+                one_line(&left),
+                clock(elapsed_s)
+            );
+        }
+        Event::BisectStepDone {
+            step,
+            what,
+            class,
+            outcome,
+            detail,
+            duration_s,
+        } => {
+            let detail = if detail.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", one_line(&detail))
+            };
+            eprintln!(
+                "bisect step {step}: {} -> {class} ({} at {}{detail})  {duration_s:.1} s",
+                one_line(&what),
+                outcome.verdict,
+                outcome.stage
+            );
+        }
+    }
+}
+
+/// A duration as `1 h 02 min`, `3 min 05 s` or `42 s`.
+fn clock(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s} s"),
+        (0, m, s) => format!("{m} min {s:02} s"),
+        (h, m, _) => format!("{h} h {m:02} min"),
     }
 }
 

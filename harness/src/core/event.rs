@@ -82,6 +82,27 @@ pub enum Event {
         finished: usize,
         total: usize,
     },
+    /// A bisection step starts: step `step` of about `of_about`, what it tests, what is left
+    /// to search (one sentence), the time since the bisection started and an estimate of what
+    /// remains (from the mean step so far).
+    BisectStep {
+        step: usize,
+        of_about: usize,
+        what: String,
+        left: String,
+        elapsed_s: f64,
+        eta_s: Option<f64>,
+    },
+    /// A bisection step ended: `class` is `good`, `bad` or `skip` (undetermined, like
+    /// `git bisect skip`); `detail` says why in a few words (a failed build, "2 of 3 runs").
+    BisectStepDone {
+        step: usize,
+        what: String,
+        class: String,
+        outcome: Outcome,
+        detail: String,
+        duration_s: f64,
+    },
 }
 
 /// Where events go: nowhere, or a function the caller gave (called on the emitting thread; it

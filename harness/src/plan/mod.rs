@@ -1,5 +1,6 @@
-//! Data files turned into cases: scenarios, the demo, the matrix.
+//! Data files turned into cases: scenarios, the demo, the matrix, bisections.
 
+pub mod bisect;
 pub mod demo;
 pub mod matrix;
 pub mod scenario;

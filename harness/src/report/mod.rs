@@ -48,6 +48,9 @@ mod junit;
 mod markdown;
 mod merge;
 
+/// Guest text made safe for a Markdown table cell (also used by `bisect.md`).
+pub use markdown::md;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
