@@ -254,7 +254,10 @@ pub fn toolchain_tag(tools_def_template: &str) -> Option<&'static str> {
         let needle = format!("_{tag}_AARCH64_CC_FLAGS");
         tools_def_template.lines().any(|l| {
             let l = l.trim_start();
-            !l.starts_with('#') && l.split('=').next().is_some_and(|k| k.trim().ends_with(&needle))
+            !l.starts_with('#')
+                && l.split('=')
+                    .next()
+                    .is_some_and(|k| k.trim().ends_with(&needle))
         })
     };
     if defines("GCC") {
@@ -336,7 +339,14 @@ pub fn plan(input: &PlanInput) -> Vec<Step> {
     .map(OsString::from)
     .to_vec();
     build_args.push(jobs.to_string().into());
-    build_args.extend(input.options.variant.flags().into_iter().map(OsString::from));
+    build_args.extend(
+        input
+            .options
+            .variant
+            .flags()
+            .into_iter()
+            .map(OsString::from),
+    );
     vec![
         Step {
             program: "make".into(),
@@ -581,7 +591,10 @@ pub fn content_origin(dir: &Path, pin: &str) -> String {
     }
     if let Ok(text) = std::fs::read_to_string(dir.join(FILLED_MARKER)) {
         let (filled_pin, source) = text.trim().split_once('\t').unwrap_or(("", text.trim()));
-        return format!("copied from {source} for pin {filled_pin}{}", differs(filled_pin));
+        return format!(
+            "copied from {source} for pin {filled_pin}{}",
+            differs(filled_pin)
+        );
     }
     "present, origin unknown".to_owned()
 }
@@ -609,9 +622,8 @@ fn fill_submodules(
             .map(|alias| tree.join(alias));
         match from_source.or(from_alias) {
             Some(from) => {
-                copy_tree(&from, &dir).with_context(|| {
-                    format!("copying {} to {}", from.display(), dir.display())
-                })?;
+                copy_tree(&from, &dir)
+                    .with_context(|| format!("copying {} to {}", from.display(), dir.display()))?;
                 let pin = pins.get(path).map_or("", String::as_str);
                 std::fs::write(
                     dir.join(FILLED_MARKER),
@@ -706,6 +718,17 @@ fn ccache_dir(cache_root: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(dir))
 }
 
+/// `tree` made absolute, if it is an edk2 source tree with the platform this provider builds.
+fn edk2_tree(tree: &Path) -> Result<PathBuf> {
+    let tree = std::path::absolute(tree)?;
+    ensure!(
+        tree.join("edksetup.sh").is_file() && tree.join(PLATFORM).is_file(),
+        "{} is not an edk2 source tree (no edksetup.sh or {PLATFORM})",
+        tree.display()
+    );
+    Ok(tree)
+}
+
 /// Builds (or finds in the cache) the firmware of `tree` at its current commit. When `cancel`
 /// fires, the build is stopped with its process groups and an error is returned.
 pub async fn build(
@@ -714,13 +737,21 @@ pub async fn build(
     cache_root: &Path,
     cancel: &CancellationToken,
 ) -> Result<Built> {
+    edk2_tree(tree)?;
     let missing = missing_host_tools(|t| which::which(t).is_ok(), Path::exists);
     ensure!(
         missing.is_empty(),
         "building ArmVirtQemu needs host tools that are missing: {}",
         missing.join(", ")
     );
-    build_with(tree, options, cache_root, &format!("{CROSS_PREFIX}gcc"), cancel).await
+    build_with(
+        tree,
+        options,
+        cache_root,
+        &format!("{CROSS_PREFIX}gcc"),
+        cancel,
+    )
+    .await
 }
 
 /// [`build`] with the program whose `--version` names the cross compiler (tests use a fake).
@@ -731,14 +762,14 @@ async fn build_with(
     compiler_tool: &str,
     cancel: &CancellationToken,
 ) -> Result<Built> {
-    let tree = std::path::absolute(tree)?;
-    ensure!(
-        tree.join("edksetup.sh").is_file() && tree.join(PLATFORM).is_file(),
-        "{} is not an edk2 source tree (no edksetup.sh or {PLATFORM})",
-        tree.display()
-    );
+    let tree = edk2_tree(tree)?;
     let template = std::fs::read_to_string(tree.join("BaseTools/Conf/tools_def.template"))
-        .with_context(|| format!("reading {}/BaseTools/Conf/tools_def.template", tree.display()))?;
+        .with_context(|| {
+            format!(
+                "reading {}/BaseTools/Conf/tools_def.template",
+                tree.display()
+            )
+        })?;
     let Some(toolchain) = toolchain_tag(&template) else {
         bail!(
             "{}: BaseTools/Conf/tools_def.template defines neither the GCC nor the GCC5 \
@@ -859,7 +890,10 @@ async fn build_with(
     let lock_path = tree.join(WORKSPACES_DIR).join(".lock");
     let Some(_guard) = crate::sys::fsx::FileLock::acquire_cancellable(&lock_path, cancel).await?
     else {
-        bail!("cancelled while waiting for another build of {}", tree.display());
+        bail!(
+            "cancelled while waiting for another build of {}",
+            tree.display()
+        );
     };
     write_conf(&tree, &ws)?;
     let input = PlanInput {
@@ -899,8 +933,16 @@ async fn build_with(
         .prefix(".staging-")
         .tempdir_in(&entries)
         .with_context(|| format!("creating a staging directory in {}", entries.display()))?;
-    pad_copy(&fv.join("QEMU_EFI.fd"), &staging.path().join(CODE_NAME), PFLASH_SIZE)?;
-    pad_copy(&fv.join("QEMU_VARS.fd"), &staging.path().join(VARS_NAME), PFLASH_SIZE)?;
+    pad_copy(
+        &fv.join("QEMU_EFI.fd"),
+        &staging.path().join(CODE_NAME),
+        PFLASH_SIZE,
+    )?;
+    pad_copy(
+        &fv.join("QEMU_VARS.fd"),
+        &staging.path().join(VARS_NAME),
+        PFLASH_SIZE,
+    )?;
     crate::sys::fsx::write_json_atomic(&staging.path().join(MANIFEST_NAME), &record)?;
     let name = key.clone().unwrap_or_else(|| {
         // Not a git checkout: one entry per tree, replaced by every build.
@@ -909,10 +951,9 @@ async fn build_with(
     });
     let dir = entries.join(&name);
     let staging = staging.keep();
-    crate::sys::fsx::replace_dir(&staging, &dir, "edk2 build")
-        .inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&staging);
-        })?;
+    crate::sys::fsx::replace_dir(&staging, &dir, "edk2 build").inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&staging);
+    })?;
     Ok(Built {
         code: dir.join(CODE_NAME),
         vars: dir.join(VARS_NAME),
@@ -965,9 +1006,17 @@ mod tests {
         let env: std::collections::BTreeMap<_, _> = steps[1]
             .env
             .iter()
-            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
+            })
             .collect();
-        assert_eq!(env["WORKSPACE"], "/src/edk2/Build/bootwatch/release-no-secboot");
+        assert_eq!(
+            env["WORKSPACE"],
+            "/src/edk2/Build/bootwatch/release-no-secboot"
+        );
         assert_eq!(env["PACKAGES_PATH"], "/src/edk2");
         assert_eq!(env["EDK_TOOLS_PATH"], "/src/edk2/BaseTools");
         assert_eq!(
@@ -986,7 +1035,11 @@ mod tests {
     fn variants_carry_debians_flags() {
         let secboot = Variant::Secboot.flags();
         let strict = Variant::Strictnx.flags();
-        for f in ["-DSECURE_BOOT_ENABLE=TRUE", "-DBUILD_SHELL=FALSE", "-DTPM2_ENABLE=TRUE"] {
+        for f in [
+            "-DSECURE_BOOT_ENABLE=TRUE",
+            "-DBUILD_SHELL=FALSE",
+            "-DTPM2_ENABLE=TRUE",
+        ] {
             assert!(secboot.contains(&f) && strict.contains(&f), "{f}");
             assert!(!Variant::NoSecboot.flags().contains(&f), "{f}");
         }
@@ -1006,16 +1059,27 @@ mod tests {
         i.toolchain = "GCC5";
         i.jobs = 0;
         let steps = plan(&i);
-        assert_eq!(steps[1].cwd, Path::new("/src/edk2/Build/bootwatch/debug-strictnx"));
+        assert_eq!(
+            steps[1].cwd,
+            Path::new("/src/edk2/Build/bootwatch/debug-strictnx")
+        );
         let args: Vec<String> = steps[1]
             .args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        assert_eq!(&args[..10], ["-a", "AARCH64", "-t", "GCC5", "-p", PLATFORM, "-b", "DEBUG", "-n", "1"]);
+        assert_eq!(
+            &args[..10],
+            [
+                "-a", "AARCH64", "-t", "GCC5", "-p", PLATFORM, "-b", "DEBUG", "-n", "1"
+            ]
+        );
         assert_eq!(steps[0].args[2], "-j1");
         let env: std::collections::BTreeMap<_, _> = steps[1].env.iter().cloned().collect();
-        assert_eq!(env[&OsString::from("GCC5_AARCH64_PREFIX")], "aarch64-linux-gnu-");
+        assert_eq!(
+            env[&OsString::from("GCC5_AARCH64_PREFIX")],
+            "aarch64-linux-gnu-"
+        );
         assert!(
             env[&OsString::from("PATH")]
                 .to_string_lossy()
@@ -1064,7 +1128,10 @@ mod tests {
         let dir = tmp.path();
         assert_eq!(content_origin(dir, "p1"), "present, origin unknown");
         std::fs::write(dir.join(FILLED_MARKER), "p1\t/src/debian\n").unwrap();
-        assert_eq!(content_origin(dir, "p1"), "copied from /src/debian for pin p1");
+        assert_eq!(
+            content_origin(dir, "p1"),
+            "copied from /src/debian for pin p1"
+        );
         assert_eq!(
             content_origin(dir, "p2"),
             "copied from /src/debian for pin p1, not the pin"
@@ -1079,7 +1146,10 @@ mod tests {
         assert_eq!(toolchain_tag(both), Some("GCC"));
         let old = "RELEASE_GCC5_AARCH64_CC_FLAGS = a\n# RELEASE_GCC_AARCH64_CC_FLAGS = b\n";
         assert_eq!(toolchain_tag(old), Some("GCC5"));
-        assert_eq!(toolchain_tag("RELEASE_CLANGDWARF_AARCH64_CC_FLAGS = c\n"), None);
+        assert_eq!(
+            toolchain_tag("RELEASE_CLANGDWARF_AARCH64_CC_FLAGS = c\n"),
+            None
+        );
     }
 
     fn key(commit: &str, diff: Option<&str>, variant: Variant, compiler: &str) -> String {
@@ -1131,7 +1201,10 @@ mod tests {
         assert_eq!(&bytes[..3], b"FVH");
         assert!(bytes[3..].iter().all(|&b| b == 0));
         let err = pad_copy(&dst, &tmp.path().join("x"), 100).unwrap_err();
-        assert!(format!("{err:#}").contains("more than the 100-byte"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("more than the 100-byte"),
+            "{err:#}"
+        );
     }
 
     #[test]
@@ -1155,15 +1228,25 @@ mod tests {
         let pins = std::collections::BTreeMap::from([
             (BROTLI_ALIAS.0.to_owned(), "b1".to_owned()),
             (BROTLI_ALIAS.1.to_owned(), "b1".to_owned()),
-            ("MdePkg/Library/BaseFdtLib/libfdt".to_owned(), "f1".to_owned()),
-            ("MdePkg/Library/MipiSysTLib/mipisyst".to_owned(), "m1".to_owned()),
+            (
+                "MdePkg/Library/BaseFdtLib/libfdt".to_owned(),
+                "f1".to_owned(),
+            ),
+            (
+                "MdePkg/Library/MipiSysTLib/mipisyst".to_owned(),
+                "m1".to_owned(),
+            ),
         ]);
         for p in pins.keys() {
             std::fs::create_dir_all(tree.join(p)).unwrap();
         }
         std::fs::write(tree.join(BROTLI_ALIAS.1).join("decode.c"), b"d").unwrap();
         std::fs::create_dir_all(src.join("MdePkg/Library/BaseFdtLib/libfdt/libfdt")).unwrap();
-        std::fs::write(src.join("MdePkg/Library/BaseFdtLib/libfdt/libfdt/fdt.h"), b"h").unwrap();
+        std::fs::write(
+            src.join("MdePkg/Library/BaseFdtLib/libfdt/libfdt/fdt.h"),
+            b"h",
+        )
+        .unwrap();
 
         // Without a source, libfdt and mipisyst are named; brotli is copied from its twin.
         let err = format!("{:#}", fill_submodules(&tree, &pins, None).unwrap_err());
@@ -1173,11 +1256,20 @@ mod tests {
         assert!(tree.join(BROTLI_ALIAS.0).join("decode.c").is_file());
 
         // With a source, libfdt comes from it; mipisyst is still missing.
-        let err = format!("{:#}", fill_submodules(&tree, &pins, Some(&src)).unwrap_err());
+        let err = format!(
+            "{:#}",
+            fill_submodules(&tree, &pins, Some(&src)).unwrap_err()
+        );
         assert!(!err.contains("libfdt"), "{err}");
-        assert!(tree.join("MdePkg/Library/BaseFdtLib/libfdt/libfdt/fdt.h").is_file());
+        assert!(
+            tree.join("MdePkg/Library/BaseFdtLib/libfdt/libfdt/fdt.h")
+                .is_file()
+        );
         std::fs::write(tree.join("MdePkg/Library/MipiSysTLib/mipisyst/x"), b"").unwrap();
-        assert_eq!(fill_submodules(&tree, &pins, Some(&src)).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            fill_submodules(&tree, &pins, Some(&src)).unwrap(),
+            Vec::<String>::new()
+        );
 
         // A twin pinned elsewhere is not used.
         let mut other = pins.clone();
@@ -1236,18 +1328,29 @@ mod tests {
         );
         let err = format!(
             "{:#}",
-            build_with(&tree, Options::default(), &cache, &gcc, &CancellationToken::new())
-                .await
-                .unwrap_err()
+            build_with(
+                &tree,
+                Options::default(),
+                &cache,
+                &gcc,
+                &CancellationToken::new()
+            )
+            .await
+            .unwrap_err()
         );
         assert!(err.contains("building ArmVirtQemu from"), "{err}");
         assert!(err.contains("brotli/decode.h: No such file"), "{err}");
         assert!(err.contains("make -C"), "{err}");
         assert!(
-            tree.join("Build/bootwatch/release-no-secboot/build.log").is_file(),
+            tree.join("Build/bootwatch/release-no-secboot/build.log")
+                .is_file(),
             "the log stays for reading"
         );
-        assert!(cache_entries(&cache).is_empty(), "{:?}", cache_entries(&cache));
+        assert!(
+            cache_entries(&cache).is_empty(),
+            "{:?}",
+            cache_entries(&cache)
+        );
     }
 
     /// Cancelling stops a running build within the grace period and says so.
@@ -1267,9 +1370,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
-        let cancelled = err
-            .chain()
-            .any(|e| e.downcast_ref::<crate::sys::proc::ToolError>().is_some_and(|t| t.is_cancelled()));
+        let cancelled = err.chain().any(|e| {
+            e.downcast_ref::<crate::sys::proc::ToolError>()
+                .is_some_and(|t| t.is_cancelled())
+        });
         assert!(cancelled, "{err:#}");
         assert!(cache_entries(&cache).is_empty());
     }
@@ -1299,9 +1403,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let err = format!(
             "{:#}",
-            build_with(tmp.path(), Options::default(), tmp.path(), "gcc", &CancellationToken::new())
-                .await
-                .unwrap_err()
+            build_with(
+                tmp.path(),
+                Options::default(),
+                tmp.path(),
+                "gcc",
+                &CancellationToken::new()
+            )
+            .await
+            .unwrap_err()
         );
         assert!(err.contains("is not an edk2 source tree"), "{err}");
         assert!(!tmp.path().join("Build").exists());
