@@ -998,9 +998,9 @@ mod tests {
                 "/src/edk2: make -C /src/edk2/BaseTools/Source/C -j2",
                 "/src/edk2/Build/bootwatch/release-no-secboot: \
                  /src/edk2/BaseTools/BinWrappers/PosixLike/build -a AARCH64 -t GCC -p \
-                 ArmVirtPkg/ArmVirtQemu.dsc -b RELEASE -n 2 -DCC_MEASUREMENT_ENABLE=TRUE \
-                 -DNETWORK_HTTP_BOOT_ENABLE=TRUE -DNETWORK_IP6_ENABLE=TRUE -DNETWORK_TLS_ENABLE \
-                 --pcd PcdUninstallMemAttrProtocol=TRUE",
+                 ArmVirtPkg/ArmVirtQemu.dsc -b RELEASE -n 2 '-DCC_MEASUREMENT_ENABLE=TRUE' \
+                 '-DNETWORK_HTTP_BOOT_ENABLE=TRUE' '-DNETWORK_IP6_ENABLE=TRUE' -DNETWORK_TLS_ENABLE \
+                 --pcd 'PcdUninstallMemAttrProtocol=TRUE'",
             ]
         );
         let env: std::collections::BTreeMap<_, _> = steps[1]
@@ -1294,6 +1294,9 @@ mod tests {
             b"RELEASE_GCC_AARCH64_CC_FLAGS = -O2\n",
         )
         .unwrap();
+        for t in ["target.template", "build_rule.template"] {
+            std::fs::write(tree.join("BaseTools/Conf").join(t), b"").unwrap();
+        }
         std::fs::write(
             tree.join("BaseTools/Source/C/GNUmakefile"),
             format!("all:\n\t{recipe}\n"),
