@@ -17,12 +17,14 @@
 //! | `host`                         | the host's edk2 ([`host_firmware`], e.g. `/usr/share/AAVMF/AAVMF_CODE.fd`) |
 //! | `path:CODE` / `path:CODE,VARS` | any code image; the vars template next to it ([`crate::engine::case::sibling_vars`]) or given |
 //! | `debian:VERSION[/VARIANT]`     | Debian's `qemu-efi-aarch64` of that version ([`crate::inputs::debian::fetch_edk2`]), variant as in [`crate::inputs::debian::VARIANTS`] (`secboot.strictnx` is accepted for `strictnx`) |
+//! | `source:DIR[,OPTION...]`       | ArmVirtQemu built from an edk2 checkout at its current commit with Debian's flags, options `debug` and `secboot`/`strictnx` (see [`edk2_source`]) |
 //!
 //! Parsing checks spelling only; resolving ([`resolve_qemu`], [`resolve_firmware`]) checks that
 //! the thing exists, fetches or builds it (cached under the cache root), and reads its version,
 //! package version and hash from the artifact itself.
 
 pub mod debian_tree;
+pub mod edk2_source;
 pub mod source;
 
 use std::ffi::OsString;
@@ -43,7 +45,8 @@ const QEMU_FORMS: &str = "host, path:/path/to/qemu-system-aarch64, debian:SUITE 
      source:/path/to/qemu-source-tree";
 /// The accepted firmware provider spellings, for error messages.
 const FIRMWARE_FORMS: &str = "host, path:/path/to/CODE.fd, path:/path/to/CODE.fd,/path/to/VARS.fd, \
-     debian:VERSION (e.g. debian:2025.02), debian:VERSION/VARIANT (e.g. debian:2025.02/strictnx)";
+     debian:VERSION (e.g. debian:2025.02), debian:VERSION/VARIANT (e.g. debian:2025.02/strictnx), \
+     source:/path/to/edk2-checkout[,OPTION...] (options: release, debug, no-secboot, secboot, strictnx)";
 
 /// How long `qemu-system-aarch64 --version` (or a dpkg query) may take.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -75,6 +78,11 @@ pub enum FirmwareProvider {
     Debian {
         version: String,
         variant: Option<String>,
+    },
+    /// `source:DIR[,OPTION...]`: ArmVirtQemu built from an edk2 checkout.
+    Source {
+        dir: PathBuf,
+        options: edk2_source::Options,
     },
 }
 
@@ -179,6 +187,15 @@ impl FromStr for FirmwareProvider {
                 }
             };
         }
+        if let Some(rest) = t.strip_prefix("source:") {
+            let example = "source:/path/to/edk2 or source:/path/to/edk2,debug,strictnx";
+            let mut parts = rest.split(',');
+            let dir = nonempty_path("firmware", s, parts.next().unwrap_or(""), example)?;
+            let words: Vec<&str> = parts.collect();
+            let options = edk2_source::Options::parse(&words)
+                .map_err(|e| format!("firmware provider {s:?}: {e} (write {example})"))?;
+            return Ok(FirmwareProvider::Source { dir, options });
+        }
         if let Some(rest) = t.strip_prefix("debian:") {
             let (version, variant) = match rest.split_once('/') {
                 None => (rest, None),
@@ -240,6 +257,13 @@ impl fmt::Display for FirmwareProvider {
                 version,
                 variant: Some(v),
             } => write!(f, "debian:{version}/{v}"),
+            FirmwareProvider::Source { dir, options } => {
+                write!(f, "source:{}", dir.display())?;
+                for w in options.words() {
+                    write!(f, ",{w}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -338,12 +362,15 @@ pub struct ResolvedFirmware {
     pub code: PathBuf,
     /// The variable-store template (copy it per guest), when there is one.
     pub vars_template: Option<PathBuf>,
-    /// The Debian package version (`debian:`: the fetched `.deb`; `host`: dpkg's).
+    /// The Debian package version (`debian:`: the fetched `.deb`; `host`: dpkg's); for
+    /// `source:`, what was built in one line ([`edk2_source::SourceBuild::summary`]).
     pub package: Option<String>,
     /// SHA256 of `code`.
     pub code_sha256: String,
     /// The package's suite, pool path and signed Release (`debian:`).
     pub origin: crate::engine::record::InputRecord,
+    /// For `source:`: the commit, `git describe`, dirty flag, flags and submodule pins built.
+    pub source_build: Option<edk2_source::SourceBuild>,
 }
 
 /// The upstream part of a Debian version: no epoch, no Debian revision, no `+ds`/`+dfsg`/`~`
@@ -699,6 +726,7 @@ pub async fn resolve_firmware(
 ) -> Result<ResolvedFirmware> {
     let spec = p.to_string();
     let mut origin = crate::engine::record::InputRecord::default();
+    let mut source_build = None;
     let (code, vars_template, package) = match p {
         FirmwareProvider::Host => {
             let code = host_firmware().ok_or_else(|| {
@@ -782,6 +810,16 @@ pub async fn resolve_firmware(
             }
             (code, Some(vars), Some(build.debian_version.clone()))
         }
+        FirmwareProvider::Source { dir, options } => {
+            let built = edk2_source::build(dir, *options, &ctx.cache_root, cancel)
+                .await
+                .with_context(|| format!("firmware provider {spec}"))?;
+            let summary = built.build.summary();
+            origin.note = format!("built from source: {summary}");
+            origin.source_commit = built.build.commit.clone();
+            source_build = Some(built.build);
+            (built.code, Some(built.vars), Some(summary))
+        }
     };
     let code_sha256 = sha256_file(&code).await?;
     tracing::info!(provider = %spec, code = %code.display(), "firmware resolved");
@@ -792,6 +830,7 @@ pub async fn resolve_firmware(
         package,
         code_sha256,
         origin,
+        source_build,
     })
 }
 
@@ -856,6 +895,10 @@ mod tests {
             "debian:2026.08/secboot",
             "debian:2025.02/no-secboot",
             "debian:2025.02-8+deb13u1/ms",
+            "source:/src/edk2",
+            "source:/src/edk2,debug",
+            "source:/src/edk2,strictnx",
+            "source:/src/edk2,debug,secboot",
         ] {
             let p: FirmwareProvider = s.parse().unwrap();
             assert_eq!(p.to_string(), s);
@@ -878,6 +921,26 @@ mod tests {
                 variant: None
             }
         );
+        // Options in any order, defaults dropped, long variant names accepted.
+        assert_eq!(
+            "source:/src/edk2,secboot.strictnx,release"
+                .parse::<FirmwareProvider>()
+                .unwrap()
+                .to_string(),
+            "source:/src/edk2,strictnx"
+        );
+        assert_eq!(
+            "source:/src/edk2,strictnx,debug"
+                .parse::<FirmwareProvider>()
+                .unwrap(),
+            FirmwareProvider::Source {
+                dir: "/src/edk2".into(),
+                options: edk2_source::Options {
+                    variant: edk2_source::Variant::Strictnx,
+                    build_type: edk2_source::BuildType::Debug,
+                }
+            }
+        );
         // A syntactically fine but unknown variant is only refused when resolving.
         assert!("debian:2025.02/bogus".parse::<FirmwareProvider>().is_ok());
     }
@@ -896,6 +959,10 @@ mod tests {
             ("path:/a,/b,/c", "two non-empty paths"),
             ("foo:bar", "accepted forms: host, path:"),
             ("edk2", "accepted forms"),
+            ("source:", "empty path"),
+            ("source:,debug", "empty path"),
+            ("source:/src/edk2,fast", "not an edk2 source build option"),
+            ("source:/src/edk2,debug,release", "more than one build type"),
         ] {
             let err = s.parse::<FirmwareProvider>().unwrap_err();
             assert!(err.contains(&format!("{s:?}")), "{s}: {err}");
