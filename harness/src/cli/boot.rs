@@ -177,6 +177,7 @@ pub async fn boot(args: BootArgs) -> CliResult {
                 base_sha256: String::new(),
                 format: images::catalog::ImageFormat::Qcow2,
                 guest: entry.guest().clone(),
+                source: None,
             }),
             ..req.clone()
         })?;
@@ -190,6 +191,7 @@ pub async fn boot(args: BootArgs) -> CliResult {
             base_sha256: resolved.sha256,
             format: resolved.format,
             guest: resolved.guest,
+            source: resolved.source,
         });
         req.network.get_or_insert_with(Vec::new);
     }

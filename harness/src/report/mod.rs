@@ -43,6 +43,7 @@
 
 mod compare;
 mod grid;
+pub mod history;
 mod html;
 mod junit;
 mod markdown;
