@@ -311,3 +311,92 @@ fn gitlab_pipeline_runs_the_smoke_matrix_in_two_shards_and_merges_it_like_one_ru
         pipeline_s - slowest
     );
 }
+
+/// Runs the shipped GitLab pipeline in `clone` with `gitlab-ci-local` on `matrix`; returns
+/// whether it passed, and its log.
+fn gitlab_pipeline(clone: &Path, home: &Path, matrix: &Path) -> (bool, String) {
+    let cache = bootwatch::sys::fsx::cache_root().unwrap();
+    let mut cmd = Command::new(tool("gitlab-ci-local"));
+    cmd.current_dir(clone)
+        .arg("--shell-isolation")
+        .arg("--home")
+        .arg(home)
+        .arg("--variable")
+        .arg("CI_PIPELINE_SOURCE=schedule")
+        .arg("--variable")
+        .arg(format!("BOOTWATCH={}", env!("CARGO_BIN_EXE_bootwatch")))
+        .arg("--variable")
+        .arg(format!("BOOTWATCH_CACHE={}", cache.display()))
+        .arg("--variable")
+        .arg(format!("MATRIX={}", matrix.display()))
+        .arg("--variable")
+        .arg("BOOTWATCH_ARGS=--concurrency 1");
+    if let Ok(m) = std::env::var("BOOTWATCH_MIRROR")
+        && !m.is_empty()
+    {
+        cmd.arg("--variable").arg(format!("BOOTWATCH_MIRROR={m}"));
+    }
+    let out = cmd.output().unwrap();
+    (out.status.success(), text(&out))
+}
+
+/// The nightly pipeline across two nights: the first night has nothing to compare with and
+/// passes; before the second, one axis value's firmware changes (edk2 2025.02 -> the same
+/// release with Secure Boot enforced) and the merge job fails on that cell's regression, with
+/// the history page naming it. The previous night comes from the merge job's cache.
+#[test]
+fn gitlab_pipeline_fails_the_merge_on_a_regression_against_the_previous_night() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    tool("rsync");
+    let work = KeepOnPanic(Some(
+        tempfile::Builder::new()
+            .prefix("bootwatch-gitlab-nightly-")
+            .tempdir()
+            .unwrap(),
+    ));
+    let clone = work.path().join("repo");
+    let home = work.path().join("home");
+    std::fs::create_dir_all(&clone).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    snapshot_repo(&clone);
+    let fw = work.path().join("fw");
+    let matrix = work.path().join("smoke.toml");
+    std::fs::write(&matrix, smoke_with_one_swappable_firmware(&fw)).unwrap();
+
+    install_firmware("2025.02", &fw);
+    let started = Instant::now();
+    let (ok, log) = gitlab_pipeline(&clone, &home, &matrix);
+    assert!(ok, "night 1 failed:\n{log}");
+    assert!(
+        log.contains("the first night in the cache: nothing to compare with yet"),
+        "{log}"
+    );
+    eprintln!("night 1: {:.1} s", started.elapsed().as_secs_f64());
+
+    install_firmware("2025.02/ms", &fw);
+    let started = Instant::now();
+    let (ok, log) = gitlab_pipeline(&clone, &home, &matrix);
+    eprintln!("night 2: {:.1} s", started.elapsed().as_secs_f64());
+    assert!(!ok, "night 2 passed despite a regression:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.trim_start().starts_with("FAIL") && l.contains("merge")),
+        "the merge job did not fail:\n{log}"
+    );
+    assert!(log.contains("regressed at the last run"), "{log}");
+    assert!(log.contains("changed: firmware"), "{log}");
+    // The merged report of night 2 compared itself with night 1 too.
+    let state = clone.join(".gitlab-ci-local");
+    let merged = read_report(&state.join("artifacts/merge/results/matrix"));
+    let cmp = merged.comparison.expect("compared with the previous night");
+    assert_eq!(cmp.regressions.len(), 1, "{cmp:#?}");
+    assert!(cmp.regressions[0].axes.firmware.starts_with("path:"));
+    let history =
+        std::fs::read_to_string(state.join("artifacts/merge/results/history/history.md")).unwrap();
+    assert!(
+        history.contains("regression") && history.contains("firmware"),
+        "{history}"
+    );
+}

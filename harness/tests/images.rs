@@ -122,21 +122,21 @@ fn bad_image_input_is_a_clear_usage_error() {
         ))
         .unwrap()
         .replace(
-            "https://cloud.centos.org/centos/9-stream/aarch64/images/",
-            "http://127.0.0.1:9/",
+            "https://cloud.centos.org/centos/9-stream/aarch64/images/CentOS-Stream-GenericCloud-9-20240429",
+            "http://127.0.0.1:9/CentOS-Stream-GenericCloud-9-20240429",
         ),
     )
     .unwrap();
     let cache = tempfile::tempdir().unwrap();
     let out = bin()
-        .args(["images", "fetch", "centos-stream-9"])
+        .args(["images", "fetch", "centos-stream-9-20240429"])
         .env("BOOTWATCH_CATALOG", &cat)
         .env("BOOTWATCH_CACHE", cache.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(125), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("centos-stream-9"),
+        String::from_utf8_lossy(&out.stderr).contains("centos-stream-9-20240429"),
         "{}",
         text(&out)
     );

@@ -58,9 +58,11 @@ fn bad_scenario_files_fail_before_qemu_starts_naming_file_and_line() {
 fn every_vendor_image_has_a_dry_run_plan() {
     for (image, manager) in [
         ("centos-stream-9", "dnf"),
+        ("centos-stream-9-20240429", "dnf"),
         ("rocky-9.4", "dnf"),
         ("almalinux-9.4", "dnf"),
         ("oraclelinux-9.4", "dnf"),
+        ("oraclelinux-9.3", "dnf"),
         ("fedora-39", "dnf"),
         ("fedora-40", "dnf"),
         ("ubuntu-22.04", "apt-get"),
@@ -83,10 +85,20 @@ fn every_vendor_image_has_a_dry_run_plan() {
             .unwrap();
         assert!(out.status.success(), "{image}: {}", text(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let upgrade = v["upgrade_command"].as_str().unwrap();
+        assert!(upgrade.contains(manager), "{image}: {v:#}");
+        // The workaround acts on the installed boot-chain packages, found in the guest.
         assert!(
-            v["upgrade_command"].as_str().unwrap().contains(manager),
-            "{image}: {v:#}"
+            upgrade.contains(if manager == "dnf" {
+                "rpm -q --qf"
+            } else {
+                "dpkg-query -W"
+            }),
+            "{image}: {upgrade}"
         );
+        if image.starts_with("oraclelinux") {
+            assert_eq!(v["login_user"], "bootwatch", "{image}: the seeded user");
+        }
         assert!(
             v["qemu_command_line"]
                 .as_str()
@@ -205,4 +217,124 @@ fn demo_good_update_reaches_login_bad_update_crashes_before_grub_restore_recover
     let restored = row("bad-update+restore-bootloader");
     assert_eq!(restored["verdict"], "reached", "{restored:#}");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// The exclude-bootloader workaround on a guest that lacks one of the boot-chain packages its
+/// entry names (as Debian's cloud images lack grub-efi-arm64-signed and shim-signed; it is
+/// removed here, with apt's --allow-remove-essential, as GRUB is `Protected`): the
+/// upgrade holds only the installed ones, still upgrades everything else (libcom-err2 from
+/// bookworm-backports, served beside GRUB 2.12), leaves the held boot chain as it was, and
+/// releases the holds afterwards.
+#[test]
+fn exclude_bootloader_holds_only_the_installed_boot_chain_and_upgrades_the_rest() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    ensure_image();
+    let cache = bootwatch::sys::fsx::cache_root().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let repo_dir = work.path().join("repo");
+    std::fs::create_dir_all(&repo_dir).unwrap();
+    let mirror = bootwatch::inputs::debian::resolve_mirror(None).unwrap();
+    let mut spec = bootwatch::inputs::repo::ArchiveUpdate::bookworm_grub();
+    spec.packages.push("libcom-err2".into());
+    let repo = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(bootwatch::inputs::repo::archive_update(
+            &mirror, &cache, &repo_dir, "bookworm", &spec,
+        ))
+        .unwrap();
+    let served: Vec<&str> = repo.packages.iter().map(|p| p.package.as_str()).collect();
+    assert!(
+        served.contains(&"libcom-err2") && served.contains(&"grub-efi-arm64-signed"),
+        "{served:?}"
+    );
+    let f = work.path().join("exclude.toml");
+    std::fs::write(
+        &f,
+        "name = \"exclude-bootloader\"\n\
+         [[step]]\ndo = \"boot\"\nuntil = \"login\"\ntimeout = 900\n\
+         [[step]]\ndo = \"login\"\n\
+         [[step]]\ndo = \"run\"\nroot = true\ncommand = \"apt-get remove -y --allow-remove-essential grub-efi-arm64-signed\"\n\
+         [[step]]\ndo = \"snapshot-packages\"\nlabel = \"before\"\n\
+         [[step]]\ndo = \"upgrade\"\ntimeout = 1800\n\
+         [[step]]\ndo = \"snapshot-packages\"\nlabel = \"after\"\n\
+         [[step]]\ndo = \"run\"\ncommand = \"apt-mark showhold | wc -l\"\n",
+    )
+    .unwrap();
+    let res = results_root();
+    let started = Instant::now();
+    let out = bin()
+        .arg("run")
+        .arg(&f)
+        .args(["--image", "debian-12-local", "--update"])
+        .arg(&repo_dir)
+        .args(["--exclude-bootloader", "--json", "--results"])
+        .arg(res.path())
+        .output()
+        .unwrap();
+    eprintln!(
+        "exclude-bootloader run: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for st in v["steps"].as_array().unwrap() {
+        assert_eq!(st["status"], "ok", "{st:#}");
+    }
+    let before = v["packages"]["before"].as_object().unwrap();
+    let after = v["packages"]["after"].as_object().unwrap();
+    assert!(
+        !before.contains_key("grub-efi-arm64-signed"),
+        "the named package is absent before the upgrade"
+    );
+    // Everything else was upgraded: libcom-err2 came from bookworm-backports.
+    let diff = v["package_diff"].as_array().unwrap();
+    let changed: Vec<&str> = diff.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(changed, ["libcom-err2"], "{diff:#?}");
+    assert!(
+        after["libcom-err2"].as_str().unwrap().contains("bpo12"),
+        "{}",
+        after["libcom-err2"]
+    );
+    // The installed boot chain is as it was, and the absent package still absent.
+    for p in [
+        "grub-efi-arm64",
+        "grub-efi-arm64-bin",
+        "shim-signed",
+        "shim-unsigned",
+        "grub-common",
+        "grub2-common",
+    ] {
+        assert_eq!(before[p], after[p], "{p} changed");
+        assert!(before.contains_key(p), "{p} not installed");
+    }
+    assert!(!after.contains_key("grub-efi-arm64-signed"));
+    // The upgrade said what it held, and let go of it afterwards.
+    let upgrade = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "upgrade")
+        .unwrap();
+    let output = upgrade["commands"][0]["output"].as_str().unwrap();
+    assert!(
+        output.contains("bootwatch: held for the upgrade: "),
+        "{output}"
+    );
+    let held = output
+        .lines()
+        .find_map(|l| l.strip_prefix("bootwatch: held for the upgrade: "))
+        .unwrap();
+    assert!(
+        held.contains("grub-efi-arm64-bin") && held.contains("shim-signed"),
+        "{held}"
+    );
+    assert!(!held.contains("grub-efi-arm64-signed"), "{held}");
+    let showhold = v["steps"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        showhold["commands"][0]["output"].as_str().unwrap().trim(),
+        "0",
+        "holds left behind: {showhold:#}"
+    );
 }

@@ -311,6 +311,7 @@ pub(super) async fn prepare(
                 base_sha256: String::new(),
                 format: images::catalog::ImageFormat::Qcow2,
                 guest: entry.guest().clone(),
+                source: None,
             }),
             ..req.clone()
         })?;
@@ -324,6 +325,7 @@ pub(super) async fn prepare(
             base_sha256: resolved.sha256,
             format: resolved.format,
             guest: resolved.guest,
+            source: resolved.source,
         });
         req.network.get_or_insert_with(Vec::new);
     }

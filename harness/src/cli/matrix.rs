@@ -59,6 +59,25 @@ pub enum ReportCommand {
         #[arg(long)]
         baseline: Option<PathBuf>,
     },
+    /// Several runs of one matrix, oldest first (results directories, or their matrix.json
+    /// files): each cell's verdicts over time, the first run where it changed and the inputs
+    /// that changed with it (QEMU, firmware, image package versions, vars). Writes
+    /// history.json, history.md and history.html.
+    History {
+        /// The runs, oldest first.
+        #[arg(required = true, num_args = 2..)]
+        runs: Vec<PathBuf>,
+        /// Where to write the history's files.
+        #[arg(long, default_value = "results/history")]
+        out: PathBuf,
+        /// Exit 1 when a cell regressed at the last run (was reached in its previous run, now
+        /// fails): for a nightly pipeline that keeps the previous night's results.
+        #[arg(long)]
+        fail_on_regression: bool,
+        /// Print history.json on stdout instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn matrix(a: MatrixArgs) -> CliResult {
@@ -157,6 +176,68 @@ pub fn report(cmd: ReportCommand) -> CliResult {
                 crate::report::write_all(&out, &r)?;
             }
             finish(&r, &out, false);
+            Ok(ExitCode::SUCCESS)
+        }
+        ReportCommand::History {
+            runs,
+            out,
+            fail_on_regression,
+            json,
+        } => {
+            use crate::report::history::{self, ChangeKind};
+            let h = history::history(&runs).map_err(CliError::usage)?;
+            history::write(&out, &h)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&h).unwrap_or_default());
+            } else {
+                println!(
+                    "{}: {} runs, {} cells, {} changed, {} regressed at the last run",
+                    h.name,
+                    h.runs.len(),
+                    h.summary.cells,
+                    h.summary.changed,
+                    h.summary.last_run_regressions
+                );
+                for c in h.cells.iter().filter(|c| c.changed) {
+                    for ch in &c.changes {
+                        let inputs: Vec<String> =
+                            ch.inputs.iter().map(|i| i.input.clone()).collect();
+                        println!(
+                            "  run {}: {} {} -> {} ({}){}",
+                            ch.run,
+                            c.axes.label(),
+                            ch.was,
+                            ch.now,
+                            ch.kind.as_str(),
+                            if inputs.is_empty() {
+                                String::new()
+                            } else {
+                                format!(", changed: {}", inputs.join(", "))
+                            }
+                        );
+                    }
+                }
+                println!("reports: {}/history.{{json,md,html}}", out.display());
+            }
+            let last = h.runs.len();
+            let regressed: Vec<&str> = h
+                .cells
+                .iter()
+                .filter(|c| {
+                    c.changes
+                        .iter()
+                        .any(|ch| ch.run == last && ch.kind == ChangeKind::Regression)
+                })
+                .map(|c| c.id.as_str())
+                .collect();
+            if fail_on_regression && !regressed.is_empty() {
+                eprintln!(
+                    "bootwatch: {} cell(s) regressed at the last run: {}",
+                    regressed.len(),
+                    regressed.join(", ")
+                );
+                return Ok(ExitCode::from(exit_code::BAD));
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -135,12 +135,13 @@ pub async fn run(a: RunArgs) -> CliResult {
     });
     req.exclude_bootloader = a.exclude_bootloader;
     req.restore_bootloader = a.restore_bootloader;
-    let image_disk = |base: PathBuf, sha: String, format| ImageDisk {
+    let image_disk = |base: PathBuf, sha: String, format, source| ImageDisk {
         name: a.image.clone(),
         base,
         base_sha256: sha,
         format,
         guest: guest.clone(),
+        source,
     };
     // Everything but the image itself is checked before anything is downloaded or built.
     let planned = case::check_machine(CaseRequest {
@@ -148,6 +149,7 @@ pub async fn run(a: RunArgs) -> CliResult {
             "IMAGE".into(),
             String::new(),
             images::catalog::ImageFormat::Qcow2,
+            None,
         )),
         ..req.clone()
     })?;
@@ -203,7 +205,12 @@ pub async fn run(a: RunArgs) -> CliResult {
     let image = images::resolve(entry, &cache, a.mirror.as_deref(), &cancel, &sink)
         .await
         .map_err(|e| CliError::undetermined(format!("image {}: {e:#}", a.image)))?;
-    req.image = Some(image_disk(image.path, image.sha256, image.format));
+    req.image = Some(image_disk(
+        image.path,
+        image.sha256,
+        image.format,
+        image.source,
+    ));
     let checked = case::check(req)?;
     let done = case::run(checked, &cancel, &sink).await?;
     let r = &done.record;

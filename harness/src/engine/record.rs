@@ -199,6 +199,10 @@ pub struct Provision {
     /// `secrets.json` (relative to the case directory) when the case kept its disks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<PathBuf>,
+    /// Where a vendor image's file came from: its URL and file, the checksum file and, for a
+    /// newest-build entry, the build it resolved to; the format qemu-img found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::inputs::images::ImageSource>,
 }
 
 /// Where one input of a case came from: the file, its hash, and the provider, package, URL or

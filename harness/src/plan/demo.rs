@@ -175,6 +175,7 @@ pub async fn run_cases(
             base_sha256: image.sha256.clone(),
             format: image.format,
             guest: image.guest.clone(),
+            source: image.source.clone(),
         });
         req.keep_disks = true;
         req.network = Some(Vec::new());

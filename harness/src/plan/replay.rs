@@ -295,6 +295,7 @@ pub async fn replay(
             base_sha256: r.sha256,
             format: r.format,
             guest: r.guest,
+            source: r.source,
         });
     }
 

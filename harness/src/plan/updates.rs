@@ -1,7 +1,8 @@
-//! The updates a case can serve to its guest, by name: `good` (Debian's real GRUB 2.12 from
-//! bookworm-backports), `bad` (a `shim-signed` built here whose installation puts an EFI binary
-//! that crashes in the firmware where the firmware boots from), or a directory holding a
-//! package repository.
+//! The updates a case can serve to its guest, by name: `good` (the image's own good update:
+//! real newer boot-chain packages from Debian's archive, `[local.good_update]` in
+//! `guest-images/local.toml`, e.g. GRUB 2.12 from bookworm-backports for Debian 12), `bad` (a
+//! `shim-signed` built here whose installation puts an EFI binary that crashes in the firmware
+//! where the firmware boots from), or a directory holding a package repository.
 
 use std::path::{Path, PathBuf};
 
@@ -49,10 +50,21 @@ impl UpdateChoice {
         }
     }
 
-    /// What identifies the update's content for caches keyed by it.
-    pub fn key(&self) -> anyhow::Result<String> {
+    /// What identifies the update's content for caches keyed by it (with the image, whose
+    /// own good update `good` is).
+    pub fn key(&self, image: &str) -> anyhow::Result<String> {
         match self {
-            UpdateChoice::Good => Ok("good".into()),
+            UpdateChoice::Good => {
+                let registry = Registry::builtin();
+                let spec = match registry.get(image) {
+                    Some(Entry::Local(l)) => l.good_update.clone(),
+                    _ => None,
+                };
+                Ok(format!(
+                    "good/{}",
+                    serde_json::to_string(&spec).unwrap_or_default()
+                ))
+            }
             // The bad update is made from the image's own shim version, which the image key covers.
             UpdateChoice::Bad => Ok("bad/1".into()),
             UpdateChoice::Dir(d) => dir_fingerprint(d),
@@ -73,8 +85,20 @@ pub async fn make(
     let dir = match choice {
         UpdateChoice::Dir(d) => d.clone(),
         UpdateChoice::Good => {
+            let registry = Registry::builtin();
+            let Some(Entry::Local(local)) = registry.get(image) else {
+                bail!("the built-in good update is made for local images; {image} is not one");
+            };
+            let Some(spec) = &local.good_update else {
+                bail!(
+                    "{image} has no good update: its suite has no newer boot chain \
+                     (guest-images/local.toml, [local.good_update])"
+                );
+            };
             let mirror = crate::inputs::debian::resolve_mirror(mirror)?;
-            repo::good_update(&mirror, cache_root, out_dir).await?.dir
+            repo::archive_update(&mirror, cache_root, out_dir, &local.recipe.suite, spec)
+                .await?
+                .dir
         }
         UpdateChoice::Bad => {
             // The bad shim is one version above the image's own, so apt takes it as an upgrade.

@@ -282,7 +282,7 @@ fn category_name(c: Category) -> String {
 }
 
 /// serde_json -> minijinja (minijinja is built without its serde feature).
-fn to_value(v: &serde_json::Value) -> Value {
+pub(crate) fn to_value(v: &serde_json::Value) -> Value {
     match v {
         serde_json::Value::Null => Value::from(()),
         serde_json::Value::Bool(b) => Value::from(*b),

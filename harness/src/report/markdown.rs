@@ -182,7 +182,7 @@ fn grid_text(c: &CellRecord) -> String {
     s
 }
 
-fn symbol(c: Category) -> &'static str {
+pub(crate) fn symbol(c: Category) -> &'static str {
     match c {
         Category::Reached => "✅",
         Category::SyncException => "❌",

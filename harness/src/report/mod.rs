@@ -44,6 +44,7 @@
 pub mod bundle;
 mod compare;
 mod grid;
+pub mod history;
 mod html;
 mod junit;
 mod markdown;

@@ -99,3 +99,61 @@ pub fn processes_with(needle: &str) -> Vec<u32> {
     }
     pids
 }
+
+/// The smoke matrix (`scenarios/matrix/smoke.toml`) with its second firmware turned into a
+/// `path:` firmware in `fw_dir` (`CODE.fd`, `VARS.fd`), crossed with only the hello fixture on
+/// the host's QEMU: 5 cells, one of which boots whatever firmware is in `fw_dir` at the time.
+/// Swapping those files between runs changes that one cell's firmware and nothing else, as a
+/// firmware update on one axis value would. Returns the matrix file's text.
+pub fn smoke_with_one_swappable_firmware(fw_dir: &Path) -> String {
+    let smoke = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/matrix/smoke.toml");
+    let text = std::fs::read_to_string(&smoke).unwrap();
+    let axis = "firmware = [\"debian:2022.11\", \"debian:2025.02\"]";
+    assert!(
+        text.contains(axis),
+        "smoke.toml changed: update this helper"
+    );
+    let path = format!(
+        "path:{},{}",
+        fw_dir.join("CODE.fd").display(),
+        fw_dir.join("VARS.fd").display()
+    );
+    format!(
+        "{}\n[[exclude]]\nfirmware = \"{path}\"\nqemu = \"debian:trixie\"\n\n\
+         [[exclude]]\nfirmware = \"{path}\"\nimage = \"fixture:crash\"\n",
+        text.replace(
+            axis,
+            &format!("firmware = [\"debian:2022.11\", \"{path}\"]")
+        )
+    )
+}
+
+/// The code and vars files of Debian's edk2 `spec` (e.g. `2025.02`, `2025.02/ms`), fetched
+/// (or found in the cache) by `bootwatch firmware fetch`.
+pub fn debian_firmware(spec: &str) -> (PathBuf, PathBuf) {
+    let out = bin()
+        .args(["firmware", "fetch", spec, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "firmware fetch {spec}: {}",
+        text(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        PathBuf::from(v["code"].as_str().unwrap()),
+        PathBuf::from(v["vars"].as_str().unwrap()),
+    )
+}
+
+/// Puts `spec`'s code and vars files into `fw_dir` as `CODE.fd` and `VARS.fd`.
+pub fn install_firmware(spec: &str, fw_dir: &Path) {
+    let (code, vars) = debian_firmware(spec);
+    std::fs::create_dir_all(fw_dir).unwrap();
+    for (from, to) in [(code, "CODE.fd"), (vars, "VARS.fd")] {
+        let to = fw_dir.join(to);
+        let _ = std::fs::remove_file(&to);
+        std::fs::copy(&from, &to).unwrap();
+    }
+}

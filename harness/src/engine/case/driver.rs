@@ -385,6 +385,7 @@ impl<'a> Driver<'a> {
                 overlay: ov.clone(),
                 user: cfg.user,
                 secrets: keep.then(|| PathBuf::from("secrets.json")),
+                source: img.source.clone(),
             };
             self.record.provision = Some(p.clone());
             self.run_mut().provision = Some(p);
@@ -719,14 +720,11 @@ impl<'a> Driver<'a> {
         if let (Some(before), Some(after)) = (r.packages.get("before"), r.packages.get("after")) {
             r.package_diff = guest::diff_packages(before, after);
         }
-        r.suspects = if r.outcome.is_guest_failure() {
-            r.package_diff
-                .iter()
-                .filter(|c| guest::is_boot_chain_package(&c.name))
-                .map(|c| c.name.clone())
-                .collect()
-        } else {
-            Vec::new()
+        r.suspects = match &self.case.req.image {
+            Some(img) if r.outcome.is_guest_failure() => {
+                guest::suspects(&img.guest, &r.package_diff)
+            }
+            _ => Vec::new(),
         };
     }
 

@@ -54,6 +54,8 @@ pub struct ImageDisk {
     pub base_sha256: String,
     pub format: ImageFormat,
     pub guest: GuestTraits,
+    /// Where a vendor image's file came from (recorded as `provision.source`).
+    pub source: Option<crate::inputs::images::ImageSource>,
 }
 
 /// A package repository served to the guest for the upgrade (hermetic updates).

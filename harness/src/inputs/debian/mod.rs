@@ -43,7 +43,9 @@ pub use edk2::{
 pub use http::http_client;
 pub use keyring::{DEFAULT_KEYRING, KEYRING_ENV, Keyring};
 pub use packages::{PackageEntry, compare_versions, parse_packages, version_matches};
-pub use sources::{MIRROR_ENV, mirror_from_apt, resolve_mirror};
+pub use sources::{
+    MIRROR_ENV, SECURITY_MIRROR_ENV, mirror_from_apt, resolve_mirror, resolve_security_mirror,
+};
 
 /// Where, under the cache root, verified indexes are kept by their SHA256.
 pub const INDEX_CACHE_DIR: &str = "debian/indexes";

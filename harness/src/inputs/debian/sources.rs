@@ -72,6 +72,54 @@ pub(crate) fn trim_mirror(m: &str) -> String {
 /// `root`). Trailing slashes are removed. The error names every file looked at, and why a file
 /// or line could not be read.
 pub fn mirror_from_apt(root: &Path) -> Result<String> {
+    let (found, looked) = first_in_apt(root, usable_uri);
+    if let Some(uri) = found {
+        return Ok(uri);
+    }
+    bail!(
+        "no usable Debian archive mirror (a `deb` entry for a plain Debian release with `main`, \
+         not a security mirror) in the apt configuration; looked at: {}. \
+         Pass --mirror URL or set {MIRROR_ENV}",
+        looked.join(", ")
+    )
+}
+
+/// Environment variable naming Debian's security archive (see [`resolve_security_mirror`]).
+pub const SECURITY_MIRROR_ENV: &str = "BOOTWATCH_SECURITY_MIRROR";
+
+/// Debian's security archive (`dists/<release>-security`): env `BOOTWATCH_SECURITY_MIRROR` if
+/// set and non-empty, else the URI of the host's first enabled `deb` entry for a
+/// `<release>-security` suite with `main` (read like [`mirror_from_apt`]), else `mirror`'s
+/// `debian-security` sibling when `mirror`'s path ends in `/debian` (how Debian's own mirrors
+/// are laid out). No host name is built in.
+pub fn resolve_security_mirror(mirror: &str) -> Result<String> {
+    if let Ok(m) = std::env::var(SECURITY_MIRROR_ENV)
+        && !m.trim().is_empty()
+    {
+        return Ok(trim_mirror(m.trim()));
+    }
+    let (found, looked) = first_in_apt(Path::new("/"), usable_security_uri);
+    if let Some(uri) = found {
+        return Ok(uri);
+    }
+    let m = trim_mirror(mirror);
+    if m.ends_with("/debian") {
+        return Ok(format!("{m}-security"));
+    }
+    bail!(
+        "no Debian security archive: no `deb` entry for a `*-security` suite in the apt \
+         configuration (looked at: {}), and the mirror {m} does not end in /debian; set \
+         {SECURITY_MIRROR_ENV}",
+        looked.join(", ")
+    )
+}
+
+/// The first URI `pick` accepts among the apt configuration's entries under `root` (files in
+/// apt's order), and the files looked at (with why one could not be read).
+fn first_in_apt(
+    root: &Path,
+    pick: impl Fn(&Path, &Repository) -> Option<String>,
+) -> (Option<String>, Vec<String>) {
     let etc = root.join("etc/apt");
     let mut files = vec![etc.join("sources.list")];
     let dir = etc.join("sources.list.d");
@@ -114,9 +162,9 @@ pub fn mirror_from_apt(root: &Path) -> Result<String> {
         } else {
             parse_one_line_sources(&text)
         };
-        if let Some(uri) = entries.iter().find_map(|e| usable_uri(root, e)) {
+        if let Some(uri) = entries.iter().find_map(|e| pick(root, e)) {
             tracing::debug!(file = %file.display(), mirror = %uri, "mirror from apt configuration");
-            return Ok(uri);
+            return (Some(uri), looked);
         }
         if problems.is_empty() {
             looked.push(file.display().to_string());
@@ -129,12 +177,7 @@ pub fn mirror_from_apt(root: &Path) -> Result<String> {
         }
     }
     looked.extend(dir_note);
-    bail!(
-        "no usable Debian archive mirror (a `deb` entry for a plain Debian release with `main`, \
-         not a security mirror) in the apt configuration; looked at: {}. \
-         Pass --mirror URL or set {MIRROR_ENV}",
-        looked.join(", ")
-    )
+    (None, looked)
 }
 
 /// The entries of a one-line style sources file, and the lines `apt-sources` refused. Each
@@ -177,6 +220,28 @@ fn usable_uri(root: &Path, source: &Repository) -> Option<String> {
         let lower = uri.to_ascii_lowercase();
         let http = lower.starts_with("http://") || lower.starts_with("https://");
         (http && !lower.contains("security")).then(|| trim_mirror(&uri))
+    })
+}
+
+/// A security archive entry: `deb`, a `<release>-security` suite, `main`, http(s).
+fn usable_security_uri(root: &Path, source: &Repository) -> Option<String> {
+    if source.enabled == Some(false)
+        || !source.types.contains(&RepositoryType::Binary)
+        || !source.suites.iter().any(|s| {
+            s.strip_suffix("-security")
+                .is_some_and(is_plain_debian_release)
+        })
+        || !source
+            .components
+            .as_ref()
+            .is_some_and(|c| c.iter().any(|c| c == "main"))
+    {
+        return None;
+    }
+    source.uris.iter().find_map(|uri| {
+        let uri = resolve_mirror_list(root, uri.as_str())?;
+        let lower = uri.to_ascii_lowercase();
+        (lower.starts_with("http://") || lower.starts_with("https://")).then(|| trim_mirror(&uri))
     })
 }
 
@@ -373,5 +438,22 @@ mod tests {
             resolve_mirror(Some(" http://m.example/debian// ")).unwrap(),
             "http://m.example/debian"
         );
+    }
+
+    #[test]
+    fn security_mirror_from_apt_sources() {
+        let root = apt_root(&[(
+            "etc/apt/sources.list.d/debian.sources",
+            "Types: deb\nURIs: http://m.example/debian\nSuites: bookworm\nComponents: main\n\n\
+             Types: deb\nURIs: http://s.example/debian-security/\nSuites: bookworm-security\n\
+             Components: main\n",
+        )]);
+        let (found, _) = first_in_apt(root.path(), usable_security_uri);
+        assert_eq!(found.as_deref(), Some("http://s.example/debian-security"));
+        let none = apt_root(&[(
+            "etc/apt/sources.list",
+            "deb http://m.example/debian bookworm main\n",
+        )]);
+        assert_eq!(first_in_apt(none.path(), usable_security_uri).0, None);
     }
 }

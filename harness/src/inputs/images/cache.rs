@@ -14,6 +14,16 @@
 //! file is trusted as far as the connection it came over. The URL's last path segment is
 //! matched as it stands (not percent-decoded) against the names in the checksum file.
 //!
+//! # The newest build
+//!
+//! A URL whose file name holds [`BUILD_PLACEHOLDER`] (`{build}`) names no file but "the newest
+//! build": the checksum file (required) is read at every fetch, the names it lists that match
+//! the URL's file name with a build id (`20250428.0`: digits and dots) in place of the
+//! placeholder are compared build by build (numerically, part by part), and the newest one is
+//! fetched and verified by the digest listed for it. [`CachedImage::build`] and
+//! [`CachedImage::url`] say what it resolved to. When the checksum file cannot be read for a
+//! transient reason, the newest image cached earlier for the same name is used (with a warning).
+//!
 //! The cache is addressed by SHA-256 either way: an image verified by its SHA-512 (Debian
 //! publishes only `SHA512SUMS`) is hashed with both while it downloads, checked against the
 //! SHA-512, and stored under its computed SHA-256 with the SHA-512 in its record, where
@@ -58,6 +68,8 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha512};
 use tokio::io::AsyncWriteExt;
+
+pub use super::catalog::BUILD_PLACEHOLDER;
 
 const BY_SHA256: &str = "by-sha256";
 const PARTIAL: &str = "partial";
@@ -150,6 +162,10 @@ pub struct CachedImage {
     pub size: u64,
     /// The URL it was fetched from (empty if its record was lost).
     pub url: String,
+    /// The build the request's `{build}` resolved to (see the module documentation), when it
+    /// had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 /// What the cache holds for a [`FetchRequest`] (for `images list`).
@@ -272,6 +288,13 @@ struct CacheRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sha512: Option<String>,
     fetched_at: jiff::Timestamp,
+    /// The request's url when it named the newest build (`{build}`); `url` is what it resolved
+    /// to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    template: Option<String>,
+    /// The build it resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    build: Option<String>,
 }
 
 /// `partial/<key>.json`.
@@ -452,8 +475,8 @@ impl ImageCache {
         let sha = normalize_sha256(sha256)?;
         let path = self.image_path(&sha);
         let meta = fs::metadata(&path).ok().filter(|m| m.is_file())?;
-        let url = match read_json::<CacheRecord>(&self.record_path(&sha)) {
-            Some(r) if r.size == meta.len() && r.sha256 == sha => r.url,
+        let (url, build) = match read_json::<CacheRecord>(&self.record_path(&sha)) {
+            Some(r) if r.size == meta.len() && r.sha256 == sha => (r.url, r.build),
             Some(r) => {
                 tracing::warn!(
                     path = %path.display(),
@@ -463,13 +486,14 @@ impl ImageCache {
                 );
                 return None;
             }
-            None => String::new(),
+            None => (String::new(), None),
         };
         Some(CachedImage {
             path,
             sha256: sha,
             size: meta.len(),
             url,
+            build,
         })
     }
 
@@ -533,7 +557,11 @@ impl ImageCache {
     fn find_by_name(&self, req: &FetchRequest) -> Option<CachedImage> {
         json_files::<CacheRecord>(&self.root.join(BY_SHA256))
             .into_iter()
-            .filter(|(sha, r)| r.name == req.name && r.url == req.url && *sha == r.sha256)
+            .filter(|(sha, r)| {
+                r.name == req.name
+                    && (r.url == req.url || r.template.as_deref() == Some(req.url.as_str()))
+                    && *sha == r.sha256
+            })
             .filter_map(|(sha, r)| Some((r.fetched_at, self.lookup(&sha)?)))
             .max_by_key(|(at, _)| *at)
             .map(|(_, img)| img)
@@ -554,9 +582,28 @@ impl ImageCache {
             name: req.name.clone(),
             reason,
         };
-        let url = reqwest::Url::parse(&req.url)
+        let url = reqwest::Url::parse(&req.url.replace(BUILD_PLACEHOLDER, "0"))
             .map_err(|e| invalid(format!("bad url {:?}: {e}", req.url)))?;
+        let newest = req.url.contains(BUILD_PLACEHOLDER);
+        let file_name = if newest {
+            // As written: the parsed url has the placeholder's braces percent-encoded.
+            req.url.rsplit('/').next().unwrap_or_default().to_owned()
+        } else {
+            url.path_segments()
+                .and_then(|mut s| s.next_back())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        if file_name.is_empty() {
+            return Err(invalid(format!("url {} names no file", req.url)));
+        }
         let given = given_digest(req).map_err(invalid)?;
+        if newest && given.is_some() {
+            return Err(invalid(
+                "a fixed sha256 or sha512 cannot verify the newest build ({build} in the url)"
+                    .into(),
+            ));
+        }
         if let Some(expected) = &given
             && let Some(img) = self.lookup_expected(expected)
         {
@@ -569,19 +616,27 @@ impl ImageCache {
             .build()
             .map_err(|e| network_error(req, &req.url, e))?;
 
-        let expected = match (given, &req.checksum_url) {
-            (Some(expected), _) => expected,
+        // What to download, and what it must hash to.
+        let (resolved, expected, build) = match (given, &req.checksum_url) {
+            (Some(expected), _) => (req.clone(), expected, None),
             (None, Some(checksum_url)) => {
-                let file_name = url
-                    .path_segments()
-                    .and_then(|mut s| s.next_back())
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| invalid(format!("url {} names no file", req.url)))?
-                    .to_owned();
-                match expected_from_checksum_file(&client, req, checksum_url, &file_name, opts)
-                    .await
-                {
-                    Ok(expected) => expected,
+                let from_file = if newest {
+                    newest_from_checksum_file(&client, req, checksum_url, &file_name, opts)
+                        .await
+                        .map(|(build, name, expected)| (Some((build, name)), expected))
+                } else {
+                    expected_from_checksum_file(&client, req, checksum_url, &file_name, opts)
+                        .await
+                        .map(|expected| (None, expected))
+                };
+                match from_file {
+                    Ok((Some((build, name)), expected)) => {
+                        let url = req.url.replace(&file_name, &name);
+                        tracing::info!(name = %req.name, %build, %url, digest = %expected, "newest build");
+                        let resolved = FetchRequest { url, ..req.clone() };
+                        (resolved, expected, Some(build))
+                    }
+                    Ok((None, expected)) => (req.clone(), expected, None),
                     Err(e) if e.is_transient() => match self.find_by_name(req) {
                         Some(img) => {
                             tracing::warn!(
@@ -606,17 +661,26 @@ impl ImageCache {
         };
         if let Some(img) = self.lookup_expected(&expected) {
             tracing::debug!(name = %req.name, path = %img.path.display(), "image already cached");
-            return Ok(img);
+            return Ok(CachedImage {
+                url: resolved.url.clone(),
+                build: build.or(img.build.clone()),
+                ..img
+            });
         }
-        self.download(&client, req, &expected, opts).await
+        let template = newest.then(|| req.url.clone());
+        self.download(&client, &resolved, &expected, (template, build), opts)
+            .await
     }
 
     /// Download `req.url` (expected to hash to `expected`) into the cache, under the lock.
+    /// `newest` is the request's `{build}` url and the build it resolved to, when it had one
+    /// (`req.url` is the resolved one).
     async fn download(
         &self,
         client: &reqwest::Client,
         req: &FetchRequest,
         expected: &Expected,
+        newest: (Option<String>, Option<String>),
         opts: &FetchOptions,
     ) -> Result<CachedImage, FetchError> {
         let partial_dir = self.root.join(PARTIAL);
@@ -673,7 +737,7 @@ impl ImageCache {
             }
         };
 
-        let img = self.commit(req, &key, &digests, part.len).await?;
+        let img = self.commit(req, &key, &digests, part.len, newest).await?;
         remove_if_exists(&part.record);
         tracing::info!(
             name = %req.name,
@@ -694,6 +758,7 @@ impl ImageCache {
         key: &str,
         digests: &Digests,
         size: u64,
+        (template, build): (Option<String>, Option<String>),
     ) -> Result<CachedImage, FetchError> {
         let sha = &digests.sha256;
         let dir = self.root.join(BY_SHA256);
@@ -714,6 +779,8 @@ impl ImageCache {
             sha256: sha.clone(),
             sha512,
             fetched_at: jiff::Timestamp::now(),
+            template,
+            build: build.clone(),
         };
         let req2 = req.clone();
         let image2 = image.clone();
@@ -735,6 +802,7 @@ impl ImageCache {
             sha256: sha.clone(),
             size,
             url: req.url.clone(),
+            build,
         })
     }
 }
@@ -987,21 +1055,19 @@ fn content_range(headers: &reqwest::header::HeaderMap) -> Option<(u64, Option<u6
     Some((start.trim().parse().ok()?, total.trim().parse().ok()))
 }
 
-/// Read the checksum file and find the digest of `file_name` in it (retrying transient
-/// failures like a download).
-async fn expected_from_checksum_file(
+/// Reads the checksum file, retrying transient failures like a download.
+async fn read_checksum_file(
     client: &reqwest::Client,
     req: &FetchRequest,
     checksum_url: &str,
-    file_name: &str,
     opts: &FetchOptions,
-) -> Result<Expected, FetchError> {
+) -> Result<String, FetchError> {
     let attempts = opts.attempts.max(1);
     let mut attempt = 0;
-    let text = loop {
+    loop {
         attempt += 1;
         match get_checksum_file(client, req, checksum_url, opts).await {
-            Ok(text) => break text,
+            Ok(text) => return Ok(text),
             Err(e) if e.is_transient() && attempt < attempts => {
                 let delay = retry_delay(attempt);
                 tracing::warn!(name = %req.name, url = checksum_url, attempt, attempts, error = %e, "retrying in {delay:?}");
@@ -1009,7 +1075,18 @@ async fn expected_from_checksum_file(
             }
             Err(e) => return Err(e),
         }
-    };
+    }
+}
+
+/// Read the checksum file and find the digest of `file_name` in it.
+async fn expected_from_checksum_file(
+    client: &reqwest::Client,
+    req: &FetchRequest,
+    checksum_url: &str,
+    file_name: &str,
+    opts: &FetchOptions,
+) -> Result<Expected, FetchError> {
+    let text = read_checksum_file(client, req, checksum_url, opts).await?;
     let expected =
         parse_checksum_file(&text, file_name).map_err(|reason| FetchError::ChecksumFile {
             name: req.name.clone(),
@@ -1018,6 +1095,23 @@ async fn expected_from_checksum_file(
         })?;
     tracing::debug!(name = %req.name, checksum_url, digest = %expected, "expected digest from the checksum file");
     Ok(expected)
+}
+
+/// Read the checksum file and find the newest build matching `template` (a file name with
+/// [`BUILD_PLACEHOLDER`]) in it: `(build, file name, digest)`.
+async fn newest_from_checksum_file(
+    client: &reqwest::Client,
+    req: &FetchRequest,
+    checksum_url: &str,
+    template: &str,
+    opts: &FetchOptions,
+) -> Result<(String, String, Expected), FetchError> {
+    let text = read_checksum_file(client, req, checksum_url, opts).await?;
+    newest_build(&text, template).map_err(|reason| FetchError::ChecksumFile {
+        name: req.name.clone(),
+        url: checksum_url.to_owned(),
+        reason,
+    })
 }
 
 async fn get_checksum_file(
@@ -1084,29 +1178,9 @@ async fn get_checksum_file(
 /// (a reason) if no line lists a SHA-256 or SHA-512 for it, or lines list different hashes of
 /// one algorithm for it.
 fn parse_checksum_file(text: &str, file_name: &str) -> Result<Expected, String> {
-    let mut in_signature = false;
     let mut sha256: Option<String> = None;
     let mut sha512: Option<String> = None;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with("-----BEGIN PGP SIGNATURE") {
-            in_signature = true;
-            continue;
-        }
-        if line.starts_with("-----END PGP SIGNATURE") {
-            in_signature = false;
-            continue;
-        }
-        if in_signature || line.starts_with("-----") || line.starts_with('#') {
-            continue;
-        }
-        // Clearsigned text dash-escapes lines that start with '-'.
-        let line = line.strip_prefix("- ").unwrap_or(line);
-        let Some((algorithm, hash, name)) = parse_gnu_line(line).or_else(|| parse_bsd_line(line))
-        else {
-            continue;
-        };
-        let name = name.strip_prefix("./").unwrap_or(&name);
+    for (algorithm, hash, name) in checksum_entries(text) {
         if name != file_name && !name.ends_with(&format!("/{file_name}")) {
             continue;
         }
@@ -1129,6 +1203,70 @@ fn parse_checksum_file(text: &str, file_name: &str) -> Result<Expected, String> 
         (None, Some(sha)) => Ok(Expected::Sha512(sha)),
         (None, None) => Err(format!("lists no SHA-256 or SHA-512 for {file_name}")),
     }
+}
+
+/// Every `(algorithm, hash, name)` line of a checksum file (see [`parse_checksum_file`] for
+/// the formats), names without a leading `./`.
+fn checksum_entries(text: &str) -> Vec<(Algorithm, String, String)> {
+    let mut in_signature = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("-----BEGIN PGP SIGNATURE") {
+            in_signature = true;
+            continue;
+        }
+        if line.starts_with("-----END PGP SIGNATURE") {
+            in_signature = false;
+            continue;
+        }
+        if in_signature || line.starts_with("-----") || line.starts_with('#') {
+            continue;
+        }
+        // Clearsigned text dash-escapes lines that start with '-'.
+        let line = line.strip_prefix("- ").unwrap_or(line);
+        let Some((algorithm, hash, name)) = parse_gnu_line(line).or_else(|| parse_bsd_line(line))
+        else {
+            continue;
+        };
+        let name = name.strip_prefix("./").unwrap_or(&name).to_owned();
+        out.push((algorithm, hash, name));
+    }
+    out
+}
+
+/// The newest build a checksum file lists for `template` (a file name with
+/// [`BUILD_PLACEHOLDER`]): among the listed names (their last path segment) that are the
+/// template with a build id in the placeholder's place (digits and dots, starting and ending
+/// with a digit, e.g. `20250428.0`), the one whose id is greatest part by part, numerically;
+/// with its digest as [`parse_checksum_file`] reads it. `latest` and other aliases are not
+/// build ids, so a moving link is never taken for a build.
+fn newest_build(text: &str, template: &str) -> Result<(String, String, Expected), String> {
+    let (prefix, suffix) = template
+        .split_once(BUILD_PLACEHOLDER)
+        .ok_or_else(|| format!("{template} has no {BUILD_PLACEHOLDER}"))?;
+    let build_key = |id: &str| -> Option<Vec<u64>> {
+        if id.is_empty() || id.starts_with('.') || id.ends_with('.') {
+            return None;
+        }
+        id.split('.').map(|p| p.parse::<u64>().ok()).collect()
+    };
+    let newest = checksum_entries(text)
+        .into_iter()
+        .filter(|(algorithm, _, _)| *algorithm != Algorithm::Other)
+        .filter_map(|(_, _, name)| {
+            let file = name.rsplit('/').next().unwrap_or(&name).to_owned();
+            let id = file.strip_prefix(prefix)?.strip_suffix(suffix)?;
+            Some((build_key(id)?, id.to_owned(), file))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0));
+    let Some((_, build, file)) = newest else {
+        return Err(format!(
+            "lists no build of {template} (no name {prefix}<digits and dots>{suffix})"
+        ));
+    };
+    let expected = parse_checksum_file(text, &file)?;
+    Ok((build, file, expected))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1318,6 +1456,7 @@ mod tests {
         gnu_sums: String,
         bsd_sums: String,
         sha512_sums: String,
+        newest_sums: String,
         dropped: AtomicBool,
         failed: AtomicBool,
         hits: Mutex<Vec<Hit>>,
@@ -1348,8 +1487,9 @@ mod tests {
     /// `/stall/cloud.qcow2` (sends `STALL_AFTER` bytes, then nothing),
     /// `/flaky/cloud.qcow2` (503 the first time), `/bad/cloud.qcow2` (other bytes),
     /// `/sums/SHA256SUMS` (GNU), `/sums/CHECKSUM` (clearsigned BSD, with a wrong SHA-512 beside
-    /// the SHA-256), `/sums/SHA512SUMS` (GNU, SHA-512 only, as Debian's); anything else is a
-    /// 404.
+    /// the SHA-256), `/sums/SHA512SUMS` (GNU, SHA-512 only, as Debian's), `/builds/CHECKSUM`
+    /// (dated builds, CentOS style) with its newest build `/builds/os-9-20250428.0.aarch64.qcow2`;
+    /// anything else is a 404.
     async fn start_server() -> Server {
         let image = image_bytes();
         let bad: Vec<u8> = image.iter().map(|b| b ^ 0x5a).collect();
@@ -1376,12 +1516,26 @@ mod tests {
             "{other512}  cloud.json\n{}  cloud.qcow2\n{other512}  cloud.tar.xz\n",
             sha512_of(&image)
         );
+        // A directory of dated builds as CentOS lists them: the newest (by build id, not by
+        // line order) is the test image; `latest` is an alias, not a build.
+        let newest_sums = format!(
+            "# os-9-20240429.0.aarch64.qcow2: 100 bytes\n\
+             SHA256 (os-9-20240429.0.aarch64.qcow2) = {other}\n\
+             # os-9-20250428.0.aarch64.qcow2: {len} bytes\n\
+             SHA256 (os-9-20250428.0.aarch64.qcow2) = {sha}\n\
+             SHA256 (os-9-20250409.12.aarch64.qcow2) = {other}\n\
+             SHA256 (os-9-latest.aarch64.qcow2) = {other}\n\
+             SHA256 (os-9-99999999.aarch64.qcow2.SHA256SUM) = {other}\n\
+             SHA256 (os-9-20990101.0.x86_64.qcow2) = {other}\n",
+            len = image.len()
+        );
         let routes = Arc::new(Routes {
             image,
             bad,
             gnu_sums,
             bsd_sums,
             sha512_sums,
+            newest_sums,
             dropped: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             hits: Mutex::new(Vec::new()),
@@ -1427,6 +1581,8 @@ mod tests {
             "/sums/SHA256SUMS" => full(&mut sock, "200 OK", routes.gnu_sums.as_bytes()).await,
             "/sums/CHECKSUM" => full(&mut sock, "200 OK", routes.bsd_sums.as_bytes()).await,
             "/sums/SHA512SUMS" => full(&mut sock, "200 OK", routes.sha512_sums.as_bytes()).await,
+            "/builds/CHECKSUM" => full(&mut sock, "200 OK", routes.newest_sums.as_bytes()).await,
+            "/builds/os-9-20250428.0.aarch64.qcow2" => ranged(&mut sock, image, range).await,
             "/drop/cloud.qcow2" if !routes.dropped.swap(true, Ordering::SeqCst) => {
                 let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", image.len());
                 let _ = sock.write_all(head.as_bytes()).await;
@@ -2422,5 +2578,106 @@ mod tests {
             "bytes 5-9/*".parse().unwrap(),
         );
         assert_eq!(content_range(&headers), Some((5, None)));
+    }
+
+    #[tokio::test]
+    async fn the_newest_build_is_resolved_through_the_checksum_file_and_recorded() {
+        bounded(async {
+            let server = start_server().await;
+            let tmp = tempfile::tempdir().unwrap();
+            let cache = ImageCache::new(tmp.path());
+            let req = FetchRequest {
+                name: "os-9".into(),
+                url: server.url("/builds/os-9-{build}.aarch64.qcow2"),
+                sha256: None,
+                sha512: None,
+                checksum_url: Some(server.url("/builds/CHECKSUM")),
+            };
+            assert_eq!(cache.state(&req), CacheState::Absent);
+            let img = cache.fetch(&req, &opts()).await.unwrap();
+            assert_eq!(img.sha256, sha_of(&image_bytes()));
+            assert_eq!(img.build.as_deref(), Some("20250428.0"));
+            assert_eq!(img.url, server.url("/builds/os-9-20250428.0.aarch64.qcow2"));
+            assert!(matches!(cache.state(&req), CacheState::Cached { .. }));
+            // Again: the checksum file is read (it says which build is newest today), the
+            // image is not downloaded again, and what it resolved to is still known.
+            let again = cache.fetch(&req, &opts()).await.unwrap();
+            assert_eq!(again, img);
+            assert_eq!(server.hits_on("/builds/CHECKSUM").len(), 2);
+            assert_eq!(
+                server
+                    .hits_on("/builds/os-9-20250428.0.aarch64.qcow2")
+                    .len(),
+                1
+            );
+            // A checksum file that lists no build of the name: a clear error, no download.
+            let none = FetchRequest {
+                url: server.url("/builds/other-{build}.qcow2"),
+                ..req.clone()
+            };
+            let err = cache.fetch(&none, &opts()).await.unwrap_err();
+            assert!(
+                matches!(&err, FetchError::ChecksumFile { reason, .. } if reason.contains("no build of other-{build}.qcow2")),
+                "{err}"
+            );
+            // The checksum file unreachable (transient): the build cached earlier is used.
+            let gone = FetchRequest {
+                checksum_url: Some("http://127.0.0.1:1/CHECKSUM".into()),
+                ..req.clone()
+            };
+            let fallback = cache
+                .fetch(
+                    &gone,
+                    &FetchOptions {
+                        attempts: 1,
+                        ..opts()
+                    },
+                )
+                .await;
+            // A different checksum_url is still the same name and url template.
+            assert_eq!(fallback.unwrap().sha256, img.sha256);
+        })
+        .await
+    }
+
+    #[test]
+    fn newest_build_ordering() {
+        let line = |n: &str, h: char| format!("SHA256 ({n}) = {}\n", h.to_string().repeat(64));
+        let text = [
+            line("img-9-20240101.9.qcow2", 'a'),
+            line("img-9-20240101.10.qcow2", 'b'),
+            line("./img-9-latest.qcow2", 'c'),
+            line("sub/img-9-2023.qcow2", 'd'),
+            line("img-9-.qcow2", 'e'),
+            line("img-9-1..2.qcow2", 'f'),
+        ]
+        .concat();
+        let (build, file, expected) = newest_build(&text, "img-9-{build}.qcow2").unwrap();
+        assert_eq!(
+            (build.as_str(), file.as_str()),
+            ("20240101.10", "img-9-20240101.10.qcow2")
+        );
+        assert_eq!(expected, Expected::Sha256("b".repeat(64)));
+        assert!(newest_build("", "img-{build}").is_err());
+    }
+
+    /// CentOS Stream's own listing format and values (see the test data's README): the newest
+    /// dated aarch64 build, never the `latest` alias.
+    #[test]
+    fn newest_centos_stream_9_build_from_its_checksum_file() {
+        let text = include_str!("../../../tests/data/catalog/centos-stream-9-aarch64-CHECKSUM");
+        let (build, file, expected) =
+            newest_build(text, "CentOS-Stream-GenericCloud-9-{build}.aarch64.qcow2").unwrap();
+        assert_eq!(build, "20250428.0");
+        assert_eq!(
+            file,
+            "CentOS-Stream-GenericCloud-9-20250428.0.aarch64.qcow2"
+        );
+        assert_eq!(
+            expected,
+            Expected::Sha256(
+                "2460259ae98a81d29473b5e95f675a7c1042683fe4af0240e38fe0ee85fcb782".into()
+            )
+        );
     }
 }

@@ -34,17 +34,28 @@ pub enum ImageFormat {
 /// What every guest image declares, vendor or local: how to log in, provision and upgrade it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GuestTraits {
+    /// The user bootwatch logs in as. bootwatch's cloud-init seed creates it (with a random
+    /// password) whatever the image's own default user is, so this is a choice, not a guess
+    /// about the image: the vendor's default user where it is documented, else
+    /// [`SEEDED_USER`] (the default when the entry names none).
+    #[serde(default = "seeded_user")]
     pub login_user: String,
     pub provision: String,
     pub package_manager: PackageManager,
     pub upgrade_command: String,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    pub exclude_bootloader: String,
     pub package_query: String,
+    /// The packages that make up the boot chain, by name. Not all need be installed: the
+    /// `--exclude-bootloader` workaround holds (apt) or excludes (dnf) those that are, and a
+    /// failed boot's suspects are those of them the upgrade changed.
     pub bootloader_packages: Vec<String>,
     pub reported: Reported,
     pub report_note: String,
+}
+
+fn seeded_user() -> String {
+    SEEDED_USER.into()
 }
 
 /// One vendor image.
@@ -66,7 +77,18 @@ pub struct CatalogImage {
     /// Line of the `[[image]]` table in the catalog file.
     #[serde(skip)]
     pub line: usize,
+    /// The catalog file it was read from (for errors that tell which entry to update).
+    #[serde(skip)]
+    pub file: String,
 }
+
+/// The placeholder in a catalog URL that stands for "the newest build the vendor's checksum file
+/// lists" (resolved at fetch time; see [`CatalogImage::resolves_newest`]).
+pub const BUILD_PLACEHOLDER: &str = "{build}";
+
+/// The user bootwatch has cloud-init create when an entry names none (see
+/// [`GuestTraits::login_user`]).
+pub const SEEDED_USER: &str = "bootwatch";
 
 /// The keys an `[[image]]` table may have (serde cannot deny unknown fields through `flatten`).
 const IMAGE_KEYS: &[&str] = &[
@@ -86,12 +108,26 @@ const IMAGE_KEYS: &[&str] = &[
     "package_manager",
     "upgrade_command",
     "env",
-    "exclude_bootloader",
     "package_query",
     "bootloader_packages",
     "reported",
     "report_note",
 ];
+
+/// Keys earlier versions of the catalog had, with why they are gone (a file still carrying one
+/// is told what to do instead of being told the key is unknown).
+pub const RETIRED_KEYS: &[(&str, &str)] = &[(
+    "exclude_bootloader",
+    "no longer read: `--exclude-bootloader` holds (apt) or excludes (dnf) the installed \
+     packages of bootloader_packages, so remove this line",
+)];
+
+/// The first retired key of `table`: its offset and what to do about it.
+pub fn retired_key(table: &Doc<'_>) -> Option<(usize, String)> {
+    RETIRED_KEYS
+        .iter()
+        .find_map(|(key, why)| key_offset(table, key).map(|at| (at, format!("`{key}` is {why}"))))
+}
 
 /// A TOML document with the span of every key and value, so that a problem found after
 /// parsing can still point at its line.
@@ -241,6 +277,19 @@ pub struct Catalog {
     pub images: Vec<CatalogImage>,
 }
 
+impl CatalogImage {
+    /// Whether the url names the newest build ([`BUILD_PLACEHOLDER`]), resolved through the
+    /// checksum file at fetch time, rather than one pinned file.
+    pub fn resolves_newest(&self) -> bool {
+        self.url.contains(BUILD_PLACEHOLDER)
+    }
+
+    /// `file:line` of the entry, for messages that say which entry to update.
+    pub fn location(&self) -> String {
+        format!("{}:{}", self.file, self.line)
+    }
+}
+
 impl Catalog {
     pub fn builtin() -> Catalog {
         Catalog::parse(BUILTIN_CATALOG, BUILTIN_CATALOG_NAME)
@@ -281,7 +330,7 @@ impl Catalog {
                 .unwrap_or("?")
                 .to_string();
             let in_image = |(at, m): (usize, String)| err((at, format!("image {name:?}: {m}")));
-            if let Some(bad) = unknown_key(table, IMAGE_KEYS) {
+            if let Some(bad) = retired_key(table).or_else(|| unknown_key(table, IMAGE_KEYS)) {
                 return Err(in_image(bad));
             }
             // The guest's fields first on their own: through `flatten`, a bad value would be
@@ -289,6 +338,7 @@ impl Catalog {
             from_doc::<GuestTraits>(text, entry, start).map_err(in_image)?;
             let mut img: CatalogImage = from_doc(text, entry, start).map_err(in_image)?;
             img.line = line_of(text, start);
+            img.file = file.into();
             check_image(&img)
                 .map_err(|(field, m)| in_image((key_offset(table, field).unwrap_or(start), m)))?;
             if images.iter().any(|i| i.name == img.name) {
@@ -329,6 +379,65 @@ fn check_image(i: &CatalogImage) -> Result<(), (&'static str, String)> {
     if !(i.url.starts_with("https://") || i.url.starts_with("http://")) {
         return Err(("url", format!("url {:?} is not an http(s) URL", i.url)));
     }
+    let file_name = i.url.rsplit('/').next().unwrap_or_default();
+    match i.url.matches(BUILD_PLACEHOLDER).count() {
+        0 => {}
+        1 if file_name.contains(BUILD_PLACEHOLDER) => {
+            // The newest build: only the checksum file can say which it is and what it hashes
+            // to, so it must be there, over HTTPS, and no fixed digest can apply.
+            match &i.checksum_url {
+                Some(c) if c.starts_with("https://") => {}
+                Some(_) => {
+                    return Err((
+                        "checksum_url",
+                        "checksum_url must be https:// when the url resolves the newest build \
+                         (the checksum file is then the only source of the image's hash)"
+                            .into(),
+                    ));
+                }
+                None => {
+                    return Err((
+                        "url",
+                        format!(
+                            "url has {BUILD_PLACEHOLDER} (the newest build) but no checksum_url \
+                             to resolve it from"
+                        ),
+                    ));
+                }
+            }
+            if i.sha256.is_some() || i.sha512.is_some() {
+                return Err((
+                    if i.sha256.is_some() {
+                        "sha256"
+                    } else {
+                        "sha512"
+                    },
+                    format!(
+                        "a fixed digest cannot verify the newest build ({BUILD_PLACEHOLDER} in \
+                         url): remove it, or pin the url to one build"
+                    ),
+                ));
+            }
+        }
+        _ => {
+            return Err((
+                "url",
+                format!("{BUILD_PLACEHOLDER} may appear once, in the url's file name"),
+            ));
+        }
+    }
+    // Over plain HTTP only a digest pinned here protects the content: a checksum file fetched
+    // the same way could be changed along with the image.
+    if i.url.starts_with("http://") && i.sha256.is_none() && i.sha512.is_none() {
+        return Err((
+            "url",
+            format!(
+                "url {:?} is plain HTTP: pin the image's sha256 (or sha512) here, a checksum \
+                 file fetched over HTTP does not protect it",
+                i.url
+            ),
+        ));
+    }
     let lower = i.url.to_ascii_lowercase();
     if ["/latest/", "-latest.", "/current/"]
         .iter()
@@ -368,6 +477,16 @@ fn check_image(i: &CatalogImage) -> Result<(), (&'static str, String)> {
             return Err((field, format!("{field} must not be empty")));
         }
     }
+    if !is_user_name(&i.guest.login_user) {
+        return Err((
+            "login_user",
+            format!(
+                "login_user {:?} is not a user name cloud-init can create (lowercase letters, \
+                 digits, '_' and '-', starting with a letter or '_', at most 32)",
+                i.guest.login_user
+            ),
+        ));
+    }
     if i.guest.provision != "cloud-init" {
         return Err((
             "provision",
@@ -378,6 +497,14 @@ fn check_image(i: &CatalogImage) -> Result<(), (&'static str, String)> {
         ));
     }
     Ok(())
+}
+
+/// A portable user name (what `useradd` accepts everywhere), typed at the login prompt.
+pub fn is_user_name(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// 1-based line of a byte offset.
@@ -405,6 +532,7 @@ mod tests {
         let c = Catalog::builtin();
         for name in [
             "centos-stream-9",
+            "centos-stream-9-20240429",
             "rocky-9.4",
             "almalinux-9.4",
             "oraclelinux-9.4",
@@ -418,7 +546,7 @@ mod tests {
             let i = c.get(name).unwrap_or_else(|| panic!("{name} missing"));
             assert!(i.line > 1);
             assert!(
-                i.sha256.is_some() || i.sha512.is_some(),
+                i.sha256.is_some() || i.sha512.is_some() || i.resolves_newest(),
                 "{name}: no digest"
             );
         }
@@ -443,7 +571,7 @@ mod tests {
             "# comment\n\n[[image]]\nname = \"x\"\ndistro = \"X\"\nversion = \"1\"\narch = \"aarch64\"\n\
              url = \"https://example.invalid/x-20240101.qcow2\"\nsha256 = \"{}\"\nformat = \"qcow2\"\n\
              login_user = \"u\"\nprovision = \"cloud-init\"\npackage_manager = \"dnf\"\nupgrade_command = \"dnf -y upgrade\"\n\
-             exclude_bootloader = \"\"\npackage_query = \"rpm -qa\"\nbootloader_packages = []\nreported = \"affected\"\n\
+             package_query = \"rpm -qa\"\nbootloader_packages = []\nreported = \"affected\"\n\
              report_note = \"\"\nimage_date = \"2024-01-01\"\nverified = \"no\"\n{extra}",
             "a".repeat(64)
         )
@@ -454,12 +582,13 @@ mod tests {
         assert!(Catalog::parse(&entry(""), "c.toml").is_ok());
         // A misspelt key is located at itself; a missing one at its table.
         let e = Catalog::parse(&entry("colour = \"red\"\n"), "c.toml").unwrap_err();
-        assert_eq!((e.file.as_str(), e.line), ("c.toml", 22), "{e}");
+        assert_eq!((e.file.as_str(), e.line), ("c.toml", 21), "{e}");
         assert!(e.message.contains("colour"), "{e}");
-        let missing = entry("").replace("login_user = \"u\"\n", "");
+        let missing = entry("").replace("package_query = \"rpm -qa\"\n", "");
         let e = Catalog::parse(&missing, "c.toml").unwrap_err();
         assert!(
-            e.to_string().starts_with("c.toml:3: image \"x\"") && e.message.contains("login_user"),
+            e.to_string().starts_with("c.toml:3: image \"x\"")
+                && e.message.contains("package_query"),
             "{e}"
         );
         let bad_hash = entry("").replace(&"a".repeat(64), "xyz");
@@ -496,5 +625,110 @@ mod tests {
                 .message
                 .contains("defined twice")
         );
+    }
+
+    #[test]
+    fn a_retired_key_says_what_to_do() {
+        let e = Catalog::parse(
+            &entry("exclude_bootloader = \"apt-mark hold shim-signed\"\n"),
+            "c.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 21, "{e}");
+        assert!(
+            e.message.contains("exclude_bootloader")
+                && e.message.contains("bootloader_packages")
+                && !e.message.contains("unknown field"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn login_user_defaults_to_the_seeded_user_and_must_be_a_user_name() {
+        let c = Catalog::parse(&entry("").replace("login_user = \"u\"\n", ""), "c.toml").unwrap();
+        assert_eq!(c.images[0].guest.login_user, SEEDED_USER);
+        for bad in ["Root", "a b", "", "9lives", "x;reboot"] {
+            let e = Catalog::parse(
+                &entry("").replace("login_user = \"u\"", &format!("login_user = {bad:?}")),
+                "c.toml",
+            )
+            .unwrap_err();
+            assert!(
+                e.line == 11 && e.message.contains("login_user"),
+                "{bad:?}: {e}"
+            );
+        }
+        // The shipped Oracle entries leave it to the seed.
+        let shipped = Catalog::builtin();
+        for name in ["oraclelinux-9.4", "oraclelinux-9.3"] {
+            assert_eq!(shipped.get(name).unwrap().guest.login_user, SEEDED_USER);
+        }
+    }
+
+    #[test]
+    fn newest_build_entries_and_plain_http_urls() {
+        let sha = format!("sha256 = \"{}\"\n", "a".repeat(64));
+        let newest = entry("")
+            .replace(
+                &sha,
+                "checksum_url = \"https://example.invalid/CHECKSUM\"\n",
+            )
+            .replace("x-20240101.qcow2", "x-{build}.qcow2");
+        let c = Catalog::parse(&newest, "c.toml").unwrap();
+        assert!(c.images[0].resolves_newest());
+        assert_eq!(c.images[0].location(), "c.toml:3");
+        // A fixed digest cannot verify whatever the newest build is.
+        let e = Catalog::parse(&format!("{newest}{sha}"), "c.toml").unwrap_err();
+        assert!(e.message.contains("newest build"), "{e}");
+        // Without a checksum file there is nothing to resolve it from.
+        let e = Catalog::parse(
+            &newest.replace("checksum_url = \"https://example.invalid/CHECKSUM\"\n", ""),
+            "c.toml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("checksum_url"), "{e}");
+        // Over plain HTTP the checksum file protects nothing.
+        let e = Catalog::parse(
+            &newest.replace(
+                "https://example.invalid/CHECKSUM",
+                "http://example.invalid/CHECKSUM",
+            ),
+            "c.toml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("https"), "{e}");
+        let e = Catalog::parse(&newest.replace("x-{build}", "{build}/x-{build}"), "c.toml")
+            .unwrap_err();
+        assert!(e.message.contains("once"), "{e}");
+        // A plain-HTTP url with a pinned digest is fine; without one it is refused.
+        let http = entry("").replace("https://example.invalid/", "http://example.invalid/");
+        assert!(Catalog::parse(&http, "c.toml").is_ok());
+        let e = Catalog::parse(
+            &http.replace(&sha, "checksum_url = \"http://example.invalid/SUMS\"\n"),
+            "c.toml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("plain HTTP"), "{e}");
+        // The shipped entries: CentOS Stream 9 resolves its newest build over HTTPS; the
+        // Ubuntu archive entries are plain HTTP with a pinned sha256.
+        let shipped = Catalog::builtin();
+        let centos = shipped.get("centos-stream-9").unwrap();
+        assert!(centos.resolves_newest() && centos.sha256.is_none());
+        assert!(
+            !shipped
+                .get("centos-stream-9-20240429")
+                .unwrap()
+                .resolves_newest()
+        );
+        for name in ["ubuntu-22.04", "ubuntu-24.04"] {
+            let u = shipped.get(name).unwrap();
+            assert!(
+                u.url
+                    .starts_with("http://cloud-images-archive.ubuntu.com/releases/")
+                    && u.sha256.is_some(),
+                "{name}: {}",
+                u.url
+            );
+        }
     }
 }

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use catalog::{
-    CatalogError, CatalogImage, GuestTraits, from_doc, key_offset, line_of, parse_doc, tables_of,
-    unknown_key,
+    CatalogError, CatalogImage, GuestTraits, from_doc, is_user_name, key_offset, line_of,
+    parse_doc, retired_key, tables_of, unknown_key,
 };
 use debian_build::DebianRecipe;
 
@@ -31,6 +31,9 @@ pub struct LocalImage {
     pub name: String,
     pub description: String,
     pub recipe: DebianRecipe,
+    /// The image's good update (`--update good`), when its suite allows one.
+    #[serde(default)]
+    pub good_update: Option<crate::inputs::repo::ArchiveUpdate>,
     #[serde(flatten)]
     pub guest: GuestTraits,
     #[serde(skip)]
@@ -41,12 +44,12 @@ const LOCAL_KEYS: &[&str] = &[
     "name",
     "description",
     "recipe",
+    "good_update",
     "login_user",
     "provision",
     "package_manager",
     "upgrade_command",
     "env",
-    "exclude_bootloader",
     "package_query",
     "bootloader_packages",
     "reported",
@@ -74,13 +77,19 @@ pub fn parse_local(text: &str, file: &str) -> Result<Vec<LocalImage>, CatalogErr
             .unwrap_or("?")
             .to_string();
         let in_local = |(at, m): (usize, String)| err((at, format!("local image {name:?}: {m}")));
-        if let Some(bad) = unknown_key(table, LOCAL_KEYS) {
+        if let Some(bad) = retired_key(table).or_else(|| unknown_key(table, LOCAL_KEYS)) {
             return Err(in_local(bad));
         }
         // The guest's fields first on their own: through `flatten`, a bad value would be
         // located at the table, not at its key.
         from_doc::<GuestTraits>(text, entry, start).map_err(in_local)?;
         let mut img: LocalImage = from_doc(text, entry, start).map_err(in_local)?;
+        if !is_user_name(&img.guest.login_user) {
+            return Err(in_local((
+                key_offset(table, "login_user").unwrap_or(start),
+                format!("login_user {:?} is not a user name", img.guest.login_user),
+            )));
+        }
         // The recipe's name is the image's name.
         img.recipe.name = img.name.clone();
         img.recipe.check().map_err(|(field, m)| {
@@ -91,6 +100,18 @@ pub fn parse_local(text: &str, file: &str) -> Result<Vec<LocalImage>, CatalogErr
                 .unwrap_or(start);
             in_local((at, format!("recipe: {m}")))
         })?;
+        if let Some(u) = &img.good_update {
+            u.check().map_err(|(field, m)| {
+                let t = table
+                    .get("good_update")
+                    .and_then(|r| r.get_ref().as_table());
+                let at = t
+                    .and_then(|t| key_offset(t, field))
+                    .or_else(|| key_offset(table, "good_update"))
+                    .unwrap_or(start);
+                in_local((at, format!("good_update: {m}")))
+            })?;
+        }
         img.line = line_of(text, start);
         if out.iter().any(|i| i.name == img.name) {
             return Err(err((
@@ -293,6 +314,10 @@ pub struct Resolved {
     /// built from.
     pub url: Option<String>,
     pub note: String,
+    /// Where a vendor image came from, as fetched (None for local images).
+    pub source: Option<ImageSource>,
+    /// Versions of the image's boot-chain packages, when known (a local image's manifest).
+    pub boot_chain: std::collections::BTreeMap<String, String>,
 }
 
 impl Resolved {
@@ -306,6 +331,26 @@ impl Resolved {
             ..crate::engine::record::InputRecord::new("image", &self.path)
         }
     }
+}
+
+/// Where a vendor image's file came from, for the run's record (`provision.source`): above all
+/// what a newest-build entry resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSource {
+    /// The file's URL (for a newest-build entry, the build it resolved to).
+    pub url: String,
+    /// The file name at that URL.
+    pub file: String,
+    /// The checksum file the digest came from, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_url: Option<String>,
+    /// The build a newest-build entry resolved to (e.g. `20250428.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
+    /// The format `qemu-img info` found in the file (checked against the catalog's).
+    pub format: String,
+    /// The catalog entry (`file:line`).
+    pub entry: String,
 }
 
 /// Makes `entry` available: a vendor image is fetched (a no-op when cached), a local recipe built
@@ -337,17 +382,29 @@ pub async fn resolve(
             };
             let request = fetch_request(i);
             let got = tokio::select! {
-                r = cache.fetch(&request, &opts) => r?,
+                r = cache.fetch(&request, &opts) => r.map_err(|e| vendor_error(i, e))?,
                 _ = cancel.cancelled() => anyhow::bail!("cancelled while downloading {}", i.name),
             };
+            let format = check_format(i, &got.path).await?;
             Ok(Resolved {
                 name: i.name.clone(),
-                path: got.path,
                 sha256: got.sha256,
                 format: i.format,
                 guest: i.guest.clone(),
-                url: Some(i.url.clone()),
+                url: Some(got.url.clone()),
                 note: String::new(),
+                source: Some(ImageSource {
+                    file: got.url.rsplit('/').next().unwrap_or_default().to_string(),
+                    url: got.url,
+                    checksum_url: (i.sha256.is_none() && i.sha512.is_none())
+                        .then(|| i.checksum_url.clone())
+                        .flatten(),
+                    build: got.build,
+                    format,
+                    entry: i.location(),
+                }),
+                path: got.path,
+                boot_chain: Default::default(),
             })
         }
         Entry::Local(l) => {
@@ -373,9 +430,65 @@ pub async fn resolve(
                     built.manifest.mirror,
                     built.manifest.hash
                 ),
+                source: None,
+                boot_chain: built.manifest.boot_chain.clone(),
             })
         }
     }
+}
+
+/// A fetch error of a vendor image, told as what to do about its catalog entry when the entry
+/// is what is wrong (its file is gone, its checksum file does not list it).
+fn vendor_error(i: &CatalogImage, e: cache::FetchError) -> anyhow::Error {
+    use cache::FetchError as F;
+    let gone = match &e {
+        F::NotFound { .. } => true,
+        F::ChecksumFile { reason, .. } => reason.contains("404") || reason.starts_with("lists no"),
+        _ => false,
+    };
+    if !gone {
+        return e.into();
+    }
+    let fix = if i.resolves_newest() {
+        "update its url and checksum_url to where the vendor publishes the builds now"
+    } else {
+        "update its url (and sha256/sha512) to a location that still has this build, or to a \
+         newer build"
+    };
+    anyhow::anyhow!(
+        "catalog entry {:?} ({}) is out of date: {e}. {fix}; the catalog is {} (BOOTWATCH_CATALOG \
+         can point at a corrected copy)",
+        i.name,
+        i.location(),
+        i.file
+    )
+}
+
+/// The file's real format (`qemu-img info`), which must be the catalog's: a `.qcow` or `.img`
+/// name says nothing, and booting a qcow2 as raw (or the reverse) would not boot, or would let
+/// the image name a backing file. A downloaded image must not have a backing file at all.
+async fn check_format(i: &CatalogImage, path: &std::path::Path) -> anyhow::Result<String> {
+    let qemu_img = overlay::qemu_img()?;
+    let info = overlay::info(&qemu_img, path).await.map_err(|e| {
+        anyhow::anyhow!("image {}: qemu-img info {}: {e:#}", i.name, path.display())
+    })?;
+    let found = info["format"].as_str().unwrap_or_default().to_string();
+    anyhow::ensure!(
+        found == i.format_name(),
+        "image {} ({}): the file is {found:?} according to qemu-img info, but the catalog says \
+         {:?}; fix the entry's format",
+        i.name,
+        i.location(),
+        i.format_name()
+    );
+    if let Some(backing) = info["backing-filename"].as_str() {
+        anyhow::bail!(
+            "image {} ({}): the downloaded file names a backing file ({backing:?}); refusing it",
+            i.name,
+            i.location()
+        );
+    }
+    Ok(found)
 }
 
 /// A build's progress as an event.
@@ -444,7 +557,7 @@ mod tests {
     #[test]
     fn bad_recipes_name_file_and_line() {
         let text = "\n[[local]]\nname = \"x\"\ndescription = \"\"\nlogin_user = \"u\"\nprovision = \"cloud-init\"\n\
-                    package_manager = \"apt\"\nupgrade_command = \"u\"\nexclude_bootloader = \"\"\npackage_query = \"q\"\n\
+                    package_manager = \"apt\"\nupgrade_command = \"u\"\npackage_query = \"q\"\n\
                     bootloader_packages = []\nreported = \"unaffected\"\nreport_note = \"\"\n[local.recipe]\nsuite = \"bookworm\"\n";
         assert!(parse_local(text, "l.toml").is_ok());
         let e = parse_local(
@@ -452,7 +565,7 @@ mod tests {
             "l.toml",
         )
         .unwrap_err();
-        assert_eq!(e.line, 15, "{e}");
+        assert_eq!(e.line, 14, "{e}");
         assert!(e.message.contains("suite"), "{e}");
         let e = parse_local(
             &text.replace("[local.recipe]", "flavour = 1\n[local.recipe]"),
@@ -465,7 +578,7 @@ mod tests {
             "l.toml",
         )
         .unwrap_err();
-        assert!(e.message.contains("size") && e.line == 16, "{e}");
+        assert!(e.message.contains("size") && e.line == 15, "{e}");
     }
 
     /// Every number a local recipe takes, with values no build can use: each refused at the
@@ -473,7 +586,7 @@ mod tests {
     #[test]
     fn recipe_numbers_out_of_range_name_their_key_and_line() {
         let text = "\n[[local]]\nname = \"x\"\ndescription = \"\"\nlogin_user = \"u\"\nprovision = \"cloud-init\"\n\
-                    package_manager = \"apt\"\nupgrade_command = \"u\"\nexclude_bootloader = \"\"\npackage_query = \"q\"\n\
+                    package_manager = \"apt\"\nupgrade_command = \"u\"\npackage_query = \"q\"\n\
                     bootloader_packages = []\nreported = \"unaffected\"\nreport_note = \"\"\n[local.recipe]\nsuite = \"bookworm\"\n";
         let hostile = [
             "inf",
@@ -494,7 +607,7 @@ mod tests {
             for bad in hostile.iter().chain(extra_bad) {
                 let e = parse_local(&format!("{text}{key} = {bad}\n"), "l.toml").unwrap_err();
                 assert!(
-                    e.line == 16 && e.message.contains(key),
+                    e.line == 15 && e.message.contains(key),
                     "{key} = {bad}: {e}"
                 );
             }
@@ -513,5 +626,101 @@ mod tests {
         .unwrap();
         assert_eq!(ok[0].recipe.esp_size_mib, 4096);
         assert_eq!(ok[0].recipe.grub_timeout_secs, 0);
+    }
+
+    /// A downloaded file's real format decides, not its name: Oracle's `.qcow` file must be
+    /// qcow2 as the catalog says; a raw file under that name, or a qcow2 that names a backing
+    /// file, is refused naming the entry.
+    #[tokio::test]
+    async fn the_real_format_is_checked_with_qemu_img() {
+        let qemu_img = overlay::qemu_img().expect("qemu-img is required (install qemu-utils)");
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |format: catalog::ImageFormat| CatalogImage {
+            format,
+            ..Registry::builtin()
+                .catalog
+                .get("oraclelinux-9.3")
+                .unwrap()
+                .clone()
+        };
+        let run = |args: &[&str]| {
+            let st = std::process::Command::new(&qemu_img)
+                .args(args)
+                .current_dir(dir.path())
+                .status()
+                .unwrap();
+            assert!(st.success(), "qemu-img {args:?}");
+        };
+        run(&["create", "-q", "-f", "qcow2", "image.qcow", "16M"]);
+        run(&["create", "-q", "-f", "raw", "raw.qcow", "16M"]);
+        run(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            "image.qcow",
+            "backed.qcow",
+        ]);
+        let path = |n: &str| dir.path().join(n);
+        let qcow2 = entry(catalog::ImageFormat::Qcow2);
+        assert_eq!(
+            check_format(&qcow2, &path("image.qcow")).await.unwrap(),
+            "qcow2"
+        );
+        let e = check_format(&qcow2, &path("raw.qcow"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("oraclelinux-9.3") && e.contains("catalog.toml:") && e.contains("\"raw\""),
+            "{e}"
+        );
+        let e = check_format(&entry(catalog::ImageFormat::Raw), &path("image.qcow"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"qcow2\"") && e.contains("fix the entry's format"),
+            "{e}"
+        );
+        let e = check_format(&qcow2, &path("backed.qcow"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backing file"), "{e}");
+    }
+
+    #[test]
+    fn a_gone_file_names_the_catalog_entry_to_update() {
+        let r = Registry::builtin();
+        let i = r.catalog.get("centos-stream-9-20240429").unwrap();
+        let e = vendor_error(
+            i,
+            cache::FetchError::NotFound {
+                name: i.name.clone(),
+                url: i.url.clone(),
+            },
+        )
+        .to_string();
+        assert!(
+            e.starts_with("catalog entry \"centos-stream-9-20240429\" (guest-images/catalog.toml:")
+                && e.contains("HTTP 404")
+                && e.contains("update its url"),
+            "{e}"
+        );
+        // Other failures are told as they are.
+        let e = vendor_error(
+            i,
+            cache::FetchError::Network {
+                name: i.name.clone(),
+                url: i.url.clone(),
+                reason: "connection refused".into(),
+            },
+        )
+        .to_string();
+        assert!(!e.contains("out of date"), "{e}");
     }
 }

@@ -70,7 +70,7 @@ use sha2::{Digest, Sha256};
 use crate::inputs::debian::deb::read_control;
 
 pub use serve::{RequestRecord, Served, serve};
-pub use updates::{bad_update, good_update, good_update_from};
+pub use updates::{archive_update, archive_update_from, bad_update, good_update, good_update_from};
 
 pub const GUEST_HOST_ADDR: &str = "10.0.2.2";
 /// Debian architecture of the guests.
@@ -89,6 +89,63 @@ pub const GOOD_UPDATE_PACKAGES: &[&str] = &[
     "grub-common",
     "grub2-common",
 ];
+/// Which Debian archive an update's suite is in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveKind {
+    /// The archive mirror (`--mirror`, `BOOTWATCH_MIRROR`, the host's apt sources).
+    #[default]
+    Debian,
+    /// Debian's security archive (`<release>-security` suites).
+    Security,
+}
+
+/// Newer packages from Debian's archive for a guest: a local image's good update
+/// (`[local.good_update]` in `guest-images/local.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveUpdate {
+    #[serde(default)]
+    pub archive: ArchiveKind,
+    /// The suite the packages come from, e.g. `bookworm-backports` or `bullseye-security`.
+    pub suite: String,
+    /// The packages to upgrade; what they need is added.
+    pub packages: Vec<String>,
+}
+
+impl ArchiveUpdate {
+    /// Debian 12's good update: GRUB 2.12 from bookworm-backports.
+    pub fn bookworm_grub() -> ArchiveUpdate {
+        ArchiveUpdate {
+            archive: ArchiveKind::Debian,
+            suite: GOOD_UPDATE_SUITE.into(),
+            packages: GOOD_UPDATE_PACKAGES.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    /// Names that end up in URLs and the planner: suite and package names as Debian spells
+    /// them. A problem comes with the field it is about.
+    pub fn check(&self) -> std::result::Result<(), (&'static str, String)> {
+        let name = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 100
+                && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+        };
+        if !name(&self.suite) {
+            return Err(("suite", format!("bad suite {:?}", self.suite)));
+        }
+        if self.packages.is_empty() {
+            return Err(("packages", "an update needs at least one package".into()));
+        }
+        if let Some(p) = self.packages.iter().find(|p| !name(p)) {
+            return Err(("packages", format!("bad package name {p:?}")));
+        }
+        Ok(())
+    }
+}
+
 /// `Suite`/`Codename` of the good update's repository.
 pub const GOOD_REPO_SUITE: &str = "bootwatch-good";
 /// `Suite`/`Codename` of the bad update's repository.

@@ -8,9 +8,9 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, ensure};
 
 use super::{
-    ARCH, BAD_PACKAGE, BAD_REPO_SUITE, BAD_VERSION_SUFFIX, CRASH_APP_PATH, ESP_TARGETS,
-    GOOD_REPO_SUITE, GOOD_UPDATE_BASE_SUITE, GOOD_UPDATE_PACKAGES, GOOD_UPDATE_SUITE, Repo,
-    SAVED_SUFFIX, build_repo, deb_file_name,
+    ARCH, ArchiveKind, ArchiveUpdate, BAD_PACKAGE, BAD_REPO_SUITE, BAD_VERSION_SUFFIX,
+    CRASH_APP_PATH, ESP_TARGETS, GOOD_REPO_SUITE, GOOD_UPDATE_BASE_SUITE, Repo, SAVED_SUFFIX,
+    build_repo, deb_file_name,
 };
 use crate::inputs::debian::deb::{DebMember, write_deb};
 use crate::inputs::debian::packages::{PackageEntry, parse_index};
@@ -180,8 +180,14 @@ exit 0
 /// a cached file is re-hashed against the index before use) and checked against the index's
 /// size and SHA256; a mismatch deletes the download and is an error.
 pub async fn good_update(mirror: &str, cache_root: &Path, out_dir: &Path) -> Result<Repo> {
-    let archive = Archive::new(mirror)?.with_index_cache(cache_root.join(INDEX_CACHE_DIR));
-    good_update_from(&archive, cache_root, out_dir).await
+    archive_update(
+        mirror,
+        cache_root,
+        out_dir,
+        GOOD_UPDATE_BASE_SUITE,
+        &ArchiveUpdate::bookworm_grub(),
+    )
+    .await
 }
 
 /// [`good_update`] from `archive` (a mirror and the keyring its Release files must verify
@@ -191,19 +197,69 @@ pub async fn good_update_from(
     cache_root: &Path,
     out_dir: &Path,
 ) -> Result<Repo> {
+    archive_update_from(
+        archive,
+        archive,
+        cache_root,
+        out_dir,
+        GOOD_UPDATE_BASE_SUITE,
+        &ArchiveUpdate::bookworm_grub(),
+    )
+    .await
+}
+
+/// A repository in `out_dir` with `spec`'s packages at their newest version in `spec.suite`
+/// for a guest of `base_suite`, and whatever they need (chosen as [`good_update`] describes):
+/// the good update of any local image (`[local.good_update]`). `spec.suite` is read from
+/// `mirror`, or from Debian's security archive ([`crate::inputs::debian::resolve_security_mirror`])
+/// when `spec.archive` says so; `base_suite` always from `mirror`.
+pub async fn archive_update(
+    mirror: &str,
+    cache_root: &Path,
+    out_dir: &Path,
+    base_suite: &str,
+    spec: &ArchiveUpdate,
+) -> Result<Repo> {
+    let index_cache = cache_root.join(INDEX_CACHE_DIR);
+    let base = Archive::new(mirror)?.with_index_cache(index_cache.clone());
+    let update = match spec.archive {
+        ArchiveKind::Debian => base.clone(),
+        ArchiveKind::Security => {
+            let security = crate::inputs::debian::resolve_security_mirror(mirror)?;
+            Archive::new(&security)?.with_index_cache(index_cache)
+        }
+    };
+    archive_update_from(&base, &update, cache_root, out_dir, base_suite, spec).await
+}
+
+/// [`archive_update`] from given archives: `base_suite` is read from `base`, `spec.suite`
+/// from `update` (the same archive but for security updates).
+pub async fn archive_update_from(
+    base_archive: &Archive,
+    update_archive: &Archive,
+    cache_root: &Path,
+    out_dir: &Path,
+    base_suite: &str,
+    spec: &ArchiveUpdate,
+) -> Result<Repo> {
+    spec.check().map_err(|(_, m)| anyhow!("update: {m}"))?;
     let debs_dir = cache_root.join("debs");
-    let base = arch_index(archive, GOOD_UPDATE_BASE_SUITE).await?;
-    let update = arch_index(archive, GOOD_UPDATE_SUITE).await?;
-    let plan =
-        tokio::task::spawn_blocking(move || plan_update(&base, &update, GOOD_UPDATE_PACKAGES))
-            .await
-            .context("planning task")??;
+    let base = arch_index(base_archive, base_suite).await?;
+    let update = arch_index(update_archive, &spec.suite).await?;
+    let roots = spec.packages.clone();
+    let plan = tokio::task::spawn_blocking(move || {
+        let roots: Vec<&str> = roots.iter().map(String::as_str).collect();
+        plan_update(&base, &update, &roots)
+    })
+    .await
+    .context("planning task")??;
     tracing::info!(
         packages = %plan
             .iter()
             .map(|p| format!("{} {} ({})", p.entry.name, p.entry.version, p.suite))
             .collect::<Vec<_>>()
             .join(", "),
+        suite = %spec.suite,
         "good update"
     );
 
@@ -212,6 +268,11 @@ pub async fn good_update_from(
     for p in &plan {
         let entry = PackageEntry::from_package(&p.entry)
             .with_context(|| format!("the {} index", p.suite))?;
+        let archive = if p.suite == spec.suite {
+            update_archive
+        } else {
+            base_archive
+        };
         let path = archive.cached_deb(&entry, &debs_dir).await?;
         origins.insert(entry.package.clone(), p.suite.clone());
         files.push(path);
@@ -255,6 +316,7 @@ async fn arch_index(archive: &Archive, suite: &str) -> Result<Index> {
 mod tests {
     use super::super::serve;
     use super::super::testing::{CONTROL_B, run, small_deb, stdout};
+    use super::super::{GOOD_UPDATE_PACKAGES, GOOD_UPDATE_SUITE};
     use super::*;
     use std::collections::BTreeMap;
     use std::fs;

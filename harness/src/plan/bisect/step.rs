@@ -232,6 +232,7 @@ pub fn image_disk(r: &Resolved, base: &Path, sha256: &str, format: ImageFormat) 
         base_sha256: sha256.to_string(),
         format,
         guest: r.guest.clone(),
+        source: r.source.clone(),
     }
 }
 

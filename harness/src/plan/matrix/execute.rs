@@ -514,6 +514,7 @@ fn inputs_of(
         firmware_package: f.package.clone(),
         image_sha256,
         vars_sha256,
+        image_packages: BTreeMap::new(),
         key: String::new(),
     };
     let mut h = Sha256::new();
@@ -538,6 +539,12 @@ fn inputs_of(
         .as_bytes(),
     );
     inputs.key = hex::encode(h.finalize())[..16].to_string();
+    inputs.image_packages = match &img {
+        PreparedImage::Fixture { .. } => BTreeMap::new(),
+        PreparedImage::Image(r) => r.boot_chain.clone(),
+        PreparedImage::Upgraded { base, up } if up.boot_chain.is_empty() => base.boot_chain.clone(),
+        PreparedImage::Upgraded { up, .. } => up.boot_chain.clone(),
+    };
     Ok((q, f, img, inputs))
 }
 
@@ -736,6 +743,7 @@ fn image_disk(r: &Resolved, base: &Path, sha256: &str, format: ImageFormat) -> I
         base_sha256: sha256.to_string(),
         format,
         guest: r.guest.clone(),
+        source: r.source.clone(),
     }
 }
 

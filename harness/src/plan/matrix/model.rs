@@ -138,6 +138,11 @@ pub struct CellInputs {
     pub image_sha256: Option<String>,
     /// sha256 of the variable store the cell starts from (template or the guest's).
     pub vars_sha256: Option<String>,
+    /// Versions of the image's boot-chain packages, where they are known (a local image's
+    /// build manifest; an upgraded state's package list after its upgrade): what `report
+    /// history` names when an image changed. Not part of `key` (the image's sha256 is).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub image_packages: BTreeMap<String, String>,
     /// Hash of everything above plus the plan's target/timeout: a finished cell with the same
     /// key is not run again.
     pub key: String,

@@ -43,6 +43,9 @@ pub struct UpgradedImage {
     pub key: String,
     pub made_at: String,
     pub made_in_s: f64,
+    /// Versions of the boot-chain packages after the upgrade (from its package list).
+    #[serde(default)]
+    pub boot_chain: std::collections::BTreeMap<String, String>,
 }
 
 /// Returns the cached upgraded state of `base`, or makes it (one case, minutes under TCG).
@@ -70,7 +73,7 @@ pub async fn prepare(
         UPGRADE_FORMAT,
         &base.sha256,
         &scenario_text,
-        &spec.update.key()?,
+        &spec.update.key(&base.name)?,
         &spec.qemu.to_string(),
         &spec.firmware.to_string(),
     ] {
@@ -130,6 +133,7 @@ pub async fn prepare(
         base_sha256: base.sha256.clone(),
         format: base.format,
         guest: base.guest.clone(),
+        source: base.source.clone(),
     });
     req.keep_disks = true;
     req.network = Some(Vec::new());
@@ -168,6 +172,20 @@ pub async fn prepare(
         );
     };
     let outcome = r.outcome.clone();
+    let boot_chain = r
+        .packages
+        .get("after")
+        .map(|after| {
+            after
+                .iter()
+                .filter(|(name, _)| {
+                    base.guest.bootloader_packages.contains(name)
+                        || crate::engine::guest::is_boot_chain_package(name)
+                })
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
     // Files move into the final directory's temporary twin, then one rename publishes it.
     let staging = tmp.path().join("final");
     std::fs::create_dir_all(&staging)?;
@@ -191,6 +209,7 @@ pub async fn prepare(
         key,
         made_at: jiff::Timestamp::now().to_string(),
         made_in_s: crate::engine::qmp::round_ms(t.elapsed().as_secs_f64()),
+        boot_chain,
     };
     fsx::write_json_atomic(&staging.join("upgraded.json"), &up)?;
     // Read-only from now on: cells only ever open it through overlays.
