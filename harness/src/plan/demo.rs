@@ -193,13 +193,20 @@ pub async fn run_cases(
 /// A case's rows: its judged boot before any workaround, and the workaround's boot.
 fn case_rows(c: &DemoCase, scenario: &str, f: &Finished, wall: Duration) -> Vec<DemoRow> {
     let r = &f.record;
-    // The upgrade's own verdict is that of the last boot judged in session 1; the workaround's
-    // is the case's final one (its boot after the offline repair).
+    // The upgrade's own verdict is that of the last boot judged in session 1 — once the case
+    // got as far as judging its reboot; before that (a login that timed out, an upgrade that
+    // could not run) the last boot judged is the one before the upgrade, which says nothing of
+    // the update: the case's own outcome (`harness-error` and why) is the row's. The
+    // workaround's is the case's final one (its boot after the offline repair).
+    let reboot_judged = r
+        .steps
+        .iter()
+        .any(|s| s.step == "watch" && s.status != "skipped");
     let first = r
         .boots
         .iter()
         .rev()
-        .find(|b| b.session == 1)
+        .find(|b| b.session == 1 && reboot_judged)
         .map_or_else(|| r.outcome.clone(), |b| b.outcome.clone());
     let restore_s = r.restore.as_ref().map_or(0.0, |x| x.duration_s);
     let update = UpdateChoice::parse(&c.update).map_or_else(|_| c.update.clone(), |u| u.label());
@@ -315,5 +322,35 @@ mod tests {
         assert!(meets(&d.cases[1].expect, &o, &["shim-signed".into()]));
         assert!(!meets(&d.cases[1].expect, &o, &[]));
         assert!(!meets(&d.cases[0].expect, &o, &[]));
+    }
+
+    /// A real record (the demo on a machine at load 20, 2026-12-02): the login before the
+    /// upgrade timed out, so the update never ran. Its row must say so, not show the boot
+    /// before the upgrade as the update's verdict.
+    #[test]
+    fn a_case_that_never_judged_its_reboot_is_not_shown_as_the_updates_verdict() {
+        let text = include_str!("../../tests/data/records/demo-bad-update-login-timeout.case.json");
+        let record: crate::engine::record::CaseRecord = serde_json::from_str(text).unwrap();
+        assert!(
+            record
+                .boots
+                .iter()
+                .any(|b| b.outcome.verdict == Verdict::Reached)
+        );
+        let d = Demo::builtin().unwrap();
+        let f = Finished {
+            dir: PathBuf::from("bad-update"),
+            record,
+            runs: vec![],
+        };
+        let rows = case_rows(&d.cases[1], "upgrade-reboot", &f, Duration::from_secs(1));
+        assert_eq!(rows[0].outcome.verdict, Verdict::HarnessError);
+        assert!(
+            rows[0].outcome.reason.contains("no password prompt"),
+            "{}",
+            rows[0].outcome.reason
+        );
+        assert!(!rows[0].as_expected);
+        assert!(rows.iter().all(|r| r.outcome.verdict != Verdict::Reached));
     }
 }

@@ -617,7 +617,7 @@ fn fill_submodules(
             .map(|s| s.join(path))
             .filter(|candidate| populated(candidate));
         let from_alias = (path == BROTLI_ALIAS.0)
-            .then(|| BROTLI_ALIAS.1)
+            .then_some(BROTLI_ALIAS.1)
             .filter(|alias| pins.get(*alias) == pins.get(path) && populated(&tree.join(alias)))
             .map(|alias| tree.join(alias));
         match from_source.or(from_alias) {
