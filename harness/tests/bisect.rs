@@ -40,9 +40,14 @@ fn debian_firmware(version: &str) -> (String, String) {
 
 /// Runs `bootwatch bisect FILE --results DIR --json`: (exit code, bisect.json, output).
 fn bisect(file: &Path, results: &Path) -> (i32, serde_json::Value, String) {
+    bisect_with(file, results, &[])
+}
+
+fn bisect_with(file: &Path, results: &Path, args: &[&str]) -> (i32, serde_json::Value, String) {
     let out = bin()
         .arg("bisect")
         .arg(file)
+        .args(args)
         .arg("--results")
         .arg(results)
         .arg("--json")
@@ -288,6 +293,20 @@ fn a_fix_on_the_qemu_axis_and_ends_that_agree() {
     assert_eq!(v["result"]["first_good"]["build"], "host");
     assert_eq!(v["result"]["last_bad"]["build"], "debian:bullseye");
     assert_eq!(v["boots"], 2);
+
+    // --repeat 2: the failing build is bad at its first run, the good one boots twice; said so.
+    let res = tmp.path().join("r-qemu-repeat");
+    let (code, v, out) = bisect_with(&file, &res, &["--repeat", "2"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["fixed"]["repeat"], 2);
+    assert_eq!(v["boots"], 3, "{v:#}");
+    assert_eq!(v["steps"][1]["runs"].as_array().unwrap().len(), 2, "{v:#}");
+    assert_eq!(v["steps"][1]["detail"], "2 of 2 runs good", "{v:#}");
+    let md = std::fs::read_to_string(res.join("bisect.md")).unwrap();
+    assert!(
+        md.contains("up to 2 times and counted bad if any run failed"),
+        "{md}"
+    );
 
     // Both ends boot: refused, with what to do.
     let file = write_file(

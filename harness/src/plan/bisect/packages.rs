@@ -22,6 +22,7 @@ use super::spec::{BisectSpec, package_steps};
 use super::step::{self, StepRuns};
 use super::{BisectOptions, Progress, new_record, write};
 use crate::core::event::{Event, EventSink};
+use crate::core::verdict::Verdict;
 use crate::engine::case::{CaseDir, Finished};
 use crate::inputs::debian::deb::{DebMember, write_deb};
 use crate::inputs::images::catalog::PackageManager;
@@ -112,6 +113,27 @@ pub fn judge_package_case(done: &Finished) -> (Class, Option<String>) {
     }
 }
 
+/// A package step's class once the whole update's failure is known: a subset is bad only when
+/// its reboot fails the *same* way (the same verdict: the crash being bisected); another guest
+/// failure (a hang where the update crashed, as a starved host can make a firmware look) says
+/// nothing about the subset: undetermined.
+pub fn same_failure(
+    class: Class,
+    why: Option<String>,
+    verdict: Verdict,
+    reference: Option<Verdict>,
+) -> (Class, Option<String>) {
+    match reference {
+        Some(r) if class == Class::Bad && verdict != r => (
+            Class::Skip,
+            Some(format!(
+                "a different failure ({verdict}) from the whole update's ({r})"
+            )),
+        ),
+        _ => (class, why),
+    }
+}
+
 /// A label for a package set (its step directory and its row).
 fn set_label(names: &[&str], total: usize) -> String {
     match names.len() {
@@ -181,6 +203,17 @@ pub(super) async fn run(
     let mut smallest = total;
     let mut known: BTreeMap<Vec<usize>, Class> = BTreeMap::new();
     let mut interrupted = false;
+    // The whole update's failure, once its step has shown it.
+    let reference: std::sync::OnceLock<Verdict> = std::sync::OnceLock::new();
+    let judge = |done: &Finished| {
+        let (class, why) = judge_package_case(done);
+        same_failure(
+            class,
+            why,
+            done.record.outcome.verdict,
+            reference.get().copied(),
+        )
+    };
     let mut test = async |subset: &[usize], role: Role| -> Result<Class, ()> {
         if cancel.is_cancelled() {
             interrupted = true;
@@ -225,7 +258,7 @@ pub(super) async fn run(
                 req.update = Some(repo.clone());
                 req
             },
-            &judge_package_case,
+            &judge,
             Some(dir),
             Some(&f),
             cancel,
@@ -273,6 +306,11 @@ pub(super) async fn run(
         }
         if runs.class == Class::Bad {
             smallest = smallest.min(subset.len());
+            if role == Role::Full
+                && let Some(r) = step::deciding(&runs.runs)
+            {
+                let _ = reference.set(r.outcome.verdict);
+            }
         }
         Ok(runs.class)
     };
@@ -561,6 +599,24 @@ mod tests {
             ]
         );
         assert!(add_harmless_packages(tmp.path(), &["Bad Name"]).is_err());
+    }
+
+    #[test]
+    fn only_the_same_failure_is_bad() {
+        use Verdict::*;
+        // Before the whole update's step, any failure counts.
+        assert_eq!(same_failure(Class::Bad, None, Hang, None).0, Class::Bad);
+        assert_eq!(
+            same_failure(Class::Bad, None, SyncException, Some(SyncException)).0,
+            Class::Bad
+        );
+        let (c, why) = same_failure(Class::Bad, None, Hang, Some(SyncException));
+        assert_eq!(c, Class::Skip);
+        assert!(why.unwrap().contains("different failure (hang)"));
+        assert_eq!(
+            same_failure(Class::Good, None, Reached, Some(SyncException)).0,
+            Class::Good
+        );
     }
 
     #[test]
