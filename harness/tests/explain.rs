@@ -152,6 +152,41 @@ fn explain_json(target: &Path, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("no JSON ({e}): {}", text(&out)))
 }
 
+/// The project's finding (edk2 2026.08 on QEMU 5.2) is explained by what the firmware image
+/// holds — a driver issuing SMCCC calls beyond PSCI — not by a rule naming a firmware version.
+#[test]
+fn explain_names_the_findings_family_from_the_firmware_image() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let res = results_root();
+    let (code, v, stderr) = common::boot_json(&[
+        "--qemu",
+        "debian:bullseye",
+        "--firmware",
+        "debian:2026.08",
+        "--disk",
+        fixtures().join("hello.img").to_str().unwrap(),
+        "--results",
+        res.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{v:#} {stderr}");
+    assert_eq!(v["verdict"], "sync-exception", "{v:#}");
+    let run = res.path().join(v["run_id"].as_str().unwrap());
+    let x = explain_json(&run, &[]);
+    let ids: Vec<&str> = x["families"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["edk2-smccc-hvc-on-qemu-5.2"], "{x:#}");
+    let non_psci = x["facts"]["firmware.smccc_non_psci_drivers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no image inspection: {x:#}"));
+    assert!(non_psci.iter().any(|d| d == "RngDxe"), "{x:#}");
+}
+
 #[test]
 fn explain_on_the_crash_fixture_names_no_family_and_shows_the_facts() {
     if !qemu_tests_enabled() {

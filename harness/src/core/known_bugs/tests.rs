@@ -118,6 +118,8 @@ fn firmware_and_hypervisor_facts_are_keys_the_probes_measure() {
     use crate::core::firmware::keys as k;
     let known = [
         k::SMCCC_DRIVERS,
+        k::SMCCC_NON_PSCI_DRIVERS,
+        k::SMCCC_NON_PSCI_FUNCTIONS,
         k::HVC_DRIVERS,
         k::SMC_DRIVERS,
         k::MEM_ATTR_PROTOCOL,

@@ -70,6 +70,37 @@ impl Explanation {
     }
 }
 
+/// Adds the facts of the run's firmware code image, read offline (its drivers, which issue SMCCC
+/// calls and which of those go beyond PSCI): only when the file is still the one the run booted.
+async fn inspect_run_firmware(ev: &Evidence, facts: &mut Facts, notes: &mut Vec<String>) {
+    let Some(code) = ev.result.firmware.code.as_ref() else {
+        notes.push("firmware image not inspected: the run records no code image".into());
+        return;
+    };
+    if !code.path.is_file() {
+        notes.push(format!(
+            "firmware image not inspected: {} is gone",
+            code.path.display()
+        ));
+        return;
+    }
+    match crate::plan::probe::inspect_firmware(&code.path).await {
+        Ok(ins) => {
+            if ins.facts.get(crate::core::firmware::keys::CODE_SHA256)
+                != Some(&serde_json::Value::from(code.sha256.clone()))
+            {
+                notes.push(format!(
+                    "firmware image not inspected: {} changed since the run (sha256 differs)",
+                    code.path.display()
+                ));
+                return;
+            }
+            facts.merge_prefixed("", ins.facts);
+        }
+        Err(e) => notes.push(format!("firmware image not inspected: {e:#}")),
+    }
+}
+
 /// Reads the evidence under `path`, measures, and matches.
 pub async fn explain(path: &Path) -> Result<(Evidence, Explanation)> {
     let ev = evidence::load(path)?;
@@ -109,8 +140,9 @@ pub async fn explain(path: &Path) -> Result<(Evidence, Explanation)> {
             );
         }
     }
+    inspect_run_firmware(&ev, &mut facts, &mut notes).await;
     notes.push(
-        "firmware.* and hypervisor.* facts (memory attribute protocol, LoaderData NX, SMCCC callers) need the firmware probe: not measured here"
+        "the probe's facts (hypervisor.*, memory attribute protocol, LoaderData NX) need a boot of the probe (`bootwatch probe firmware`): not measured here"
             .into(),
     );
     let results = KnownBugs::embedded().explain(&facts);
