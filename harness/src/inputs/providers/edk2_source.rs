@@ -564,6 +564,36 @@ async fn submodule_pins(
 /// it was filled, and the directory it was copied from).
 pub const FILLED_MARKER: &str = ".bootwatch-filled";
 
+/// The commit a git checkout at `dir` has checked out, read from its git directory (a submodule's
+/// `.git` is a file `gitdir: PATH`): a detached `HEAD` holds the commit, a branch's `HEAD` names a
+/// ref, found loose or in `packed-refs`. `None` when it is not a checkout or cannot be read.
+fn checkout_head(dir: &Path) -> Option<String> {
+    let dot_git = dir.join(".git");
+    let git_dir = if dot_git.is_dir() {
+        dot_git
+    } else {
+        let text = std::fs::read_to_string(&dot_git).ok()?;
+        dir.join(text.trim().strip_prefix("gitdir:")?.trim())
+    };
+    let is_commit = |s: &str| s.len() >= 40 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let head = std::fs::read_to_string(git_dir.join("HEAD")).ok()?;
+    let head = head.trim();
+    if is_commit(head) {
+        return Some(head.to_owned());
+    }
+    let name = head.strip_prefix("ref:")?.trim();
+    if let Ok(loose) = std::fs::read_to_string(git_dir.join(name)) {
+        return Some(loose.trim().to_owned()).filter(|c| is_commit(c));
+    }
+    let packed = std::fs::read_to_string(git_dir.join("packed-refs")).ok()?;
+    packed
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(_, r)| *r == name)
+        .map(|(c, _)| c.to_owned())
+        .filter(|c| is_commit(c))
+}
+
 /// Where the content of a submodule directory came from, for the record: `git checkout at
 /// COMMIT` (a real submodule checkout; `, not the pin` when it differs from `pin`), `copied
 /// from SOURCE for pin PIN` (a marker; `, not the pin` likewise), or `present, origin unknown`.
@@ -575,19 +605,8 @@ pub fn content_origin(dir: &Path, pin: &str) -> String {
             ""
         }
     };
-    if dir.join(".git").exists() {
-        // A submodule checkout's .git is a file naming its git directory; ask git itself.
-        let head = std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["rev-parse", "HEAD"])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-        if let Some(head) = head {
-            return format!("git checkout at {head}{}", differs(&head));
-        }
+    if let Some(head) = checkout_head(dir) {
+        return format!("git checkout at {head}{}", differs(&head));
     }
     if let Ok(text) = std::fs::read_to_string(dir.join(FILLED_MARKER)) {
         let (filled_pin, source) = text.trim().split_once('\t').unwrap_or(("", text.trim()));
@@ -1135,6 +1154,54 @@ mod tests {
         assert_eq!(
             content_origin(dir, "p2"),
             "copied from /src/debian for pin p1, not the pin"
+        );
+    }
+
+    /// A real checkout and a submodule-style `.git` file, made by git itself: the commit read
+    /// from the git directory is the one git reports.
+    #[test]
+    fn content_origin_reads_a_checkouts_commit_without_running_git() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        let git = |args: &[&str]| {
+            let o = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            String::from_utf8_lossy(&o.stdout).trim().to_owned()
+        };
+        std::fs::create_dir(&repo).unwrap();
+        git(&["init", "-q"]);
+        std::fs::write(repo.join("f"), "x").unwrap();
+        git(&["add", "f"]);
+        git(&["commit", "-qm", "one"]);
+        let commit = git(&["rev-parse", "HEAD"]);
+        // On a branch (HEAD names a ref), then with the ref packed, then detached.
+        assert_eq!(
+            content_origin(&repo, &commit),
+            format!("git checkout at {commit}")
+        );
+        git(&["pack-refs", "--all"]);
+        assert_eq!(
+            content_origin(&repo, &commit),
+            format!("git checkout at {commit}")
+        );
+        git(&["checkout", "-q", "--detach"]);
+        assert_eq!(
+            content_origin(&repo, "other"),
+            format!("git checkout at {commit}, not the pin")
+        );
+        // A submodule's checkout: `.git` is a file naming the git directory.
+        let sub = tmp.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join(".git"), "gitdir: ../repo/.git\n").unwrap();
+        assert_eq!(
+            content_origin(&sub, &commit),
+            format!("git checkout at {commit}")
         );
     }
 
