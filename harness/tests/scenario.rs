@@ -113,11 +113,23 @@ fn every_vendor_image_has_a_dry_run_plan() {
 
 /// Builds (or finds cached) the local Debian image.
 fn ensure_image() {
-    let out = bin()
-        .args(["images", "build", "debian-12-local"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "images build: {}", text(&out));
+    ensure_local("debian-12-local");
+}
+
+/// Builds (or finds cached) a local image.
+fn ensure_local(name: &str) {
+    let out = bin().args(["images", "build", name]).output().unwrap();
+    assert!(out.status.success(), "images build {name}: {}", text(&out));
+}
+
+/// The demo's row of `case`.
+fn demo_row(rows: &serde_json::Value, case: &str) -> serde_json::Value {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["case"] == case)
+        .unwrap_or_else(|| panic!("no {case}: {rows:#}"))
+        .clone()
 }
 
 #[test]
@@ -184,14 +196,7 @@ fn demo_good_update_reaches_login_bad_update_crashes_before_grub_restore_recover
         );
     }
     eprintln!("demo wall time {:.0} s", started.elapsed().as_secs_f64());
-    let row = |c: &str| {
-        rows.as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["case"] == c)
-            .unwrap_or_else(|| panic!("no {c}: {rows:#}"))
-            .clone()
-    };
+    let row = |c: &str| demo_row(&rows, c);
     let good = row("good-update");
     assert_eq!(
         (good["verdict"].as_str(), good["stage"].as_str()),
@@ -337,4 +342,108 @@ fn exclude_bootloader_holds_only_the_installed_boot_chain_and_upgrades_the_rest(
         "0",
         "holds left behind: {showhold:#}"
     );
+}
+
+/// The demo's three outcomes through dnf and RPM packages: on `debian-12-dnf-local` (Debian's
+/// userspace, boot chain owned by the RPMs `shim-aa64` and `grub2-efi-aa64`) the upgrade step
+/// runs the EL entries' `dnf -y upgrade` against the served repository only and the package
+/// lists come from their `rpm -qa` query. The good update (GRUB 2.12's binary as a newer
+/// `grub2-efi-aa64`) reaches login and its diff names that RPM; the bad update (a `shim-aa64`
+/// whose shim is the crashing application) crashes before GRUB with `shim-aa64` the first
+/// suspect (from the entry's `bootloader_packages`); putting the image's EFI binaries back boots.
+#[test]
+fn demo_on_the_dnf_guest_through_rpm_packages() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    ensure_local("debian-12-dnf-local");
+    let res = results_root();
+    let started = Instant::now();
+    let out = bin()
+        .args([
+            "demo",
+            "--guest",
+            "debian-12-dnf-local",
+            "--json",
+            "--results",
+        ])
+        .arg(res.path())
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", text(&out)));
+    eprintln!(
+        "dnf demo wall time {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let row = |c: &str| demo_row(&rows, c);
+    let case_json = |r: &serde_json::Value| -> serde_json::Value {
+        let dir = std::path::PathBuf::from(r["results"].as_str().unwrap());
+        serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap()
+    };
+    let changed = |case: &serde_json::Value| -> Vec<(String, String, String)> {
+        case["package_diff"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no package_diff: {case:#}"))
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_string(),
+                    c["old"].as_str().unwrap_or("").to_string(),
+                    c["new"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+
+    let good = row("good-update");
+    assert_eq!(
+        (good["verdict"].as_str(), good["stage"].as_str()),
+        (Some("reached"), Some("login")),
+        "{good:#}"
+    );
+    let case = case_json(&good);
+    let upgrade = case["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["commands"].as_array().cloned().unwrap_or_default())
+        .find(|c| {
+            c["command"]
+                .as_str()
+                .is_some_and(|d| d.contains("dnf -y upgrade"))
+        })
+        .unwrap_or_else(|| panic!("no dnf upgrade command: {case:#}"));
+    assert!(
+        upgrade["command"]
+            .as_str()
+            .unwrap()
+            .contains("--repofrompath=bootwatch-update,"),
+        "{upgrade:#}"
+    );
+    assert_eq!(upgrade["exit_code"], 0, "{upgrade:#}");
+    let diff = changed(&case);
+    assert_eq!(diff.len(), 1, "only GRUB's RPM changes: {diff:?}");
+    let (name, old, new) = &diff[0];
+    assert_eq!(name, "grub2-efi-aa64");
+    assert!(
+        old.starts_with("0:2.06-13") && old.ends_with(".aarch64"),
+        "{old}"
+    );
+    assert!(
+        new.starts_with("0:2.12-") && new.ends_with(".aarch64"),
+        "{new}"
+    );
+
+    let bad = row("bad-update");
+    assert_eq!(bad["verdict"], "sync-exception", "{bad:#}");
+    assert_eq!(bad["before_grub"], true);
+    assert_eq!(bad["suspects"][0], "shim-aa64", "{bad:#}");
+    let diff = changed(&case_json(&bad));
+    assert_eq!(diff.len(), 1, "{diff:?}");
+    assert!(diff[0].2.contains(".bootwatch.bad1"), "{diff:?}");
+
+    let restored = row("bad-update+restore-bootloader");
+    assert_eq!(restored["verdict"], "reached", "{restored:#}");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

@@ -70,6 +70,10 @@ pub struct DemoArgs {
     /// Only the generated EFI fixtures (seconds instead of minutes).
     #[arg(long)]
     fixtures: bool,
+    /// The local image the cases run on, instead of scenarios/demo.toml's (e.g.
+    /// debian-12-dnf-local: the same three outcomes through dnf and RPM packages).
+    #[arg(long, value_name = "IMAGE", conflicts_with = "fixtures")]
+    guest: Option<String>,
     /// Debian archive mirror (default: BOOTWATCH_MIRROR, else the host's apt sources).
     #[arg(long)]
     mirror: Option<String>,
@@ -245,7 +249,19 @@ pub async fn run(a: RunArgs) -> CliResult {
 }
 
 pub async fn demo(a: DemoArgs) -> CliResult {
-    let d = Demo::builtin()?;
+    let mut d = Demo::builtin()?;
+    if let Some(guest) = &a.guest {
+        let registry = Registry::load().map_err(CliError::usage)?;
+        match registry.get(guest) {
+            Some(crate::inputs::images::Entry::Local(_)) => d.image = guest.clone(),
+            Some(_) => {
+                return Err(CliError::usage(format!(
+                    "--guest {guest}: the demo's updates are made for local images (guest-images/local.toml); {guest} is a downloaded one"
+                )));
+            }
+            None => return Err(unknown_image(guest, &registry)),
+        }
+    }
     let machine = DemoMachine {
         qemu: which::which(&a.qemu).map_err(|_| {
             CliError::usage(format!(

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 
 use crate::engine::case::UpdateRepo;
-use crate::inputs::images::{Entry, Registry, debian_build};
-use crate::inputs::repo;
+use crate::inputs::images::debian_build::BootChain;
+use crate::inputs::images::{Entry, Registry, debian_build, esp};
+use crate::inputs::repo::{self, rpm};
 
 /// An update named in a matrix file, the demo or on the command line.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -96,9 +97,20 @@ pub async fn make(
                 );
             };
             let mirror = crate::inputs::debian::resolve_mirror(mirror)?;
-            repo::archive_update(&mirror, cache_root, out_dir, &local.recipe.suite, spec)
-                .await?
-                .dir
+            if local.recipe.boot_chain == BootChain::Rpm {
+                let debs = out_dir.join("debian-packages");
+                std::fs::create_dir_all(&debs)?;
+                let apt =
+                    repo::archive_update(&mirror, cache_root, &debs, &local.recipe.suite, spec)
+                        .await?;
+                let repo = rpm_good_update(image, cache_root, &apt, out_dir).await;
+                std::fs::remove_dir_all(&debs)?;
+                repo?
+            } else {
+                repo::archive_update(&mirror, cache_root, out_dir, &local.recipe.suite, spec)
+                    .await?
+                    .dir
+            }
         }
         UpdateChoice::Bad => {
             // The bad shim is one version above the image's own, so apt takes it as an upgrade.
@@ -108,6 +120,14 @@ pub async fn make(
             };
             let built = debian_build::find_cached(&local.recipe, cache_root)?
                 .ok_or_else(|| anyhow!("{image} is not built yet"))?;
+            if local.recipe.boot_chain == BootChain::Rpm {
+                let (shim, _) = image_chain_rpms(&built).await?;
+                let bad = rpm::bad_shim(&shim);
+                return Ok(UpdateRepo {
+                    label,
+                    dir: rpm::rpm_repo(out_dir, &[bad]).await?.dir,
+                });
+            }
             let shim = built
                 .manifest
                 .boot_chain
@@ -122,6 +142,80 @@ pub async fn make(
         }
     };
     Ok(UpdateRepo { label, dir })
+}
+
+/// The image's own boot-chain RPMs (shim's, GRUB's) as built: their files read back from the
+/// image's ESP, their versions from the Debian packages the binaries came from.
+async fn image_chain_rpms(
+    built: &debian_build::BuiltImage,
+) -> anyhow::Result<(rpm::RpmPackage, rpm::RpmPackage)> {
+    let qi = crate::inputs::images::overlay::qemu_img()?;
+    let mut files = Vec::new();
+    for (path, _) in esp::list_esp(&qi, &built.path).await? {
+        if rpm::owner(&path).is_some() {
+            let content = esp::read_esp_file(&qi, &built.path, &path).await?;
+            files.push(rpm::EspFile {
+                path: path.trim_start_matches('/').to_string(),
+                content,
+            });
+        }
+    }
+    let version_of = |p: &str| {
+        built
+            .manifest
+            .boot_chain
+            .get(p)
+            .map(|v| rpm::signed_payload_version(p, v))
+            .ok_or_else(|| anyhow!("{} has no {p}", built.manifest.recipe.name))
+    };
+    let mut pkgs = rpm::boot_chain_packages(
+        &files,
+        &version_of("shim-signed")?,
+        &version_of("grub-efi-arm64-signed")?,
+        &format!("Debian {}", built.manifest.recipe.suite),
+    )
+    .into_iter();
+    let (shim, grub) = (pkgs.next(), pkgs.next());
+    Ok((shim.expect("two packages"), grub.expect("two packages")))
+}
+
+/// An RPM-owned image's good update: its GRUB package one version later, carrying the signed
+/// GRUB binary of the Debian update `apt` (a repository [`repo::archive_update`] made).
+async fn rpm_good_update(
+    image: &str,
+    cache_root: &Path,
+    apt: &repo::Repo,
+    out_dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    const SIGNED: &str = "grub-efi-arm64-signed";
+    let registry = Registry::builtin();
+    let Some(Entry::Local(local)) = registry.get(image) else {
+        bail!("{image} is not a local image");
+    };
+    let built = debian_build::find_cached(&local.recipe, cache_root)?
+        .ok_or_else(|| anyhow!("{image} is not built yet"))?;
+    let (_, mut grub) = image_chain_rpms(&built).await?;
+    let signed = apt
+        .packages
+        .iter()
+        .find(|p| p.package == SIGNED)
+        .ok_or_else(|| anyhow!("the good update of {image} has no {SIGNED}"))?;
+    let binary = rpm::deb_file(
+        &apt.dir.join(&signed.filename),
+        "/usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed",
+    )?;
+    let debian = rpm::signed_payload_version(SIGNED, &signed.version);
+    let new = rpm::boot_chain_packages(&[], "0", &debian, &format!("Debian {}", apt.suite))
+        .pop()
+        .expect("two packages");
+    grub.version = new.version;
+    grub.release = new.release;
+    grub.summary = new.summary;
+    grub.description = new.description;
+    for f in &mut grub.files {
+        f.content = binary.clone();
+    }
+    Ok(rpm::rpm_repo(out_dir, &[grub]).await?.dir)
 }
 
 /// Names, sizes and modification times of a directory's files: enough to notice a changed

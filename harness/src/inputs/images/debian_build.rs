@@ -162,6 +162,11 @@ pub const MANIFEST_NAME: &str = "manifest.json";
 pub const DISK_NAME: &str = "disk.qcow2";
 /// Name of the build log in an image directory.
 pub const LOG_NAME: &str = "build.log";
+/// Directory of an image's boot-chain RPMs (RPM-owned boot chains only).
+pub const RPMS_DIR: &str = "rpms";
+/// `/etc/rpm/macros` of an image with an RPM-owned boot chain: rpm's database where EL has it
+/// (Debian's rpm defaults to `~/.rpmdb`, which differs between root and `sudo` users).
+pub const RPM_MACROS: &str = "# Written by bootwatch's image builder.\n%_dbpath /var/lib/rpm\n";
 
 const MIB: u64 = 1024 * 1024;
 /// The longest GRUB menu timeout a recipe may ask for.
@@ -217,7 +222,37 @@ pub struct DebianRecipe {
     /// dpkg path-excludes that stay in the image (`/etc/dpkg/dpkg.cfg.d/99mmdebstrap`).
     #[serde(default = "default_true")]
     pub minimize: bool,
+    /// Who owns the EFI binaries on the ESP: Debian's packages (`deb`, the default; not written
+    /// into the hash, so recipes from before this field keep their images) or RPMs built here
+    /// under EL's names (`rpm`: the image gets Debian's `dnf` and `rpm`, and its boot chain is
+    /// upgraded with `dnf`; see [`crate::inputs::repo::rpm`]).
+    #[serde(default, skip_serializing_if = "BootChain::is_deb")]
+    pub boot_chain: BootChain,
 }
+
+/// Which package manager owns an image's boot chain (the EFI binaries on its ESP).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootChain {
+    /// Debian's `shim-signed` and `grub-efi-arm64*` packages, `grub-install` in their scripts.
+    #[default]
+    Deb,
+    /// `shim-aa64` and `grub2-efi-aa64` RPMs (Debian's signed binaries), installed with rpm.
+    Rpm,
+}
+
+impl BootChain {
+    pub fn is_deb(&self) -> bool {
+        *self == BootChain::Deb
+    }
+}
+
+/// Debian packages an RPM-owned boot chain does without: `grub-efi-arm64`, whose scripts run
+/// `grub-install` onto the ESP (its `-bin` package, GRUB's modules for `/boot/grub`, stays).
+pub const RPM_CHAIN_DROPPED: &[&str] = &["grub-efi-arm64"];
+/// What an RPM-owned boot chain adds: Debian's dnf and rpm, and what `grub-efi-arm64` brought
+/// for `update-grub`.
+pub const RPM_CHAIN_PACKAGES: &[&str] = &["dnf", "rpm", "grub-efi-arm64-bin", "grub2-common"];
 
 fn default_kernel() -> String {
     DEFAULT_KERNEL.into()
@@ -257,6 +292,7 @@ impl DebianRecipe {
             kernel_cmdline: default_cmdline(),
             grub_timeout_secs: default_grub_timeout(),
             minimize: true,
+            boot_chain: BootChain::Deb,
         }
     }
 
@@ -368,6 +404,11 @@ impl DebianRecipe {
                 pins.entry((*p).into()).or_insert_with(|| grub.clone());
             }
         }
+        if self.boot_chain == BootChain::Rpm {
+            for p in RPM_CHAIN_DROPPED {
+                pins.remove(*p);
+            }
+        }
         pins
     }
 
@@ -376,6 +417,10 @@ impl DebianRecipe {
     pub fn include_list(&self) -> Vec<String> {
         let pins = self.effective_pins();
         let mut names: Vec<&str> = BASE_PACKAGES.to_vec();
+        if self.boot_chain == BootChain::Rpm {
+            names.retain(|n| !RPM_CHAIN_DROPPED.contains(n));
+            names.extend(RPM_CHAIN_PACKAGES);
+        }
         names.push(&self.kernel);
         names.extend(self.packages.iter().map(String::as_str));
         names.extend(pins.keys().map(String::as_str));
@@ -441,8 +486,12 @@ pub struct BuildManifest {
     pub layout: DiskLayout,
     /// `uname -r` of the installed kernel.
     pub kernel_release: String,
-    /// Versions of the boot chain packages (shim-signed, grub-efi-arm64-signed, ...).
+    /// Versions of the boot chain packages (shim-signed, grub-efi-arm64-signed, ...; for an
+    /// RPM-owned chain also `shim-aa64` and `grub2-efi-aa64` as `rpm -qa` prints them).
     pub boot_chain: BTreeMap<String, String>,
+    /// For an RPM-owned chain: the RPM files installed (kept in the image's `rpms/`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rpms: Vec<String>,
     /// Every installed package, from the image's dpkg status.
     pub packages: Vec<InstalledPackage>,
     /// Files put on the ESP.
@@ -836,10 +885,18 @@ impl Builder<'_> {
 
         // 2. Host-side finishing touches and checks.
         let t = self.start("finish-tree")?;
-        let (kernel_release, packages, boot_chain) = {
+        let (kernel_release, packages, mut boot_chain) = {
             let (tree, recipe, uuid) = (tree.clone(), self.recipe.clone(), root_uuid.clone());
             blocking(move || check_tree(&tree, &recipe, &uuid)).await?
         };
+        let mut payload = {
+            let tree = tree.clone();
+            blocking(move || esp_payload(&tree)).await?
+        };
+        let mut rpms = Vec::new();
+        if self.recipe.boot_chain == BootChain::Rpm {
+            (payload, rpms) = self.rpm_chain(&tree, &payload, &mut boot_chain).await?;
+        }
         self.phase("finish-tree", t);
 
         // 3. The disk: GPT, ESP, ext4.
@@ -852,8 +909,8 @@ impl Builder<'_> {
         self.phase("gpt", t);
         let t = self.start("esp")?;
         let esp_files = {
-            let (raw, tree, uuid) = (raw.clone(), tree.clone(), root_uuid.clone());
-            blocking(move || write_esp(&raw, &layout, esp_id, &tree, &uuid)).await?
+            let (raw, uuid) = (raw.clone(), root_uuid.clone());
+            blocking(move || write_esp(&raw, &layout, esp_id, payload, &uuid)).await?
         };
         self.phase("esp", t);
         let t = self.start("ext4")?;
@@ -910,6 +967,7 @@ impl Builder<'_> {
             layout,
             kernel_release,
             boot_chain,
+            rpms,
             packages,
             esp_files,
             grub_cfg: "grub-mkconfig in the image (grub-probe answered by a build-only stand-in describing /dev/vda2)".into(),
@@ -933,6 +991,83 @@ impl Builder<'_> {
             summary.join(", ")
         ))?;
         Ok(manifest)
+    }
+
+    /// The RPM-owned boot chain: Debian's signed binaries of the tree (`payload`) packaged as
+    /// `shim-aa64` and `grub2-efi-aa64` (kept in the image's `rpms/`), installed into the tree
+    /// by rpm (so its database owns them under `/boot/efi`), and read back from there for the
+    /// ESP; the tree's `/boot/efi` is emptied again (it is the ESP's mount point). Returns the
+    /// ESP files and the RPM file names, and adds the RPMs to `boot_chain`.
+    async fn rpm_chain(
+        &self,
+        tree: &Path,
+        payload: &[(String, Vec<u8>)],
+        boot_chain: &mut BTreeMap<String, String>,
+    ) -> Result<(Vec<(String, Vec<u8>)>, Vec<String>)> {
+        use crate::inputs::repo::rpm;
+        rpm::preflight()?;
+        let version_of = |p: &str| {
+            boot_chain
+                .get(p)
+                .map(|v| rpm::signed_payload_version(p, v))
+                .ok_or_else(|| anyhow!("the image has no {p} to take the EFI binaries from"))
+        };
+        let files: Vec<rpm::EspFile> = payload
+            .iter()
+            .map(|(path, content)| rpm::EspFile {
+                path: path.clone(),
+                content: content.clone(),
+            })
+            .collect();
+        let packages = rpm::boot_chain_packages(
+            &files,
+            &version_of("shim-signed")?,
+            &version_of("grub-efi-arm64-signed")?,
+            &format!("Debian {}", self.recipe.suite),
+        );
+        let dir = self.work.join(RPMS_DIR);
+        fs::create_dir_all(&dir)?;
+        let mut paths = Vec::new();
+        for p in &packages {
+            paths.push(rpm::build_rpm(p, &dir).await?);
+        }
+        let macros = tree.join("etc/rpm/macros");
+        ensure!(
+            !macros.exists(),
+            "{} exists already: the image's packages ship one",
+            macros.display()
+        );
+        fs::create_dir_all(macros.parent().expect("has a parent"))?;
+        fs::write(&macros, RPM_MACROS)?;
+        rpm::install_into_tree(tree, &paths, self.log_path).await?;
+        let esp = tree.join(rpm::ESP_MOUNT.trim_start_matches('/'));
+        let mut installed = Vec::new();
+        for (path, content) in payload {
+            let got = fs::read(esp.join(path))
+                .with_context(|| format!("{path} is not in the tree after rpm -i"))?;
+            ensure!(&got == content, "{path} differs after rpm -i");
+            installed.push((path.clone(), got));
+        }
+        for e in fs::read_dir(&esp)? {
+            let p = e?.path();
+            if p.is_dir() {
+                fs::remove_dir_all(&p)?;
+            } else {
+                fs::remove_file(&p)?;
+            }
+        }
+        for p in &packages {
+            boot_chain.insert(p.name.clone(), p.evr());
+        }
+        self.log(&format!(
+            "boot chain owned by RPM: {}",
+            packages
+                .iter()
+                .map(|p| p.file_name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))?;
+        Ok((installed, packages.iter().map(|p| p.file_name()).collect()))
     }
 
     /// Runs mmdebstrap, reporting its phases as the hooks mark their ends in `marks`.
@@ -1341,17 +1476,18 @@ fn write_hooks(hooks: &Path, recipe: &DebianRecipe, root_uuid: &str, esp_uuid: &
             0o644,
         ),
     ];
+    let dirs = [
+        "overlay",
+        "overlay/etc",
+        "overlay/etc/default",
+        "overlay/etc/default/grub.d",
+    ];
     for (path, text, mode) in files {
         fs::create_dir_all(path.parent().expect("hook files have a parent"))?;
         fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
     }
-    for dir in [
-        "overlay",
-        "overlay/etc",
-        "overlay/etc/default",
-        "overlay/etc/default/grub.d",
-    ] {
+    for dir in dirs {
         fs::set_permissions(hooks.join(dir), fs::Permissions::from_mode(0o755))?;
     }
     Ok(())
@@ -1602,15 +1738,8 @@ const ESP_SOURCES: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Formats the ESP (FAT32) inside the raw disk and fills it from the tree. Returns the paths
-/// written, sorted.
-pub fn write_esp(
-    raw: &Path,
-    layout: &DiskLayout,
-    volume_id: u32,
-    tree: &Path,
-    root_uuid: &str,
-) -> Result<Vec<String>> {
+/// The boot chain's files for the ESP, from the Debian packages in the tree ([`ESP_SOURCES`]).
+pub fn esp_payload(tree: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     for (dest, candidates) in ESP_SOURCES {
         let src = candidates
@@ -1622,6 +1751,18 @@ pub fn write_esp(
             })?;
         files.push((dest.to_string(), fs::read(&src)?));
     }
+    Ok(files)
+}
+
+/// Formats the ESP (FAT32) inside the raw disk and fills it with `files` (ESP path, content)
+/// and GRUB's `EFI/debian/grub.cfg`. Returns the paths written, sorted.
+pub fn write_esp(
+    raw: &Path,
+    layout: &DiskLayout,
+    volume_id: u32,
+    mut files: Vec<(String, Vec<u8>)>,
+    root_uuid: &str,
+) -> Result<Vec<String>> {
     files.push((
         "EFI/debian/grub.cfg".into(),
         efi_grub_cfg(root_uuid).into_bytes(),
@@ -2067,7 +2208,14 @@ mod tests {
         let layout = DiskLayout::new(1200, 64).unwrap();
         write_gpt(&raw, &layout).unwrap();
         let uuid = "0b5e2f4e-9a53-4c2b-8d1e-2f5a6b7c8d9e";
-        let files = write_esp(&raw, &layout, 0x1a2b_3c4d, &tree, uuid).unwrap();
+        let files = write_esp(
+            &raw,
+            &layout,
+            0x1a2b_3c4d,
+            esp_payload(&tree).unwrap(),
+            uuid,
+        )
+        .unwrap();
         assert_eq!(files.len(), ESP_SOURCES.len() + 1);
 
         let disk = gpt::GptConfig::new().open(&raw).unwrap();

@@ -51,6 +51,7 @@
 //! Release files are OpenPGP-verified against the archive keyring, their indexes checked against
 //! them and every `.deb` against its index (see [`crate::inputs::debian`]).
 
+pub mod rpm;
 mod serve;
 #[cfg(test)]
 mod testing;
