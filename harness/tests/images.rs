@@ -18,19 +18,7 @@ fn local_image() -> &'static PathBuf {
     static IMG: OnceLock<PathBuf> = OnceLock::new();
     IMG.get_or_init(|| {
         let started = Instant::now();
-        let out = bin()
-            .args(["images", "build", "debian-12-local"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "images build: {}", text(&out));
-        let path = PathBuf::from(
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .lines()
-                .last()
-                .unwrap()
-                .to_string(),
-        );
+        let path = local_image_path("debian-12-local");
         eprintln!(
             "debian-12-local ready in {:.1} s: {}",
             started.elapsed().as_secs_f64(),

@@ -157,3 +157,49 @@ pub fn install_firmware(spec: &str, fw_dir: &Path) {
         std::fs::copy(&from, &to).unwrap();
     }
 }
+
+/// Builds every local image of `guest-images/local.toml` that is not cached yet, two at a time
+/// (a build keeps about one core busy running maintainer scripts under qemu-user), once per test
+/// binary; returns the image name -> qcow2 path. On a cold cache the first test that needs a
+/// local image pays for all of them in about half the time one after another would take.
+pub fn local_images() -> &'static std::collections::BTreeMap<String, PathBuf> {
+    static IMAGES: OnceLock<std::collections::BTreeMap<String, PathBuf>> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let list = bin().args(["images", "list", "--json"]).output().unwrap();
+        assert!(list.status.success(), "images list: {}", text(&list));
+        let entries: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+        let names: Vec<String> = entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "local")
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect();
+        let started = std::time::Instant::now();
+        let out = bin()
+            .args(["images", "build", "--jobs", "2"])
+            .args(&names)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "images build: {}", text(&out));
+        let paths: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(paths.len(), names.len(), "{}", text(&out));
+        eprintln!(
+            "local images ready in {:.1} s: {}",
+            started.elapsed().as_secs_f64(),
+            names.join(", ")
+        );
+        names.into_iter().zip(paths).collect()
+    })
+}
+
+/// The qcow2 of one local image (all of them built first: [`local_images`]).
+pub fn local_image_path(name: &str) -> PathBuf {
+    local_images()
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} is not a local image"))
+        .clone()
+}
