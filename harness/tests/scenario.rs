@@ -438,9 +438,40 @@ fn demo_on_the_dnf_guest_through_rpm_packages() {
     assert_eq!(bad["verdict"], "sync-exception", "{bad:#}");
     assert_eq!(bad["before_grub"], true);
     assert_eq!(bad["suspects"][0], "shim-aa64", "{bad:#}");
-    let diff = changed(&case_json(&bad));
+    let bad_case = case_json(&bad);
+    let diff = changed(&bad_case);
     assert_eq!(diff.len(), 1, "{diff:?}");
     assert!(diff[0].2.contains(".bootwatch.bad1"), "{diff:?}");
+    // The workaround wrote into a new overlay; the failed boot's disk is kept, and explain reads
+    // it: the shim the firmware started was replaced, by the one RPM that changed.
+    let failed = bad_case["restore"]["failed_disk"].as_str().unwrap();
+    assert!(
+        failed.ends_with("/overlay-before-restore.qcow2"),
+        "{failed}"
+    );
+    let x = bin()
+        .arg("explain")
+        .arg(bad["results"].as_str().unwrap())
+        .arg("--json")
+        .output()
+        .unwrap();
+    let x: serde_json::Value = serde_json::from_slice(&x.stdout)
+        .unwrap_or_else(|e| panic!("explain --json ({e}): {}", text(&x)));
+    assert_eq!(x["families"][0]["id"], "replaced-boot-loader", "{x:#}");
+    let first = x["facts"]["chain.first.path"].as_str().unwrap();
+    let replaced = x["replaced"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == first)
+        .unwrap_or_else(|| panic!("{first} not among the replaced: {x:#}"));
+    assert!(
+        replaced["packages"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("shim-aa64 "),
+        "{replaced:#}"
+    );
 
     let restored = row("bad-update+restore-bootloader");
     assert_eq!(restored["verdict"], "reached", "{restored:#}");

@@ -407,7 +407,15 @@ pub struct RestoreRecord {
     /// ESP files put back from the base image, with their sizes.
     pub files: Vec<(String, u64)>,
     pub duration_s: f64,
+    /// The disk as the failed boot left it (the case's overlay, renamed before the files were
+    /// put back into a new overlay on top of it), for `explain` and `inspect chain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_disk: Option<std::path::PathBuf>,
 }
+
+/// File name, in a case's directory, of the disk as a failed boot left it when a workaround
+/// then changed the case's overlay (see [`RestoreRecord::failed_disk`]).
+pub const FAILED_DISK_NAME: &str = "overlay-before-restore.qcow2";
 
 pub use crate::sys::fsx::write_json_atomic;
 

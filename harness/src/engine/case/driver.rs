@@ -739,10 +739,24 @@ impl<'a> Driver<'a> {
             step: "restore-bootloader".into(),
             detail: "put the base image's EFI binaries back".into(),
         });
+        // The failed boot's disk is kept as it was (explain reads what the firmware booted);
+        // the workaround writes into a new overlay on top of it, under the overlay's name, which
+        // the VM's command line uses.
+        let failed = ov.with_file_name(crate::engine::record::FAILED_DISK_NAME);
+        tokio::fs::rename(&ov, &failed)
+            .await
+            .with_context(|| format!("keeping the failed disk as {}", failed.display()))?;
+        disk::make_overlay(
+            &failed,
+            crate::inputs::images::catalog::ImageFormat::Qcow2,
+            &ov,
+        )
+        .await?;
         let files = disk::restore_bootloader(&base, &ov).await?;
         self.record.restore = Some(RestoreRecord {
             files,
             duration_s: round_ms(t0.elapsed().as_secs_f64()),
+            failed_disk: Some(failed),
         });
         let n = self.record.sessions.len() + 1;
         self.start_session(n).await?;

@@ -134,9 +134,14 @@ fn load_run(dir: &Path, cell: Option<CellRecord>) -> Result<Evidence> {
             .map(PathBuf::from)
             .and_then(|p| exists(&p))
     };
-    let disk = provision
+    // A workaround that changed the disk after the failure left the failed disk beside it.
+    let failed_disk = case
         .as_ref()
-        .and_then(|p| exists(&p.overlay))
+        .and_then(|c| c.restore.as_ref())
+        .and_then(|r| r.failed_disk.as_deref().and_then(exists))
+        .or_else(|| exists(&dir.join(crate::engine::record::FAILED_DISK_NAME)));
+    let disk = failed_disk
+        .or_else(|| provision.as_ref().and_then(|p| exists(&p.overlay)))
         .or_else(|| exists(&dir.join("overlay.qcow2")))
         .or_else(|| upgraded_path("disk"))
         // A run that did not keep its overlay booted its base unchanged until the crash.
