@@ -52,7 +52,10 @@ fn images_list_shows_every_entry_with_its_state() {
         "ubuntu-24.04",
         "debian-11",
         "debian-12",
+        "debian-11-local",
         "debian-12-local",
+        "debian-13-local",
+        "debian-12-dnf-local",
     ] {
         let e = list
             .iter()
@@ -335,4 +338,212 @@ fn base_image_is_unchanged_by_a_run_killed_mid_boot() {
         .find(|p| p.ends_with("overlay.qcow2"))
         .expect("the overlay");
     assert!(std::fs::metadata(&overlay).unwrap().len() > 0);
+}
+
+/// Builds (or finds cached) a local image; returns its manifest.
+fn build_local(name: &str) -> serde_json::Value {
+    let started = Instant::now();
+    let path = local_image_path(name);
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(path.parent().unwrap().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    eprintln!(
+        "{name} ready in {:.1} s (build {:.0} s when it was made): {}",
+        started.elapsed().as_secs_f64(),
+        manifest["build_seconds"].as_f64().unwrap_or(0.0),
+        path.display()
+    );
+    manifest
+}
+
+/// The other two Debian releases, built by the same recipe code from their own data: each has
+/// its suite's boot chain and boots through it to the login prompt, where the cloud-init user
+/// logs in.
+fn other_release_boots_to_login(name: &str, shim: &str, grub: &str, kernel: &str) {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let m = build_local(name);
+    let chain = &m["boot_chain"];
+    assert!(
+        chain["shim-signed"].as_str().unwrap().ends_with(shim),
+        "{name}: shim-signed {}",
+        chain["shim-signed"]
+    );
+    assert!(
+        chain["grub-efi-arm64-signed"]
+            .as_str()
+            .unwrap()
+            .starts_with(grub),
+        "{name}: grub-efi-arm64-signed {}",
+        chain["grub-efi-arm64-signed"]
+    );
+    assert!(
+        m["kernel_release"].as_str().unwrap().starts_with(kernel),
+        "{name}: kernel {}",
+        m["kernel_release"]
+    );
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let res = results_root();
+    let (code, r, err) = boot_json(&[
+        "--image",
+        name,
+        "--until",
+        "login",
+        "--login",
+        "--smp",
+        "2",
+        "--memory",
+        "2048",
+        "--timeout",
+        "600",
+        "--silence",
+        "240",
+        "--results",
+        res.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{name}: {err}\n{}: {}", r["verdict"], r["reason"]);
+    let login = r["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["stage"] == "login")
+        .expect("login in the timeline");
+    eprintln!(
+        "{name}: login prompt at {:.1} s",
+        login["t_s"].as_f64().unwrap()
+    );
+    assert_eq!(
+        r["commands"][0]["output"].as_str().unwrap().trim(),
+        r["provision"]["user"].as_str().unwrap()
+    );
+    assert!(
+        r["commands"][1]["output"]
+            .as_str()
+            .unwrap()
+            .trim()
+            .starts_with(kernel),
+        "{:#}",
+        r["commands"]
+    );
+    // The network came up (the updates are served to the guest over it): cloud-init's device
+    // table, printed before the login prompt, has the address QEMU's user network hands out.
+    let console = walk(res.path())
+        .into_iter()
+        .find(|p| p.ends_with("console.log"))
+        .expect("console.log");
+    let console = std::fs::read_to_string(&console).unwrap();
+    assert!(
+        console
+            .lines()
+            .any(|l| l.contains("ci-info: |") && l.contains("| True") && l.contains("10.0.2.15")),
+        "{name}: no network address in cloud-init's device table: {}",
+        console
+            .lines()
+            .filter(|l| l.contains("ci-info") || l.contains("network"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn debian_11_local_builds_and_boots_to_login() {
+    other_release_boots_to_login(
+        "debian-11-local",
+        "+15.8-1~deb11u1",
+        "1+2.06+3~deb11u6",
+        "5.10.",
+    );
+}
+
+#[test]
+fn debian_13_local_builds_and_boots_to_login() {
+    other_release_boots_to_login("debian-13-local", "+16.1-2~deb13u1", "1+2.12+", "6.12.");
+}
+
+/// What `bootwatch run --dry-run` plans for each local release: its own upgrade command and
+/// package query, and, with the workaround, a hold on its installed boot-chain packages.
+#[test]
+fn dry_run_plans_of_the_local_releases() {
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(repo.path().join("Packages"), "").unwrap();
+    for name in ["debian-11-local", "debian-12-local", "debian-13-local"] {
+        let out = bin()
+            .args(["run", "scenarios/upgrade-reboot.toml", "--image", name])
+            .arg("--update")
+            .arg(repo.path())
+            .args(["--exclude-bootloader", "--dry-run", "--json"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(plan["kind"], "local", "{name}");
+        assert_eq!(plan["image"], name);
+        assert_eq!(plan["login_user"], "debian");
+        assert!(
+            plan["package_query"]
+                .as_str()
+                .unwrap()
+                .starts_with("dpkg-query"),
+            "{plan:#}"
+        );
+        let cmd = plan["upgrade_command"].as_str().unwrap();
+        assert!(
+            cmd.contains("apt-get -y -o Dpkg::Options::=--force-confdef"),
+            "{cmd}"
+        );
+        assert!(
+            cmd.contains("deb [trusted=yes] http://10.0.2.2:PORT/ ./"),
+            "{cmd}"
+        );
+        assert!(
+            cmd.contains("dpkg-query -W") && cmd.contains("apt-mark hold $held"),
+            "{cmd}"
+        );
+        assert!(
+            plan["qemu_command_line"]
+                .as_str()
+                .unwrap()
+                .contains("qemu-system-aarch64"),
+            "{plan:#}"
+        );
+    }
+}
+
+/// `run --update good|bad` names the built-in updates, which exist for local images only; a
+/// word that is neither nor a repository directory is a usage error naming the flag.
+#[test]
+fn run_takes_the_built_in_updates_by_name() {
+    let run = |image: &str, update: &str| {
+        bin()
+            .args(["run", "scenarios/upgrade-reboot.toml", "--image", image])
+            .args(["--update", update, "--dry-run", "--json"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .output()
+            .unwrap()
+    };
+    for update in ["good", "bad"] {
+        let out = run("debian-13-local", update);
+        assert!(out.status.success(), "{update}: {}", text(&out));
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let cmd = plan["upgrade_command"].as_str().unwrap();
+        assert!(cmd.contains("http://10.0.2.2:PORT/ ./"), "{cmd}");
+    }
+    let out = run("debian-12", "good");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("made for local images; debian-12 is not one"),
+        "{}",
+        text(&out)
+    );
+    let out = run("debian-12-local", "better");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--update"), "{}", text(&out));
+    assert!(
+        text(&out).contains("neither \"good\", \"bad\""),
+        "{}",
+        text(&out)
+    );
 }

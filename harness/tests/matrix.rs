@@ -658,3 +658,46 @@ fn an_upgraded_state_that_does_not_boot_is_judged_in_its_cells() {
         assert_eq!(c.outcome.exit_code, 1);
     }
 }
+
+/// The shipped Debian matrix plans every local Debian release on every QEMU and firmware: each
+/// image once per QEMU x firmware with a fresh store, and the upgraded Debian 12 also with the
+/// store its upgrade left (the vars axis only applies to `@upgraded`). `--dry-run` boots nothing.
+#[test]
+fn shipped_debian_matrix_plans_the_three_releases() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scenarios/matrix/debian.toml"
+    );
+    let results = tempfile::tempdir().unwrap();
+    let out = matrix(&[
+        file,
+        "--dry-run",
+        "--results",
+        results.path().join("r").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let mut lines = listing.lines();
+    let head = lines.next().unwrap();
+    assert!(head.contains(": 100 cells, 100 in this shard"), "{head}");
+    // `  INDEX ID  image · qemu · firmware · cpu · vars`
+    let cells: Vec<Vec<String>> = lines
+        .map(|l| {
+            let axes = l.trim().splitn(3, ' ').nth(2).unwrap_or_default();
+            axes.split('·').map(|a| a.trim().to_string()).collect()
+        })
+        .collect();
+    assert_eq!(cells.len(), 100, "{listing}");
+    let count = |image: &str, vars: &str| {
+        cells
+            .iter()
+            .filter(|c| c[0] == image && c[4] == vars)
+            .count()
+    };
+    for image in ["debian-11-local", "debian-12-local", "debian-13-local"] {
+        assert_eq!(count(image, "template"), 20, "{image}\n{listing}");
+        assert_eq!(count(image, "guest"), 0, "{image}\n{listing}");
+    }
+    assert_eq!(count("debian-12-local@upgraded", "template"), 20);
+    assert_eq!(count("debian-12-local@upgraded", "guest"), 20);
+}

@@ -11,6 +11,7 @@ use crate::engine::guest::upgrade_command;
 use crate::inputs::images::{self, Registry};
 use crate::plan::demo::{self, Demo, DemoMachine, DemoRow};
 use crate::plan::scenario::{Scenario, limits};
+use crate::plan::updates::{self, UpdateChoice};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -32,10 +33,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "skip")]
     firmware_wait: FirmwareWait,
 
-    /// A package repository directory to serve to the guest for the upgrade (hermetic updates);
-    /// without it the guest upgrades from its own configured sources.
-    #[arg(long)]
-    update: Option<PathBuf>,
+    /// What to serve to the guest for the upgrade (hermetic updates): `good` (a local image's
+    /// own good update from Debian's archive), `bad` (the crashing shim-signed), or a package
+    /// repository directory; without it the guest upgrades from its own configured sources.
+    #[arg(long, value_parser = UpdateChoice::parse)]
+    update: Option<UpdateChoice>,
     /// Workaround: upgrade without the bootloader packages.
     #[arg(long)]
     exclude_bootloader: bool,
@@ -99,13 +101,12 @@ pub async fn run(a: RunArgs) -> CliResult {
     let Some(entry) = registry.get(&a.image) else {
         return Err(unknown_image(&a.image, &registry));
     };
-    if let Some(u) = &a.update
-        && !u.join("Packages").is_file()
-        && !u.join("repodata").is_dir()
+    if let Some(UpdateChoice::Good | UpdateChoice::Bad) = &a.update
+        && !matches!(entry, images::Entry::Local(_))
     {
         return Err(CliError::usage(format!(
-            "--update {}: not a package repository (no Packages index or repodata/)",
-            u.display()
+            "--update good|bad: the built-in updates are made for local images; {} is not one (give a repository directory)",
+            a.image
         )));
     }
     let guest = entry.guest().clone();
@@ -133,10 +134,15 @@ pub async fn run(a: RunArgs) -> CliResult {
     req.firmware_wait = a.firmware_wait;
     req.network = Some(Vec::new());
     req.scenario = Some(scenario.name.clone());
-    req.update = a.update.clone().map(|dir| UpdateRepo {
-        label: dir.display().to_string(),
-        dir,
-    });
+    // A built-in update is made after the image (the bad one needs its shim version); the
+    // dry run shows the same upgrade command either way.
+    req.update = match &a.update {
+        Some(UpdateChoice::Dir(dir)) => Some(UpdateRepo {
+            label: dir.display().to_string(),
+            dir: dir.clone(),
+        }),
+        _ => None,
+    };
     req.exclude_bootloader = a.exclude_bootloader;
     req.restore_bootloader = a.restore_bootloader;
     let image_disk = |base: PathBuf, sha: String, format, source| ImageDisk {
@@ -215,6 +221,21 @@ pub async fn run(a: RunArgs) -> CliResult {
         image.format,
         image.source,
     ));
+    if let Some(choice @ (UpdateChoice::Good | UpdateChoice::Bad)) = &a.update {
+        let repo_dir = a.results.join(format!(
+            "{stamp}-{}-{}.{}",
+            scenario.name,
+            a.image,
+            choice.label()
+        ));
+        req.update = Some(
+            updates::make(choice, &a.image, a.mirror.as_deref(), &cache, &repo_dir)
+                .await
+                .map_err(|e| {
+                    CliError::undetermined(format!("--update {}: {e:#}", choice.label()))
+                })?,
+        );
+    }
     let checked = case::check(req)?;
     let done = case::run(checked, &cancel, &sink).await?;
     let r = &done.record;

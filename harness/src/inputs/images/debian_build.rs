@@ -67,7 +67,9 @@
 //!
 //! # How it was checked
 //!
-//! Booted with `bootwatch boot --until login` (bookworm and trixie). In a booted image,
+//! Booted with `bootwatch boot --until login` (bullseye, bookworm and trixie: the three local
+//! recipes, built by this code unchanged; bullseye's recipe adds a DHCP client, which its
+//! cloud-init does not pull in). In a booted image,
 //! `dpkg-reconfigure grub-efi-arm64` (the in-guest upgrade path: the postinst runs
 //! `grub-install --force-extra-removable`) leaves every ESP file byte for byte as built, and
 //! `update-grub` reproduces `/boot/grub/grub.cfg` (bookworm's adds only the "UEFI Firmware
@@ -184,7 +186,7 @@ pub struct DebianRecipe {
     /// local image's name is used.
     #[serde(default)]
     pub name: String,
-    /// Debian suite to bootstrap, e.g. `bookworm` or `trixie`.
+    /// Debian suite to bootstrap, e.g. `bullseye`, `bookworm` or `trixie`.
     pub suite: String,
     /// More suites in the image's apt sources (and available to the build), e.g.
     /// `bookworm-backports` or `bookworm-updates`, so pins can name their versions and the
