@@ -222,38 +222,65 @@ fn normalize_block(block: &[u8], line: &mut LineState, out: &mut String) {
 }
 
 /// Copies complete lines that contain no control byte but '\t', '\n' and '\r'. CR before LF is
-/// dropped; anything unusual (a lone CR, invalid UTF-8, an over-long line) goes line by line.
+/// dropped; a line with anything unusual (a lone CR, invalid UTF-8, over `MAX_LINE` bytes) goes
+/// through `normalize_line` alone, and the lines around it are still copied wholesale (GRUB
+/// prints its menu's help text after lone CRs). Each kind of trouble is searched for from where
+/// the last one was found, so the work stays linear however many such lines there are.
 fn copy_clean(region: &[u8], line: &mut LineState, out: &mut String) {
-    if region.is_empty() {
-        return;
-    }
-    let per_line = |line: &mut LineState, out: &mut String| {
-        let mut start = 0;
-        for nl in memchr::memchr_iter(b'\n', region) {
-            normalize_line(&region[start..nl], line, out);
-            start = nl + 1;
+    let len = region.len();
+    // Where the next line with a lone CR / over `MAX_LINE` begins (`len`: none), once searched.
+    let (mut cr, mut long) = (None::<usize>, None::<usize>);
+    let line_start = |at: usize, from: usize| {
+        memchr::memrchr(b'\n', &region[from..at]).map_or(from, |i| from + i + 1)
+    };
+    let mut pos = 0;
+    while pos < len {
+        if cr.is_none_or(|c| c < pos) {
+            let lone = memchr::memchr_iter(b'\r', &region[pos..])
+                .map(|i| pos + i)
+                .find(|&i| region.get(i + 1) != Some(&b'\n'));
+            cr = Some(lone.map_or(len, |i| line_start(i, pos)));
         }
-    };
-    let Ok(text) = std::str::from_utf8(region) else {
-        return per_line(line, out);
-    };
-    // A line over `MAX_LINE` bytes: every window of `MAX_LINE + 1` bytes from a line start
-    // holds a '\n' unless such a line begins there (a search per window, not per line).
-    let mut from = 0;
+        if long.is_none_or(|l| l < pos) {
+            long = Some(long_line(region, pos));
+        }
+        let bad = cr.min(long).expect("both searched");
+        let (text, bad) = match std::str::from_utf8(&region[pos..bad]) {
+            Ok(text) => (text, bad),
+            Err(e) => {
+                let at = line_start(pos + e.valid_up_to(), pos);
+                let text = std::str::from_utf8(&region[pos..at]).expect("valid up to there");
+                (text, at)
+            }
+        };
+        push_crlf(text, out);
+        if bad == len {
+            return;
+        }
+        let end = bad + memchr::memchr(b'\n', &region[bad..]).expect("the region ends with '\\n'");
+        normalize_line(&region[bad..end], line, out);
+        pos = end + 1;
+    }
+}
+
+/// Where the first line at or after `from` (a line start) that is longer than `MAX_LINE` bytes
+/// begins, or `region.len()`: every window of `MAX_LINE + 1` bytes from a line start holds a '\n'
+/// unless such a line begins there (a search per window, not per line).
+fn long_line(region: &[u8], from: usize) -> usize {
+    let mut from = from;
     while region.len() - from > MAX_LINE {
         match memchr::memrchr(b'\n', &region[from..from + MAX_LINE + 1]) {
             Some(i) => from += i + 1,
-            None => return per_line(line, out),
+            None => return from,
         }
     }
-    // One pass: each CR must end its line; a lone CR undoes the copy and goes line by line.
-    let mark = out.len();
+    region.len()
+}
+
+/// Appends complete lines, each CR in them (every one is before a '\n') dropped.
+fn push_crlf(text: &str, out: &mut String) {
     let mut start = 0;
-    for cr in memchr::memchr_iter(b'\r', region) {
-        if region.get(cr + 1) != Some(&b'\n') {
-            out.truncate(mark);
-            return per_line(line, out);
-        }
+    for cr in memchr::memchr_iter(b'\r', text.as_bytes()) {
         out.push_str(&text[start..cr]);
         start = cr + 1;
     }
@@ -296,10 +323,12 @@ fn normalize_line(raw: &[u8], line: &mut LineState, out: &mut String) {
 /// kinds consoles print (CSI such as SGR colours and cursor moves, and two-byte ESC sequences):
 /// exactly what the parser makes of them, at memory speed. Returns false, leaving `out` as it
 /// was, for anything else (invalid UTF-8, OSC/DCS strings, a control byte or stray byte inside a
-/// sequence, a sequence cut by the line end, a line over `MAX_LINE`): the caller then takes the
-/// parser's path. The `bulk_path_equals_the_parser_*` tests check the two agree.
+/// sequence, a sequence cut by the line end, a line of `PARSER_LIMIT` bytes or more): the caller
+/// then takes the parser's path. Text over `MAX_LINE` bytes is cut where the parser's performer
+/// cuts it (GRUB's menu redraws are such lines). The `bulk_path_equals_the_parser_*` tests check
+/// the two agree.
 fn normalize_escaped(raw: &[u8], out: &mut String) -> bool {
-    if raw.len() > MAX_LINE {
+    if raw.len() >= PARSER_LIMIT {
         return false;
     }
     let Ok(text) = std::str::from_utf8(raw) else {
@@ -324,15 +353,12 @@ fn normalize_escaped(raw: &[u8], out: &mut String) -> bool {
         if b >= 0x20 || b == b'\t' {
             // Printable text (valid UTF-8, so every byte >= 0x80 is part of a character): up to
             // the next control byte.
-            let end = raw[i..]
-                .iter()
-                .position(|&x| x < 0x20 && x != b'\t')
-                .map_or(raw.len(), |n| i + n);
+            let end = first_c0(&raw[i..]).map_or(raw.len(), |n| i + n);
             if after_cr {
                 after_cr = false;
                 break_line(out, &mut start);
             }
-            out.push_str(&text[i..end]);
+            push_cut(&text[i..end], out, &mut start);
             i = end;
             continue;
         }
@@ -359,6 +385,28 @@ fn normalize_escaped(raw: &[u8], out: &mut String) -> bool {
     // The line is at most `MAX_LINE` bytes: `push_line` would not split it.
     out.push('\n');
     true
+}
+
+/// Appends `s` to the line that begins at `start` in `out` (at most `MAX_LINE` bytes long), cut
+/// as the performer cuts it (`Sink::print`): when the line would pass `MAX_LINE`, the part up to
+/// its last character boundary at or before `MAX_LINE` becomes a line of its own, and `start`
+/// moves to the rest.
+fn push_cut(mut s: &str, out: &mut String, start: &mut usize) {
+    loop {
+        let room = MAX_LINE - (out.len() - *start);
+        if s.len() <= room {
+            out.push_str(s);
+            return;
+        }
+        let mut cut = room;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.push_str(&s[..cut]);
+        out.push('\n');
+        *start = out.len();
+        s = &s[cut..];
+    }
 }
 
 /// The length of the escape sequence at the start of `b` (which begins with ESC) and the CSI
@@ -390,6 +438,20 @@ fn escape_len(b: &[u8]) -> Option<(usize, u8)> {
         0x30..=0x4f | 0x51..=0x57 | 0x59 | 0x5a | 0x5c | 0x60..=0x7e => Some((2, 0)),
         _ => None,
     }
+}
+
+/// The first C0 control byte other than tab.
+fn first_c0(b: &[u8]) -> Option<usize> {
+    let c0 = |x: u8| x < 0x20 && x != b'\t';
+    let mut base = 0;
+    for chunk in b.chunks(32) {
+        // Branch-free over the chunk so the compiler vectorizes it.
+        if chunk.iter().fold(false, |acc, &x| acc | c0(x)) {
+            return chunk.iter().position(|&x| c0(x)).map(|i| base + i);
+        }
+        base += chunk.len();
+    }
+    None
 }
 
 /// True when the line has no control byte but tab (so no escape, no CR).
@@ -751,15 +813,48 @@ mod tests {
             taken * 4 > tried,
             "{taken} of {tried} taken: the test must exercise it"
         );
-        // Long lines: at the limit the bulk path still agrees, beyond it the parser takes them.
+        // Long lines: the bulk path cuts them where the parser does, up to `PARSER_LIMIT`.
         let long = |n: usize| {
             let mut v = b"\x1b[0;32m".to_vec();
             v.resize(n, b'y');
             v
         };
-        let at = long(MAX_LINE);
-        assert_eq!(via_bulk(&at).unwrap(), via_parser(&at));
-        assert_eq!(via_bulk(&long(MAX_LINE + 1)), None);
+        for n in [MAX_LINE, MAX_LINE + 1, MAX_LINE + 12, 3 * MAX_LINE + 5] {
+            let raw = long(n);
+            assert_eq!(via_bulk(&raw).unwrap(), via_parser(&raw), "{n} bytes");
+        }
+        assert_eq!(via_bulk(&long(PARSER_LIMIT)), None);
+        // Random lines over `MAX_LINE` (GRUB's menu redraws are 4-5 KiB): long runs of text,
+        // multi-byte characters that straddle the cut, white space only pieces, cursor moves.
+        const LONG: &[&[u8]] = &[
+            b"\x1b[0m\x1b[36m\x1b[44m",
+            b"\x1b[05;03H",
+            b"\x1b[K",
+            b"\r",
+            b"caf\xc3\xa9",
+            b"\xe2\x80\xa6",
+            b"\xf0\x9f\x98\x80",
+            b"\t",
+        ];
+        let (mut tried, mut taken) = (0, 0);
+        for _ in 0..3_000 {
+            let mut raw = Vec::new();
+            while raw.len() < MAX_LINE + rng.gen_range(0..3 * MAX_LINE) {
+                match rng.gen_range(0..4) {
+                    0 => raw.extend_from_slice(LONG[rng.gen_range(0..LONG.len())]),
+                    1 => raw.extend(std::iter::repeat_n(b' ', rng.gen_range(1..2000))),
+                    2 => raw.extend(std::iter::repeat_n(b'x', rng.gen_range(1..2000))),
+                    _ => raw.extend_from_slice(PIECES[rng.gen_range(0..PIECES.len())]),
+                }
+            }
+            raw.retain(|&b| b != b'\n');
+            tried += 1;
+            if let Some(bulk) = via_bulk(&raw) {
+                taken += 1;
+                assert_eq!(bulk, via_parser(&raw), "{raw:?}");
+            }
+        }
+        assert!(taken * 10 > tried, "{taken} of {tried} long lines taken");
     }
 
     #[test]

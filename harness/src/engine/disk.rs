@@ -105,16 +105,30 @@ impl VarsCopy {
     pub fn info(&self) -> std::io::Result<FileInfo> {
         let unchanged = self.copied.is_some()
             && StatKey::of_path(&self.path).ok().as_ref() == self.copied.as_ref();
-        let of = if unchanged {
-            &self.template
-        } else {
-            &self.path
-        };
+        if unchanged {
+            return Ok(FileInfo {
+                path: self.path.clone(),
+                ..FileInfo::of(&self.template)?
+            });
+        }
+        // The store the guest left is sparse (see `sparse_copy`): its content is hashed in full
+        // once, and found again by its data extents.
+        let d = crate::sys::fsx::hash_file_sparse_cached(
+            &self.path,
+            crate::sys::fsx::hash_cache_dir().as_deref(),
+        )?;
         Ok(FileInfo {
             path: self.path.clone(),
-            ..FileInfo::of(of)?
+            size: d.size,
+            sha256: d.sha256,
         })
     }
+}
+
+/// True when every byte is zero (branch-free per chunk so the compiler vectorizes it).
+fn is_zero(b: &[u8]) -> bool {
+    b.chunks(64)
+        .all(|c| c.iter().fold(0u8, |acc, &x| acc | x) == 0)
 }
 
 /// Copies `from` to `to` (replacing it), leaving 64 KiB blocks of zeros as holes. Vars templates are
@@ -142,7 +156,7 @@ fn sparse_copy(from: &Path, to: &Path) -> std::io::Result<()> {
         if n == 0 {
             break;
         }
-        if buf[..n].iter().all(|&b| b == 0) {
+        if is_zero(&buf[..n]) {
             dst.seek(SeekFrom::Current(n as i64))?;
         } else {
             dst.write_all(&buf[..n])?;

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -356,6 +356,78 @@ pub fn hash_file_cached(path: &Path, cache_dir: Option<&Path>) -> io::Result<Dig
     Ok(d)
 }
 
+/// [`hash_file`] for a sparse file, such as the 64 MiB vars store a run leaves (a few hundred KiB
+/// of data, the rest holes): its data extents (found with `SEEK_DATA`/`SEEK_HOLE`; holes read as
+/// zeros) are hashed with their offsets and the file's size, which names the content, and the
+/// full SHA-256 is remembered in `cache_dir` under that name. So a content is hashed in full
+/// once, whichever file holds it (every crash run leaves the same store). A file that is mostly
+/// data, a file system without hole reporting, or no cache directory: the file is just hashed.
+pub fn hash_file_sparse_cached(path: &Path, cache_dir: Option<&Path>) -> io::Result<Digest256> {
+    let Some(dir) = cache_dir else {
+        return hash_file(path);
+    };
+    let f = fs::File::open(path).map_err(|e| with_path(e, "opening", path))?;
+    let meta = f.metadata().map_err(|e| with_path(e, "reading", path))?;
+    let key = StatKey::of(&meta);
+    let size = meta.len();
+    let Some(extents) =
+        data_extents(&f, size).filter(|x| x.iter().map(|&(_, len)| len).sum::<u64>() <= size / 4)
+    else {
+        return hash_file(path);
+    };
+    let mut h = Sha256::new();
+    h.update(b"bootwatch sparse content 1\n");
+    h.update(size.to_le_bytes());
+    let mut buf = vec![0u8; 1 << 20];
+    for &(offset, len) in &extents {
+        h.update(offset.to_le_bytes());
+        h.update(len.to_le_bytes());
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            f.read_exact_at(&mut buf[..n], offset + done)
+                .map_err(|e| with_path(e, "reading", path))?;
+            h.update(&buf[..n]);
+            done += n as u64;
+        }
+    }
+    let entry = dir.join(format!("sparse-{}", hex::encode(h.finalize())));
+    if let Some(d) = read_json::<Digest256>(&entry)
+        && d.size == size
+    {
+        return Ok(d);
+    }
+    let d = hash_file(path)?;
+    // Remember only what was read from one unchanged file.
+    let unchanged = fs::metadata(path).is_ok_and(|m| StatKey::of(&m) == key);
+    if unchanged && d.size == size && fs::create_dir_all(dir).is_ok() {
+        let _ = write_json_atomic(&entry, &d);
+    }
+    Ok(d)
+}
+
+/// The data extents (offset, length) of a file of `size` bytes, or `None` when the file system
+/// does not report holes.
+fn data_extents(f: &fs::File, size: u64) -> Option<Vec<(u64, u64)>> {
+    use nix::unistd::{Whence, lseek};
+    let mut out = Vec::new();
+    let mut pos = 0i64;
+    while (pos as u64) < size {
+        let start = match lseek(f, pos, Whence::SeekData) {
+            Ok(s) => s,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(_) => return None,
+        };
+        let end = lseek(f, start, Whence::SeekHole).ok()?;
+        if end <= start {
+            return None;
+        }
+        out.push((start as u64, (end - start) as u64));
+        pos = end;
+    }
+    Some(out)
+}
+
 /// Publishes a directory built in `staging` as `final_dir`: readable by all (tempfile makes 0700
 /// directories), whatever is in the way (a broken or incomplete entry) removed, then one rename.
 /// The caller holds the entry's lock or has checked that no complete entry exists.
@@ -407,6 +479,48 @@ pub fn sweep_stale(dir: &Path, prefixes: &[&str], max_age: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sparse file's hash is its full SHA-256; the same content in another file is found in
+    /// the cache by its data extents (the entry is what is returned); other content gets its own.
+    #[test]
+    fn a_sparse_file_is_hashed_in_full_once_per_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("hashes");
+        let sparse = |name: &str, byte: u8| {
+            let p = dir.path().join(name);
+            let f = fs::File::create(&p).unwrap();
+            f.set_len(16 << 20).unwrap();
+            f.write_all_at(&[byte; 5000], 3 << 20).unwrap();
+            p
+        };
+        let a = sparse("a.fd", 0x41);
+        let d = hash_file_sparse_cached(&a, Some(&cache)).unwrap();
+        assert_eq!(d, hash_file(&a).unwrap());
+        let entries: Vec<_> = fs::read_dir(&cache).unwrap().flatten().collect();
+        assert_eq!(entries.len(), 1, "one entry for the content");
+        // The same content in another file: the entry answers (made visible by changing it).
+        let b = sparse("b.fd", 0x41);
+        let marked = Digest256 {
+            sha256: "from-the-cache".into(),
+            ..d.clone()
+        };
+        write_json_atomic(&entries[0].path(), &marked).unwrap();
+        assert_eq!(hash_file_sparse_cached(&b, Some(&cache)).unwrap(), marked);
+        // Other content: hashed, correct, an entry of its own.
+        let c = sparse("c.fd", 0x43);
+        let dc = hash_file_sparse_cached(&c, Some(&cache)).unwrap();
+        assert_eq!(dc, hash_file(&c).unwrap());
+        assert_ne!(dc.sha256, d.sha256);
+        assert_eq!(fs::read_dir(&cache).unwrap().count(), 2);
+        // A file that is all data is hashed as it is, and not remembered.
+        let full = dir.path().join("full.fd");
+        fs::write(&full, vec![9u8; 1 << 20]).unwrap();
+        assert_eq!(
+            hash_file_sparse_cached(&full, Some(&cache)).unwrap(),
+            hash_file(&full).unwrap()
+        );
+        assert_eq!(fs::read_dir(&cache).unwrap().count(), 2);
+    }
 
     #[test]
     fn input_files_are_read_whole_only_when_small_and_regular() {

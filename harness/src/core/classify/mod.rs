@@ -636,7 +636,9 @@ impl Classifier {
     }
 
     /// Applies pattern `i` to its line; returns the finding it made (its index in the current
-    /// boot) and where the match begins in `line`.
+    /// boot) and where the match begins in `line`. The regex's captures are taken only when
+    /// something reads them: a line that only adds to a count (a finding over the cap, a stage
+    /// already in the timeline) costs no second search.
     fn apply(
         &mut self,
         i: usize,
@@ -646,33 +648,58 @@ impl Classifier {
     ) -> Option<(usize, usize)> {
         let set = self.set;
         let p = &set.patterns[i];
-        let caps = p.regex.captures(line).expect("pattern matched this line");
-        let at = caps.get(0).map_or(0, |m| m.start());
+        let mut caps = None;
         match p.effect {
             // Role-only patterns have no literals and are no prompts: never matched here.
             Effect::RoleOnly => None,
             Effect::Dump => {
-                self.apply_dump(i, &caps, line_no, line, t);
+                self.apply_dump(i, &mut caps, line_no, line, t);
                 None
             }
             Effect::Stage => {
                 self.open_dump = None;
-                let stage = stage_of(p, &caps);
+                let stage = if p.file_stages.is_empty() {
+                    p.stage
+                        .expect("stage patterns have a stage (checked at load)")
+                } else {
+                    stage_of(p, captures(p, line, &mut caps))
+                };
                 let cur = self.current();
                 if p.restarts_boot
                     && (cur.stage > stage || cur.timeline.iter().any(|m| m.pattern == p.name))
                 {
                     self.push_boot("firmware-restart", line_no, t);
                 }
-                self.advance(stage, &p.name, line_no, (line, at), t);
+                self.advance(
+                    stage,
+                    &p.name,
+                    line_no,
+                    line,
+                    || match_start(p, line, &mut caps),
+                    t,
+                );
                 None
             }
             Effect::Fatal | Effect::Suspect | Effect::Note => {
                 if let Some(st) = p.stage {
-                    self.advance(st, &p.name, line_no, (line, at), t);
+                    self.advance(
+                        st,
+                        &p.name,
+                        line_no,
+                        line,
+                        || match_start(p, line, &mut caps),
+                        t,
+                    );
                 }
-                if p.effect == Effect::Fatal && self.absorb_into_dump(p, &caps, line_no, line, at) {
-                    return None;
+                if p.effect == Effect::Fatal
+                    && matches!(self.open_dump, Some(OpenDump::Kept(_)))
+                    && p.dump.is_some()
+                {
+                    let c = captures(p, line, &mut caps);
+                    let at = c.get(0).map_or(0, |m| m.start());
+                    if self.absorb_into_dump(p, c, line_no, line, at) {
+                        return None;
+                    }
                 }
                 self.open_dump = None;
                 let kind = match p.effect {
@@ -680,15 +707,25 @@ impl Classifier {
                     Effect::Suspect => FindingKind::Suspect,
                     _ => FindingKind::Note,
                 };
-                let exception = exception_banner(p, &caps, line_no);
-                let opens_dump = exception.is_some();
                 let boot = self.boots.last_mut().expect("a boot");
                 if !boot.admit(i, kind) {
+                    let opens_dump = match p.dump {
+                        Some(DumpPart::Recursive) => true,
+                        Some(DumpPart::Banner) => {
+                            exception_banner(p, captures(p, line, &mut caps), line_no).is_some()
+                        }
+                        _ => false,
+                    };
                     if opens_dump {
                         self.open_dump = Some(OpenDump::Dropped);
                     }
                     return None;
                 }
+                let c = captures(p, line, &mut caps);
+                let at = c.get(0).map_or(0, |m| m.start());
+                let exception = exception_banner(p, c, line_no);
+                let opens_dump = exception.is_some();
+                let boot = self.boots.last_mut().expect("a boot");
                 let finding = Finding {
                     pattern: p.name.clone(),
                     kind,
@@ -743,7 +780,14 @@ impl Classifier {
         true
     }
 
-    fn apply_dump(&mut self, i: usize, caps: &Captures, line_no: u64, line: &str, t: Option<f64>) {
+    fn apply_dump<'h>(
+        &mut self,
+        i: usize,
+        caps: &mut Option<Captures<'h>>,
+        line_no: u64,
+        line: &'h str,
+        t: Option<f64>,
+    ) {
         let p = &self.set.patterns[i];
         if self.open_dump.is_none() {
             // A register dump or backtrace without its banner: the banner was lost (or the
@@ -781,8 +825,17 @@ impl Classifier {
             .as_mut()
             .expect("dump findings carry an exception");
         dump.last_line = line_no;
-        let hex = |n: &str| caps.name(n).map(|m| format!("0x{}", m.as_str()));
-        let text = |n: &str| caps.name(n).map(|m| clip(m.as_str(), 0));
+        if matches!(
+            p.dump,
+            Some(DumpPart::Backtrace | DumpPart::ModuleLegend | DumpPart::Abort)
+        ) && !(p.dump == Some(DumpPart::Backtrace) && dump.backtrace.len() >= DUMP_FRAMES)
+        {
+            captures(p, line, caps);
+        }
+        let caps = caps.as_ref();
+        let group = |n: &str| caps.and_then(|c| c.name(n));
+        let hex = |n: &str| group(n).map(|m| format!("0x{}", m.as_str()));
+        let text = |n: &str| group(n).map(|m| clip(m.as_str(), 0));
         match p.dump {
             Some(DumpPart::Backtrace) if dump.backtrace.len() >= DUMP_FRAMES => {
                 dump.entries_dropped += 1;
@@ -794,7 +847,7 @@ impl Classifier {
                 offset: hex("offset"),
             }),
             Some(DumpPart::ModuleLegend) => {
-                if let (Some(i), Some(path)) = (caps.name("index"), text("path"))
+                if let (Some(i), Some(path)) = (group("index"), text("path"))
                     && let Ok(i) = i.as_str().parse()
                 {
                     if dump.modules.len() < DUMP_MODULES || dump.modules.contains_key(&i) {
@@ -825,13 +878,15 @@ impl Classifier {
         }
     }
 
-    /// Records that the boot reached `stage`; `line` is the line and where its match begins.
+    /// Records that the boot reached `stage`; `line` is the line and `at` says where its match
+    /// begins (asked only when a milestone is recorded).
     fn advance(
         &mut self,
         stage: Stage,
         pattern: &str,
         line_no: u64,
-        line: (&str, usize),
+        line: &str,
+        at: impl FnOnce() -> usize,
         t: Option<f64>,
     ) {
         let boot = self.boots.last_mut().expect("a boot");
@@ -853,7 +908,7 @@ impl Classifier {
             pattern: pattern.to_string(),
             line: line_no,
             t_s: t,
-            text: clip(line.0, line.1),
+            text: clip(line, at()),
         });
     }
 
@@ -1006,6 +1061,20 @@ pub fn decide_boot(boot: &Boot, target: Option<Stage>, end: &End) -> Option<Deci
             }
         },
     })
+}
+
+/// The captures of `p` on `line` (a line it matches), taken once.
+fn captures<'c, 'h>(
+    p: &Pattern,
+    line: &'h str,
+    caps: &'c mut Option<Captures<'h>>,
+) -> &'c Captures<'h> {
+    caps.get_or_insert_with(|| p.regex.captures(line).expect("pattern matched this line"))
+}
+
+/// Where `p`'s match on `line` begins.
+fn match_start<'h>(p: &Pattern, line: &'h str, caps: &mut Option<Captures<'h>>) -> usize {
+    captures(p, line, caps).get(0).map_or(0, |m| m.start())
 }
 
 /// The stage a stage-pattern hit means: its `stage`, or, for a pattern with `file_stages` whose
