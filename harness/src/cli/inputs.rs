@@ -70,7 +70,7 @@ pub async fn images(command: ImagesCommand) -> CliResult {
             } else {
                 let _ = writeln!(
                     out,
-                    "{:<18} {:<7} {:<10} {:<10} {:>9}  description",
+                    "{:<20} {:<7} {:<10} {:<10} {:>9}  description",
                     "name", "kind", "reported", "state", "size"
                 );
                 for s in &status {
@@ -81,7 +81,7 @@ pub async fn images(command: ImagesCommand) -> CliResult {
                     let reported = format!("{:?}", s.reported).to_lowercase();
                     let _ = writeln!(
                         out,
-                        "{:<18} {:<7} {reported:<10} {:<10} {size:>9}  {}",
+                        "{:<20} {:<7} {reported:<10} {:<10} {size:>9}  {}",
                         s.name, s.kind, s.state, s.description
                     );
                 }
