@@ -163,25 +163,8 @@ fn local_debian_image_boots_to_login_and_accepts_the_cloud_init_user() {
         return;
     }
     local_image();
-    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let res = results_root();
-    let (code, r, err) = boot_json(&[
-        "--image",
-        "debian-12-local",
-        "--until",
-        "login",
-        "--login",
-        "--smp",
-        "2",
-        "--memory",
-        "2048",
-        "--timeout",
-        "600",
-        "--silence",
-        "240",
-        "--results",
-        res.path().to_str().unwrap(),
-    ]);
+    let (code, r, err) = boot_to_login("debian-12-local", &res);
     assert_eq!(code, 0, "{err}\n{}: {}", r["verdict"], r["reason"]);
     assert_eq!(r["verdict"], "reached");
     // Every stage of the chain is in the timeline, in order, with its time. shim prints
@@ -340,6 +323,28 @@ fn base_image_is_unchanged_by_a_run_killed_mid_boot() {
     assert!(std::fs::metadata(&overlay).unwrap().len() > 0);
 }
 
+/// Boots a local image to login (one boot at a time), logs in and runs the login commands.
+fn boot_to_login(image: &str, res: &tempfile::TempDir) -> (i32, serde_json::Value, String) {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    boot_json(&[
+        "--image",
+        image,
+        "--until",
+        "login",
+        "--login",
+        "--smp",
+        "2",
+        "--memory",
+        "2048",
+        "--timeout",
+        "600",
+        "--silence",
+        "240",
+        "--results",
+        res.path().to_str().unwrap(),
+    ])
+}
+
 /// Builds (or finds cached) a local image; returns its manifest.
 fn build_local(name: &str) -> serde_json::Value {
     let started = Instant::now();
@@ -384,25 +389,8 @@ fn other_release_boots_to_login(name: &str, shim: &str, grub: &str, kernel: &str
         "{name}: kernel {}",
         m["kernel_release"]
     );
-    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let res = results_root();
-    let (code, r, err) = boot_json(&[
-        "--image",
-        name,
-        "--until",
-        "login",
-        "--login",
-        "--smp",
-        "2",
-        "--memory",
-        "2048",
-        "--timeout",
-        "600",
-        "--silence",
-        "240",
-        "--results",
-        res.path().to_str().unwrap(),
-    ]);
+    let (code, r, err) = boot_to_login(name, &res);
     assert_eq!(code, 0, "{name}: {err}\n{}: {}", r["verdict"], r["reason"]);
     let login = r["timeline"]
         .as_array()
