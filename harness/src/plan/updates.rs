@@ -205,16 +205,14 @@ async fn rpm_good_update(
         "/usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed",
     )?;
     let debian = rpm::signed_payload_version(SIGNED, &signed.version);
-    let new = rpm::boot_chain_packages(&[], "0", &debian, &format!("Debian {}", apt.suite))
-        .pop()
-        .expect("two packages");
-    grub.version = new.version;
-    grub.release = new.release;
-    grub.summary = new.summary;
-    grub.description = new.description;
     for f in &mut grub.files {
         f.content = binary.clone();
     }
+    // Only GRUB's files: the shim package of the pair is empty and left out.
+    let grub =
+        rpm::boot_chain_packages(&grub.files, "0", &debian, &format!("Debian {}", apt.suite))
+            .pop()
+            .expect("two packages");
     Ok(rpm::rpm_repo(out_dir, &[grub]).await?.dir)
 }
 
