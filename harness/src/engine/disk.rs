@@ -84,7 +84,10 @@ impl VarsCopy {
         let (t, d) = (template.to_path_buf(), dest.to_path_buf());
         blocking(move || {
             use std::os::unix::fs::PermissionsExt;
-            sparse_copy(&t, &d).with_context(|| {
+            // Copied from the template's sparse twin in the cache (made once per content), so a
+            // run reads the few hundred KiB of data, not the 64 MiB.
+            let from = crate::sys::fsx::sparse_twin(&t).unwrap_or_else(|_| t.clone());
+            crate::sys::fsx::sparse_copy(&from, &d).with_context(|| {
                 format!(
                     "copying the vars template {} to {}",
                     t.display(),
@@ -111,7 +114,7 @@ impl VarsCopy {
                 ..FileInfo::of(&self.template)?
             });
         }
-        // The store the guest left is sparse (see `sparse_copy`): its content is hashed in full
+        // The store the guest left is sparse (see `fsx::sparse_copy`): its content is hashed in full
         // once, and found again by its data extents.
         let d = crate::sys::fsx::hash_file_sparse_cached(
             &self.path,
@@ -123,51 +126,6 @@ impl VarsCopy {
             sha256: d.sha256,
         })
     }
-}
-
-/// True when every byte is zero (branch-free per chunk so the compiler vectorizes it).
-fn is_zero(b: &[u8]) -> bool {
-    b.chunks(64)
-        .all(|c| c.iter().fold(0u8, |acc, &x| acc | x) == 0)
-}
-
-/// Copies `from` to `to` (replacing it), leaving 64 KiB blocks of zeros as holes. Vars templates are
-/// 64 MiB of which a few hundred KiB hold data (Debian's are all zeros): writing the zeros, and
-/// freeing them when the run's private directory goes, cost more than the rest of a crash run.
-fn sparse_copy(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    const BLOCK: usize = 64 << 10;
-    let mut src = std::fs::File::open(from)?;
-    let mut dst = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(to)?;
-    let mut buf = vec![0u8; BLOCK];
-    let mut len = 0u64;
-    loop {
-        let mut n = 0;
-        while n < BLOCK {
-            match src.read(&mut buf[n..])? {
-                0 => break,
-                k => n += k,
-            }
-        }
-        if n == 0 {
-            break;
-        }
-        if is_zero(&buf[..n]) {
-            dst.seek(SeekFrom::Current(n as i64))?;
-        } else {
-            dst.write_all(&buf[..n])?;
-        }
-        len += n as u64;
-        if n < BLOCK {
-            break;
-        }
-    }
-    // A trailing hole needs the length set.
-    dst.set_len(len)
 }
 
 /// Creates a qcow2 overlay `dest` over `base` (mode 0600: the guest's disk holds its secrets).
@@ -284,29 +242,5 @@ mod tests {
         let changed = c.info().unwrap();
         assert_eq!(changed.sha256, fsx::hash_file(&c.path).unwrap().sha256);
         assert_ne!(changed.sha256, same.sha256);
-    }
-
-    #[test]
-    fn a_sparse_copy_is_byte_for_byte_the_same_with_zeros_left_as_holes() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        // Data, 4 MiB of zeros, data across a block edge, zeros to an odd end.
-        let mut data = vec![0u8; (8 << 20) + 123];
-        data[..100].fill(0xAB);
-        data[(5 << 20) - 7..(5 << 20) + 7].fill(0x5A);
-        let t = dir.path().join("VARS.fd");
-        std::fs::write(&t, &data).unwrap();
-        let c = dir.path().join("copy.fd");
-        sparse_copy(&t, &c).unwrap();
-        assert_eq!(std::fs::read(&c).unwrap(), data);
-        let allocated = std::fs::metadata(&c).unwrap().blocks() * 512;
-        assert!(
-            allocated <= 1 << 20,
-            "{allocated} bytes allocated for 2 data blocks"
-        );
-        // A second copy over the first (a file of other content) gives the same file.
-        std::fs::write(&c, vec![7u8; 9 << 20]).unwrap();
-        sparse_copy(&t, &c).unwrap();
-        assert_eq!(std::fs::read(&c).unwrap(), data);
     }
 }

@@ -312,9 +312,12 @@ impl StatKey {
     }
 }
 
+/// The directory of [`hash_cache_dir`] under the cache root.
+const HASHES_DIR: &str = "hashes";
+
 /// Where hashes are remembered across runs, under the cache root (`None`: this process only).
 pub fn hash_cache_dir() -> Option<PathBuf> {
-    cache_root().ok().map(|r| r.join("hashes"))
+    cache_root().ok().map(|r| r.join(HASHES_DIR))
 }
 
 /// [`hash_file`], remembered by the file's [`StatKey`] in this process and in `cache_dir` (one
@@ -428,6 +431,83 @@ fn data_extents(f: &fs::File, size: u64) -> Option<Vec<(u64, u64)>> {
     Some(out)
 }
 
+/// True when every byte is zero (branch-free per chunk so the compiler vectorizes it).
+fn is_zero(b: &[u8]) -> bool {
+    b.chunks(64)
+        .all(|c| c.iter().fold(0u8, |acc, &x| acc | x) == 0)
+}
+
+/// Copies `from` to `to` (replacing it), leaving 64 KiB blocks of zeros as holes, and reading
+/// only `from`'s data extents when it is sparse itself. Vars templates are 64 MiB of which a few
+/// hundred KiB hold data (Debian's are all zeros): writing the zeros, and freeing them when the
+/// run's private directory goes, cost more than the rest of a crash run.
+pub fn sparse_copy(from: &Path, to: &Path) -> io::Result<()> {
+    const BLOCK: u64 = 64 << 10;
+    let src = fs::File::open(from).map_err(|e| with_path(e, "opening", from))?;
+    let size = src
+        .metadata()
+        .map_err(|e| with_path(e, "reading", from))?
+        .len();
+    let extents = data_extents(&src, size).unwrap_or_else(|| vec![(0, size)]);
+    let dst = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(to)
+        .map_err(|e| with_path(e, "creating", to))?;
+    let mut buf = vec![0u8; BLOCK as usize];
+    for (offset, len) in extents {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(BLOCK) as usize;
+            src.read_exact_at(&mut buf[..n], offset + done)
+                .map_err(|e| with_path(e, "reading", from))?;
+            if !is_zero(&buf[..n]) {
+                dst.write_all_at(&buf[..n], offset + done)
+                    .map_err(|e| with_path(e, "writing", to))?;
+            }
+            done += n as u64;
+        }
+    }
+    // Holes, a trailing one too, need the length set.
+    dst.set_len(size).map_err(|e| with_path(e, "writing", to))
+}
+
+/// A sparse copy of `path` ([`sparse_copy`]) kept under the cache root by the sha256 of its
+/// content, made once per content; `path` itself is hashed once per content too
+/// ([`hash_file_cached`]). Copying from the twin reads only its data: for a 64 MiB vars template
+/// of a few hundred KiB of data, that is the difference between reading 64 MiB per run and not.
+pub fn sparse_twin(path: &Path) -> io::Result<PathBuf> {
+    sparse_twin_in(path, &cache_root()?)
+}
+
+fn sparse_twin_in(path: &Path, root: &Path) -> io::Result<PathBuf> {
+    let d = hash_file_cached(path, Some(&root.join(HASHES_DIR)))?;
+    let dir = root.join("sparse");
+    let twin = dir.join(&d.sha256);
+    if fs::metadata(&twin).is_ok_and(|m| m.len() == d.size) {
+        return Ok(twin);
+    }
+    fs::create_dir_all(&dir).map_err(|e| with_path(e, "creating", &dir))?;
+    // Copies a killed process left half-written.
+    sweep_stale(&dir, &[".twin-"], Duration::from_secs(3600));
+    let tmp = tempfile::Builder::new()
+        .prefix(".twin-")
+        .tempfile_in(&dir)
+        .map_err(|e| with_path(e, "creating a file in", &dir))?;
+    sparse_copy(path, tmp.path())?;
+    // The content may have changed while it was read: publish only a copy of what was hashed.
+    if hash_file(tmp.path())?.sha256 != d.sha256 {
+        return Err(io::Error::other(format!(
+            "{} changed while it was copied",
+            path.display()
+        )));
+    }
+    tmp.persist(&twin)
+        .map_err(|e| with_path(e.error, "writing", &twin))?;
+    Ok(twin)
+}
+
 /// Publishes a directory built in `staging` as `final_dir`: readable by all (tempfile makes 0700
 /// directories), whatever is in the way (a broken or incomplete entry) removed, then one rename.
 /// The caller holds the entry's lock or has checked that no complete entry exists.
@@ -479,6 +559,60 @@ pub fn sweep_stale(dir: &Path, prefixes: &[&str], max_age: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sparse_copy_is_byte_for_byte_the_same_with_zeros_left_as_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        // Data, 4 MiB of zeros, data across a block edge, zeros to an odd end.
+        let mut data = vec![0u8; (8 << 20) + 123];
+        data[..100].fill(0xAB);
+        data[(5 << 20) - 7..(5 << 20) + 7].fill(0x5A);
+        let t = dir.path().join("VARS.fd");
+        fs::write(&t, &data).unwrap();
+        let c = dir.path().join("copy.fd");
+        sparse_copy(&t, &c).unwrap();
+        assert_eq!(fs::read(&c).unwrap(), data);
+        let allocated = fs::metadata(&c).unwrap().blocks() * 512;
+        assert!(
+            allocated <= 1 << 20,
+            "{allocated} bytes allocated for 2 data blocks"
+        );
+        // A second copy over the first (a file of other content) gives the same file.
+        fs::write(&c, vec![7u8; 9 << 20]).unwrap();
+        sparse_copy(&t, &c).unwrap();
+        assert_eq!(fs::read(&c).unwrap(), data);
+        // A copy of the sparse copy (its data extents read, not its holes) is the same too.
+        let again = dir.path().join("again.fd");
+        sparse_copy(&c, &again).unwrap();
+        assert_eq!(fs::read(&again).unwrap(), data);
+    }
+
+    /// The twin is made once per content, holds the same bytes sparsely, and a file of other
+    /// content gets a twin of its own.
+    #[test]
+    fn a_sparse_twin_is_made_once_per_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache");
+        let mut data = vec![0u8; 4 << 20];
+        data[1000..2000].fill(0xC3);
+        let t = dir.path().join("VARS.fd");
+        fs::write(&t, &data).unwrap();
+        let twin = sparse_twin_in(&t, &root).unwrap();
+        assert_eq!(fs::read(&twin).unwrap(), data);
+        assert!(fs::metadata(&twin).unwrap().blocks() * 512 <= 256 << 10);
+        let made = fs::metadata(&twin).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(sparse_twin_in(&t, &root).unwrap(), twin);
+        assert_eq!(fs::metadata(&twin).unwrap().modified().unwrap(), made);
+        let other = dir.path().join("OTHER.fd");
+        data[3 << 20] = 1;
+        fs::write(&other, &data).unwrap();
+        let twin2 = sparse_twin_in(&other, &root).unwrap();
+        assert_ne!(twin2, twin);
+        assert_eq!(fs::read(&twin2).unwrap(), data);
+        // Nothing else is left in the twins' directory.
+        assert_eq!(fs::read_dir(root.join("sparse")).unwrap().count(), 2);
+    }
 
     /// A sparse file's hash is its full SHA-256; the same content in another file is found in
     /// the cache by its data extents (the entry is what is returned); other content gets its own.
