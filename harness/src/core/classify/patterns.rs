@@ -223,7 +223,7 @@ struct RawFile {
 #[derive(Debug)]
 pub struct Pattern {
     pub name: String,
-    pub regex: Regex,
+    pub regex: LazyRegex,
     pub effect: Effect,
     pub stage: Option<Stage>,
     /// Once the boot has reached this stage, lines are no longer this pattern's: the program
@@ -241,7 +241,7 @@ pub struct Pattern {
     pub file_stages: Vec<(String, Stage)>,
     pub role: Option<Role>,
     /// For the firmware banner: turns its `version` into an upstream release (`year`, `month`).
-    pub release: Option<Regex>,
+    pub release: Option<LazyRegex>,
     pub examples: Vec<String>,
     pub counter_examples: Vec<String>,
 }
@@ -270,15 +270,89 @@ pub struct PatternSet {
     roles: Vec<usize>,
     /// `role_regexes[r as usize]`: that pattern's regex in multi-line mode, for searching a
     /// buffer of many lines (on a single line it matches exactly as the pattern does).
-    role_regexes: Vec<Regex>,
+    role_regexes: Vec<LazyRegex>,
+}
+
+/// A pattern's regex: checked when the pattern file is loaded (its syntax, with the same parser
+/// the regex crate uses, and its capture group names) and compiled the first time a line needs
+/// it. A run looks at a handful of patterns (most lines hold none of their literals), and
+/// compiling every one of them at start was most of the classifier's start-up; it dereferences
+/// to the compiled [`Regex`].
+pub struct LazyRegex {
+    source: String,
+    names: Vec<String>,
+    compiled: OnceLock<Regex>,
+}
+
+impl LazyRegex {
+    /// Parses `source`; an error is the parser's message.
+    pub fn new(source: &str) -> Result<LazyRegex, String> {
+        let hir = regex_syntax::Parser::new()
+            .parse(source)
+            .map_err(|e| e.to_string())?;
+        let mut names = Vec::new();
+        capture_names(&hir, &mut names);
+        Ok(LazyRegex {
+            source: source.to_string(),
+            names,
+            compiled: OnceLock::new(),
+        })
+    }
+
+    /// The regex as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// True when the regex has a capture group of this name (without compiling it).
+    pub fn has_group(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+}
+
+impl std::ops::Deref for LazyRegex {
+    type Target = Regex;
+    fn deref(&self) -> &Regex {
+        self.compiled.get_or_init(|| {
+            // Parsed at load; what is left to fail is the compiled size limit, which the
+            // embedded patterns are far below (every one is compiled by the tests).
+            Regex::new(&self.source).expect("a pattern regex that parsed compiles")
+        })
+    }
+}
+
+impl std::fmt::Debug for LazyRegex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LazyRegex").field(&self.source).finish()
+    }
+}
+
+/// The names of the capture groups in `hir`.
+fn capture_names(hir: &regex_syntax::hir::Hir, out: &mut Vec<String>) {
+    use regex_syntax::hir::HirKind;
+    match hir.kind() {
+        HirKind::Capture(c) => {
+            if let Some(n) = &c.name {
+                out.push(n.to_string());
+            }
+            capture_names(&c.sub, out);
+        }
+        HirKind::Repetition(r) => capture_names(&r.sub, out),
+        HirKind::Concat(v) | HirKind::Alternation(v) => {
+            for h in v {
+                capture_names(h, out);
+            }
+        }
+        HirKind::Empty | HirKind::Literal(_) | HirKind::Class(_) | HirKind::Look(_) => {}
+    }
 }
 
 /// The capture groups of `groups` that `re` lacks.
-fn missing_groups<'a>(re: &Regex, groups: &[&'a str]) -> Vec<&'a str> {
+fn missing_groups<'a>(re: &LazyRegex, groups: &[&'a str]) -> Vec<&'a str> {
     groups
         .iter()
         .copied()
-        .filter(|g| !re.capture_names().any(|n| n == Some(g)))
+        .filter(|g| !re.has_group(g))
         .collect()
 }
 
@@ -326,8 +400,8 @@ impl PatternSet {
             } else if p.literals.is_empty() || p.literals.iter().any(|l| l.is_empty()) {
                 anyhow::bail!(ctx("needs at least one non-empty literal"));
             }
-            let regex =
-                Regex::new(&p.regex).map_err(|e| anyhow::anyhow!("{}: {e}", ctx("bad regex")))?;
+            let regex = LazyRegex::new(&p.regex)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", ctx("bad regex")))?;
             let parse_stage = |s: &str| {
                 Stage::parse(s).ok_or_else(|| anyhow::anyhow!(ctx(&format!("unknown stage {s:?}"))))
             };
@@ -425,7 +499,7 @@ impl PatternSet {
             let release = match &p.release {
                 None => None,
                 Some(src) => {
-                    let re = Regex::new(src)
+                    let re = LazyRegex::new(src)
                         .map_err(|e| anyhow::anyhow!("{}: {e}", ctx("bad release regex")))?;
                     let missing = missing_groups(&re, &["year", "month"]);
                     if !missing.is_empty() {
@@ -473,7 +547,7 @@ impl PatternSet {
             .iter()
             .map(|&i| {
                 let p: &Pattern = &patterns[i];
-                Regex::new(&format!("(?m:{})", p.regex.as_str())).map_err(|e| {
+                LazyRegex::new(&format!("(?m:{})", p.regex.as_str())).map_err(|e| {
                     anyhow::anyhow!("patterns.toml: pattern {:?}: multi-line regex: {e}", p.name)
                 })
             })
@@ -723,6 +797,33 @@ impl PatternSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regexes compile on first use: every one in the embedded file does, and the capture
+    /// groups read at load without compiling are the compiled regex's.
+    #[test]
+    fn every_embedded_regex_compiles_with_the_groups_read_at_load() {
+        let set = PatternSet::builtin();
+        let compiled = |r: &LazyRegex| {
+            let names: Vec<String> = r.capture_names().flatten().map(String::from).collect();
+            assert_eq!(names, r.names, "{}", r.as_str());
+        };
+        for p in &set.patterns {
+            compiled(&p.regex);
+            if let Some(r) = &p.release {
+                compiled(r);
+            }
+        }
+        for r in &set.role_regexes {
+            compiled(r);
+        }
+        assert!(
+            LazyRegex::new("(?P<a>x)(?:y(?P<b>z)*)|(?P<c>w)")
+                .unwrap()
+                .names
+                .eq(&["a", "b", "c"])
+        );
+        assert!(LazyRegex::new("(unclosed").is_err());
+    }
 
     /// Every pattern's examples are matched by that very pattern (first match wins, so an
     /// example claimed by an earlier pattern is a bug in the file's order) and its counter
