@@ -1,12 +1,13 @@
 //! Offline classification throughput on real console text (the README quotes these figures):
 //! the recorded Debian 12 boot, upgrade and reboot (`tests/data/recorded/`) alone and together
 //! with every sample in `tests/data/console/`, repeated to 64 MiB, through the path
-//! `bootwatch classify` takes (normalize + classify, fed in the CLI's read size), and split into
-//! normalize-only and classify-only. Also a synthetic log of kernel lines, and hostile console
+//! `bootwatch classify` takes (normalize on one thread, classify on another, fed in the CLI's read
+//! size), the same on one thread, and split into normalize-only and classify-only. Also a synthetic log of kernel lines, and hostile console
 //! output (issue #12): a long line of invalid UTF-8 (offline, and read in small pieces as a
 //! session reads it), a flood of benign notes and a flood of distinct exception banners. Each of
 //! these used to cost time or memory that grew faster than the input. Run: `cargo bench --bench
-//! classify -- --warm-up-time 1 --measurement-time 3` (CI runs it once with `-- --test`).
+//! classify -- --warm-up-time 1 --measurement-time 3` (the README's test command, `cargo test
+//! --workspace --all-targets`, runs each once in criterion's test mode).
 
 use std::fmt::Write;
 use std::hint::black_box;
@@ -79,8 +80,21 @@ fn repeated(unit: &[u8], size: usize) -> Vec<u8> {
     unit.repeat(size.div_ceil(unit.len()))
 }
 
-/// What `bootwatch classify` does with a file, without the reads.
+/// What `bootwatch classify` does with a file, the reads replaced by copies of its pieces:
+/// reading and normalizing on one thread, classifying on another.
 fn cli_path(log: &[u8]) -> u64 {
+    let mut pieces = log.chunks(bootwatch::core::classify::LOG_CHUNK);
+    let (cls, _) = bootwatch::core::classify::LogClassifier::classify_pipelined(|buf| {
+        let piece = pieces.next().unwrap_or_default();
+        buf.extend_from_slice(piece);
+        Ok::<bool, ()>(!piece.is_empty())
+    })
+    .expect("no read fails");
+    cls.lines()
+}
+
+/// The same on one thread.
+fn one_thread(log: &[u8]) -> u64 {
     let mut c = bootwatch::core::classify::LogClassifier::new();
     for chunk in log.chunks(bootwatch::core::classify::LOG_CHUNK) {
         c.feed(chunk);
@@ -98,6 +112,9 @@ fn real(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(log.len() as u64));
         g.bench_function(format!("{name}-64MiB"), |b| {
             b.iter(|| cli_path(black_box(&log)))
+        });
+        g.bench_function(format!("{name}-64MiB-one-thread"), |b| {
+            b.iter(|| one_thread(black_box(&log)))
         });
         g.bench_function(format!("{name}-normalize-only"), |b| {
             let mut text = String::new();

@@ -386,21 +386,24 @@ fn print_summary(r: &RunResult, dir: &Path) {
 }
 
 /// Classifies a saved log read in pieces of `LOG_CHUNK` bytes (memory stays small for a log of
-/// any size).
+/// any size), reading and normalizing on a thread beside the classifier.
 fn classify_file(path: &Path) -> Result<(classify::Classifier, classify::Decision), CliError> {
     let unreadable = |e: std::io::Error| CliError::usage(format!("{}: {e}", path.display()));
     let mut file = std::fs::File::open(path).map_err(unreadable)?;
-    let mut log = classify::LogClassifier::new();
-    let mut buf = vec![0u8; classify::LOG_CHUNK];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => log.feed(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(unreadable(e)),
+    classify::LogClassifier::classify_pipelined(|buf: &mut Vec<u8>| {
+        buf.resize(classify::LOG_CHUNK, 0);
+        loop {
+            match file.read(buf) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(n > 0);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
-    }
-    Ok(log.finish())
+    })
+    .map_err(unreadable)
 }
 
 pub fn classify(path: &Path, json: bool) -> CliResult {

@@ -62,6 +62,31 @@ impl Normalizer {
         }
     }
 
+    /// [`Normalizer::feed`] with part of the work handed back: appends to `out` the lines `bytes`
+    /// completes up to the first line break at or after byte `at`, returns the complete lines
+    /// after it still raw (for [`normalize_lines`], on another thread), and appends to `after`
+    /// what the line left pending at the end produced. `out`, the returned lines normalized, then
+    /// `after`, in that order, are exactly what `feed(bytes)` appends.
+    pub fn feed_split<'a>(
+        &mut self,
+        bytes: &'a [u8],
+        at: usize,
+        out: &mut String,
+        after: &mut String,
+    ) -> &'a [u8] {
+        let Some(last) = memchr::memrchr(b'\n', bytes) else {
+            self.feed(bytes, out);
+            return &[];
+        };
+        let from = at.min(last);
+        let cut = from + memchr::memchr(b'\n', &bytes[from..]).expect("`last` is one") + 1;
+        // Ends with a line break: no line is pending after it, so the complete lines that follow
+        // need no state of this normalizer.
+        self.feed(&bytes[..cut], out);
+        self.feed(&bytes[last + 1..], after);
+        &bytes[cut..last + 1]
+    }
+
     /// Flushes the unterminated tail as a last line (end of a log).
     pub fn finish(&mut self, out: &mut String) {
         if self.line.started {
@@ -198,6 +223,14 @@ fn decode_lossy(carry: &mut Vec<u8>, mut raw: &[u8], mut emit: impl FnMut(&str))
         }
     }
     flush(&mut pending, &mut emit);
+}
+
+/// Normalizes complete lines (`block` is empty or ends with '\n'), as a [`Normalizer`] with no
+/// line pending does: this needs no state, so the lines of one log can be normalized on several
+/// threads and the results joined in order.
+pub fn normalize_lines(block: &[u8], out: &mut String) {
+    debug_assert!(block.is_empty() || block.ends_with(b"\n"));
+    normalize_block(block, &mut LineState::default(), out);
 }
 
 /// Normalizes complete lines (`block` is empty or ends with '\n'). Runs of lines that need
@@ -549,6 +582,44 @@ mod tests {
         }
         n.finish(&mut out);
         out
+    }
+
+    /// `feed_split` and `normalize_lines` together give what `feed` gives, for the real consoles
+    /// and a line of invalid bytes, in pieces of many sizes split at many points.
+    #[test]
+    fn feed_split_and_normalize_lines_give_what_feed_gives() {
+        use rand::{Rng, SeedableRng};
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let mut log =
+            std::fs::read(data.join("recorded/debian-12-upgrade-reboot.serial.raw")).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(data.join("console"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for n in names {
+            log.extend(std::fs::read(n).unwrap());
+        }
+        log.extend(vec![0xffu8; 3 * MAX_LINE]);
+        log.extend(b"\r\nlast\x1b[1m line");
+        let whole = norm_chunks(&[&log]);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        for _ in 0..20 {
+            let mut n = Normalizer::new();
+            let mut out = String::new();
+            let mut rest = &log[..];
+            while !rest.is_empty() {
+                let (piece, later) = rest.split_at(rng.gen_range(1..200_000).min(rest.len()));
+                let mut after = String::new();
+                let at = rng.gen_range(0..=piece.len());
+                let handed = n.feed_split(piece, at, &mut out, &mut after);
+                normalize_lines(handed, &mut out);
+                out.push_str(&after);
+                rest = later;
+            }
+            n.finish(&mut out);
+            assert_eq!(out, whole);
+        }
     }
 
     #[test]

@@ -1137,6 +1137,16 @@ fn classify_log_with(cls: Classifier, bytes: &[u8]) -> (Classifier, Decision) {
 /// same result; this one keeps memory small and per-call costs negligible).
 pub const LOG_CHUNK: usize = 1 << 20;
 
+/// Pieces that may wait between the reader and the classifier in
+/// [`LogClassifier::classify_pipelined`].
+pub const PIPELINE_DEPTH: usize = 2;
+
+/// The part of each piece (numerator, denominator) the reading thread of
+/// [`LogClassifier::classify_pipelined`] normalizes; the classifying thread normalizes the rest.
+/// Measured on the recorded Debian boot: normalizing costs about 2.7 times what classifying
+/// does, so two thirds on the reader leaves the two threads about equally busy.
+pub const PIPELINE_SHARE: (usize, usize) = (2, 3);
+
 /// Classifies a saved console log handed over in pieces (a file read [`LOG_CHUNK`] bytes at a
 /// time): memory stays bounded by the piece size, whatever the size of the log. The result
 /// does not depend on where the pieces are cut, and is [`classify_log`]'s on the whole.
@@ -1171,6 +1181,81 @@ impl LogClassifier {
         self.text.clear();
         self.norm.feed(bytes, &mut self.text);
         self.cls.feed_text(&self.text, None);
+    }
+
+    /// Classifies a whole log whose raw pieces `read` puts into the buffer it is given (returning
+    /// `Ok(false)` at the end), on two threads: one reads and normalizes the first
+    /// [`PIPELINE_SHARE`] of each piece, the other normalizes the rest of it (complete lines
+    /// need no normalizer state: [`crate::core::console::normalize_lines`]) and classifies. On a
+    /// host with two cores a real console goes through at about twice the speed of one thread.
+    /// At most [`PIPELINE_DEPTH`] pieces wait between the threads, so memory stays bounded by a
+    /// few pieces. The result is [`classify_log`]'s on the same bytes; `read`'s first error ends
+    /// the work and is returned.
+    pub fn classify_pipelined<E: Send>(
+        read: impl FnMut(&mut Vec<u8>) -> Result<bool, E> + Send,
+    ) -> Result<(Classifier, Decision), E> {
+        Self::new().pipelined(read)
+    }
+
+    fn pipelined<E: Send>(
+        self,
+        mut read: impl FnMut(&mut Vec<u8>) -> Result<bool, E> + Send,
+    ) -> Result<(Classifier, Decision), E> {
+        use crate::core::console::normalize_lines;
+        /// A piece on its way: normalized text, complete lines still raw, then the text the
+        /// pending line produced.
+        #[derive(Default)]
+        struct Piece {
+            text: String,
+            raw: Vec<u8>,
+            after: String,
+        }
+        let LogClassifier { mut norm, cls, .. } = self;
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Piece>(PIPELINE_DEPTH);
+        // Emptied pieces go back to the reader, so their memory is reused.
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Piece>();
+        std::thread::scope(|s| {
+            let reader = s.spawn(move || {
+                let mut raw = Vec::new();
+                loop {
+                    raw.clear();
+                    let more = read(&mut raw)?;
+                    let mut piece = empty_rx.try_recv().unwrap_or_default();
+                    piece.text.clear();
+                    piece.raw.clear();
+                    piece.after.clear();
+                    if more {
+                        let at = raw.len() / PIPELINE_SHARE.1 * PIPELINE_SHARE.0;
+                        let rest = norm.feed_split(&raw, at, &mut piece.text, &mut piece.after);
+                        piece.raw.extend_from_slice(rest);
+                    } else {
+                        norm.finish(&mut piece.text);
+                    }
+                    // The classifier only stops receiving when it panicked (join reports it).
+                    if full_tx.send(piece).is_err() || !more {
+                        return Ok(());
+                    }
+                }
+            });
+            let mut cls = cls;
+            let mut text = String::new();
+            for piece in full_rx {
+                cls.feed_text(&piece.text, None);
+                text.clear();
+                normalize_lines(&piece.raw, &mut text);
+                cls.feed_text(&text, None);
+                cls.feed_text(&piece.after, None);
+                let _ = empty_tx.send(piece);
+            }
+            reader.join().expect("the log reader does not panic")?;
+            // Everything was fed, the normalizer's tail included: decide.
+            let log = LogClassifier {
+                norm: crate::core::console::Normalizer::new(),
+                cls,
+                text,
+            };
+            Ok(log.finish())
+        })
     }
 
     /// The log ended: its last line (without a line break) is classified, and the boot decided.

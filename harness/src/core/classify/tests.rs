@@ -1021,6 +1021,36 @@ fn classify_pieces(bytes: &[u8], sizes: &[usize], prune: bool) -> String {
     outcome(&cls, &d)
 }
 
+/// [`LogClassifier::classify_pipelined`] fed `bytes` in pieces of `sizes` (cycled).
+fn classify_two_threads(bytes: &[u8], sizes: &[usize]) -> String {
+    let mut rest = bytes;
+    let mut sizes = sizes.iter().cycle();
+    let (cls, d) = LogClassifier::classify_pipelined(|buf: &mut Vec<u8>| {
+        let n = (*sizes.next().expect("cycled")).min(rest.len());
+        buf.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        Ok::<bool, ()>(n > 0)
+    })
+    .expect("no read fails");
+    outcome(&cls, &d)
+}
+
+/// A read error ends the pipelined classification and is what it returns, however many pieces
+/// were already on their way.
+#[test]
+fn a_read_error_ends_the_pipelined_classification() {
+    let mut pieces = 0;
+    let r = LogClassifier::classify_pipelined(|buf: &mut Vec<u8>| {
+        pieces += 1;
+        if pieces == 5 {
+            return Err(format!("read {pieces} failed"));
+        }
+        buf.extend_from_slice(b"Synchronous Exception at 0x0000000047E3A2B0\r\n");
+        Ok(true)
+    });
+    assert_eq!(r.err().as_deref(), Some("read 5 failed"));
+}
+
 /// The real recorded console and every sample, alone, concatenated, and shuffled line by line
 /// into new logs (dumps inside userspace, banners after logins, boots cut anywhere), read in
 /// pieces of many sizes: passing over lines at the scan changes nothing in any result, and a
@@ -1072,6 +1102,11 @@ fn passing_over_inert_lines_changes_no_result() {
             classify_pieces(log, &sizes, false),
             whole,
             "log {k} in pieces"
+        );
+        assert_eq!(
+            classify_two_threads(log, &sizes),
+            whole,
+            "log {k} on two threads"
         );
     }
     // The recorded console boots to a login twice: most lines with a literal (systemd's
