@@ -391,17 +391,13 @@ fn classify_file(path: &Path) -> Result<(classify::Classifier, classify::Decisio
     let unreadable = |e: std::io::Error| CliError::usage(format!("{}: {e}", path.display()));
     let mut file = std::fs::File::open(path).map_err(unreadable)?;
     classify::LogClassifier::classify_pipelined(|buf: &mut Vec<u8>| {
-        buf.resize(classify::LOG_CHUNK, 0);
-        loop {
-            match file.read(buf) {
-                Ok(n) => {
-                    buf.truncate(n);
-                    return Ok(n > 0);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        // Into the buffer's spare capacity: no zeroing of a MiB per piece (`resize` did, 5 % of
+        // the instructions of a classification).
+        buf.clear();
+        let n = (&mut file)
+            .take(classify::LOG_CHUNK as u64)
+            .read_to_end(buf)?;
+        Ok(n > 0)
     })
     .map_err(unreadable)
 }

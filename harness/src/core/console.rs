@@ -233,147 +233,100 @@ pub fn normalize_lines(block: &[u8], out: &mut String) {
     normalize_block(block, &mut LineState::default(), out);
 }
 
-/// Normalizes complete lines (`block` is empty or ends with '\n'). Runs of lines that need
-/// nothing but CR removal are copied wholesale; only lines with escapes, other controls, invalid
-/// UTF-8 or excessive length take the per-line path.
-/// `line` is the (idle) line state the per-line path borrows.
+/// Normalizes complete lines (`block` is empty or ends with '\n'), one at a time. What is
+/// searched for once over the whole block instead of per line: whether it is valid UTF-8 (a
+/// line of a valid block is a `str` slice, no check of its own) and where the next byte that
+/// needs more than a copy is ([`first_control`]). A line before that byte and not over
+/// `MAX_LINE` bytes (most lines) is copied without the CR before its '\n'; the others go through
+/// [`normalize_line`]. `line` is the (idle) line state the parser path borrows.
 fn normalize_block(block: &[u8], line: &mut LineState, out: &mut String) {
+    out.reserve(block.len());
+    let text = std::str::from_utf8(block).ok();
+    // The next byte at or after `pos` that needs more than a copy (`block.len()`: none), once
+    // searched.
+    let mut special = None::<usize>;
     let mut pos = 0;
-    while pos < block.len() {
-        let rest = &block[pos..];
-        let Some(bad) = first_control(rest) else {
-            copy_clean(rest, line, out);
-            return;
-        };
-        let line_start = memchr::memrchr(b'\n', &rest[..bad]).map_or(0, |i| i + 1);
-        let line_end =
-            bad + memchr::memchr(b'\n', &rest[bad..]).expect("block ends with a newline");
-        copy_clean(&rest[..line_start], line, out);
-        normalize_line(&rest[line_start..line_end], line, out);
-        pos += line_end + 1;
-    }
-}
-
-/// Copies complete lines that contain no control byte but '\t', '\n' and '\r'. CR before LF is
-/// dropped; a line with anything unusual (a lone CR, invalid UTF-8, over `MAX_LINE` bytes) goes
-/// through `normalize_line` alone, and the lines around it are still copied wholesale (GRUB
-/// prints its menu's help text after lone CRs). Each kind of trouble is searched for from where
-/// the last one was found, so the work stays linear however many such lines there are.
-fn copy_clean(region: &[u8], line: &mut LineState, out: &mut String) {
-    let len = region.len();
-    // Where the next line with a lone CR / over `MAX_LINE` begins (`len`: none), once searched.
-    let (mut cr, mut long) = (None::<usize>, None::<usize>);
-    let line_start = |at: usize, from: usize| {
-        memchr::memrchr(b'\n', &region[from..at]).map_or(from, |i| from + i + 1)
-    };
-    let mut pos = 0;
-    while pos < len {
-        if cr.is_none_or(|c| c < pos) {
-            let lone = memchr::memchr_iter(b'\r', &region[pos..])
-                .map(|i| pos + i)
-                .find(|&i| region.get(i + 1) != Some(&b'\n'));
-            cr = Some(lone.map_or(len, |i| line_start(i, pos)));
+    for end in memchr::memchr_iter(b'\n', block) {
+        if special.is_none_or(|s| s < pos) {
+            special = Some(first_control(&block[pos..]).map_or(block.len(), |i| pos + i));
         }
-        if long.is_none_or(|l| l < pos) {
-            long = Some(long_line(region, pos));
-        }
-        let bad = cr.min(long).expect("both searched");
-        let (text, bad) = match std::str::from_utf8(&region[pos..bad]) {
-            Ok(text) => (text, bad),
-            Err(e) => {
-                let at = line_start(pos + e.valid_up_to(), pos);
-                let text = std::str::from_utf8(&region[pos..at]).expect("valid up to there");
-                (text, at)
+        let raw = &block[pos..end];
+        let line_text = text.map(|t| &t[pos..end]);
+        match line_text {
+            Some(t) if special.is_some_and(|s| s > end) && raw.len() <= MAX_LINE => {
+                out.push_str(t.strip_suffix('\r').unwrap_or(t));
+                out.push('\n');
             }
-        };
-        push_crlf(text, out);
-        if bad == len {
-            return;
+            _ => normalize_line(raw, line_text, line, out),
         }
-        let end = bad + memchr::memchr(b'\n', &region[bad..]).expect("the region ends with '\\n'");
-        normalize_line(&region[bad..end], line, out);
         pos = end + 1;
     }
+    debug_assert_eq!(pos, block.len(), "a block ends with a line break");
 }
 
-/// Where the first line at or after `from` (a line start) that is longer than `MAX_LINE` bytes
-/// begins, or `region.len()`: every window of `MAX_LINE + 1` bytes from a line start holds a '\n'
-/// unless such a line begins there (a search per window, not per line).
-fn long_line(region: &[u8], from: usize) -> usize {
-    let mut from = from;
-    while region.len() - from > MAX_LINE {
-        match memchr::memrchr(b'\n', &region[from..from + MAX_LINE + 1]) {
-            Some(i) => from += i + 1,
-            None => return from,
-        }
-    }
-    region.len()
-}
-
-/// Appends complete lines, each CR in them (every one is before a '\n') dropped.
-fn push_crlf(text: &str, out: &mut String) {
-    let mut start = 0;
-    for cr in memchr::memchr_iter(b'\r', text.as_bytes()) {
-        out.push_str(&text[start..cr]);
-        start = cr + 1;
-    }
-    out.push_str(&text[start..]);
-}
-
-/// The first byte that needs the escape parser: a C0 control other than tab, LF and CR, or DEL.
+/// The first byte that needs more than a copy: a C0 control other than tab and LF, or DEL, but
+/// not a CR right before a LF (every line of a serial console ends with one). Branch-free over
+/// 64 bytes at a time (each byte with the one after it) so the compiler vectorizes it.
 fn first_control(b: &[u8]) -> Option<usize> {
-    let special = |x: u8| (x < 0x20 && x != b'\t' && x != b'\n' && x != b'\r') || x == 0x7f;
-    let mut base = 0;
-    for chunk in b.chunks(64) {
-        // Branch-free over the chunk so the compiler vectorizes it.
-        if chunk.iter().fold(false, |acc, &x| acc | special(x)) {
-            return chunk.iter().position(|&x| special(x)).map(|i| base + i);
+    // `&` and `|`, not `&&` and `||`: no branch, so the loop below vectorizes.
+    let special = |x: u8, next: u8| {
+        ((x < 0x20) & (x != b'\t') & (x != b'\n') & ((x != b'\r') | (next != b'\n'))) | (x == 0x7f)
+    };
+    let mut i = 0;
+    while let Some(w) = b.get(i..i + 65) {
+        let w: &[u8; 65] = w.try_into().expect("65 bytes");
+        let mut hit = false;
+        for k in 0..64 {
+            hit |= special(w[k], w[k + 1]);
         }
-        base += chunk.len();
+        if hit {
+            return (0..64).find(|&k| special(w[k], w[k + 1])).map(|k| i + k);
+        }
+        i += 64;
     }
-    None
+    // The last byte has nothing after it: a CR there is a lone one.
+    (i..b.len()).find(|&k| special(b[k], b.get(k + 1).copied().unwrap_or(0)))
 }
 
 /// Normalizes one raw line (without its '\n') and appends the resulting line(s) to `out`.
+/// `text` is the line as a `str` when it is known to be valid UTF-8 (`None`: not checked yet).
 /// `line` is the idle line state, borrowed for lines that need the escape parser.
-fn normalize_line(raw: &[u8], line: &mut LineState, out: &mut String) {
-    let plain = raw.strip_suffix(b"\r").unwrap_or(raw);
-    if is_plain(plain)
-        && let Ok(s) = std::str::from_utf8(plain)
-    {
-        push_line(s, out);
-        return;
-    }
-    if normalize_escaped(raw, out) {
-        return;
+fn normalize_line(raw: &[u8], text: Option<&str>, line: &mut LineState, out: &mut String) {
+    let text = text.or_else(|| std::str::from_utf8(raw).ok());
+    if let Some(text) = text {
+        let plain = text.strip_suffix('\r').unwrap_or(text);
+        if is_plain(plain.as_bytes()) {
+            push_line(plain, out);
+            return;
+        }
+        if normalize_escaped(text, out) {
+            return;
+        }
     }
     line.feed(raw, out);
     line.end(out);
 }
 
-/// Normalizes a line with escapes without the escape parser, when all it holds is valid UTF-8
-/// text, tabs, CRs, other C0 controls outside escapes, and well-formed escape sequences of the
+/// Normalizes a line with escapes without the escape parser, when all it holds is text, tabs, CRs, other C0 controls outside escapes, and well-formed escape sequences of the
 /// kinds consoles print (CSI such as SGR colours and cursor moves, and two-byte ESC sequences):
 /// exactly what the parser makes of them, at memory speed. Returns false, leaving `out` as it
-/// was, for anything else (invalid UTF-8, OSC/DCS strings, a control byte or stray byte inside a
+/// was, for anything else (OSC/DCS strings, a control byte or stray byte inside a
 /// sequence, a sequence cut by the line end, a line of `PARSER_LIMIT` bytes or more): the caller
 /// then takes the parser's path. Text over `MAX_LINE` bytes is cut where the parser's performer
 /// cuts it (GRUB's menu redraws are such lines). The `bulk_path_equals_the_parser_*` tests check
 /// the two agree.
-fn normalize_escaped(raw: &[u8], out: &mut String) -> bool {
+fn normalize_escaped(text: &str, out: &mut String) -> bool {
+    let raw = text.as_bytes();
     if raw.len() >= PARSER_LIMIT {
         return false;
     }
-    let Ok(text) = std::str::from_utf8(raw) else {
-        return false;
-    };
     let mark = out.len();
     // Where the current line begins in `out`, and whether a CR was seen since it was printed to.
     let mut start = mark;
     let mut after_cr = false;
     // As the parser's performer does (`Sink::break_line`): a line of only white space is dropped.
     let break_line = |out: &mut String, start: &mut usize| {
-        if out[*start..].trim().is_empty() {
+        if is_blank(&out[*start..]) {
             out.truncate(*start);
         } else {
             out.push('\n');
@@ -487,6 +440,19 @@ fn first_c0(b: &[u8]) -> Option<usize> {
     None
 }
 
+/// `s.trim().is_empty()`, without decoding characters while they are ASCII (GRUB's menu
+/// redraws are long runs of spaces).
+fn is_blank(s: &str) -> bool {
+    match s
+        .bytes()
+        .position(|b| !b.is_ascii_whitespace() && b != 0x0b)
+    {
+        None => true,
+        Some(i) if s.as_bytes()[i] < 0x80 => false,
+        Some(i) => s[i..].trim().is_empty(),
+    }
+}
+
 /// True when the line has no control byte but tab (so no escape, no CR).
 fn is_plain(raw: &[u8]) -> bool {
     // Branch-free per chunk so the compiler vectorizes it.
@@ -520,7 +486,7 @@ struct Sink<'a> {
 
 impl Sink<'_> {
     fn break_line(&mut self) {
-        if !self.text.line.trim().is_empty() {
+        if !is_blank(&self.text.line) {
             push_line(&self.text.line, self.out);
         }
         self.text.line.clear();
@@ -759,7 +725,7 @@ mod tests {
     /// The bulk path, where it takes the line.
     fn via_bulk(raw: &[u8]) -> Option<String> {
         let mut out = String::from("kept");
-        let taken = normalize_escaped(raw, &mut out);
+        let taken = std::str::from_utf8(raw).is_ok_and(|t| normalize_escaped(t, &mut out));
         match out.strip_prefix("kept") {
             Some(rest) if taken => Some(rest.to_string()),
             _ => {
@@ -796,6 +762,158 @@ mod tests {
         assert!(taken * 100 >= escaped * 95, "{taken} of {escaped} taken");
     }
 
+    /// What consoles print and what breaks parsers (see the random-line tests).
+    const PIECES: &[&[u8]] = &[
+        b"systemd[1]: Started ",
+        b"  OK  ] ",
+        b" ",
+        b"   ",
+        b"\t",
+        b"\r",
+        b"\r\r",
+        b"x",
+        b"Synchronous Exception at 0x7C743000",
+        b"caf\xc3\xa9",
+        b"\xe2\x80\xa6",
+        b"\xc2\x85",
+        b"\xc2\x9b",
+        b"\xc2\xa0",
+        b"\x7f",
+        b"\x00",
+        b"\x07",
+        b"\x08",
+        b"\x18",
+        b"\x1a",
+        b"\x0e",
+        b"\x1b[0m",
+        b"\x1b[0;1;39m",
+        b"\x1b[0;32m",
+        b"\x1b[2J",
+        b"\x1b[01;01H",
+        b"\x1b[5;78f",
+        b"\x1b[7d",
+        b"\x1b[H",
+        b"\x1b[K",
+        b"\x1b[=3h",
+        b"\x1b[?25l",
+        b"\x1b[?1;2$p",
+        b"\x1b[1:2:3m",
+        b"\x1b[ q",
+        b"\x1b[1?m",
+        b"\x1b[1 2m",
+        b"\x1b[1\rm",
+        b"\x1b[1\x7fm",
+        b"\x1b[1\xc3\xa9m",
+        b"\x1b[",
+        b"\x1b",
+        b"\x1bM",
+        b"\x1b7",
+        b"\x1bc",
+        b"\x1bH",
+        b"\x1b(B",
+        b"\x1bP1;2qdata\x1b\\",
+        b"\x1b]0;title\x07",
+        b"\x1b]8;;http://x\x1b\\",
+        b"\x1bX",
+        b"\x1b\x1b[m",
+        b"\x1b\xe2\x80\xa6",
+        b"\xff",
+        b"\xc3",
+        b"\xed\xa0\x80",
+        b"\xf0\x9f\x98\x80",
+    ];
+
+    /// Blocks of random lines (plain ones with and without the CR before their '\n', lines of
+    /// escapes, controls, invalid UTF-8, lone CRs, lines over `MAX_LINE`): normalizing a block
+    /// gives, line by line, what the escape parser gives for each line alone, whichever path
+    /// each line takes (the copy, the bulk escape path or the parser). Seeded.
+    #[test]
+    fn a_block_normalizes_as_the_parser_does_line_by_line() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+        for _ in 0..3_000 {
+            let (mut block, mut want) = (Vec::new(), String::new());
+            for _ in 0..rng.gen_range(0..40) {
+                let mut raw = Vec::new();
+                match rng.gen_range(0..10) {
+                    0..=4 => raw.extend_from_slice(b"[    1.234567] virtio_blk virtio1: [vda]"),
+                    5 => raw.resize(rng.gen_range(MAX_LINE - 2..MAX_LINE + 3), b'z'),
+                    _ => {
+                        for _ in 0..rng.gen_range(0..8) {
+                            if rng.gen_bool(0.05) {
+                                raw.push(rng.r#gen::<u8>());
+                            } else {
+                                raw.extend_from_slice(PIECES[rng.gen_range(0..PIECES.len())]);
+                            }
+                        }
+                    }
+                }
+                raw.retain(|&b| b != b'\n');
+                if rng.gen_bool(0.7) {
+                    raw.push(b'\r');
+                }
+                want.push_str(&via_parser(&raw));
+                block.extend_from_slice(&raw);
+                block.push(b'\n');
+            }
+            let mut got = String::new();
+            normalize_lines(&block, &mut got);
+            assert_eq!(got, want, "{block:?}");
+        }
+    }
+
+    /// `first_control` finds what a byte-by-byte search finds, wherever it is in a block (each
+    /// side of the 64-byte steps) and whatever follows a CR.
+    #[test]
+    fn first_control_finds_the_first_byte_that_needs_more_than_a_copy() {
+        use rand::{Rng, SeedableRng};
+        let naive = |b: &[u8]| {
+            (0..b.len()).find(|&i| {
+                let x = b[i];
+                x == 0x7f
+                    || (x < 0x20
+                        && x != b'\t'
+                        && x != b'\n'
+                        && !(x == b'\r' && b.get(i + 1) == Some(&b'\n')))
+            })
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..300);
+            let mut b: Vec<u8> = (0..len)
+                .map(|_| match rng.gen_range(0..40) {
+                    0 => b'\r',
+                    1 => b'\n',
+                    2 => rng.r#gen::<u8>(),
+                    _ => b'a',
+                })
+                .collect();
+            if rng.gen_bool(0.5) {
+                b.extend_from_slice(b"\r\n");
+            }
+            assert_eq!(first_control(&b), naive(&b), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn is_blank_is_trim_is_empty() {
+        for s in [
+            "",
+            " ",
+            "\t \r\n",
+            "\u{b}\u{c}",
+            " x ",
+            "\u{a0}",
+            " \u{3000} ",
+            " \u{85}",
+            "\u{a0}x",
+            "\u{1b}",
+            " \u{7f}",
+        ] {
+            assert_eq!(is_blank(s), s.trim().is_empty(), "{s:?}");
+        }
+    }
+
     /// Randomized lines built from what consoles print and from what breaks parsers (escape
     /// sequences whole, cut, with stray or control bytes inside, OSC strings, C1 characters,
     /// invalid UTF-8, lone CRs, cursor moves): wherever the bulk path takes a line, it gives what
@@ -803,65 +921,6 @@ mod tests {
     #[test]
     fn bulk_path_equals_the_parser_on_random_lines() {
         use rand::{Rng, SeedableRng};
-        const PIECES: &[&[u8]] = &[
-            b"systemd[1]: Started ",
-            b"  OK  ] ",
-            b" ",
-            b"   ",
-            b"\t",
-            b"\r",
-            b"\r\r",
-            b"x",
-            b"Synchronous Exception at 0x7C743000",
-            b"caf\xc3\xa9",
-            b"\xe2\x80\xa6",
-            b"\xc2\x85",
-            b"\xc2\x9b",
-            b"\xc2\xa0",
-            b"\x7f",
-            b"\x00",
-            b"\x07",
-            b"\x08",
-            b"\x18",
-            b"\x1a",
-            b"\x0e",
-            b"\x1b[0m",
-            b"\x1b[0;1;39m",
-            b"\x1b[0;32m",
-            b"\x1b[2J",
-            b"\x1b[01;01H",
-            b"\x1b[5;78f",
-            b"\x1b[7d",
-            b"\x1b[H",
-            b"\x1b[K",
-            b"\x1b[=3h",
-            b"\x1b[?25l",
-            b"\x1b[?1;2$p",
-            b"\x1b[1:2:3m",
-            b"\x1b[ q",
-            b"\x1b[1?m",
-            b"\x1b[1 2m",
-            b"\x1b[1\rm",
-            b"\x1b[1\x7fm",
-            b"\x1b[1\xc3\xa9m",
-            b"\x1b[",
-            b"\x1b",
-            b"\x1bM",
-            b"\x1b7",
-            b"\x1bc",
-            b"\x1bH",
-            b"\x1b(B",
-            b"\x1bP1;2qdata\x1b\\",
-            b"\x1b]0;title\x07",
-            b"\x1b]8;;http://x\x1b\\",
-            b"\x1bX",
-            b"\x1b\x1b[m",
-            b"\x1b\xe2\x80\xa6",
-            b"\xff",
-            b"\xc3",
-            b"\xed\xa0\x80",
-            b"\xf0\x9f\x98\x80",
-        ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(13);
         let (mut tried, mut taken) = (0, 0);
         for _ in 0..200_000 {
