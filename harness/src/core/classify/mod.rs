@@ -1144,9 +1144,10 @@ pub const PIPELINE_DEPTH: usize = 2;
 /// The part of each piece (numerator, denominator) the reading thread of
 /// [`LogClassifier::classify_pipelined`] normalizes; the classifying thread normalizes the rest.
 /// Measured on the recorded Debian boot (callgrind, 8 MiB, 2026-12-02): normalizing costs 98 M
-/// instructions, classifying 38 M beyond its fixed cost, so seven tenths on the reader leave
-/// the two threads about equally busy.
-pub const PIPELINE_SHARE: (usize, usize) = (7, 10);
+/// instructions, classifying 38 M beyond its fixed cost; the reader also reads the file. With
+/// seven tenths on the reader, `bootwatch classify` of 256 MiB was no faster than with two
+/// thirds (the reader was the bound); three fifths took 0.25-0.29 s against 0.27-0.32 s.
+pub const PIPELINE_SHARE: (usize, usize) = (3, 5);
 
 /// Classifies a saved console log handed over in pieces (a file read [`LOG_CHUNK`] bytes at a
 /// time): memory stays bounded by the piece size, whatever the size of the log. The result
@@ -1196,12 +1197,13 @@ impl LogClassifier {
         mut read: impl FnMut(&mut Vec<u8>) -> Result<bool, E> + Send,
     ) -> Result<(Classifier, Decision), E> {
         use crate::core::console::normalize_lines;
-        /// A piece on its way: normalized text, complete lines still raw, then the text the
-        /// pending line produced.
+        /// A piece on its way: normalized text, the piece as read with the range of its complete
+        /// lines still raw (no copy of them), then the text the pending line produced.
         #[derive(Default)]
         struct Piece {
             text: String,
             raw: Vec<u8>,
+            rest: std::ops::Range<usize>,
             after: String,
         }
         let mut norm = crate::core::console::Normalizer::new();
@@ -1210,18 +1212,17 @@ impl LogClassifier {
         let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Piece>();
         std::thread::scope(|s| {
             let reader = s.spawn(move || {
-                let mut raw = Vec::new();
                 loop {
-                    raw.clear();
-                    let more = read(&mut raw)?;
                     let mut piece = empty_rx.try_recv().unwrap_or_default();
                     piece.text.clear();
                     piece.raw.clear();
                     piece.after.clear();
+                    piece.rest = 0..0;
+                    let more = read(&mut piece.raw)?;
                     if more {
-                        let at = raw.len() / PIPELINE_SHARE.1 * PIPELINE_SHARE.0;
-                        let rest = norm.feed_split(&raw, at, &mut piece.text, &mut piece.after);
-                        piece.raw.extend_from_slice(rest);
+                        let at = piece.raw.len() / PIPELINE_SHARE.1 * PIPELINE_SHARE.0;
+                        piece.rest =
+                            norm.feed_split(&piece.raw, at, &mut piece.text, &mut piece.after);
                     } else {
                         norm.finish(&mut piece.text);
                     }
@@ -1236,7 +1237,7 @@ impl LogClassifier {
             for piece in full_rx {
                 cls.feed_text(&piece.text, None);
                 text.clear();
-                normalize_lines(&piece.raw, &mut text);
+                normalize_lines(&piece.raw[piece.rest.clone()], &mut text);
                 cls.feed_text(&text, None);
                 cls.feed_text(&piece.after, None);
                 let _ = empty_tx.send(piece);
