@@ -823,6 +823,17 @@ mod tests {
         b"\xf0\x9f\x98\x80",
     ];
 
+    /// Appends `n` random [`PIECES`], each one a random byte instead with probability `stray`.
+    fn push_random_pieces(rng: &mut impl rand::Rng, n: usize, stray: f64, raw: &mut Vec<u8>) {
+        for _ in 0..n {
+            if rng.gen_bool(stray) {
+                raw.push(rng.r#gen::<u8>());
+            } else {
+                raw.extend_from_slice(PIECES[rng.gen_range(0..PIECES.len())]);
+            }
+        }
+    }
+
     /// Blocks of random lines (plain ones with and without the CR before their '\n', lines of
     /// escapes, controls, invalid UTF-8, lone CRs, lines over `MAX_LINE`): normalizing a block
     /// gives, line by line, what the escape parser gives for each line alone, whichever path
@@ -839,13 +850,8 @@ mod tests {
                     0..=4 => raw.extend_from_slice(b"[    1.234567] virtio_blk virtio1: [vda]"),
                     5 => raw.resize(rng.gen_range(MAX_LINE - 2..MAX_LINE + 3), b'z'),
                     _ => {
-                        for _ in 0..rng.gen_range(0..8) {
-                            if rng.gen_bool(0.05) {
-                                raw.push(rng.r#gen::<u8>());
-                            } else {
-                                raw.extend_from_slice(PIECES[rng.gen_range(0..PIECES.len())]);
-                            }
-                        }
+                        let n = rng.gen_range(0..8);
+                        push_random_pieces(&mut rng, n, 0.05, &mut raw);
                     }
                 }
                 raw.retain(|&b| b != b'\n');
@@ -925,13 +931,8 @@ mod tests {
         let (mut tried, mut taken) = (0, 0);
         for _ in 0..200_000 {
             let mut raw = Vec::new();
-            for _ in 0..rng.gen_range(0..12) {
-                if rng.gen_bool(0.1) {
-                    raw.push(rng.r#gen::<u8>());
-                } else {
-                    raw.extend_from_slice(PIECES[rng.gen_range(0..PIECES.len())]);
-                }
-            }
+            let n = rng.gen_range(0..12);
+            push_random_pieces(&mut rng, n, 0.1, &mut raw);
             raw.retain(|&b| b != b'\n');
             tried += 1;
             if let Some(bulk) = via_bulk(&raw) {
