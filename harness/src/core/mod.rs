@@ -1,6 +1,6 @@
 //! The pure core: the VM description and its argv, console normalization, classification and
 //! the verdict vocabulary. No IO, no clock, no process, no printing (times and host facts are
-//! passed in); `tests/tidy.rs` checks it.
+//! passed in); `tests/it/tidy.rs` checks it.
 
 pub mod chain;
 pub mod classify;

@@ -8,7 +8,7 @@
 //! loaded 2-core host the firmware alone took minutes after a reboot. Needs the local image (built once, cached) and the hermetic repo
 //! server; several minutes under TCG.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -10,7 +10,7 @@
 //! These use the network (the Debian mirror of the host's apt configuration, or
 //! BOOTWATCH_MIRROR), mmdebstrap, root and qemu-user binfmt, like the image and provider tests.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -25,11 +25,6 @@ use nix::unistd::Pid;
 /// How long bootwatch and its tools may take to be gone after SIGTERM.
 const LIMIT: Duration = Duration::from_secs(5);
 
-/// The two builds use both cores each: one at a time.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// `(ppid, session id, state, start time)` of a process, from `/proc/PID/stat`.
 fn stat(pid: u32) -> Option<(u32, u32, char, u64)> {
@@ -226,7 +221,7 @@ fn mounts_below(dir: &Path) -> Vec<String> {
 
 #[test]
 fn sigterm_during_an_image_build_stops_it_and_keeps_nothing() {
-    let _serial = one_at_a_time();
+    let _serial = both_cores();
     let cache = tempfile::Builder::new()
         .prefix("bootwatch-cancel-cache-")
         .tempdir()
@@ -300,7 +295,7 @@ fn sigterm_during_an_image_build_stops_it_and_keeps_nothing() {
 
 #[test]
 fn sigterm_during_a_qemu_tree_build_stops_it_and_keeps_nothing() {
-    let _serial = one_at_a_time();
+    let _serial = both_cores();
     let cache = tempfile::Builder::new()
         .prefix("bootwatch-cancel-cache-")
         .tempdir()

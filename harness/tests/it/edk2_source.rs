@@ -5,7 +5,7 @@
 //! second check finds the build in the cache. CI has no edk2 checkout (the repository is not
 //! needed there), so that test returns at once without the variable.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -4,7 +4,7 @@
 //! must say that exactly that cell changed at run 2, that its firmware changed with it, and
 //! that it came back at run 3; `--fail-on-regression` fails on runs 1-2 and not on 2-3.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::Path;

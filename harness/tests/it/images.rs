@@ -2,16 +2,14 @@
 //! image built from Debian's archive (cached under the user's cache directory between runs),
 //! booted through edk2 -> shim -> GRUB -> kernel -> login on real QEMU, logged into over serial.
 
-mod common;
+use crate::common;
 
 use common::*;
 use sha2::Digest;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Boots of the Debian image run one at a time (each uses both cores under TCG).
-static BOOTS: Mutex<()> = Mutex::new(());
 
 /// Builds (or finds cached) debian-12-local once per test binary; returns the qcow2 path.
 fn local_image() -> &'static PathBuf {
@@ -272,7 +270,7 @@ fn base_image_is_unchanged_by_a_run_killed_mid_boot() {
         return;
     }
     let img = local_image();
-    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = both_cores();
     let before = sha256_file(img);
     let res = results_root();
     let mut child = bin()
@@ -325,7 +323,7 @@ fn base_image_is_unchanged_by_a_run_killed_mid_boot() {
 
 /// Boots a local image to login (one boot at a time), logs in and runs the login commands.
 fn boot_to_login(image: &str, res: &tempfile::TempDir) -> (i32, serde_json::Value, String) {
-    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = both_cores();
     boot_json(&[
         "--image",
         image,

@@ -3,7 +3,7 @@
 //! name, verified, unpacked and cached by `bootwatch firmware fetch`), including its strict-NX
 //! variant.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -3,7 +3,7 @@
 //! (the replaced binary on the boot path and the package that put it there; restoring the
 //! boot loader boots). One bad-update run serves every assertion about it.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! finishes, and the embedded demo (good update, bad update, restore-bootloader workaround) on
 //! real QEMU with the local Debian image and hermetic update repositories.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::time::Instant;

@@ -1,7 +1,7 @@
 //! `bootwatch classify` on every real console log in the test data: the CLI contract (JSON
 //! fields, exit codes) and the expected verdict of each sample.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -2,8 +2,8 @@
 //! from two Debian suites run beside the host's (concurrency 2, every report format), shards
 //! merged == the unsharded run, resume, repeat counts, and a matrix stopped mid-way.
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use common::*;
 use std::io::{BufRead, BufReader};
@@ -14,12 +14,6 @@ use support::chromium;
 
 use bootwatch::plan::matrix::model::MatrixReport;
 
-/// The tests that boot run one at a time: each already runs up to two VMs, and the host has two
-/// cores (TCG timings stay those of the matrices they model).
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -106,7 +100,7 @@ fn matrix_of_two_qemu_suites_two_firmwares_two_images() {
     if !qemu_tests_enabled() {
         return;
     }
-    let _serial = one_at_a_time();
+    let _serial = both_cores();
     let root = results_root();
     let file = data("two-suites.toml");
     let whole = root.path().join("whole");
@@ -307,7 +301,7 @@ fn repeated_cells_report_how_many_runs_crashed() {
     if !qemu_tests_enabled() {
         return;
     }
-    let _serial = one_at_a_time();
+    let _serial = both_cores();
     let root = results_root();
     let dir = root.path().join("r");
     let out = matrix(&[
@@ -392,7 +386,7 @@ fn stopping_a_matrix_midway_kills_its_vms_and_keeps_a_valid_partial_report() {
     if !qemu_tests_enabled() {
         return;
     }
-    let _serial = one_at_a_time();
+    let _serial = both_cores();
     let root = results_root();
     for (signal, name) in [
         (nix::sys::signal::Signal::SIGTERM, "term"),
@@ -444,7 +438,7 @@ fn a_cell_bootwatch_cannot_run_is_an_error_not_a_guest_result() {
     if !qemu_tests_enabled() {
         return;
     }
-    let _serial = one_at_a_time();
+    let _serial = both_cores();
     let root = results_root();
     let file = root.path().join("m.toml");
     std::fs::write(
@@ -489,7 +483,7 @@ fn a_baseline_turns_changed_cells_into_regressions() {
     if !qemu_tests_enabled() {
         return;
     }
-    let _serial = one_at_a_time();
+    let _serial = both_cores();
     let root = results_root();
     let dir = root.path().join("r");
     let file = data("crash-host.toml");
@@ -533,7 +527,7 @@ fn upgraded_image_state_is_made_once_and_booted_with_either_vars_store() {
     if !qemu_tests_enabled() {
         return;
     }
-    let _serial = one_at_a_time();
+    let _serial = both_cores();
     let root = results_root();
     let dir = root.path().join("r");
     let out = matrix(&[
@@ -629,7 +623,7 @@ fn an_upgraded_state_that_does_not_boot_is_judged_in_its_cells() {
     if !qemu_tests_enabled() {
         return;
     }
-    let _serial = one_at_a_time();
+    let _serial = both_cores();
     let root = results_root();
     let dir = root.path().join("r");
     let out = matrix(&[

@@ -158,9 +158,17 @@ pub fn install_firmware(spec: &str, fw_dir: &Path) {
     }
 }
 
+/// Tests that keep both cores busy (two VMs at once, a boot of a Debian image at two vCPUs, a
+/// parallel build) take this first: one of them at a time in the whole test binary, beside at
+/// most one lighter test on libtest's other thread, so TCG timings stay those the tests model.
+pub fn both_cores() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Builds every local image of `guest-images/local.toml` that is not cached yet, two at a time
 /// (a build keeps about one core busy running maintainer scripts under qemu-user), once per test
-/// binary; returns the image name -> qcow2 path. On a cold cache the first test that needs a
+/// run; returns the image name -> qcow2 path. On a cold cache the first test that needs a
 /// local image pays for all of them in about half the time one after another would take.
 pub fn local_images() -> &'static std::collections::BTreeMap<String, PathBuf> {
     static IMAGES: OnceLock<std::collections::BTreeMap<String, PathBuf>> = OnceLock::new();

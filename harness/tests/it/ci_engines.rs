@@ -4,7 +4,7 @@
 //! shards, whose merged report must equal an unsharded run's. Both tools come from
 //! `.ci/install-deps` (npm, global); a missing one is a failure, not a skip.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! (BOOTWATCH_CACHE or ~/.cache/bootwatch), so only the first run builds them (about 20-60 s
 //! each). Set BOOTWATCH_SKIP_NETWORK_TESTS=1 to skip them.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

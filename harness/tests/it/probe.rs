@@ -6,7 +6,7 @@
 //! (how the hypervisor answers an SMCCC call it does not implement). Together they explain the
 //! project's finding (docs/findings/edk2-2026.08-on-qemu-5.2) from measured facts.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

@@ -1,6 +1,6 @@
 //! End-to-end boots of the generated fixtures on real QEMU + Debian's edk2.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! artifacts whose hashes differ; a silent guest leaves its machine state; the firmware's
 //! variable store change is in case.json.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::collections::BTreeMap;

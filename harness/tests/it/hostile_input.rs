@@ -6,7 +6,7 @@
 //! files that are devices, FIFOs or too large are refused at once. Local recipes have no command-
 //! line path (they are compiled in); `inputs::images` tests their numbers the same way.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -4,7 +4,7 @@
 //! that does not exist), 128 for a command line it cannot parse (so `git bisect run` stops);
 //! `--repeat` and `--json`. `--qemu`/`--firmware` take provider specs as the matrix does.
 
-mod common;
+use crate::common;
 
 use common::*;
 

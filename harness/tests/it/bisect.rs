@@ -13,7 +13,7 @@
 //! - `bisect.md` is valid Markdown (parsed: a heading, the steps table with one row per step),
 //!   and every `bisect.json` field is documented in the README.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -6,7 +6,7 @@
 //! `cargo insta review` and say in the commit why the contract changed (and bump the schema
 //! when a field goes or changes meaning).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

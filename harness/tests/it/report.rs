@@ -14,7 +14,7 @@ use bootwatch::report;
 use sha2::Digest;
 use support::chromium;
 
-mod support;
+use crate::support;
 
 const HOSTILE: &str = "<script>alert(1)</script> ]]> & \u{1b}[31m\u{0}red\" onmouseover=\"x";
 const IMAGES: [&str; 2] = ["debian-12-local", "fixture:crash"];
