@@ -25,7 +25,6 @@ use nix::unistd::Pid;
 /// How long bootwatch and its tools may take to be gone after SIGTERM.
 const LIMIT: Duration = Duration::from_secs(5);
 
-
 /// `(ppid, session id, state, start time)` of a process, from `/proc/PID/stat`.
 fn stat(pid: u32) -> Option<(u32, u32, char, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-
 /// Builds (or finds cached) debian-12-local once per test binary; returns the qcow2 path.
 fn local_image() -> &'static PathBuf {
     static IMG: OnceLock<PathBuf> = OnceLock::new();

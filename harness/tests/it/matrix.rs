@@ -14,7 +14,6 @@ use support::chromium;
 
 use bootwatch::plan::matrix::model::MatrixReport;
 
-
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/matrix")
