@@ -165,15 +165,17 @@ pub struct RunResult {
 }
 
 /// Taken from a guest judged silent, just before QEMU is stopped: QMP `query-status`, the
-/// vCPU registers (`info registers` through the monitor), a screendump and the console's last
-/// bytes, each in its own file of the session's directory.
+/// vCPU registers (`info registers` through the monitor, and the system registers it does not
+/// print through QEMU's gdbstub), a screendump and the console's last bytes, each in its own
+/// file of the session's directory.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct HangEvidence {
     /// `query-status`'s answer (`status`: `running`, `paused`, `guest-panicked`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<serde_json::Value>,
-    /// Registers by name as parsed from `info registers` (PC, ELR_EL1, ESR_EL1, FAR_EL1,
-    /// PSTATE...), as QEMU printed them.
+    /// Registers by name, hex: `PC`, `SP`, `PSTATE`, `X00`..`X30` as `info registers` printed
+    /// them, and `ELR_EL1`, `ESR_EL1`, `FAR_EL1`, `SPSR_EL1`, `VBAR_EL1` (and the EL2 ones when
+    /// the vCPU has EL2) read through the gdbstub; later vCPUs' as `CPUn.NAME`.
     #[serde(default)]
     pub registers: BTreeMap<String, String>,
     /// Files written (relative to the session's directory): `hang/query-status.json`,

@@ -257,6 +257,9 @@ pub struct Session {
     timings: Timings,
     pub qemu_version: Option<String>,
     pub qemu_package: Option<String>,
+    /// Where QEMU's gdbstub listens if the hang evidence starts it (beside the QMP socket, in
+    /// the case's private directory); `None` for an attached process.
+    gdb_socket: Option<PathBuf>,
     /// CPU seconds the harness's event loop spent in `watch`/`expect` (reading, recording,
     /// classifying).
     pub watch_cpu_s: f64,
@@ -311,7 +314,7 @@ impl Session {
         let qmp = crate::engine::qmp::connect_listening(&vm.qmp_socket, timings.qmp_up)
             .await
             .map_err(|e| err(format!("cannot connect to the QMP socket: {e}")))?;
-        Session::attach(
+        let mut s = Session::attach(
             VmProcess::Qemu(Box::new(qemu)),
             zero,
             console,
@@ -321,7 +324,9 @@ impl Session {
             index,
             sink,
         )
-        .await
+        .await?;
+        s.gdb_socket = Some(vm.qmp_socket.with_file_name("gdb.sock"));
+        Ok(s)
     }
 
     /// Attaches to a started VM's process, console and QMP streams (QEMU paused, as `-S`
@@ -394,6 +399,7 @@ impl Session {
             timings,
             qemu_version,
             qemu_package,
+            gdb_socket: None,
             watch_cpu_s: 0.0,
         })
     }
@@ -780,11 +786,13 @@ const CONSOLE_TAIL: usize = 4096;
 
 impl Session {
     /// What a silent machine shows, taken before it is stopped: QMP `query-status`, the vCPUs'
-    /// registers (`info registers`) and the instructions at the PC (`x /4i $pc`) through the
-    /// monitor, a `screendump` (PPM, of the VM's display or, on a machine without one, of the
-    /// inert text console bootwatch gives every VM), and the console's last bytes. Written to
-    /// `dir/hang/`; each call bounded by [`EVIDENCE_CALL`], all by [`EVIDENCE_ALL`]; whatever
-    /// fails is listed in `errors`, never an error of the session.
+    /// registers (`info registers`) and the instructions at the PC (`x /4i`) through the
+    /// monitor, the system registers `info registers` does not print for AArch64 (ELR, ESR,
+    /// FAR...) through QEMU's gdbstub, started for this, a `screendump` (PPM, of the VM's display
+    /// or, on a machine without one, of the inert text console bootwatch gives every VM), and
+    /// the console's last bytes. Written to `dir/hang/`; each call bounded by [`EVIDENCE_CALL`]
+    /// (the gdbstub's exchange as one), all by [`EVIDENCE_ALL`]; whatever fails is listed in
+    /// `errors`, never an error of the session.
     pub async fn hang_evidence(&mut self, dir: &Path) -> crate::engine::record::HangEvidence {
         let t0 = Instant::now();
         let mut ev = crate::engine::record::HangEvidence::default();
@@ -858,12 +866,32 @@ impl Session {
             }
             Err(e) => ev.errors.push(e),
         }
-        match hmp("x /4i $pc").await {
+        // The instructions at the PC: by its value, since the monitor knows no `$pc` on Arm
+        // ("unknown register").
+        let x = match ev.registers.get("PC") {
+            Some(pc) => format!("x /4i 0x{pc}"),
+            None => "x /4i $pc".to_string(),
+        };
+        match hmp(&x).await {
             Ok(out) => {
-                regs.push_str("\n(qemu) x /4i $pc\n");
+                regs.push_str(&format!("\n(qemu) {x}\n"));
                 regs.push_str(&out);
             }
             Err(e) => ev.errors.push(e),
+        }
+        // The system registers (ELR, ESR, FAR...), which `info registers` does not print for
+        // AArch64: from QEMU's gdbstub, started now. It stops the VM while connected; detached,
+        // the VM runs on as before.
+        let gdb = sysregs_from_gdbstub(qmp, self.gdb_socket.as_deref());
+        match tokio::time::timeout(EVIDENCE_CALL, gdb).await {
+            Ok(Ok((text, sysregs))) => {
+                regs.push_str(&text);
+                ev.registers.extend(sysregs);
+            }
+            Ok(Err(e)) => ev.errors.push(format!("system registers (gdbstub): {e:#}")),
+            Err(_) => ev
+                .errors
+                .push("system registers (gdbstub): no answer".into()),
         }
         if !regs.is_empty() {
             write("registers.txt", regs.into_bytes(), ev).await;
@@ -881,6 +909,92 @@ impl Session {
             Err(_) => ev.errors.push("screendump: no answer".into()),
         }
     }
+}
+
+/// The system registers the hang evidence reads through the gdbstub, those the vCPU has: the
+/// name recorded and the names QEMU may give it (a register defined for both execution states
+/// keeps its AArch32 name: QEMU 7.2 calls VBAR_EL1 `VBAR`).
+const SYSREGS: [(&str, &[&str]); 10] = [
+    ("ELR_EL1", &["ELR_EL1"]),
+    ("ESR_EL1", &["ESR_EL1"]),
+    ("FAR_EL1", &["FAR_EL1"]),
+    ("SPSR_EL1", &["SPSR_EL1"]),
+    ("VBAR_EL1", &["VBAR_EL1", "VBAR"]),
+    ("ELR_EL2", &["ELR_EL2"]),
+    ("ESR_EL2", &["ESR_EL2"]),
+    ("FAR_EL2", &["FAR_EL2"]),
+    ("SPSR_EL2", &["SPSR_EL2"]),
+    ("VBAR_EL2", &["VBAR_EL2"]),
+];
+
+/// Starts QEMU's gdbstub on `socket` (the monitor's `gdbserver`) and reads [`SYSREGS`] of every
+/// vCPU: the text for `registers.txt` (`NAME=HEX`, per `CPU#N`) and the values by name (the
+/// first vCPU's as `NAME`, later ones' as `CPUn.NAME`, as [`parse_registers`] names them).
+async fn sysregs_from_gdbstub(
+    qmp: &Qmp,
+    socket: Option<&Path>,
+) -> anyhow::Result<(String, std::collections::BTreeMap<String, String>)> {
+    use anyhow::bail;
+    let Some(socket) = socket else {
+        bail!("no socket for a gdbstub (not a QEMU this session started)");
+    };
+    // A comma in a chardev option is written twice.
+    let spec = format!(
+        "unix:{},server=on,wait=off",
+        socket.to_string_lossy().replace(',', ",,")
+    );
+    let cmd = qapi::qmp::human_monitor_command {
+        command_line: format!("gdbserver {spec}"),
+        cpu_index: None,
+    };
+    let said = qmp.execute(cmd).await.context("gdbserver")?;
+    let mut gdb = crate::engine::gdb::Gdb::connect(socket, EVIDENCE_CALL)
+        .await
+        .with_context(|| format!("gdbserver said {:?}", said.trim()))?;
+    let all = gdb.registers().await?;
+    let wanted: Vec<_> = SYSREGS
+        .iter()
+        .filter_map(|(label, names)| {
+            let r = all
+                .iter()
+                .find(|r| names.iter().any(|n| r.name.eq_ignore_ascii_case(n)))?;
+            Some((*label, r.clone()))
+        })
+        .collect();
+    if !wanted.iter().any(|(label, _)| *label == "ESR_EL1") {
+        let mut features: Vec<&str> = all.iter().map(|r| r.feature.as_str()).collect();
+        features.dedup();
+        bail!(
+            "the target description has no ESR_EL1 (features: {})",
+            features.join(", ")
+        );
+    }
+    let feature = wanted[0].1.feature.clone();
+    let mut text = format!("\n(gdb) system registers, from QEMU's gdbstub ({feature})\n");
+    let mut values = std::collections::BTreeMap::new();
+    let threads = gdb.threads().await?;
+    for (i, &t) in threads.iter().enumerate() {
+        // QEMU's thread ids are `cpu_index + 1`.
+        let cpu = t.checked_sub(1).map_or(i, |c| c as usize);
+        gdb.select(t).await?;
+        text.push_str(&format!("CPU#{cpu}\n"));
+        let mut line = Vec::new();
+        for (label, r) in &wanted {
+            let v = gdb.read_register(r).await?;
+            line.push(format!("{label}={v}"));
+            let key = if cpu == 0 {
+                label.to_string()
+            } else {
+                format!("CPU{cpu}.{label}")
+            };
+            values.insert(key, v);
+        }
+        for chunk in line.chunks(4) {
+            text.push_str(&format!(" {}\n", chunk.join(" ")));
+        }
+    }
+    gdb.detach().await?;
+    Ok((text, values))
 }
 
 /// `NAME=HEX` pairs of QEMU's `info registers` (the first vCPU's, and every later one's as

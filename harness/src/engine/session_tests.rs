@@ -189,6 +189,22 @@ impl FakeQemu {
                 }
                 // A hung QEMU: the session has to kill it.
                 "quit" => {}
+                "query-status" => {
+                    self.send(ok(json!({"status": "running", "running": true})))
+                        .await
+                }
+                // The monitor of a QEMU with registers and memory but no gdbstub.
+                "human-monitor-command" => {
+                    let line = msg["arguments"]["command-line"].as_str().unwrap_or("");
+                    let out = if line == "info registers" {
+                        "CPU#0\r\n PC=000000007c743004 X00=0000000000000000\r\n"
+                    } else if line.starts_with("x /4i ") {
+                        "0x7c743004:  17ffffff  b        #0x7c743000\r\n"
+                    } else {
+                        "unknown command\r\n"
+                    };
+                    self.send(ok(json!(out))).await
+                }
                 other => {
                     self.send(json!({
                         "error": {"class": "CommandNotFound", "desc": format!("{other}?")},
@@ -427,6 +443,30 @@ async fn silence_decides_hang_exactly_at_the_silence_limit_with_the_last_stage()
         r.session.classifier.last_line(),
         KERNEL.trim_end_matches("\r\n")
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hang_s_evidence_without_a_gdbstub_keeps_the_rest_and_says_why() {
+    let mut r = rig(vec![(0.5, Act::Console(BANNER))], Timings::default()).await;
+    let (d, _, _) = decided(&mut r.session, spec(Some(Stage::Login), 100, 5)).await;
+    assert_eq!(d.verdict, Verdict::Hang);
+    let ev = r.session.hang_evidence(r.dir.path()).await;
+    assert_eq!(ev.status.as_ref().unwrap()["status"], "running");
+    assert_eq!(ev.registers["PC"], "000000007c743004");
+    assert!(!ev.registers.contains_key("ELR_EL1"), "{ev:?}");
+    // Why the system registers are missing, and only that (the screendump too: the fake
+    // takes none).
+    let gdb: Vec<_> = ev.errors.iter().filter(|e| e.contains("gdbstub")).collect();
+    assert_eq!(gdb.len(), 1, "{:?}", ev.errors);
+    assert!(gdb[0].contains("no socket"), "{gdb:?}");
+    assert_eq!(ev.errors.len(), 2, "{:?}", ev.errors);
+    let regs = std::fs::read_to_string(r.dir.path().join("hang/registers.txt")).unwrap();
+    assert!(
+        regs.contains("PC=000000007c743004") && regs.contains("(qemu) x /4i 0x000000007c743004"),
+        "{regs}"
+    );
+    let tail = std::fs::read_to_string(r.dir.path().join("hang/console-tail.txt")).unwrap();
+    assert_eq!(tail, BANNER.trim_end_matches("\r\n").to_string() + "\n");
 }
 
 #[tokio::test(start_paused = true)]
