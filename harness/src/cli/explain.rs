@@ -11,7 +11,8 @@ use crate::plan::explain::{self, Explanation};
 
 #[derive(clap::Args, Debug)]
 pub struct ExplainArgs {
-    /// A run's case directory, a matrix cell's directory, or a directory holding one of them.
+    /// A run's case directory, a matrix cell's directory, a bundle (its directory or its
+    /// `.tar.gz`), or a directory holding one of them.
     target: PathBuf,
     /// Print one JSON object (schema `bootwatch.explain/1`).
     #[arg(long)]
@@ -32,13 +33,14 @@ pub async fn explain(a: ExplainArgs) -> CliResult {
             a.target.display()
         )));
     }
+    let opts = explain::ExplainOptions::new().map_err(CliError::undetermined)?;
+    let cancel = signal_token();
     // What fails here is the evidence (no records, unreadable ones): the chain's own problems
     // are notes in the explanation.
-    let (ev, mut x) = explain::explain(&a.target)
+    let (ev, mut x) = explain::explain(&a.target, &opts, &cancel)
         .await
         .map_err(|e| CliError::usage(format!("{e:#}")))?;
     if a.try_workarounds {
-        let cancel = signal_token();
         let sink = show::terminal(a.json);
         x.workarounds_tried =
             explain::workarounds::try_all(&ev, &x, &a.results, &cancel, &sink).await;

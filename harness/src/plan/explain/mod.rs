@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::core::chain::{Chain, ChainBinary};
 use crate::core::facts::Facts;
 use crate::core::known_bugs::{FamilyResult, KnownBugs, Status};
 use crate::core::verdict::Outcome;
+use crate::engine::record::InputRecord;
 pub use evidence::{Evidence, load};
 
 /// The version of `explain --json`'s layout.
@@ -70,44 +72,124 @@ impl Explanation {
     }
 }
 
-/// Adds the facts of the run's firmware code image, read offline (its drivers, which issue SMCCC
-/// calls and which of those go beyond PSCI): only when the file is still the one the run booted.
-async fn inspect_run_firmware(ev: &Evidence, facts: &mut Facts, notes: &mut Vec<String>) {
-    let Some(code) = ev.result.firmware.code.as_ref() else {
-        notes.push("firmware image not inspected: the run records no code image".into());
-        return;
-    };
-    if !code.path.is_file() {
-        notes.push(format!(
-            "firmware image not inspected: {} is gone",
-            code.path.display()
-        ));
-        return;
+/// How `explain` may measure.
+#[derive(Debug, Clone)]
+pub struct ExplainOptions {
+    /// Inputs that are not on this machine any more (a bundle from elsewhere, a cleaned cache)
+    /// may be fetched or built again through their providers, as `bootwatch replay` does;
+    /// without it only the recorded paths and bootwatch's cache (by sha256) are looked at.
+    pub fetch: bool,
+    pub cache_root: PathBuf,
+    pub mirror: Option<String>,
+}
+
+impl ExplainOptions {
+    /// Everything allowed, with the user's cache and mirror.
+    pub fn new() -> Result<ExplainOptions> {
+        Ok(ExplainOptions {
+            fetch: true,
+            cache_root: crate::sys::fsx::cache_root()?,
+            mirror: None,
+        })
     }
-    match crate::plan::probe::inspect_firmware(&code.path).await {
-        Ok(ins) => {
-            if ins.facts.get(crate::core::firmware::keys::CODE_SHA256)
-                != Some(&serde_json::Value::from(code.sha256.clone()))
-            {
-                notes.push(format!(
-                    "firmware image not inspected: {} changed since the run (sha256 differs)",
-                    code.path.display()
-                ));
-                return;
-            }
-            facts.merge_prefixed("", ins.facts);
+
+    fn providers(&self) -> crate::inputs::providers::ProviderContext {
+        crate::inputs::providers::ProviderContext {
+            mirror: self.mirror.clone(),
+            cache_root: self.cache_root.clone(),
         }
+    }
+}
+
+/// The inputs the run booted, as its records name them: `case.json`'s `inputs`, else what its
+/// `result.json` says of the firmware.
+fn run_inputs(ev: &Evidence) -> Vec<InputRecord> {
+    if let Some(c) = ev.case.as_ref().filter(|c| !c.inputs.is_empty()) {
+        return c.inputs.clone();
+    }
+    let fw = &ev.result.firmware;
+    let mut out = Vec::new();
+    for (role, f) in [
+        ("firmware-code", fw.code.as_ref()),
+        ("vars-template", fw.vars_template.as_ref()),
+    ] {
+        if let Some(f) = f {
+            let mut i = InputRecord::new(role, &f.path);
+            i.sha256 = Some(f.sha256.clone());
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// The run's firmware code image on this machine: its recorded path (`~` expanded: a bundle's)
+/// when it still holds the recorded bytes, else bootwatch's cache by sha256, else (with
+/// `opts.fetch`) fetched again through its provider, as `bootwatch replay` finds it.
+async fn find_firmware_code(
+    ev: &Evidence,
+    opts: &ExplainOptions,
+    cancel: &CancellationToken,
+) -> std::result::Result<PathBuf, String> {
+    let inputs = run_inputs(ev);
+    let code = inputs
+        .iter()
+        .find(|i| i.role == "firmware-code")
+        .ok_or("the run records no firmware code image")?;
+    let found = match crate::plan::replay::locate(code, &opts.cache_root).await {
+        Ok(c) => Ok(c),
+        Err(_) if opts.fetch => {
+            let vars = inputs.iter().find(|i| i.role == "vars-template");
+            crate::plan::replay::find_firmware(code, vars, &opts.providers(), cancel)
+                .await
+                .map(|(c, _)| c)
+        }
+        Err(e) => Err(e),
+    };
+    found.map_err(|e| e.to_string())
+}
+
+/// Adds the facts of the run's firmware code image, read offline (its drivers, which issue SMCCC
+/// calls and which of those go beyond PSCI): only from a file with the sha256 the run booted.
+async fn inspect_run_firmware(
+    ev: &Evidence,
+    opts: &ExplainOptions,
+    cancel: &CancellationToken,
+    facts: &mut Facts,
+    notes: &mut Vec<String>,
+) {
+    let code = match find_firmware_code(ev, opts, cancel).await {
+        Ok(c) => c,
+        Err(e) => {
+            notes.push(format!("firmware image not inspected: {e}"));
+            return;
+        }
+    };
+    match crate::plan::probe::inspect_firmware(&code).await {
+        Ok(ins) => facts.merge_prefixed("", ins.facts),
         Err(e) => notes.push(format!("firmware image not inspected: {e:#}")),
     }
 }
 
-/// Reads the evidence under `path`, measures, and matches.
-pub async fn explain(path: &Path) -> Result<(Evidence, Explanation)> {
-    let ev = evidence::load(path)?;
+/// Reads the evidence under `path` (a run, a cell, a bundle or its `.tar.gz`), measures, and
+/// matches.
+pub async fn explain(
+    path: &Path,
+    opts: &ExplainOptions,
+    cancel: &CancellationToken,
+) -> Result<(Evidence, Explanation)> {
+    let p = path.to_path_buf();
+    let ev = crate::engine::disk::blocking(move || evidence::load(&p)).await?;
     let mut notes = Vec::new();
     let mut facts = run_facts(&ev);
     let chain = match chain_of_run(&ev).await {
         Ok(Some(c)) => Some(c),
+        Ok(None) if ev.from_bundle => {
+            notes.push(
+                "boot chain not inspected: a bundle carries no disks, and the run's disks are not on this machine"
+                    .into(),
+            );
+            None
+        }
         Ok(None) => {
             notes.push(
                 "boot chain not inspected: the run kept no disk (boot with --keep-overlay, or run a scenario, to keep it)"
@@ -140,7 +222,7 @@ pub async fn explain(path: &Path) -> Result<(Evidence, Explanation)> {
             );
         }
     }
-    inspect_run_firmware(&ev, &mut facts, &mut notes).await;
+    inspect_run_firmware(&ev, opts, cancel, &mut facts, &mut notes).await;
     notes.push(
         "the probe's facts (hypervisor.*, memory attribute protocol, LoaderData NX) need a boot of the probe (`bootwatch probe firmware`): not measured here"
             .into(),
@@ -167,7 +249,7 @@ pub async fn explain(path: &Path) -> Result<(Evidence, Explanation)> {
         .unwrap_or_else(|| ev.result.outcome.clone());
     let x = Explanation {
         schema: EXPLAIN_SCHEMA.into(),
-        run: ev.dir.clone(),
+        run: ev.shown.clone(),
         session: ev.result.session,
         outcome,
         families,
