@@ -197,20 +197,32 @@ fn explain_names_the_findings_family_from_the_firmware_image() {
     assert_the_findings_family(&x);
 }
 
+/// The crash fixture booted (with `extra` boot flags) into `results`: its run directory.
+fn crash_run(results: &Path, extra: &[&str]) -> PathBuf {
+    let disk = fixtures().join("crash.img");
+    // --snapshot: the tests boot the same fixture file at once, none of them may lock it for
+    // writing.
+    let mut args = vec![
+        "--snapshot",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (code, v, stderr) = common::boot_json(&args);
+    assert_eq!(code, 1, "{v:#} {stderr}");
+    assert_eq!(v["verdict"], "sync-exception", "{v:#}");
+    results.join(v["run_id"].as_str().unwrap())
+}
+
 #[test]
 fn explain_on_the_crash_fixture_names_no_family_and_shows_the_facts() {
     if !qemu_tests_enabled() {
         return;
     }
     let res = results_root();
-    let (code, v, stderr) = common::boot_json(&[
-        "--disk",
-        fixtures().join("crash.img").to_str().unwrap(),
-        "--results",
-        res.path().to_str().unwrap(),
-    ]);
-    assert_eq!(code, 1, "{v:#} {stderr}");
-    let run = res.path().join(v["run_id"].as_str().unwrap());
+    let run = crash_run(res.path(), &[]);
     let x = explain_json(&run, &[]);
     assert_eq!(x["schema"], "bootwatch.explain/1");
     assert_eq!(x["families"], serde_json::json!([]), "{x:#}");
@@ -245,6 +257,95 @@ fn explain_on_the_crash_fixture_names_no_family_and_shows_the_facts() {
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("no known family matches"), "{shown}");
     assert!(shown.contains("run.verdict = sync-exception"), "{shown}");
+}
+
+/// The failed conditions that ruled family `id` out, by fact.
+fn ruled_out_by<'a>(x: &'a serde_json::Value, id: &str) -> Vec<&'a str> {
+    x["ruled_out_by"][id]
+        .as_array()
+        .unwrap_or_else(|| panic!("{id} is not ruled out: {x:#}"))
+        .iter()
+        .map(|c| c["fact"].as_str().unwrap())
+        .collect()
+}
+
+/// `explain` boots the firmware probe under the run's own QEMU, firmware and CPU when the
+/// families name facts only the probe measures, and uses them. Debian's edk2 2025.02 installs
+/// the memory-attribute protocol in its strict-NX build and not in its default one: T1 and T3
+/// require it, so on the default build the measured fact itself rules them out, where without
+/// the probe (`--no-probe`) it is not measured and rules nothing out. The report is cached by
+/// content hash: a second explain boots nothing and uses the first one's report.
+#[test]
+fn explain_runs_the_probe_it_needs_and_reuses_its_cached_report() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let cache = bootwatch::sys::fsx::cache_root().unwrap();
+    for (firmware, mem_attr) in [("debian:2025.02/strictnx", true), ("debian:2025.02", false)] {
+        let res = results_root();
+        // A CPU model the probe tests do not use: their --fresh probes never replace this
+        // report between the two explains.
+        let run = crash_run(res.path(), &["--firmware", firmware, "--cpu", "max"]);
+
+        let x = explain_json(&run, &[]);
+        let f = &x["facts"];
+        let ctx = format!("{firmware}: {x:#}");
+        assert_eq!(f["firmware.mem_attr_protocol"], mem_attr, "{ctx}");
+        assert_eq!(f["firmware.loader_data_nx"], true, "{ctx}");
+        assert_eq!(f["firmware.probe_complete"], true, "{ctx}");
+        assert_eq!(f["hypervisor.smccc_unknown_fn"], "not-supported", "{ctx}");
+        let p = &x["probe"];
+        assert_eq!(p["cpu"], "max", "{ctx}");
+        assert_eq!(p["complete"], true, "{ctx}");
+        let key = p["key"].as_str().unwrap();
+        assert!(
+            cache
+                .join("probe/results")
+                .join(key)
+                .join("probe.json")
+                .is_file(),
+            "{ctx}"
+        );
+        // The image's inspection is cached by its sha256.
+        let code_sha = f["run.firmware_code_sha256"].as_str().unwrap();
+        let inspected = std::fs::read_dir(cache.join("firmware-inspect"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .any(|i| i["facts"]["firmware.code_sha256"] == code_sha);
+        assert!(inspected, "no cached inspection of {code_sha}");
+        for t in ["T1", "T3"] {
+            assert_eq!(
+                ruled_out_by(&x, t).contains(&"firmware.mem_attr_protocol"),
+                !mem_attr,
+                "{t} {ctx}"
+            );
+        }
+
+        // Again: the same report, from the cache (a boot would have made a new one).
+        let y = explain_json(&run, &[]);
+        assert_eq!(y["probe"]["reused"], true, "{y:#}");
+        assert_eq!(y["probe"]["made_at"], p["made_at"], "{y:#}");
+        assert_eq!(y["probe"]["key"], key);
+        assert_eq!(y["facts"], x["facts"]);
+
+        // Without the probe the fact is not measured, and a note says so.
+        let z = explain_json(&run, &["--no-probe"]);
+        assert_eq!(z["facts"].get("firmware.mem_attr_protocol"), None, "{z:#}");
+        assert_eq!(z["probe"], serde_json::Value::Null);
+        for t in ["T1", "T3"] {
+            assert!(!ruled_out_by(&z, t).contains(&"firmware.mem_attr_protocol"));
+        }
+        assert!(
+            z["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n.as_str().unwrap().contains("--no-probe")),
+            "{z:#}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
