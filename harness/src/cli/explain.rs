@@ -1,4 +1,4 @@
-//! `bootwatch explain RUN|CELL|BUNDLE [--json] [--try-workarounds]`.
+//! `bootwatch explain RUN|CELL|BUNDLE [--json] [--try-workarounds] [--no-probe]`.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -11,7 +11,8 @@ use crate::plan::explain::{self, Explanation};
 
 #[derive(clap::Args, Debug)]
 pub struct ExplainArgs {
-    /// A run's case directory, a matrix cell's directory, or a directory holding one of them.
+    /// A run's case directory, a matrix cell's directory, a bundle (its directory or its
+    /// `.tar.gz`), or a directory holding one of them.
     target: PathBuf,
     /// Print one JSON object (schema `bootwatch.explain/1`).
     #[arg(long)]
@@ -23,6 +24,10 @@ pub struct ExplainArgs {
     /// Where the tries' case directories go.
     #[arg(long, default_value = "results")]
     results: PathBuf,
+    /// Boot no firmware probe and fetch nothing: explain from the records, the disk and the
+    /// firmware image on this machine only (the probe's facts stay unmeasured).
+    #[arg(long)]
+    no_probe: bool,
 }
 
 pub async fn explain(a: ExplainArgs) -> CliResult {
@@ -32,14 +37,20 @@ pub async fn explain(a: ExplainArgs) -> CliResult {
             a.target.display()
         )));
     }
-    // What fails here is the evidence (no records, unreadable ones): the chain's own problems
-    // are notes in the explanation.
-    let (ev, mut x) = explain::explain(&a.target)
+    let opts = explain::ExplainOptions::new(if a.no_probe {
+        explain::ProbePolicy::Off
+    } else {
+        explain::ProbePolicy::Run
+    })
+    .map_err(CliError::undetermined)?;
+    let cancel = signal_token();
+    let sink = show::terminal(a.json);
+    // What fails here is the evidence (no records, unreadable ones): the chain's, the firmware
+    // image's and the probe's own problems are notes in the explanation.
+    let (ev, mut x) = explain::explain(&a.target, &opts, &cancel, &sink)
         .await
         .map_err(|e| CliError::usage(format!("{e:#}")))?;
     if a.try_workarounds {
-        let cancel = signal_token();
-        let sink = show::terminal(a.json);
         x.workarounds_tried =
             explain::workarounds::try_all(&ev, &x, &a.results, &cancel, &sink).await;
     }
@@ -56,13 +67,18 @@ pub async fn explain(a: ExplainArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cond(c: &ConditionResult) -> String {
+/// `fact test (is value)`.
+fn held(c: &ConditionResult) -> String {
     let actual = match &c.actual {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(v) => v.to_string(),
         None => "not measured".into(),
     };
-    format!("{} {} (is {actual}): {}", c.fact, c.test, c.why)
+    format!("{} {} (is {actual})", c.fact, c.test)
+}
+
+fn cond(c: &ConditionResult) -> String {
+    format!("{}: {}", held(c), c.why)
 }
 
 fn family(s: &mut String, f: &FamilyResult) {
@@ -143,7 +159,36 @@ pub fn render(x: &Explanation) -> String {
         }
     }
     if !x.ruled_out.is_empty() {
-        let _ = writeln!(s, "ruled out: {}", x.ruled_out.join(", "));
+        let _ = writeln!(s, "ruled out:");
+        for id in &x.ruled_out {
+            let by: Vec<String> = x
+                .ruled_out_by
+                .get(id)
+                .into_iter()
+                .flatten()
+                .map(held)
+                .collect();
+            let _ = writeln!(s, "  {id}: {}", by.join("; "));
+        }
+    }
+    if let Some(p) = &x.probe {
+        let _ = writeln!(
+            s,
+            "\nfirmware probe: {} under {} ({}): {}{}, {} (key {}, made {}; {})",
+            p.firmware,
+            p.qemu,
+            p.cpu,
+            p.verdict,
+            if p.complete { "" } else { ", cut short" },
+            if p.reused {
+                "from the cache"
+            } else {
+                "booted now"
+            },
+            p.key,
+            p.made_at,
+            p.case_dir.display()
+        );
     }
     let _ = writeln!(s, "\nfacts:");
     for (k, v) in x.facts.iter() {

@@ -2,7 +2,8 @@
 //! build under one QEMU build, its console lines turned into facts (core::firmware::probe), the
 //! facts cached under `<cache>/probe/results/<key>/` by the content hashes of everything that
 //! decides them: QEMU's binary, the firmware's code image and vars template, the CPU model and the
-//! probe's source. Also offline inspection of a code image (core::firmware), cached the same way.
+//! probe's source. Also offline inspection of a code image (core::firmware), cached under
+//! `<cache>/firmware-inspect/<key>.json` by the image's sha256 and the inspector's source.
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,9 @@ pub struct ProbeReport {
     pub cpu: String,
     pub made_at: String,
     pub made_in_s: f64,
+    /// This report came from the cache: nothing was booted for it.
+    #[serde(default)]
+    pub reused: bool,
 }
 
 /// Whether a cached report may answer.
@@ -83,24 +87,11 @@ pub async fn probe_firmware(
         }
         None => String::new(),
     };
-    let mut h = Sha256::new();
-    for part in [
-        PROBE_FORMAT,
-        &source_hash(),
-        &qemu.sha256,
-        &firmware.code_sha256,
-        &vars_sha,
-        cpu,
-    ] {
-        h.update(part.as_bytes());
-        h.update(b"\0");
-    }
-    let key = hex::encode(h.finalize())[..16].to_string();
+    let key = probe_key(&qemu.sha256, &firmware.code_sha256, &vars_sha, cpu);
     let root = cache_root.join("probe").join("results");
     let dir = root.join(&key);
-    let manifest = dir.join("probe.json");
     if reuse == Reuse::Cached
-        && let Some(r) = fsx::read_json::<ProbeReport>(&manifest)
+        && let Some(r) = cached_report(cache_root, &key)
     {
         return Ok(r);
     }
@@ -111,7 +102,7 @@ pub async fn probe_firmware(
         bail!("cancelled while waiting for another run of the same probe");
     };
     if reuse == Reuse::Cached
-        && let Some(r) = fsx::read_json::<ProbeReport>(&manifest)
+        && let Some(r) = cached_report(cache_root, &key)
     {
         return Ok(r);
     }
@@ -179,20 +170,93 @@ pub async fn probe_firmware(
         cpu: cpu.to_string(),
         made_at: jiff::Timestamp::now().to_string(),
         made_in_s: crate::engine::qmp::round_ms(t.elapsed().as_secs_f64()),
+        reused: false,
     };
     fsx::write_json_atomic(&staging.join("probe.json"), &report)?;
     fsx::replace_dir(&staging, &dir, "probe results")?;
     Ok(report)
 }
 
-/// Inspects a firmware code image offline (see `core::firmware::inspect`); the file is read and
-/// parsed on a blocking thread.
+/// The key a probe's report is cached under: the content hashes of QEMU's binary, the code
+/// image and the vars template (empty: none), the CPU model, and the probe's source.
+pub fn probe_key(qemu_sha256: &str, code_sha256: &str, vars_sha256: &str, cpu: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        PROBE_FORMAT,
+        &source_hash(),
+        qemu_sha256,
+        code_sha256,
+        vars_sha256,
+        cpu,
+    ] {
+        h.update(part.as_bytes());
+        h.update(b"\0");
+    }
+    hex::encode(h.finalize())[..16].to_string()
+}
+
+/// The cached report of the probe with this key, marked `reused`; nothing is booted.
+pub fn cached_report(cache_root: &Path, key: &str) -> Option<ProbeReport> {
+    let manifest = cache_root
+        .join("probe")
+        .join("results")
+        .join(key)
+        .join("probe.json");
+    let mut r = fsx::read_json::<ProbeReport>(&manifest)?;
+    r.reused = true;
+    Some(r)
+}
+
+/// Bump when what an inspection records changes in a way its source does not show.
+const INSPECT_FORMAT: &str = "firmware-inspect/1";
+
+/// The inspector's source: a change to it is a new cache key.
+const INSPECTOR_SOURCE: [&str; 3] = [
+    include_str!("../core/firmware/mod.rs"),
+    include_str!("../core/firmware/volume.rs"),
+    include_str!("../core/firmware/code.rs"),
+];
+
+/// Inspects a firmware code image offline (see `core::firmware::inspect`), on a blocking
+/// thread. Cached by the image's sha256 (itself cached by the file's identity, so an image seen
+/// before is not read again) and the inspector's source, under `<cache>/firmware-inspect/`.
 pub async fn inspect_firmware(code: &Path) -> anyhow::Result<firmware::Inspection> {
     let path = code.to_path_buf();
     crate::engine::disk::blocking(move || {
+        let cache = fsx::cache_root().ok().map(|r| r.join("firmware-inspect"));
+        let sha = fsx::hash_file_cached(&path, fsx::hash_cache_dir().as_deref())
+            .with_context(|| format!("reading {}", path.display()))?
+            .sha256;
+        let mut h = Sha256::new();
+        for part in [INSPECT_FORMAT, sha.as_str()]
+            .into_iter()
+            .chain(INSPECTOR_SOURCE)
+        {
+            h.update(part.as_bytes());
+            h.update(b"\0");
+        }
+        let entry = cache
+            .as_ref()
+            .map(|c| c.join(format!("{}.json", &hex::encode(h.finalize())[..16])));
+        if let Some(hit) = entry
+            .as_deref()
+            .and_then(fsx::read_json::<firmware::Inspection>)
+        {
+            return Ok(hit);
+        }
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let sha = hex::encode(Sha256::digest(&bytes));
-        firmware::inspect(&bytes, &sha).with_context(|| format!("inspecting {}", path.display()))
+        // The bytes read are the ones inspected: their own hash is the fact (and the entry is
+        // kept only when it is the key's).
+        let read_sha = hex::encode(Sha256::digest(&bytes));
+        let ins = firmware::inspect(&bytes, &read_sha)
+            .with_context(|| format!("inspecting {}", path.display()))?;
+        if let (Some(dir), Some(entry), true) = (&cache, &entry, read_sha == sha) {
+            // A cache that cannot be written costs the next caller the inspection, nothing more.
+            let _ = std::fs::create_dir_all(dir)
+                .map_err(anyhow::Error::from)
+                .and_then(|_| Ok(fsx::write_json_atomic(entry, &ins)?));
+        }
+        Ok(ins)
     })
     .await
 }

@@ -56,7 +56,8 @@ pub struct ReplayOptions {
     pub cache_root: PathBuf,
 }
 
-fn expand_home(p: &Path) -> PathBuf {
+/// A recorded path with `~` (a bundle's redacted home) as this user's home.
+pub fn expand_home(p: &Path) -> PathBuf {
     let s = p.to_string_lossy();
     match (s.strip_prefix('~'), std::env::var("HOME")) {
         (Some(rest), Ok(h)) if rest.is_empty() || rest.starts_with('/') => {
@@ -107,7 +108,7 @@ fn cache_candidates(cache_root: &Path) -> Vec<PathBuf> {
 }
 
 /// A file input without a provider to ask: its recorded path, else the cache by hash.
-async fn locate(i: &InputRecord, cache_root: &Path) -> Result<PathBuf, ReplayError> {
+pub async fn locate(i: &InputRecord, cache_root: &Path) -> Result<PathBuf, ReplayError> {
     let want = i.sha256.clone().ok_or_else(|| {
         ReplayError::Inputs(format!(
             "{} {}: the bundle records no sha256",
@@ -157,6 +158,78 @@ fn check(i: &InputRecord, path: &Path, got: &str) -> Result<(), ReplayError> {
     }
 }
 
+/// The QEMU a record names, found again: by its provider (the cache, else fetched or built at
+/// the same version), else at its recorded path or in bootwatch's cache by sha256; refused when
+/// its sha256 is not the record's. Returns the binary and how to run it.
+pub async fn find_qemu(
+    qi: &InputRecord,
+    ctx: &ProviderContext,
+    cancel: &CancellationToken,
+) -> Result<(PathBuf, QemuExec), ReplayError> {
+    let provider: Option<QemuProvider> = qi
+        .provider
+        .as_deref()
+        .filter(|p| !p.starts_with("path:"))
+        .and_then(|p| p.parse().ok());
+    Ok(match provider {
+        Some(p) => {
+            let q = providers::resolve_qemu(&p, ctx, cancel)
+                .await
+                .map_err(|e| ReplayError::Inputs(format!("QEMU {p}: {e:#}")))?;
+            check(qi, &q.binary, &q.sha256)?;
+            (q.binary, q.exec)
+        }
+        None => (locate(qi, &ctx.cache_root).await?, QemuExec::default()),
+    })
+}
+
+/// The firmware code image and vars template records name, found again as [`find_qemu`] finds
+/// QEMU.
+pub async fn find_firmware(
+    ci: &InputRecord,
+    vi: Option<&InputRecord>,
+    ctx: &ProviderContext,
+    cancel: &CancellationToken,
+) -> Result<(PathBuf, Option<PathBuf>), ReplayError> {
+    let provider: Option<FirmwareProvider> = ci
+        .provider
+        .as_deref()
+        .filter(|p| !p.starts_with("path:"))
+        .and_then(|p| p.parse().ok());
+    Ok(match provider {
+        Some(p) => {
+            let f = providers::resolve_firmware(&p, ctx, cancel)
+                .await
+                .map_err(|e| ReplayError::Inputs(format!("firmware {p}: {e:#}")))?;
+            check(ci, &f.code, &f.code_sha256)?;
+            let vars = match (vi, &f.vars_template) {
+                // The store the template's provider gives, unless the run had another one.
+                (Some(v), Some(t)) if v.provider == ci.provider => {
+                    let t2 = t.clone();
+                    let got = tokio::task::spawn_blocking(move || sha_of(&t2))
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    check(v, t, &got)?;
+                    Some(t.clone())
+                }
+                (Some(v), _) => Some(locate(v, &ctx.cache_root).await?),
+                (None, _) => None,
+            };
+            (f.code, vars)
+        }
+        None => {
+            let code = locate(ci, &ctx.cache_root).await?;
+            let vars = match vi {
+                Some(v) => Some(locate(v, &ctx.cache_root).await?),
+                None => None,
+            };
+            (code, vars)
+        }
+    })
+}
+
 /// Replays a bundle: finds its inputs, runs the case, compares the verdicts.
 pub async fn replay(
     path: &Path,
@@ -181,67 +254,21 @@ pub async fn replay(
     let role = |r: &str| b.inputs.iter().find(|i| i.role == r);
     let mut found = Vec::new();
 
-    // QEMU.
-    let qi =
-        role("qemu").ok_or_else(|| ReplayError::Inputs("the bundle records no QEMU".into()))?;
-    let provider: Option<QemuProvider> = qi
-        .provider
-        .as_deref()
-        .filter(|p| !p.starts_with("path:"))
-        .and_then(|p| p.parse().ok());
-    let (qemu, exec) = match provider {
-        Some(p) => {
-            let q = providers::resolve_qemu(&p, &ctx, cancel)
-                .await
-                .map_err(|e| ReplayError::Inputs(format!("QEMU {p}: {e:#}")))?;
-            check(qi, &q.binary, &q.sha256)?;
-            (q.binary, q.exec)
-        }
-        None => (locate(qi, &opts.cache_root).await?, QemuExec::default()),
-    };
+    let (qemu, exec) = find_qemu(
+        role("qemu").ok_or_else(|| ReplayError::Inputs("the bundle records no QEMU".into()))?,
+        &ctx,
+        cancel,
+    )
+    .await?;
     found.push(("qemu".to_string(), qemu.clone()));
-
-    // Firmware code and vars template.
-    let ci = role("firmware-code")
-        .ok_or_else(|| ReplayError::Inputs("the bundle records no firmware".into()))?;
-    let vi = role("vars-template");
-    let provider: Option<FirmwareProvider> = ci
-        .provider
-        .as_deref()
-        .filter(|p| !p.starts_with("path:"))
-        .and_then(|p| p.parse().ok());
-    let (code, vars) = match provider {
-        Some(p) => {
-            let f = providers::resolve_firmware(&p, &ctx, cancel)
-                .await
-                .map_err(|e| ReplayError::Inputs(format!("firmware {p}: {e:#}")))?;
-            check(ci, &f.code, &f.code_sha256)?;
-            let vars = match (vi, &f.vars_template) {
-                // The store the template's provider gives, unless the run had another one.
-                (Some(v), Some(t)) if v.provider == ci.provider => {
-                    let t2 = t.clone();
-                    let got = tokio::task::spawn_blocking(move || sha_of(&t2))
-                        .await
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default();
-                    check(v, t, &got)?;
-                    Some(t.clone())
-                }
-                (Some(v), _) => Some(locate(v, &opts.cache_root).await?),
-                (None, _) => None,
-            };
-            (f.code, vars)
-        }
-        None => {
-            let code = locate(ci, &opts.cache_root).await?;
-            let vars = match vi {
-                Some(v) => Some(locate(v, &opts.cache_root).await?),
-                None => None,
-            };
-            (code, vars)
-        }
-    };
+    let (code, vars) = find_firmware(
+        role("firmware-code")
+            .ok_or_else(|| ReplayError::Inputs("the bundle records no firmware".into()))?,
+        role("vars-template"),
+        &ctx,
+        cancel,
+    )
+    .await?;
     found.push(("firmware-code".to_string(), code.clone()));
     if let Some(v) = &vars {
         found.push(("vars-template".to_string(), v.clone()));

@@ -11,7 +11,7 @@ use object::read::pe::PeFile64;
 use super::volume::ImageKind;
 
 /// The SMCCC conduit instructions found in one image.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SmcccUse {
     /// `hvc` instructions, by immediate (ascending, unique).
     pub hvc: Vec<u16>,

@@ -88,12 +88,43 @@ pub mod keys {
     pub const EL3: &str = "hypervisor.el3";
     pub const SMCCC_CONDUIT: &str = "hypervisor.smccc_conduit";
     pub const SMCCC_UNKNOWN_FN: &str = "hypervisor.smccc_unknown_fn";
+
+    /// The keys only a boot of the probe measures (source `probe` in the table; `qemu` ones
+    /// too, which the probe records): what `explain` boots it for.
+    pub const PROBED: &[&str] = &[
+        VENDOR,
+        REVISION,
+        UEFI_REVISION,
+        MEM_ATTR_PROTOCOL,
+        LOADER_DATA_ATTRIBUTES,
+        LOADER_DATA_NX,
+        LOADER_DATA_NX_SOURCE,
+        LOADER_DATA_PTE_NX,
+        MEMMAP_XP,
+        MEMMAP_RO,
+        MEMMAP_LOADER_DATA_XP,
+        SECURE_BOOT,
+        SETUP_MODE,
+        PAGE_SIZE,
+        PROBE_COMPLETE,
+        PROBE_VERDICT,
+        QEMU_VERSION,
+        ACCELERATOR,
+        CPU,
+        MIDR,
+        CURRENT_EL,
+        EL2,
+        EL3,
+        SMCCC_CONDUIT,
+        SMCCC_UNKNOWN_FN,
+    ];
 }
 
 pub mod code;
 pub mod probe;
 pub mod volume;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::core::facts::Facts;
@@ -101,7 +132,7 @@ use crate::core::facts::Facts;
 pub use volume::VolumeError;
 
 /// One module of an inspected image and what it calls.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriverInfo {
     pub name: String,
     pub guid: String,
@@ -112,7 +143,7 @@ pub struct DriverInfo {
 }
 
 /// What offline inspection found in a code image.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Inspection {
     pub facts: Facts,
     pub drivers: Vec<DriverInfo>,
@@ -252,4 +283,29 @@ fn version_string(bytes: &[u8]) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    /// `keys::PROBED` is the table's `probe` and `qemu` rows, no more and no fewer.
+    #[test]
+    fn probed_keys_are_the_tables_probe_and_qemu_rows() {
+        let mut from_table: Vec<&str> = include_str!("mod.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | `"))
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split(" | ").collect();
+                let key = cols.first()?.strip_suffix('`')?;
+                let source = cols.get(2)?;
+                (source.split(", ").any(|s| s == "probe" || s == "qemu")
+                    && !source.contains("image"))
+                .then_some(key)
+            })
+            .collect();
+        from_table.sort_unstable();
+        let mut probed = super::keys::PROBED.to_vec();
+        probed.sort_unstable();
+        assert_eq!(probed, from_table);
+        assert!(probed.contains(&"firmware.mem_attr_protocol"));
+    }
 }

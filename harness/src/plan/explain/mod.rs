@@ -6,15 +6,20 @@
 pub mod evidence;
 pub mod workarounds;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::core::chain::{Chain, ChainBinary};
+use crate::core::event::EventSink;
 use crate::core::facts::Facts;
-use crate::core::known_bugs::{FamilyResult, KnownBugs, Status};
+use crate::core::firmware::keys;
+use crate::core::known_bugs::{ConditionResult, FamilyResult, KnownBugs, Status};
 use crate::core::verdict::Outcome;
+use crate::engine::record::InputRecord;
 pub use evidence::{Evidence, load};
 
 /// The version of `explain --json`'s layout.
@@ -52,10 +57,16 @@ pub struct Explanation {
     pub undecided: Vec<FamilyResult>,
     /// Ids of the families a measured fact rules out.
     pub ruled_out: Vec<String>,
+    /// Each ruled-out family's required conditions that failed.
+    #[serde(default)]
+    pub ruled_out_by: BTreeMap<String, Vec<ConditionResult>>,
     /// Boot-path binaries that differ from the base image.
     pub replaced: Vec<Replaced>,
     pub facts: Facts,
     pub chain: Option<Chain>,
+    /// The firmware probe whose facts were used (booted, or its cached report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeUse>,
     /// What could not be measured, and why.
     pub notes: Vec<String>,
     /// Filled by `--try-workarounds`.
@@ -70,44 +81,333 @@ impl Explanation {
     }
 }
 
-/// Adds the facts of the run's firmware code image, read offline (its drivers, which issue SMCCC
-/// calls and which of those go beyond PSCI): only when the file is still the one the run booted.
-async fn inspect_run_firmware(ev: &Evidence, facts: &mut Facts, notes: &mut Vec<String>) {
-    let Some(code) = ev.result.firmware.code.as_ref() else {
-        notes.push("firmware image not inspected: the run records no code image".into());
-        return;
-    };
-    if !code.path.is_file() {
-        notes.push(format!(
-            "firmware image not inspected: {} is gone",
-            code.path.display()
-        ));
-        return;
+/// Whether `explain` may boot the firmware probe, and fetch inputs to do it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbePolicy {
+    /// Boot the probe under the run's QEMU, firmware and CPU when the families name facts only
+    /// it measures (its report is cached by content hash: a second explain boots nothing);
+    /// inputs that are not on this machine any more (a bundle from elsewhere, a cleaned cache)
+    /// are fetched or built again through their providers, as `bootwatch replay` does.
+    Run,
+    /// Use a probe report already cached for the run's QEMU, firmware and CPU; boot and fetch
+    /// nothing (the matrix and bundles: explaining must not cost a boot).
+    Cached,
+    /// No probe, and nothing fetched: only the records and the files on this machine
+    /// (`explain --no-probe`).
+    Off,
+}
+
+/// How `explain` may measure.
+#[derive(Debug, Clone)]
+pub struct ExplainOptions {
+    pub probe: ProbePolicy,
+    pub cache_root: PathBuf,
+    pub mirror: Option<String>,
+}
+
+impl ExplainOptions {
+    /// With the user's cache and mirror.
+    pub fn new(probe: ProbePolicy) -> Result<ExplainOptions> {
+        Ok(ExplainOptions {
+            probe,
+            cache_root: crate::sys::fsx::cache_root()?,
+            mirror: None,
+        })
     }
-    match crate::plan::probe::inspect_firmware(&code.path).await {
-        Ok(ins) => {
-            if ins.facts.get(crate::core::firmware::keys::CODE_SHA256)
-                != Some(&serde_json::Value::from(code.sha256.clone()))
-            {
-                notes.push(format!(
-                    "firmware image not inspected: {} changed since the run (sha256 differs)",
-                    code.path.display()
-                ));
-                return;
-            }
-            facts.merge_prefixed("", ins.facts);
+
+    /// Inputs may be fetched or built through their providers.
+    fn fetch(&self) -> bool {
+        self.probe == ProbePolicy::Run
+    }
+
+    fn providers(&self) -> crate::inputs::providers::ProviderContext {
+        crate::inputs::providers::ProviderContext {
+            mirror: self.mirror.clone(),
+            cache_root: self.cache_root.clone(),
         }
+    }
+}
+
+/// The inputs the run booted, as its records name them: `case.json`'s `inputs`, else what its
+/// `result.json` says of the firmware.
+fn run_inputs(ev: &Evidence) -> Vec<InputRecord> {
+    if let Some(c) = ev.case.as_ref().filter(|c| !c.inputs.is_empty()) {
+        return c.inputs.clone();
+    }
+    let fw = &ev.result.firmware;
+    let mut out = Vec::new();
+    for (role, f) in [
+        ("firmware-code", fw.code.as_ref()),
+        ("vars-template", fw.vars_template.as_ref()),
+    ] {
+        if let Some(f) = f {
+            let mut i = InputRecord::new(role, &f.path);
+            i.sha256 = Some(f.sha256.clone());
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// The run's firmware code image on this machine: its recorded path (`~` expanded: a bundle's)
+/// when it still holds the recorded bytes, else bootwatch's cache by sha256, else (with
+/// allowed to fetch) fetched again through its provider, as `bootwatch replay` finds it.
+async fn find_firmware_code(
+    ev: &Evidence,
+    opts: &ExplainOptions,
+    cancel: &CancellationToken,
+) -> std::result::Result<PathBuf, String> {
+    let inputs = run_inputs(ev);
+    let code = inputs
+        .iter()
+        .find(|i| i.role == "firmware-code")
+        .ok_or("the run records no firmware code image")?;
+    let found = match crate::plan::replay::locate(code, &opts.cache_root).await {
+        Ok(c) => Ok(c),
+        Err(_) if opts.fetch() => {
+            let vars = inputs.iter().find(|i| i.role == "vars-template");
+            crate::plan::replay::find_firmware(code, vars, &opts.providers(), cancel)
+                .await
+                .map(|(c, _)| c)
+        }
+        Err(e) => Err(e),
+    };
+    found.map_err(|e| e.to_string())
+}
+
+/// Adds the facts of the run's firmware code image, read offline (its drivers, which issue SMCCC
+/// calls and which of those go beyond PSCI): only from a file with the sha256 the run booted.
+async fn inspect_run_firmware(
+    ev: &Evidence,
+    opts: &ExplainOptions,
+    cancel: &CancellationToken,
+    facts: &mut Facts,
+    notes: &mut Vec<String>,
+) {
+    let code = match find_firmware_code(ev, opts, cancel).await {
+        Ok(c) => c,
+        Err(e) => {
+            notes.push(format!("firmware image not inspected: {e}"));
+            return;
+        }
+    };
+    match crate::plan::probe::inspect_firmware(&code).await {
+        Ok(ins) => facts.merge_prefixed("", ins.facts),
         Err(e) => notes.push(format!("firmware image not inspected: {e:#}")),
     }
 }
 
-/// Reads the evidence under `path`, measures, and matches.
-pub async fn explain(path: &Path) -> Result<(Evidence, Explanation)> {
-    let ev = evidence::load(path)?;
+/// What `explain` used of the firmware probe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeUse {
+    /// Its cache key (`<cache>/probe/results/<key>/`).
+    pub key: String,
+    /// Its report came from the cache: nothing was booted for this explanation.
+    pub reused: bool,
+    pub qemu: String,
+    pub firmware: String,
+    pub cpu: String,
+    /// How the probe's boot ended (`qemu-exited`: it ran to its end and powered off).
+    pub verdict: String,
+    /// The probe printed everything (false: cut short, e.g. the firmware crashed first).
+    pub complete: bool,
+    /// Its console and records.
+    pub case_dir: PathBuf,
+    pub made_at: String,
+}
+
+/// The facts the families name that only the probe measures, and nothing measured yet.
+fn probe_facts_wanted(facts: &Facts) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in &KnownBugs::embedded().family {
+        for c in f.require.iter().chain(&f.support) {
+            if keys::PROBED.contains(&c.fact.as_str())
+                && facts.get(&c.fact).is_none()
+                && !out.contains(&c.fact)
+            {
+                out.push(c.fact.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The firmware probe under the run's own QEMU, firmware (and vars template) and CPU, when the
+/// families name facts only it measures: its cached report when there is one (the key is made
+/// from the content hashes the run's records give), else (with [`ProbePolicy::Run`]) a boot of
+/// it. Its facts are added where nothing else measured them.
+async fn probe_run(
+    ev: &Evidence,
+    opts: &ExplainOptions,
+    cancel: &CancellationToken,
+    sink: &EventSink,
+    facts: &mut Facts,
+    notes: &mut Vec<String>,
+) -> Option<ProbeUse> {
+    let wanted = probe_facts_wanted(facts);
+    if wanted.is_empty() {
+        return None;
+    }
+    let what = wanted.join(", ");
+    if facts.get("run.exit_code").and_then(|v| v.as_u64()) != Some(1) {
+        notes.push(format!(
+            "the firmware probe was not run: the run did not fail ({what} not measured)"
+        ));
+        return None;
+    }
+    if opts.probe == ProbePolicy::Off {
+        notes.push(format!(
+            "the firmware probe was not run (--no-probe): {what} not measured"
+        ));
+        return None;
+    }
+    let inputs = run_inputs(ev);
+    let role = |r: &str| inputs.iter().find(|i| i.role == r);
+    let (Some(qi), Some(ci)) = (role("qemu"), role("firmware-code")) else {
+        notes.push(format!(
+            "the firmware probe was not run: the run's records name no QEMU or firmware ({what} not measured)"
+        ));
+        return None;
+    };
+    let (Some(qemu_sha), Some(code_sha)) = (qi.sha256.clone(), ci.sha256.clone()) else {
+        notes.push(format!(
+            "the firmware probe was not run: the run's records give no sha256 of its QEMU or firmware ({what} not measured)"
+        ));
+        return None;
+    };
+    let vi = role("vars-template");
+    let vars_sha = vi.and_then(|v| v.sha256.clone()).unwrap_or_default();
+    let cpu = ev.result.cpu.clone();
+    let key = crate::plan::probe::probe_key(&qemu_sha, &code_sha, &vars_sha, &cpu);
+    let report = match crate::plan::probe::cached_report(&opts.cache_root, &key) {
+        Some(r) => r,
+        None if opts.probe == ProbePolicy::Cached => {
+            notes.push(format!(
+                "no firmware probe of this QEMU, firmware and CPU in the cache (`bootwatch explain` on the run boots it): {what} not measured"
+            ));
+            return None;
+        }
+        None => match boot_probe(ev, qi, ci, vi, &cpu, opts, cancel, sink).await {
+            Ok(r) => r,
+            Err(e) => {
+                notes.push(format!(
+                    "the firmware probe could not be run ({e:#}): {what} not measured"
+                ));
+                return None;
+            }
+        },
+    };
+    let complete = report.facts.get(keys::PROBE_COMPLETE) == Some(&serde_json::Value::Bool(true));
+    if !complete {
+        notes.push(format!(
+            "the firmware probe did not run to its end under this firmware (its boot: {}): the facts it did not reach are not measured",
+            report.outcome.verdict.as_str()
+        ));
+    }
+    if let Some(a) = report.facts.get(keys::ACCELERATOR).and_then(|v| v.as_str())
+        && a != ev.result.accelerator
+    {
+        notes.push(format!(
+            "the firmware probe ran under {a}, the run under {}",
+            ev.result.accelerator
+        ));
+    }
+    for (k, v) in report.facts.iter() {
+        if facts.get(k).is_none() {
+            facts.set(k, v.clone());
+        }
+    }
+    Some(ProbeUse {
+        key: report.key,
+        reused: report.reused,
+        qemu: report.qemu,
+        firmware: report.firmware,
+        cpu: report.cpu,
+        verdict: report.outcome.verdict.as_str().to_string(),
+        complete,
+        case_dir: report.case_dir,
+        made_at: report.made_at,
+    })
+}
+
+/// Boots the probe on the run's QEMU and firmware, found again as `bootwatch replay` finds
+/// them (the same bytes: their sha256 are the records').
+#[allow(clippy::too_many_arguments)]
+async fn boot_probe(
+    ev: &Evidence,
+    qi: &InputRecord,
+    ci: &InputRecord,
+    vi: Option<&InputRecord>,
+    cpu: &str,
+    opts: &ExplainOptions,
+    cancel: &CancellationToken,
+    sink: &EventSink,
+) -> Result<crate::plan::probe::ProbeReport> {
+    use crate::inputs::providers::{ResolvedFirmware, ResolvedQemu};
+    let ctx = opts.providers();
+    let (binary, exec) = crate::plan::replay::find_qemu(qi, &ctx, cancel).await?;
+    let (code, vars_template) = crate::plan::replay::find_firmware(ci, vi, &ctx, cancel).await?;
+    let spec = |i: &InputRecord, p: &Path| {
+        i.provider
+            .clone()
+            .unwrap_or_else(|| format!("path:{}", p.display()))
+    };
+    let qemu = ResolvedQemu {
+        spec: spec(qi, &binary),
+        version: qi
+            .version
+            .clone()
+            .or_else(|| ev.result.qemu.version.clone())
+            .unwrap_or_default(),
+        version_line: String::new(),
+        package: qi.package_version.clone(),
+        sha256: qi.sha256.clone().unwrap_or_default(),
+        origin: qi.clone(),
+        binary,
+        exec,
+    };
+    let firmware = ResolvedFirmware {
+        spec: spec(ci, &code),
+        package: ci.package_version.clone(),
+        code_sha256: ci.sha256.clone().unwrap_or_default(),
+        origin: ci.clone(),
+        source_build: None,
+        code,
+        vars_template,
+    };
+    crate::plan::probe::probe_firmware(
+        &qemu,
+        &firmware,
+        cpu,
+        &opts.cache_root,
+        crate::plan::probe::Reuse::Cached,
+        cancel,
+        sink,
+    )
+    .await
+}
+
+/// Reads the evidence under `path` (a run, a cell, a bundle or its `.tar.gz`), measures, and
+/// matches.
+pub async fn explain(
+    path: &Path,
+    opts: &ExplainOptions,
+    cancel: &CancellationToken,
+    sink: &EventSink,
+) -> Result<(Evidence, Explanation)> {
+    let p = path.to_path_buf();
+    let ev = crate::engine::disk::blocking(move || evidence::load(&p)).await?;
     let mut notes = Vec::new();
     let mut facts = run_facts(&ev);
     let chain = match chain_of_run(&ev).await {
         Ok(Some(c)) => Some(c),
+        Ok(None) if ev.from_bundle => {
+            notes.push(
+                "boot chain not inspected: a bundle carries no disks, and the run's disks are not on this machine"
+                    .into(),
+            );
+            None
+        }
         Ok(None) => {
             notes.push(
                 "boot chain not inspected: the run kept no disk (boot with --keep-overlay, or run a scenario, to keep it)"
@@ -140,18 +440,21 @@ pub async fn explain(path: &Path) -> Result<(Evidence, Explanation)> {
             );
         }
     }
-    inspect_run_firmware(&ev, &mut facts, &mut notes).await;
-    notes.push(
-        "the probe's facts (hypervisor.*, memory attribute protocol, LoaderData NX) need a boot of the probe (`bootwatch probe firmware`): not measured here"
-            .into(),
-    );
+    inspect_run_firmware(&ev, opts, cancel, &mut facts, &mut notes).await;
+    let probe = probe_run(&ev, opts, cancel, sink, &mut facts, &mut notes).await;
     let results = KnownBugs::embedded().explain(&facts);
     let (mut families, mut undecided, mut ruled_out) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ruled_out_by = BTreeMap::new();
     for r in results {
         match r.status {
             Status::Match => families.push(r),
             Status::Undecided => undecided.push(r),
-            Status::RuledOut => ruled_out.push(r.id),
+            Status::RuledOut => {
+                let failed: Vec<ConditionResult> =
+                    r.unmatched.into_iter().filter(|c| c.required).collect();
+                ruled_out_by.insert(r.id.clone(), failed);
+                ruled_out.push(r.id);
+            }
         }
     }
     let outcome = ev
@@ -167,15 +470,17 @@ pub async fn explain(path: &Path) -> Result<(Evidence, Explanation)> {
         .unwrap_or_else(|| ev.result.outcome.clone());
     let x = Explanation {
         schema: EXPLAIN_SCHEMA.into(),
-        run: ev.dir.clone(),
+        run: ev.shown.clone(),
         session: ev.result.session,
         outcome,
         families,
         undecided,
         ruled_out,
+        ruled_out_by,
         replaced,
         facts,
         chain,
+        probe,
         notes,
         workarounds_tried: Vec::new(),
     };
