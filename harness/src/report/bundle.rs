@@ -14,7 +14,8 @@
 //! - `bundle.json` ([`BundleRecord`]): kind, outcome, repeats, inputs with provenance and hashes,
 //!   what [`crate::plan::replay`] needs, and the sha256 of every file of the bundle;
 //! - `REPORT.md`: title, versions, steps to reproduce, expected and actual, the exception block;
-//! - `repro.sh`: checks the artifacts' hashes and runs QEMU with the recorded command line;
+//! - `repro.sh`: checks the artifacts' hashes and runs QEMU with the recorded command line (the
+//!   recorded paths as variables, the home directory as `${HOME}` where a path starts with it);
 //! - `qemu-argv.txt`: the exact argv, one argument a line; `host.json`: OS, kernel, CPU, accelerator;
 //! - `runs/<run>/`: each run's `case.json`, `result.json`, `serial.raw`, `console.log`,
 //!   `qmp.jsonl`, `qemu.stderr`, `hang/` (and later sessions' `session-N/`);
@@ -34,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use crate::core::verdict::Outcome;
 use crate::engine::record::{CaseRecord, InputRecord, RunResult, Secrets};
-use crate::report::redact::Redactor;
+use crate::report::redact::{Redactor, path_occurrences};
 
 pub const BUNDLE_SCHEMA: &str = "bootwatch.bundle/1";
 
@@ -1006,6 +1007,33 @@ fn sh_word(parts: &[(bool, String)]) -> String {
     if out.is_empty() { "''".into() } else { out }
 }
 
+/// `text` as pieces of literal text and variable names: each `(path, VAR)` of `subs` in turn
+/// replaced by `VAR` where it starts a path and ends at a `/` or the path's end, as the redactor
+/// finds a home ([`path_occurrences`]): `/root` in `/root/.cache/...` but not in a Debian tree's
+/// `.../root/lib/...` nor in `/rootfs`.
+fn splice(text: &str, subs: &[(String, String)]) -> Vec<(bool, String)> {
+    let mut parts: Vec<(bool, String)> = vec![(false, text.to_string())];
+    for (from, var) in subs {
+        let mut next = Vec::new();
+        for (is_var, text) in parts {
+            let at = if is_var {
+                Vec::new()
+            } else {
+                path_occurrences(&text, from)
+            };
+            let mut rest = 0;
+            for i in at {
+                next.push((false, text[rest..i].to_string()));
+                next.push((true, var.clone()));
+                rest = i + from.len();
+            }
+            next.push((is_var, text[rest..].to_string()));
+        }
+        parts = next;
+    }
+    parts
+}
+
 fn repro_sh(case: &CaseRecord, r: &RunResult, title: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "#!/bin/sh\n# {}", title.replace('\n', " "));
@@ -1112,7 +1140,6 @@ fn repro_sh(case: &CaseRecord, r: &RunResult, title: &str) -> String {
             ]));
             continue;
         }
-        let mut parts: Vec<(bool, String)> = vec![(false, a.clone())];
         let mut subs: Vec<(String, String)> = Vec::new();
         for (name, path, _) in &vars {
             if name != "VARS_TEMPLATE" {
@@ -1125,24 +1152,7 @@ fn repro_sh(case: &CaseRecord, r: &RunResult, title: &str) -> String {
         if !home.is_empty() {
             subs.push((home.clone(), "HOME".into()));
         }
-        for (from, var) in subs {
-            let mut next = Vec::new();
-            for (is_var, text) in parts {
-                if is_var || from.is_empty() || !text.contains(&from) {
-                    next.push((is_var, text));
-                    continue;
-                }
-                let pieces: Vec<&str> = text.split(from.as_str()).collect();
-                for (i, p) in pieces.iter().enumerate() {
-                    if i > 0 {
-                        next.push((true, var.clone()));
-                    }
-                    next.push((false, p.to_string()));
-                }
-            }
-            parts = next;
-        }
-        args.push(sh_word(&parts));
+        args.push(sh_word(&splice(a, &subs)));
     }
     let _ = writeln!(s, "exec \\");
     let n = args.len();
@@ -1168,5 +1178,50 @@ mod tests {
             "'file='\"${WORK}\"'/v.fd'"
         );
         assert_eq!(fence("a ``` b"), "````");
+    }
+    /// A recorded path becomes its variable only where it starts a path and ends at a path's
+    /// end or a `/`: `/root` inside a tree (`.../deb11u3/root/lib`), at the end of another path,
+    /// or as the start of a longer name (`/rootfs`) stays.
+    #[test]
+    fn paths_are_spliced_only_at_path_boundaries() {
+        let subs = [
+            ("/tmp/bootwatch-1-X/qemu".to_string(), "QEMU".to_string()),
+            ("/tmp/bootwatch-1-X".into(), "WORK".into()),
+            ("/root".into(), "HOME".into()),
+        ];
+        let v = |s: &str| (true, s.to_string());
+        let t = |s: &str| (false, s.to_string());
+        let cases: Vec<(&str, Vec<(bool, String)>)> = vec![
+            (
+                "/root/.cache/q/deb11u3/root/lib/ld.so",
+                vec![t(""), v("HOME"), t("/.cache/q/deb11u3/root/lib/ld.so")],
+            ),
+            (
+                "/root/a/root:/root/b/root/usr",
+                vec![t(""), v("HOME"), t("/a/root:"), v("HOME"), t("/b/root/usr")],
+            ),
+            ("/srv/root", vec![t("/srv/root")]),
+            ("/rootfs/x", vec![t("/rootfs/x")]),
+            ("file=/rootfs", vec![t("file=/rootfs")]),
+            ("file=/root", vec![t("file="), v("HOME"), t("")]),
+            ("/root", vec![t(""), v("HOME"), t("")]),
+            (
+                "file=/tmp/bootwatch-1-X/vars.fd",
+                vec![t("file="), v("WORK"), t("/vars.fd")],
+            ),
+            ("/tmp/bootwatch-1-X/qemu", vec![t(""), v("QEMU"), t("")]),
+            (
+                "/tmp/bootwatch-1-X/qemu-img",
+                vec![t(""), v("WORK"), t("/qemu-img")],
+            ),
+            ("/tmp/bootwatch-1-XY/a", vec![t("/tmp/bootwatch-1-XY/a")]),
+        ];
+        for (arg, want) in cases {
+            assert_eq!(splice(arg, &subs), want, "{arg}");
+        }
+        assert_eq!(
+            sh_word(&splice("/root/q/root/lib", &subs)),
+            "\"${HOME}\"'/q/root/lib'"
+        );
     }
 }
