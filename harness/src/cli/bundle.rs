@@ -16,6 +16,11 @@ pub struct BundleArgs {
     /// The archive to write (default: bootwatch-<name>.tar.gz in the current directory).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// A bisection's results directory (bisect.json) to carry with a run's or a cell's bundle:
+    /// its first bad and last good builds in REPORT.md, bisect.json, bisect.md and those
+    /// builds' runs.
+    #[arg(long, value_name = "DIR")]
+    bisect: Option<PathBuf>,
     /// Print bundle.json.
     #[arg(long)]
     json: bool,
@@ -49,6 +54,21 @@ pub fn bundle(args: BundleArgs) -> CliResult {
             args.dir.display()
         )));
     }
+    if let Some(b) = &args.bisect {
+        if bundle::Kind::detect(b) != Some(bundle::Kind::Bisect) {
+            return Err(CliError::usage(format!(
+                "--bisect {}: holds no bisect.json (give a bisection's results directory)",
+                b.display()
+            )));
+        }
+        if bundle::Kind::detect(&args.dir) == Some(bundle::Kind::Bisect) {
+            return Err(CliError::usage(format!(
+                "--bisect: {} is a bisection already (--bisect adds one to a run's or a cell's \
+                 bundle)",
+                args.dir.display()
+            )));
+        }
+    }
     let out = args.out.clone().unwrap_or_else(|| {
         let name = args
             .dir
@@ -58,8 +78,8 @@ pub fn bundle(args: BundleArgs) -> CliResult {
             .unwrap_or_else(|| "run".into());
         PathBuf::from(format!("bootwatch-{name}.tar.gz"))
     });
-    let rec =
-        bundle::make(&args.dir, &out).map_err(|e| CliError::undetermined(format!("{e:#}")))?;
+    let rec = bundle::make(&args.dir, args.bisect.as_deref(), &out)
+        .map_err(|e| CliError::undetermined(format!("{e:#}")))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rec).unwrap_or_default());
     } else {

@@ -6,19 +6,21 @@
 //! - a case directory (`case.json`): one run (`bootwatch boot`, a scenario, a demo case);
 //! - a matrix cell (`cell.json`, its runs in `run-N/`): every repeat, and k of N in the report;
 //! - a bisection (`bisect.json`, `bisect.md`, `steps/*/run-K/`): the first bad and last good
-//!   steps' runs, and the first bad build in the report. (Read as JSON by field name, so the
-//!   bundle needs nothing of the bisect module: another input kind is one more arm of
-//!   [`Kind::detect`] and [`collect`].)
+//!   steps' runs, and those builds with their provenance in the report. (Read as JSON by field
+//!   name, so the bundle needs nothing of the bisect module: another input kind is one more arm
+//!   of [`Kind::detect`] and [`collect`].) A run's or cell's bundle can carry a bisection too
+//!   (`bootwatch bundle DIR --bisect BISECTION`).
 //!
 //! Layout of the archive (one top directory, `<name>/`):
 //! - `bundle.json` ([`BundleRecord`]): kind, outcome, repeats, inputs with provenance and hashes,
 //!   what [`crate::plan::replay`] needs, and the sha256 of every file of the bundle;
 //! - `REPORT.md`: title, versions, steps to reproduce, expected and actual, the exception block;
-//! - `repro.sh`: checks the artifacts' hashes and runs QEMU with the recorded command line;
+//! - `repro.sh`: checks the artifacts' hashes and runs QEMU with the recorded command line (the
+//!   recorded paths as variables, the home directory as `${HOME}` where a path starts with it);
 //! - `qemu-argv.txt`: the exact argv, one argument a line; `host.json`: OS, kernel, CPU, accelerator;
 //! - `runs/<run>/`: each run's `case.json`, `result.json`, `serial.raw`, `console.log`,
 //!   `qmp.jsonl`, `qemu.stderr`, `hang/` (and later sessions' `session-N/`);
-//! - `cell.json`, or `bisect.json` and `bisect.md`, as the input was.
+//! - `cell.json`, and `bisect.json` and `bisect.md`, as the input was.
 //!
 //! Never included: `secrets.json`, disks (overlays, seeds), vars stores, sockets. Every text
 //! file goes through [`Redactor`] (the password of `secrets.json` files too), and so does the
@@ -34,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::core::verdict::Outcome;
 use crate::engine::record::{CaseRecord, InputRecord, RunResult, Secrets};
-use crate::report::redact::Redactor;
+use crate::report::redact::{Redactor, path_occurrences};
 
 pub const BUNDLE_SCHEMA: &str = "bootwatch.bundle/1";
 
@@ -148,7 +150,31 @@ struct Collected {
     /// Extra top-level files (`cell.json`, `bisect.json`, `bisect.md`).
     extra: Vec<(PathBuf, String)>,
     repeats: Option<Repeats>,
-    bisect: Option<serde_json::Value>,
+    bisect: Option<Bisection>,
+}
+
+/// A bisection's answer, as the bundle reports it.
+struct Bisection {
+    /// `result` of `bisect.json`.
+    result: serde_json::Value,
+    /// Its one-sentence answer (`message`).
+    message: String,
+    /// `qemu`, `firmware` or `packages`.
+    axis: String,
+    /// How many builds the list had.
+    builds: usize,
+    /// The builds on each side of the change, with where they came from.
+    points: Vec<BuildPoint>,
+}
+
+/// One build of a bisection's answer.
+struct BuildPoint {
+    /// `first bad build`, `last good build`, `first good build` or `last bad build`.
+    label: &'static str,
+    build: String,
+    /// The bisected input (QEMU or firmware code) of that build's run, from its `case.json`:
+    /// the provider, Debian package and version or source commit, sha256.
+    input: Option<InputRecord>,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T> {
@@ -221,80 +247,136 @@ fn collect(dir: &Path) -> Result<Collected> {
                 bisect: None,
             })
         }
-        Kind::Bisect => {
-            let b: serde_json::Value = read_json(&dir.join("bisect.json"))?;
-            let result = b.get("result").cloned().unwrap_or(serde_json::Value::Null);
-            let step_of = |key: &str| {
-                result
-                    .pointer(&format!("/{key}/step"))
-                    .and_then(|v| v.as_u64())
-            };
-            let steps = b
-                .get("steps")
-                .and_then(|s| s.as_array())
-                .cloned()
+        Kind::Bisect => collect_bisect(dir, &base),
+    }
+}
+
+/// A bisection's directory: its answer, and the runs of the builds on each side of the change.
+fn collect_bisect(dir: &Path, base: &str) -> Result<Collected> {
+    let b: serde_json::Value = read_json(&dir.join("bisect.json"))?;
+    let result = b.get("result").cloned().unwrap_or(serde_json::Value::Null);
+    let axis = b
+        .get("axis")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let role = match axis.as_str() {
+        "qemu" => Some("qemu"),
+        "firmware" => Some("firmware-code"),
+        _ => None,
+    };
+    let steps = b
+        .get("steps")
+        .and_then(|s| s.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut runs = Vec::new();
+    let mut points = Vec::new();
+    for (key, label) in [
+        ("first_bad", "first bad build"),
+        ("last_good", "last good build"),
+        ("last_bad", "last bad build"),
+        ("first_good", "first good build"),
+    ] {
+        let Some(point) = result.get(key) else {
+            continue;
+        };
+        let step = point.get("step").and_then(|v| v.as_u64());
+        let dir_of_step = steps
+            .iter()
+            .find(|s| step.is_some() && s.get("n").and_then(|v| v.as_u64()) == step)
+            .and_then(|s| s.get("dir"))
+            .and_then(|d| d.as_str());
+        let mut found: Vec<PathBuf> = Vec::new();
+        if let Some(sdir) = dir_of_step {
+            let sdir = dir.join(sdir);
+            found = std::fs::read_dir(&sdir)
+                .map(|r| {
+                    r.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.join("case.json").is_file())
+                        .collect()
+                })
                 .unwrap_or_default();
-            let mut runs = Vec::new();
-            for key in ["first_bad", "last_good", "last_bad", "first_good"] {
-                let Some(n) = step_of(key) else { continue };
-                let Some(step) = steps
-                    .iter()
-                    .find(|s| s.get("n").and_then(|v| v.as_u64()) == Some(n))
-                else {
-                    continue;
-                };
-                let Some(sdir) = step.get("dir").and_then(|d| d.as_str()) else {
-                    continue;
-                };
-                let sdir = dir.join(sdir);
-                let mut found: Vec<PathBuf> = std::fs::read_dir(&sdir)
-                    .map(|r| {
-                        r.flatten()
-                            .map(|e| e.path())
-                            .filter(|p| p.join("case.json").is_file())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if sdir.join("case.json").is_file() {
-                    found.push(sdir.clone());
-                }
-                found.sort();
-                for f in found {
-                    let name = format!(
-                        "{key}-{}",
-                        f.strip_prefix(dir)
-                            .unwrap_or(&f)
-                            .to_string_lossy()
-                            .replace('/', "-")
-                    );
-                    if !runs.iter().any(|r: &RunDir| r.src == f) {
-                        runs.push(RunDir { src: f, name });
-                    }
-                }
+            if sdir.join("case.json").is_file() {
+                found.push(sdir.clone());
             }
-            if runs.is_empty() {
-                bail!(
-                    "bisection {} names no first bad or last good step with a run directory",
-                    dir.display()
-                );
+            found.sort();
+        }
+        // The deciding run's (the point's `run.dir`), else the step's first.
+        let deciding = point
+            .pointer("/run/dir")
+            .and_then(|d| d.as_str())
+            .map(|d| dir.join(d))
+            .filter(|d| d.join("case.json").is_file())
+            .or_else(|| found.first().cloned());
+        // The deciding run first: the primary run of a bisection's bundle is its first bad
+        // (or first good) build's.
+        if let Some(d) = &deciding
+            && let Some(i) = found.iter().position(|f| f == d)
+        {
+            let d = found.remove(i);
+            found.insert(0, d);
+        }
+        if let Some(build) = point.get("build").and_then(|v| v.as_str()) {
+            let input = deciding.as_ref().zip(role).and_then(|(d, role)| {
+                read_json::<CaseRecord>(&d.join("case.json"))
+                    .ok()
+                    .and_then(|c| c.inputs.into_iter().find(|i| i.role == role))
+            });
+            points.push(BuildPoint {
+                label,
+                build: build.to_string(),
+                input,
+            });
+        }
+        for f in found {
+            let name = format!(
+                "{key}-{}",
+                f.strip_prefix(dir)
+                    .unwrap_or(&f)
+                    .to_string_lossy()
+                    .replace('/', "-")
+            );
+            if !runs.iter().any(|r: &RunDir| r.src == f) {
+                runs.push(RunDir { src: f, name });
             }
-            let mut extra = vec![(dir.join("bisect.json"), "bisect.json".to_string())];
-            if dir.join("bisect.md").is_file() {
-                extra.push((dir.join("bisect.md"), "bisect.md".into()));
-            }
-            Ok(Collected {
-                kind,
-                name: format!(
-                    "bisect-{}",
-                    b.get("name").and_then(|n| n.as_str()).unwrap_or(&base)
-                ),
-                runs,
-                extra,
-                repeats: None,
-                bisect: Some(result),
-            })
         }
     }
+    if runs.is_empty() {
+        bail!(
+            "bisection {} names no first bad or last good step with a run directory",
+            dir.display()
+        );
+    }
+    let mut extra = vec![(dir.join("bisect.json"), "bisect.json".to_string())];
+    if dir.join("bisect.md").is_file() {
+        extra.push((dir.join("bisect.md"), "bisect.md".into()));
+    }
+    Ok(Collected {
+        kind: Kind::Bisect,
+        name: format!(
+            "bisect-{}",
+            b.get("name").and_then(|n| n.as_str()).unwrap_or(base)
+        ),
+        runs,
+        extra,
+        repeats: None,
+        bisect: Some(Bisection {
+            result,
+            message: b
+                .get("message")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            axis,
+            builds: b
+                .get("candidates")
+                .and_then(|v| v.as_array())
+                .map_or(0, Vec::len),
+            points,
+        }),
+    })
 }
 
 /// Files of a case directory a bundle takes: records, console, QMP, stderr, hang evidence, later
@@ -336,9 +418,31 @@ fn is_binary(name: &str) -> bool {
     name.ends_with(".ppm") || name.ends_with(".png")
 }
 
-/// Makes the bundle of `dir` at `out` (a `.tar.gz`); returns its record.
-pub fn make(dir: &Path, out: &Path) -> Result<BundleRecord> {
-    let c = collect(dir)?;
+/// Makes the bundle of `dir` at `out` (a `.tar.gz`); returns its record. With `bisect` (a
+/// bisection's directory), a run's or cell's bundle carries that bisection's answer too: its
+/// `bisect.json` and `bisect.md`, the runs of the builds on each side of the change, and those
+/// builds in `REPORT.md` and `bundle.json`'s `bisect`.
+pub fn make(dir: &Path, bisect: Option<&Path>, out: &Path) -> Result<BundleRecord> {
+    let mut c = collect(dir)?;
+    if let Some(bdir) = bisect {
+        if c.kind == Kind::Bisect {
+            bail!(
+                "{} is a bisection already: --bisect adds one to a run's or a cell's bundle",
+                dir.display()
+            );
+        }
+        if Kind::detect(bdir) != Some(Kind::Bisect) {
+            bail!("{} holds no bisect.json", bdir.display());
+        }
+        let b = collect_bisect(bdir, "bisect")?;
+        for r in b.runs {
+            if !c.runs.iter().any(|x| x.src == r.src) {
+                c.runs.push(r);
+            }
+        }
+        c.extra.extend(b.extra);
+        c.bisect = b.bisect;
+    }
     let primary = &c.runs[0];
     let case: CaseRecord = read_json(&primary.src.join("case.json"))?;
     let result: RunResult = read_json(&primary.src.join("result.json"))?;
@@ -426,6 +530,7 @@ pub fn make(dir: &Path, out: &Path) -> Result<BundleRecord> {
         bisect: c
             .bisect
             .as_ref()
+            .map(|b| &b.result)
             .map(|b| {
                 serde_json::from_slice::<serde_json::Value>(
                     &redactor.apply(&pretty(b).unwrap_or_default()),
@@ -829,15 +934,28 @@ fn report_md(
     );
     let _ = writeln!(m, "| bootwatch | {} |", r.bootwatch_version);
     if let Some(b) = &c.bisect {
-        let fb = b.pointer("/first_bad/build").and_then(|v| v.as_str());
-        let lg = b.pointer("/last_good/build").and_then(|v| v.as_str());
-        if let Some(fb) = fb {
-            let _ = writeln!(m, "| first bad build | `{}` |", cell(fb));
-        }
-        if let Some(lg) = lg {
-            let _ = writeln!(m, "| last good build | `{}` |", cell(lg));
+        for point in &b.points {
+            let d = point
+                .input
+                .as_ref()
+                .map(|i| {
+                    // The build is its provider's spelling: not said twice.
+                    let i = InputRecord {
+                        provider: i.provider.clone().filter(|spec| *spec != point.build),
+                        ..i.clone()
+                    };
+                    let mut parts = vec![describe(&i)];
+                    parts.extend(i.sha256.as_deref().map(|s| format!("sha256 `{s}`")));
+                    parts.retain(|p| !p.is_empty());
+                    parts.join(", ")
+                })
+                .filter(|d| !d.is_empty())
+                .map(|d| format!("; {}", cell(&d)))
+                .unwrap_or_default();
+            let _ = writeln!(m, "| {} | `{}`{d} |", point.label, cell(&point.build));
         }
         if let Some(cs) = b
+            .result
             .get("culprits")
             .and_then(|v| v.as_array())
             .filter(|a| !a.is_empty())
@@ -851,6 +969,25 @@ fn report_md(
         }
     }
     m.push('\n');
+    if let Some(b) = c.bisect.as_ref().filter(|b| !b.message.is_empty()) {
+        let message = b.message.trim().trim_end_matches('.');
+        let mut chars = message.chars();
+        let message: String = chars
+            .next()
+            .map(|c| c.to_uppercase().chain(chars).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            m,
+            "## Bisection\n\n{}, over {} {}; every step is in `bisect.md`.\n",
+            cell(&message),
+            b.builds,
+            match b.axis.as_str() {
+                "qemu" => "QEMU builds",
+                "firmware" => "firmware builds",
+                _ => "packages",
+            }
+        );
+    }
 
     let _ = writeln!(m, "## Steps to reproduce\n");
     let _ = writeln!(
@@ -982,8 +1119,13 @@ fn report_md(
     let _ = writeln!(m, "## Evidence in this bundle\n");
     let _ = writeln!(
         m,
-        "`bundle.json` (inputs with sha256 and provenance), `qemu-argv.txt`, `host.json`, and per run under `runs/`: `result.json`, `case.json`, `serial.raw`, `console.log`, `qmp.jsonl`, `qemu.stderr`{}.",
-        if r.hang.is_some() { ", `hang/`" } else { "" }
+        "`bundle.json` (inputs with sha256 and provenance), `qemu-argv.txt`, `host.json`, and per run under `runs/`: `result.json`, `case.json`, `serial.raw`, `console.log`, `qmp.jsonl`, `qemu.stderr`{}.{}",
+        if r.hang.is_some() { ", `hang/`" } else { "" },
+        if c.bisect.is_some() {
+            " The bisection: `bisect.json`, `bisect.md`, and the runs of the builds on each side of the change under `runs/`, named by their side (`first_bad-...`, `last_good-...`)."
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         m,
@@ -1004,6 +1146,33 @@ fn sh_word(parts: &[(bool, String)]) -> String {
         }
     }
     if out.is_empty() { "''".into() } else { out }
+}
+
+/// `text` as pieces of literal text and variable names: each `(path, VAR)` of `subs` in turn
+/// replaced by `VAR` where it starts a path and ends at a `/` or the path's end, as the redactor
+/// finds a home ([`path_occurrences`]): `/root` in `/root/.cache/...` but not in a Debian tree's
+/// `.../root/lib/...` nor in `/rootfs`.
+fn splice(text: &str, subs: &[(String, String)]) -> Vec<(bool, String)> {
+    let mut parts: Vec<(bool, String)> = vec![(false, text.to_string())];
+    for (from, var) in subs {
+        let mut next = Vec::new();
+        for (is_var, text) in parts {
+            let at = if is_var {
+                Vec::new()
+            } else {
+                path_occurrences(&text, from)
+            };
+            let mut rest = 0;
+            for i in at {
+                next.push((false, text[rest..i].to_string()));
+                next.push((true, var.clone()));
+                rest = i + from.len();
+            }
+            next.push((is_var, text[rest..].to_string()));
+        }
+        parts = next;
+    }
+    parts
 }
 
 fn repro_sh(case: &CaseRecord, r: &RunResult, title: &str) -> String {
@@ -1112,7 +1281,6 @@ fn repro_sh(case: &CaseRecord, r: &RunResult, title: &str) -> String {
             ]));
             continue;
         }
-        let mut parts: Vec<(bool, String)> = vec![(false, a.clone())];
         let mut subs: Vec<(String, String)> = Vec::new();
         for (name, path, _) in &vars {
             if name != "VARS_TEMPLATE" {
@@ -1125,24 +1293,7 @@ fn repro_sh(case: &CaseRecord, r: &RunResult, title: &str) -> String {
         if !home.is_empty() {
             subs.push((home.clone(), "HOME".into()));
         }
-        for (from, var) in subs {
-            let mut next = Vec::new();
-            for (is_var, text) in parts {
-                if is_var || from.is_empty() || !text.contains(&from) {
-                    next.push((is_var, text));
-                    continue;
-                }
-                let pieces: Vec<&str> = text.split(from.as_str()).collect();
-                for (i, p) in pieces.iter().enumerate() {
-                    if i > 0 {
-                        next.push((true, var.clone()));
-                    }
-                    next.push((false, p.to_string()));
-                }
-            }
-            parts = next;
-        }
-        args.push(sh_word(&parts));
+        args.push(sh_word(&splice(a, &subs)));
     }
     let _ = writeln!(s, "exec \\");
     let n = args.len();
@@ -1168,5 +1319,51 @@ mod tests {
             "'file='\"${WORK}\"'/v.fd'"
         );
         assert_eq!(fence("a ``` b"), "````");
+    }
+
+    /// A recorded path becomes its variable only where it starts a path and ends at a path's
+    /// end or a `/`: `/root` inside a tree (`.../deb11u3/root/lib`), at the end of another path,
+    /// or as the start of a longer name (`/rootfs`) stays.
+    #[test]
+    fn paths_are_spliced_only_at_path_boundaries() {
+        let subs = [
+            ("/tmp/bootwatch-1-X/qemu".to_string(), "QEMU".to_string()),
+            ("/tmp/bootwatch-1-X".into(), "WORK".into()),
+            ("/root".into(), "HOME".into()),
+        ];
+        let v = |s: &str| (true, s.to_string());
+        let t = |s: &str| (false, s.to_string());
+        let cases: Vec<(&str, Vec<(bool, String)>)> = vec![
+            (
+                "/root/.cache/q/deb11u3/root/lib/ld.so",
+                vec![t(""), v("HOME"), t("/.cache/q/deb11u3/root/lib/ld.so")],
+            ),
+            (
+                "/root/a/root:/root/b/root/usr",
+                vec![t(""), v("HOME"), t("/a/root:"), v("HOME"), t("/b/root/usr")],
+            ),
+            ("/srv/root", vec![t("/srv/root")]),
+            ("/rootfs/x", vec![t("/rootfs/x")]),
+            ("file=/rootfs", vec![t("file=/rootfs")]),
+            ("file=/root", vec![t("file="), v("HOME"), t("")]),
+            ("/root", vec![t(""), v("HOME"), t("")]),
+            (
+                "file=/tmp/bootwatch-1-X/vars.fd",
+                vec![t("file="), v("WORK"), t("/vars.fd")],
+            ),
+            ("/tmp/bootwatch-1-X/qemu", vec![t(""), v("QEMU"), t("")]),
+            (
+                "/tmp/bootwatch-1-X/qemu-img",
+                vec![t(""), v("WORK"), t("/qemu-img")],
+            ),
+            ("/tmp/bootwatch-1-XY/a", vec![t("/tmp/bootwatch-1-XY/a")]),
+        ];
+        for (arg, want) in cases {
+            assert_eq!(splice(arg, &subs), want, "{arg}");
+        }
+        assert_eq!(
+            sh_word(&splice("/root/q/root/lib", &subs)),
+            "\"${HOME}\"'/q/root/lib'"
+        );
     }
 }

@@ -22,6 +22,30 @@ pub struct Redactor {
 /// `.../debian-bullseye-.../root/usr` keeps its `root`).
 const PATH_CHARS: &str = r"A-Za-z0-9._%+~/\-";
 
+/// Whether `c` is one of [`PATH_CHARS`].
+pub fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "._%+~/-".contains(c)
+}
+
+/// Where `path` occurs in `text` as the home rules of [`Redactor::new`] find a home: starting a
+/// path (at the text's start or after a character that is not a path character) and ending at a
+/// `/`, a character that is not a path character, or the text's end. `/root` is found in
+/// `/root/x`, `file=/root` and `a:/root/b`, not in `.../tree/root/usr`, `/srv/root` or
+/// `/rootfs`.
+pub fn path_occurrences(text: &str, path: &str) -> Vec<usize> {
+    if path.is_empty() {
+        return Vec::new();
+    }
+    text.match_indices(path)
+        .map(|(i, _)| i)
+        .filter(|&i| {
+            let before = text[..i].chars().next_back();
+            let after = text[i + path.len()..].chars().next();
+            !before.is_some_and(is_path_char) && after.is_none_or(|c| c == '/' || !is_path_char(c))
+        })
+        .collect()
+}
+
 fn re(s: &str) -> Regex {
     RegexBuilder::new(s)
         .unicode(false)
@@ -142,6 +166,41 @@ mod tests {
             &["build-7.example.org".into(), "build-7".into()],
             &["hunter2hunter2".into()],
         )
+    }
+
+    /// [`is_path_char`] is the class the rules use.
+    #[test]
+    fn path_chars_agree_with_the_rules() {
+        let class = re(&format!("^[{PATH_CHARS}]$"));
+        for b in 0u8..128 {
+            assert_eq!(
+                class.is_match(&[b]),
+                is_path_char(b as char),
+                "{:?}",
+                b as char
+            );
+        }
+        let r = Redactor::new(Some("/root"), &[], &[]);
+        for text in [
+            "/root/x",
+            "file=/root",
+            "a:/root/b",
+            "/x/root/usr",
+            "/srv/root",
+            "/rootfs",
+        ] {
+            let redacted = r.apply_str(text) != text;
+            assert_eq!(
+                redacted,
+                !path_occurrences(text, "/root").is_empty(),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            path_occurrences("/root:/root/root/rootfs", "/root"),
+            vec![0, 6]
+        );
+        assert!(path_occurrences("x", "").is_empty());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!   2026.08 from there on, which crashes on bullseye's QEMU 5.2 even on the healthy fixture)
 //!   is bisected to that point in at most ceil(log2 9) + 1 = 5 boots, with the ends first;
 //!   with a build that does not exist at the first midpoint, that step is undetermined
-//!   (skipped like `git bisect skip`, no boot) and the answer is the same;
+//!   (skipped like `git bisect skip`, no boot) and the answer is the same; the bisection's
+//!   bundle (`bootwatch bundle`, and a run's with `--bisect`) carries the builds' provenance
+//!   and names the first bad and last good build in REPORT.md;
 //! - a QEMU list ordered from bad to good (5.2, then the host's 7.2, with edk2 2026.08) is a
 //!   fix, found in two boots; ends that agree are refused with a clear message (exit 2);
 //! - `git bisect run bootwatch check ...` over a generated repository whose commits change the
@@ -15,6 +17,7 @@
 
 use crate::common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -221,6 +224,7 @@ fn a_firmware_list_is_bisected_to_its_known_boundary_even_around_a_missing_build
     // Progress on stderr: step k of about N, with what is left and the time.
     assert!(out.contains("bisect step 3 of about"), "{out}");
     assert!(out.contains("elapsed"), "{out}");
+    bundle_the_bisection(tmp.path(), &res, &builds, first_bad);
 
     // 2. The first midpoint's build does not exist: undetermined, stepped around.
     let mid = (n - 1).div_ceil(2);
@@ -266,6 +270,157 @@ fn a_firmware_list_is_bisected_to_its_known_boundary_even_around_a_missing_build
     );
     let md = std::fs::read_to_string(res.join("bisect.md")).unwrap();
     assert!(md.contains("| skip"), "{md}");
+}
+
+/// The firmware-code input of a run's `case.json` in an unpacked bundle.
+fn firmware_of(files: &BTreeMap<String, Vec<u8>>, run: &str) -> serde_json::Value {
+    let case: serde_json::Value =
+        serde_json::from_slice(&files[&format!("{run}/case.json")]).unwrap();
+    case["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["role"] == "firmware-code")
+        .cloned()
+        .unwrap_or_else(|| panic!("no firmware-code in {run}: {case:#}"))
+}
+
+/// `bootwatch bundle` of the bisection `res` (and of its first bad run with `--bisect res`): kind
+/// bisect, the inputs' provenance (each `path:` build is a file of Debian's edk2 package, found by
+/// its sha256: package and version; QEMU's tree: its package), and REPORT.md naming the first bad
+/// and the last good build with theirs.
+fn bundle_the_bisection(tmp: &Path, res: &Path, builds: &[String], first_bad: usize) {
+    let out = tmp.join("nine.tar.gz");
+    let b = crate::bundle::bundle(res, &out);
+    assert_eq!(b["kind"], "bisect", "{b:#}");
+    assert_eq!(b["verdict"], "sync-exception", "{b:#}");
+    assert_eq!(
+        b["bisect"]["first_bad"]["build"].as_str(),
+        Some(builds[first_bad].as_str())
+    );
+    let role = |r: &str| {
+        b["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["role"] == r)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {r} in {b:#}"))
+    };
+    let (code, qemu) = (role("firmware-code"), role("qemu"));
+    assert_eq!(code["provider"].as_str(), Some(builds[first_bad].as_str()));
+    assert_eq!(code["package"], "qemu-efi-aarch64", "{code:#}");
+    assert!(
+        code["package_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026.08"),
+        "{code:#}"
+    );
+    assert_eq!(code["version"], "2026.08", "{code:#}");
+    assert!(
+        code["url"].as_str().unwrap().starts_with("pool/"),
+        "{code:#}"
+    );
+    assert_eq!(code["sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(qemu["provider"], "debian:bullseye");
+    assert_eq!(qemu["package"], "qemu-system-arm", "{qemu:#}");
+    assert!(
+        qemu["package_version"].as_str().unwrap().contains("5.2"),
+        "{qemu:#}"
+    );
+    let files = crate::bundle::unpack(&out);
+    assert!(files.contains_key("bisect.json") && files.contains_key("bisect.md"));
+    let run_of = |side: &str| {
+        let f = files
+            .keys()
+            .find(|k| k.starts_with(&format!("runs/{side}-")) && k.ends_with("/case.json"))
+            .unwrap_or_else(|| panic!("no {side} run: {:?}", files.keys()));
+        f.trim_end_matches("/case.json").to_string()
+    };
+    assert_eq!(
+        b["primary_run"].as_str(),
+        Some(run_of("first_bad").as_str())
+    );
+    let good = firmware_of(&files, &run_of("last_good"));
+    assert_eq!(
+        good["provider"].as_str(),
+        Some(builds[first_bad - 1].as_str())
+    );
+    assert_eq!(good["package"], "qemu-efi-aarch64", "{good:#}");
+    let good_version = good["package_version"].as_str().unwrap().to_string();
+    assert!(good_version.starts_with("2025.02"), "{good:#}");
+    crate::bundle::assert_clean(&files, &[]);
+
+    // REPORT.md: the first bad and the last good build, each with its package and version.
+    let md = String::from_utf8(files["REPORT.md"].clone()).unwrap();
+    let row = |label: &str| {
+        md.lines()
+            .find(|l| l.starts_with(&format!("| {label} |")))
+            .unwrap_or_else(|| panic!("no {label} row:\n{md}"))
+            .to_string()
+    };
+    let bad_row = row("first bad build");
+    assert!(
+        bad_row.contains(&format!("`{}`", builds[first_bad])),
+        "{bad_row}"
+    );
+    assert!(bad_row.contains("`qemu-efi-aarch64` `2026.08"), "{bad_row}");
+    let good_row = row("last good build");
+    assert!(
+        good_row.contains(&format!("`{}`", builds[first_bad - 1])),
+        "{good_row}"
+    );
+    assert!(
+        good_row.contains(&format!("`qemu-efi-aarch64` `{good_version}`")),
+        "{good_row}"
+    );
+    assert!(md.contains("## Bisection"), "{md}");
+    assert!(md.contains("Synchronous Exception at 0x"), "{md}");
+
+    // The first bad run's own bundle, with the bisection's answer carried along.
+    let first_bad_run = res.join(b["bisect"]["first_bad"]["run"]["dir"].as_str().unwrap());
+    let out = tmp.join("run-with-bisect.tar.gz");
+    let o = bin()
+        .arg("bundle")
+        .arg(&first_bad_run)
+        .arg("--bisect")
+        .arg(res)
+        .args(["--json", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["kind"], "run");
+    assert_eq!(r["bisect"], b["bisect"]);
+    let files = crate::bundle::unpack(&out);
+    assert!(files.contains_key("bisect.md"), "{:?}", files.keys());
+    assert!(files.contains_key("runs/run/case.json"));
+    assert!(
+        files
+            .keys()
+            .any(|k| k.starts_with("runs/last_good-") && k.ends_with("/case.json")),
+        "{:?}",
+        files.keys()
+    );
+    let md = String::from_utf8(files["REPORT.md"].clone()).unwrap();
+    assert!(md.contains(&bad_row), "{md}");
+    assert!(md.contains(&good_row), "{md}");
+    // A bisection is not carried by another one: refused, nothing written.
+    let refused = tmp.join("refused.tar.gz");
+    let o = bin()
+        .arg("bundle")
+        .arg(res)
+        .arg("--bisect")
+        .arg(res)
+        .arg("--out")
+        .arg(&refused)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("a bisection already"), "{}", text(&o));
+    assert!(!refused.exists());
 }
 
 #[test]

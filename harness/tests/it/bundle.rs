@@ -29,7 +29,7 @@ fn only_dir(root: &Path) -> PathBuf {
 }
 
 /// Every file of a `.tar.gz`, by name (top directory dropped).
-fn unpack(path: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn unpack(path: &Path) -> BTreeMap<String, Vec<u8>> {
     use std::io::Read;
     let f = std::fs::File::open(path).unwrap();
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
@@ -45,7 +45,7 @@ fn unpack(path: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-fn bundle(dir: &Path, out: &Path) -> serde_json::Value {
+pub(crate) fn bundle(dir: &Path, out: &Path) -> serde_json::Value {
     let o = bin()
         .arg("bundle")
         .arg(dir)
@@ -82,7 +82,7 @@ fn has_home_path(hay: &str) -> Option<String> {
 }
 
 /// What a shareable bundle must not contain, checked over every file.
-fn assert_clean(files: &BTreeMap<String, Vec<u8>>, secrets: &[&str]) {
+pub(crate) fn assert_clean(files: &BTreeMap<String, Vec<u8>>, secrets: &[&str]) {
     let host = hostname();
     for (name, bytes) in files {
         if name.ends_with(".ppm") {

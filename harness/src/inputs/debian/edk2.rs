@@ -361,27 +361,7 @@ struct ManifestFile {
 /// several matches the one from the earliest suite of [`SUITES`] wins, then an exact match,
 /// then the greatest version string. Makes no network request.
 pub fn find_cached(cache_root: &Path, request: &str) -> Result<Option<Edk2Build>> {
-    let edk2_dir = cache_root.join("edk2");
-    let entries = match fs::read_dir(&edk2_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", edk2_dir.display())),
-    };
-    let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("reading {}", edk2_dir.display()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !version_matches(request, &name) {
-            continue;
-        }
-        match load_build(&entry.path()) {
-            Ok(build) => found.push(build),
-            Err(e) => tracing::warn!(
-                dir = %entry.path().display(),
-                "ignoring unusable edk2 cache entry: {e:#}"
-            ),
-        }
-    }
+    let mut found = cached_builds(cache_root, |name| version_matches(request, name))?;
     let rank = |b: &Edk2Build| {
         (
             SUITES
@@ -397,6 +377,45 @@ pub fn find_cached(cache_root: &Path, request: &str) -> Result<Option<Edk2Build>
             .then_with(|| b.debian_version.cmp(&a.debian_version))
     });
     Ok(found.into_iter().next())
+}
+
+/// The usable cached builds whose version directory's name passes `wanted` (an unusable entry is
+/// skipped with a warning). Makes no network request.
+fn cached_builds(cache_root: &Path, wanted: impl Fn(&str) -> bool) -> Result<Vec<Edk2Build>> {
+    let edk2_dir = cache_root.join("edk2");
+    let entries = match fs::read_dir(&edk2_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", edk2_dir.display())),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", edk2_dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !wanted(&name) {
+            continue;
+        }
+        match load_build(&entry.path()) {
+            Ok(build) => found.push(build),
+            Err(e) => tracing::warn!(
+                dir = %entry.path().display(),
+                "ignoring unusable edk2 cache entry: {e:#}"
+            ),
+        }
+    }
+    Ok(found)
+}
+
+/// The cached build one of whose files has this sha256, and that file's name: what a firmware
+/// given by path is when it is (a link to, or a copy of) a file of Debian's package. Makes no
+/// network request.
+pub fn find_cached_file(cache_root: &Path, sha256: &str) -> Result<Option<(Edk2Build, String)>> {
+    let mut builds = cached_builds(cache_root, |_| true)?;
+    builds.sort_by(|a, b| a.debian_version.cmp(&b.debian_version));
+    Ok(builds.into_iter().find_map(|b| {
+        let name = b.files.iter().find(|f| f.sha256 == sha256)?.name.clone();
+        Some((b, name))
+    }))
 }
 
 /// Load a version directory through its manifest, checking that each file exists with its

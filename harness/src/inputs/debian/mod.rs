@@ -38,7 +38,7 @@ mod test_mirror;
 pub use archive::Archive;
 pub use edk2::{
     Edk2Build, Edk2File, MANIFEST_NAME, PACKAGE, SUITES, VARIANTS, fetch_edk2, fetch_edk2_from,
-    find_cached, install_deb,
+    find_cached, find_cached_file, install_deb,
 };
 pub use http::http_client;
 pub use keyring::{DEFAULT_KEYRING, KEYRING_ENV, Keyring};

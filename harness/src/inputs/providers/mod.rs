@@ -717,6 +717,20 @@ pub fn host_firmware() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
+/// Where a cached Debian edk2 build came from: its suite, `.deb`, pool path and signed Release.
+fn debian_origin(
+    build: &crate::inputs::debian::Edk2Build,
+    origin: &mut crate::engine::record::InputRecord,
+) {
+    origin.suite = Some(build.suite.clone());
+    origin.deb_sha256 = Some(build.deb_sha256.clone());
+    origin.signed_release = build.signed_release.clone();
+    if !build.filename.is_empty() {
+        // The mirror's pool path: the same file on every Debian mirror.
+        origin.url = Some(build.filename.clone());
+    }
+}
+
 /// Resolve a firmware provider: find or fetch it and hash its code image. When `cancel` fires,
 /// a download in progress is abandoned and an error is returned.
 pub async fn resolve_firmware(
@@ -801,13 +815,7 @@ pub async fn resolve_firmware(
             let (code, vars) = build
                 .firmware(variant)
                 .with_context(|| format!("firmware provider {spec}"))?;
-            origin.suite = Some(build.suite.clone());
-            origin.deb_sha256 = Some(build.deb_sha256.clone());
-            origin.signed_release = build.signed_release.clone();
-            if !build.filename.is_empty() {
-                // The mirror's pool path: the same file on every Debian mirror.
-                origin.url = Some(build.filename.clone());
-            }
+            debian_origin(&build, &mut origin);
             (code, Some(vars), Some(build.debian_version.clone()))
         }
         FirmwareProvider::Source { dir, options } => {
@@ -822,6 +830,35 @@ pub async fn resolve_firmware(
         }
     };
     let code_sha256 = sha256_file(&code).await?;
+    let mut package = package;
+    if let FirmwareProvider::Path { .. } = p {
+        // A code image and vars template that are files of one cached Debian build (linked or
+        // copied: the same sha256) keep that build's provenance.
+        let root = ctx.cache_root.clone();
+        let sha = code_sha256.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            crate::inputs::debian::find_cached_file(&root, &sha)
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+        let found = match (found, &vars_template) {
+            (Some(f), Some(v)) => {
+                let v_sha = sha256_file(v).await?;
+                f.0.files.iter().any(|x| x.sha256 == v_sha).then_some(f)
+            }
+            (f, _) => f,
+        };
+        if let Some((build, name)) = found {
+            debian_origin(&build, &mut origin);
+            origin.note = format!(
+                "{name} of Debian's qemu-efi-aarch64 {} (same sha256)",
+                build.debian_version
+            );
+            package = Some(build.debian_version.clone());
+        }
+    }
     tracing::info!(provider = %spec, code = %code.display(), "firmware resolved");
     Ok(ResolvedFirmware {
         spec,

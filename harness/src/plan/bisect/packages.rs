@@ -253,6 +253,7 @@ pub(super) async fn run(
                 let mut disk = step::image_disk(&image, &image.path, &image.sha256, image.format);
                 disk.guest = guest.clone();
                 req.image = Some(disk);
+                req.inputs.push(image.input_record());
                 req.network = Some(Vec::new());
                 req.scenario = Some(format!("upgrade-reboot installing {label}"));
                 req.update = Some(repo.clone());

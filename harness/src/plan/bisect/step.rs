@@ -182,12 +182,16 @@ pub fn build_case(
         PreparedImage::Fixture { path } => {
             req.disks.push(path.clone());
             req.snapshot = true;
+            req.inputs
+                .push(crate::inputs::fixtures::input_record(path, &m.image));
         }
         PreparedImage::Image(r) => {
             req.network = Some(Vec::new());
             req.image = Some(image_disk(r, &r.path, &r.sha256, r.format));
+            req.inputs.push(r.input_record());
         }
         PreparedImage::Upgraded { base, up } => {
+            up.add_input_records(base, &m.image, m.vars == VarsChoice::Guest, &mut req.inputs);
             req.network = Some(Vec::new());
             req.image = Some(image_disk(
                 base,
@@ -222,6 +226,9 @@ pub fn machine_case(
     if let Some(t) = &f.vars_template {
         req.vars = VarsSource::Template(t.clone());
     }
+    // Where the builds came from, for case.json (and a bundle of the bisection).
+    req.inputs.push(q.input_record());
+    req.inputs.extend(f.input_records());
     req
 }
 

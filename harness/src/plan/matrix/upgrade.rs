@@ -48,6 +48,42 @@ pub struct UpgradedImage {
     pub boot_chain: std::collections::BTreeMap<String, String>,
 }
 
+impl UpgradedImage {
+    /// The records `case.json` keeps of a case that boots this state (`spelling`:
+    /// `NAME@upgraded`): the disk as its `image`, and with `guest_vars` the store the guest
+    /// left, in place of the firmware's vars template.
+    pub fn add_input_records(
+        &self,
+        base: &Resolved,
+        spelling: &str,
+        guest_vars: bool,
+        inputs: &mut Vec<crate::engine::record::InputRecord>,
+    ) {
+        let mut r = crate::engine::record::InputRecord {
+            path: self.disk.clone(),
+            sha256: Some(self.disk_sha256.clone()),
+            provider: Some(spelling.to_string()),
+            note: format!(
+                "{} after its upgrade (made by bootwatch, key {}; its case: {})",
+                base.name,
+                self.key,
+                self.case_dir.display()
+            ),
+            ..base.input_record()
+        };
+        r.role = "image".into();
+        inputs.push(r);
+        if guest_vars {
+            inputs.retain(|i| i.role != "vars-template");
+            let mut v = crate::engine::record::InputRecord::new("vars-template", &self.vars);
+            v.sha256 = Some(self.vars_sha256.clone());
+            v.provider = Some(format!("{spelling}:vars"));
+            v.note = "the variable store the guest left after its upgrade".into();
+            inputs.push(v);
+        }
+    }
+}
+
 /// Returns the cached upgraded state of `base`, or makes it (one case, minutes under TCG).
 pub async fn prepare(
     base: &Resolved,
