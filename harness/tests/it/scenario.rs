@@ -131,6 +131,72 @@ fn demo_row(rows: &serde_json::Value, case: &str) -> serde_json::Value {
         .clone()
 }
 
+/// The `case.json` of the demo's row.
+fn case_json(row: &serde_json::Value) -> serde_json::Value {
+    let dir = std::path::PathBuf::from(row["results"].as_str().unwrap());
+    serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap()
+}
+
+/// The demo's variable store (`case.json`'s `vars_change`) just before the upgrade and as the
+/// case left it, decoded. The first boot (from the removable path, "UEFI Misc Device") already
+/// left Boot0008 "debian" first in BootOrder (shim's fallback makes it); neither update
+/// touches a boot entry or BootOrder (the apt guest's good update runs grub-install, which
+/// leaves them as they were; the other updates only replace files); what changes is the
+/// firmware's own bookkeeping on the reboot: MTC (its monotonic counter, bumped every boot)
+/// and HDDP (edk2's cache of the full device path behind a short-form HD() boot option,
+/// written the first time the firmware itself boots Boot0008).
+fn vars_unchanged_but_for_the_firmware_s_bookkeeping(
+    good: &serde_json::Value,
+    bad: &serde_json::Value,
+) {
+    for r in [good, bad] {
+        let case = case_json(r);
+        let v = &case["vars_change"];
+        assert_eq!(v["before_label"], "before-upgrade", "{v:#}");
+        assert!(v["errors"].is_null(), "{v:#}");
+        let before = &v["before"];
+        let entries = before["entries"].as_array().unwrap();
+        let debian = entries
+            .iter()
+            .find(|e| e["description"] == "debian")
+            .unwrap_or_else(|| panic!("no debian entry: {v:#}"));
+        let path = debian["path"].as_str().unwrap();
+        assert!(
+            path.starts_with("HD(1,GPT,") && path.ends_with("\\EFI\\debian\\shimaa64.efi"),
+            "{path}"
+        );
+        assert_eq!(debian["active"], true);
+        assert_eq!(before["boot_order"][0], debian["id"], "{v:#}");
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["description"] == "UEFI Misc Device"),
+            "{v:#}"
+        );
+        assert_eq!(
+            before["boot_order"].as_array().unwrap().len(),
+            entries.len(),
+            "{v:#}"
+        );
+        assert_eq!(v["after"]["boot_order"], before["boot_order"], "{v:#}");
+        assert_eq!(v["after"]["entries"], before["entries"], "{v:#}");
+        assert_eq!(v["boot_order_changed"], false);
+        assert_eq!(v["boot_entries_changed"], serde_json::json!([]));
+        let changed: Vec<(&str, &str)> = v["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap(), c["change"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            changed,
+            [("MTC", "changed"), ("HDDP", "added")],
+            "{}: {v:#}",
+            r["case"]
+        );
+    }
+}
+
 #[test]
 fn a_command_that_never_returns_times_out_as_a_step_error_and_the_vm_is_cleaned_up() {
     if !qemu_tests_enabled() {
@@ -221,6 +287,8 @@ fn demo_good_update_reaches_login_bad_update_crashes_before_grub_restore_recover
     let restored = row("bad-update+restore-bootloader");
     assert_eq!(restored["verdict"], "reached", "{restored:#}");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    vars_unchanged_but_for_the_firmware_s_bookkeeping(&good, &bad);
 }
 
 /// The exclude-bootloader workaround on a guest that lacks one of the boot-chain packages its
@@ -376,10 +444,6 @@ fn demo_on_the_dnf_guest_through_rpm_packages() {
         started.elapsed().as_secs_f64()
     );
     let row = |c: &str| demo_row(&rows, c);
-    let case_json = |r: &serde_json::Value| -> serde_json::Value {
-        let dir = std::path::PathBuf::from(r["results"].as_str().unwrap());
-        serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap()
-    };
     let changed = |case: &serde_json::Value| -> Vec<(String, String, String)> {
         case["package_diff"]
             .as_array()
@@ -476,4 +540,6 @@ fn demo_on_the_dnf_guest_through_rpm_packages() {
     let restored = row("bad-update+restore-bootloader");
     assert_eq!(restored["verdict"], "reached", "{restored:#}");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    vars_unchanged_but_for_the_firmware_s_bookkeeping(&good, &bad);
 }
