@@ -372,11 +372,17 @@ fn a_silent_guest_leaves_registers_status_and_a_screendump() {
         disk.to_str().unwrap(),
         "--results",
         res.path().to_str().unwrap(),
+        // A release build prints nothing before BdsDxe: under TCG on a loaded host its start
+        // alone can be silent for 4 s (seen at load 10 on 2 cores), judged before the fixture.
         "--silence",
-        "4",
+        "10",
     ]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(r["verdict"], "hang");
+    let dir = only_dir(res.path());
+    // The fixture's loop is what went silent, not the firmware's start.
+    let tail = std::fs::read_to_string(dir.join("hang/console-tail.txt")).unwrap();
+    assert!(tail.contains("BdsDxe"), "{tail}");
     let h = &r["hang"];
     assert!(h["errors"].as_array().is_none_or(|e| e.is_empty()), "{h:#}");
     assert_eq!(h["status"]["status"], "running", "{h:#}");
@@ -406,7 +412,6 @@ fn a_silent_guest_leaves_registers_status_and_a_screendump() {
     let elr = u64::from_str_radix(&hex16("ELR_EL1"), 16).unwrap();
     assert!(elr >= 0x4000_0000, "{h:#}");
     assert!(h["duration_s"].as_f64().unwrap() < 6.0);
-    let dir = only_dir(res.path());
     let regs = std::fs::read_to_string(dir.join("hang/registers.txt")).unwrap();
     assert!(regs.contains("PC="), "{regs}");
     // The instructions at the PC, disassembled (not "unknown register").
@@ -422,8 +427,6 @@ fn a_silent_guest_leaves_registers_status_and_a_screendump() {
     assert!(status.contains("\"running\""), "{status}");
     let shot = std::fs::read(dir.join("hang/screendump.ppm")).unwrap();
     assert!(shot.starts_with(b"P6"), "not a PPM");
-    let tail = std::fs::read_to_string(dir.join("hang/console-tail.txt")).unwrap();
-    assert!(tail.contains("BdsDxe"), "{tail}");
     // And a bundle of it carries them.
     let out = res.path().join("silent.tar.gz");
     bundle(&dir, &out);
