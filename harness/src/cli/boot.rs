@@ -166,6 +166,9 @@ fn parse_forward(s: &str) -> Result<Forward, String> {
 struct Builds {
     qemu: PathBuf,
     qemu_exec: QemuExec,
+    /// What the QEMU provider says of its build (`debian:bullseye`, its package): recorded as
+    /// it is, since a private tree's binary does not run as a plain `path:` one.
+    qemu_record: Option<crate::engine::record::InputRecord>,
     firmware: PathBuf,
     vars: Option<PathBuf>,
 }
@@ -183,8 +186,8 @@ async fn resolve_builds(
             cache_root: crate::sys::fsx::cache_root().map_err(CliError::undetermined)?,
         })
     };
-    let (qemu, qemu_exec) = match &args.qemu {
-        QemuArg::Binary(b) => (b.clone(), QemuExec::default()),
+    let (qemu, qemu_exec, qemu_record) = match &args.qemu {
+        QemuArg::Binary(b) => (b.clone(), QemuExec::default(), None),
         QemuArg::Provider(p) => {
             sink.emit(Event::Preparing {
                 what: format!("qemu {p}"),
@@ -192,7 +195,8 @@ async fn resolve_builds(
             let q = providers::resolve_qemu(p, &ctx()?, cancel)
                 .await
                 .map_err(|e| CliError::undetermined(format!("--qemu {p}: {e:#}")))?;
-            (q.binary, q.exec)
+            let record = q.input_record();
+            (q.binary, q.exec, Some(record))
         }
     };
     let (firmware, vars) = match &args.firmware {
@@ -211,6 +215,7 @@ async fn resolve_builds(
     Ok(Builds {
         qemu,
         qemu_exec,
+        qemu_record,
         firmware,
         vars,
     })
@@ -339,6 +344,10 @@ pub(super) async fn prepare(
             cancel,
         )
         .await;
+        if let Some(q) = &builds.qemu_record {
+            req.inputs.retain(|i| i.role != "qemu");
+            req.inputs.insert(0, q.clone());
+        }
     }
     if let Some(img) = &args.image {
         let mut r = crate::engine::record::InputRecord::new(

@@ -198,6 +198,13 @@ pub fn check_writable_dir(dir: &Path) -> Result<(), String> {
 /// Reads and parses the variable store at the start of a flash image (only as many bytes as
 /// its firmware volume spans): blocking.
 pub fn read_varstore(path: &Path) -> anyhow::Result<crate::core::varstore::VarStore> {
+    let all = read_varstore_bytes(path)?;
+    crate::core::varstore::parse(&all).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The bytes of a flash image its variable store can span (the firmware volume's length, not
+/// the 64 MiB of a padded image): blocking.
+pub fn read_varstore_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
     let file_len = f.metadata()?.len();
@@ -207,7 +214,7 @@ pub fn read_varstore(path: &Path) -> anyhow::Result<crate::core::varstore::VarSt
     let mut all = head;
     all.resize(len, 0);
     f.read_exact(&mut all[64.min(len)..])?;
-    crate::core::varstore::parse(&all).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    Ok(all)
 }
 
 #[cfg(test)]

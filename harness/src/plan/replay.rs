@@ -119,8 +119,10 @@ pub async fn locate(i: &InputRecord, cache_root: &Path) -> Result<PathBuf, Repla
     let recorded = expand_home(&i.path);
     let cache = cache_root.to_path_buf();
     let found = tokio::task::spawn_blocking(move || {
-        let mut candidates = vec![recorded.clone()];
-        candidates.extend(cache_candidates(&cache));
+        // The recorded path first: the cache is searched (and its fixtures written) only when
+        // that is not the file.
+        let candidates = std::iter::once(recorded.clone())
+            .chain(std::iter::once_with(|| cache_candidates(&cache)).flatten());
         let mut first_seen = None;
         for c in candidates {
             if !c.is_file() {

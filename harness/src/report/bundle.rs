@@ -508,6 +508,7 @@ pub fn make(dir: &Path, bisect: Option<&Path>, out: &Path) -> Result<BundleRecor
         .map(|i| {
             let mut i = i.clone();
             i.path = PathBuf::from(redactor.apply_str(&i.path.to_string_lossy()));
+            i.provider = i.provider.map(|p| redactor.apply_str(&p));
             i.note = redactor.apply_str(&i.note);
             i.url = i.url.map(|u| redactor.apply_str(&u));
             i

@@ -32,10 +32,11 @@ pub async fn inspect_disk(disk: &Path, base: Option<&Path>, vars: Option<&Path>)
     let boot_order = match vars {
         Some(path) => {
             let v = path.to_path_buf();
-            let bytes = tokio::task::spawn_blocking(move || std::fs::read(&v))
-                .await
-                .context("a blocking task failed")?
-                .with_context(|| format!("reading the vars store {}", path.display()))?;
+            let bytes =
+                tokio::task::spawn_blocking(move || crate::engine::disk::read_varstore_bytes(&v))
+                    .await
+                    .context("a blocking task failed")?
+                    .with_context(|| format!("reading the vars store {}", path.display()))?;
             // An unreadable store leaves the removable path: the chain is still worth reading.
             varstore::boot_order(&bytes).unwrap_or_else(|e| {
                 tracing::warn!("vars store {}: {e}", path.display());
