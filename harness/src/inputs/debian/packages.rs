@@ -1,5 +1,6 @@
-//! `Packages` index stanzas and Debian versions: parsed by `deb822-fast` and
-//! `debian-control` (stanzas, relationship fields), ordered by `debversion` (dpkg's rules).
+//! `Packages` index stanzas, the dpkg status database and Debian versions: parsed by
+//! `deb822-fast` and `debian-control` (stanzas, relationship fields), ordered by `debversion`
+//! (dpkg's rules).
 
 use std::cmp::Ordering;
 
