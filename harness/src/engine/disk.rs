@@ -233,6 +233,37 @@ mod tests {
         assert_eq!(mode, 0o700);
     }
 
+    /// The sweep removes only this user's private directories whose owner process is gone:
+    /// not one whose pid is alive (this process's own, pid 1's), not a file, not another name.
+    #[test]
+    fn the_sweep_removes_dead_owners_directories_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A pid that was surely alive and is now gone: a child that ran and was reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let me = std::process::id();
+        let make = |name: String| {
+            let p = tmp.path().join(name);
+            std::fs::create_dir(&p).unwrap();
+            std::fs::write(p.join("vars.fd"), b"x").unwrap();
+            p
+        };
+        let gone = make(format!("{PRIVATE_PREFIX}{dead}-abc"));
+        let mine = make(format!("{PRIVATE_PREFIX}{me}-def"));
+        let init = make(format!("{PRIVATE_PREFIX}1-ghi"));
+        let other = make(format!("other-{dead}-jkl"));
+        let odd = make(format!("{PRIVATE_PREFIX}x{dead}-mno"));
+        let file = tmp.path().join(format!("{PRIVATE_PREFIX}{dead}-file"));
+        std::fs::write(&file, b"x").unwrap();
+        sweep_dead_private_dirs(tmp.path());
+        assert!(!gone.exists(), "the dead process's directory stays");
+        for kept in [&mine, &init, &other, &odd, &file] {
+            assert!(kept.exists(), "{} was removed", kept.display());
+        }
+        assert!(mine.join("vars.fd").exists());
+    }
+
     #[tokio::test]
     async fn an_unchanged_vars_copy_takes_the_templates_hash_and_a_changed_one_its_own() {
         let dir = tempfile::tempdir().unwrap();

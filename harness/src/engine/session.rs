@@ -1168,6 +1168,26 @@ mod tests {
         assert_eq!(r["PSTATE"], "400003c5 -Z-- EL1h");
     }
 
+    /// QEMU's start-up output goes into `reason` (records, terminals, reports) as one line
+    /// with every control character escaped, whatever bytes QEMU wrote.
+    #[test]
+    fn qemu_output_in_a_reason_is_one_escaped_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = dir.path().join("qemu.stderr");
+        let written: &[u8] =
+            b"\x1b[2J\x1b]0;owned\x07qemu: bad\0arg\r\n\n  \r\nspin\rover\xff\xfe end\x7f\n";
+        std::fs::write(&stderr, written).unwrap();
+        let line = one_line(&crate::engine::supervise::stderr_tail(&stderr));
+        assert_eq!(
+            line,
+            "\\u{1b}[2J\\u{1b}]0;owned\\u{7}qemu: bad\\u{0}arg | spin\\rover\u{fffd}\u{fffd} end\\u{7f}"
+        );
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        // C1 controls (an 8-bit CSI) too; nothing at all is said so.
+        assert_eq!(one_line("a\u{9b}31mb"), "a\\u{9b}31mb");
+        assert_eq!(one_line(" \r\n\n"), "nothing on stderr");
+    }
+
     #[test]
     fn cpu_time_from_proc_stat_even_with_odd_command_names() {
         let tck = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)

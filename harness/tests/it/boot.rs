@@ -41,14 +41,7 @@ fn crash_fixture_is_a_sync_exception_before_grub_decided_within_two_seconds() {
     assert_eq!(r["firmware"]["code"]["size"], 64 * 1024 * 1024);
     assert_eq!(r["disks"][0]["size"], 1024 * 1024);
     // The evidence is on disk, and the command line is a paste-able string.
-    let dir = res
-        .path()
-        .read_dir()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let dir = only_dir(res.path());
     let log = std::fs::read_to_string(dir.join("console.log")).unwrap();
     assert!(log.contains("Synchronous Exception at 0x"), "{log}");
     assert!(std::fs::metadata(dir.join("serial.raw")).unwrap().len() > 0);
@@ -84,14 +77,7 @@ fn hello_fixture_prints_its_marker_and_powers_off() {
         .find(|e| e["name"] == "SHUTDOWN")
         .expect("a SHUTDOWN event");
     assert_eq!(shutdown["data"]["guest"], true);
-    let dir = res
-        .path()
-        .read_dir()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let dir = only_dir(res.path());
     let log = std::fs::read_to_string(dir.join("console.log")).unwrap();
     assert!(log.contains("BOOTWATCH-FIXTURE-HELLO"), "{log}");
 }
@@ -118,10 +104,7 @@ fn silent_fixture_hangs_after_the_silence_limit_not_the_timeout() {
     assert_eq!(code, 1, "{err}");
     assert_eq!(r["verdict"], "hang", "{r:#}");
     assert!(
-        r["last_line"]
-            .as_str()
-            .unwrap()
-            .contains("BdsDxe: starting Boot"),
+        r["last_line"].as_str().unwrap().contains(SILENT_STARTED),
         "{}",
         r["last_line"]
     );
@@ -242,6 +225,51 @@ fn missing_inputs_are_usage_errors_that_name_the_file_and_write_nothing() {
         "{}",
         text(&out)
     );
+    // A firmware that is a directory or an empty file cannot be a code image: refused before
+    // QEMU starts, naming the path and the flag.
+    let scratch = tempfile::tempdir().unwrap();
+    let empty = scratch.path().join("EMPTY_CODE.fd");
+    std::fs::write(&empty, b"").unwrap();
+    for (firmware, why) in [
+        (scratch.path(), "not a regular file"),
+        (empty.as_path(), "empty file"),
+    ] {
+        let out = bin()
+            .args(["boot", "--disk", "/dev/null", "--firmware"])
+            .arg(firmware)
+            .arg("--results")
+            .arg(res.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for needle in [firmware.to_str().unwrap(), why, "--firmware"] {
+            assert!(stderr.contains(needle), "wanted {needle:?}: {}", text(&out));
+        }
+    }
+    // `--results` naming a file (where a directory is expected): refused, the file untouched.
+    let file = scratch.path().join("results-file");
+    std::fs::write(&file, b"keep me").unwrap();
+    let out = bin()
+        .args(["boot", "--disk", "/dev/null", "--results"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "--results",
+        file.to_str().unwrap(),
+        "exists and is not a directory",
+    ] {
+        assert!(stderr.contains(needle), "wanted {needle:?}: {}", text(&out));
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    assert_eq!(
+        scratch.path().read_dir().unwrap().count(),
+        2,
+        "only the test's own files"
+    );
     assert_eq!(
         res.path().read_dir().unwrap().count(),
         0,
@@ -249,9 +277,13 @@ fn missing_inputs_are_usage_errors_that_name_the_file_and_write_nothing() {
     );
 }
 
+/// The console line of the firmware starting the silent fixture's application: the guest is
+/// then in the firmware stage, where it stays (the application prints nothing).
+const SILENT_STARTED: &str = "BdsDxe: starting Boot";
+
 /// Starts a boot of the silent fixture with a private TMPDIR (so its QEMU can be found by its
-/// socket paths), waits until QEMU runs, kills the harness with `signal`, and checks that no
-/// QEMU is left.
+/// socket paths), waits until QEMU runs and the firmware has started the fixture (mid-boot),
+/// kills the harness with `signal`, and checks that no QEMU is left.
 fn kill_harness_mid_boot(
     signal: nix::sys::signal::Signal,
 ) -> (tempfile::TempDir, tempfile::TempDir) {
@@ -262,7 +294,12 @@ fn kill_harness_mid_boot(
         .unwrap();
     let mut child = start_silent_boot(res.path(), tmp.path(), false);
     wait_for_qemu(&mut child, tmp.path());
-    std::thread::sleep(Duration::from_secs(2)); // mid-boot: the firmware is running
+    wait_for_console(
+        res.path(),
+        &mut child,
+        SILENT_STARTED,
+        Duration::from_secs(120),
+    );
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
     child.wait().unwrap();
     let needle = tmp.path().to_str().unwrap().to_string();
@@ -423,18 +460,20 @@ fn sigterm_mid_boot_leaves_no_qemu_and_an_interrupted_result() {
         return;
     }
     let (res, _tmp) = kill_harness_mid_boot(nix::sys::signal::Signal::SIGTERM);
-    let dir = res
-        .path()
-        .read_dir()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let dir = only_dir(res.path());
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
     assert_eq!(r["status"], "interrupted", "{r:#}");
     assert_eq!(r["exit_code"], 125);
+    // The stage is how far the boot got: the firmware had started the fixture (the test waited
+    // for that line), and the fixture prints nothing that would move it on.
+    let log = std::fs::read_to_string(dir.join("console.log")).unwrap();
+    assert!(log.contains(SILENT_STARTED), "{log}");
+    assert_eq!(r["stage"], "firmware", "{r:#}");
+    let case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    assert_eq!(case["status"], "interrupted", "{case:#}");
+    assert_eq!(case["stage"], "firmware", "{case:#}");
 }
 
 #[test]
@@ -444,14 +483,7 @@ fn sigkill_mid_boot_leaves_no_qemu() {
     }
     let (res, tmp) = kill_harness_mid_boot(nix::sys::signal::Signal::SIGKILL);
     // The harness could not finish its record, but what it wrote is valid JSON saying so.
-    let dir = res
-        .path()
-        .read_dir()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let dir = only_dir(res.path());
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
     // The killed harness could not remove its private directory (with its 64 MiB vars copy, if

@@ -16,18 +16,6 @@ fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The only directory under `root`.
-fn only_dir(root: &Path) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = root
-        .read_dir()
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs.pop().unwrap()
-}
-
 /// Every file of a `.tar.gz`, by name (top directory dropped).
 pub(crate) fn unpack(path: &Path) -> BTreeMap<String, Vec<u8>> {
     use std::io::Read;

@@ -66,6 +66,11 @@ impl Scratch {
 
     /// Asserts `out` is a usage error mentioning every needle, without a panic or a trace left.
     fn assert_refused(&self, what: &str, out: &Output, needles: &[&str]) {
+        self.assert_refused_with(2, what, out, needles);
+    }
+
+    /// [`Scratch::assert_refused`] for a command whose usage errors exit with `code`.
+    fn assert_refused_with(&self, code: i32, what: &str, out: &Output, needles: &[&str]) {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_ne!(
             out.status.code(),
@@ -74,7 +79,7 @@ impl Scratch {
             text(out)
         );
         assert!(!stderr.contains("panicked"), "{what} panicked: {stderr}");
-        assert_eq!(out.status.code(), Some(2), "{what}: {}", text(out));
+        assert_eq!(out.status.code(), Some(code), "{what}: {}", text(out));
         for n in needles {
             assert!(stderr.contains(n), "{what}: wanted {n:?} in: {stderr}");
         }
@@ -191,6 +196,125 @@ fn flags_out_of_range_are_usage_errors() {
         let out = x.command(args).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
     }
+    assert!(!results.exists());
+}
+
+/// `check --repeat`, `bisect --repeat` and `images build --jobs`. `check` keeps its own
+/// contract for a command line it cannot parse: exit 128, so that `git bisect run` stops
+/// instead of counting every commit bad (README, `bootwatch check`).
+#[test]
+fn repeat_and_jobs_flags_out_of_range_are_usage_errors() {
+    let x = Scratch::new();
+    let results = x.results();
+    let r = s(&results);
+    let missing = x.path("no-such-disk.img");
+    let check = ["check", "--disk", s(&missing), "--results", r];
+    let bisect = ["bisect", BISECT, "--dry-run", "--results", r];
+    for v in HOSTILE.iter().chain(&["101"]) {
+        let arg = format!("--repeat={v}");
+        let out = x.command(&[&check[..], &[&arg]].concat()).output().unwrap();
+        x.assert_refused_with(128, &format!("check {arg}"), &out, &["--repeat"]);
+        x.refused(
+            &format!("bisect {arg}"),
+            &[&bisect[..], &[&arg]].concat(),
+            &["--repeat"],
+        );
+    }
+    for v in HOSTILE.iter().chain(&["9", "256"]) {
+        let arg = format!("--jobs={v}");
+        x.refused(
+            &format!("images build {arg}"),
+            &["images", "build", &arg, "debian-12-local"],
+            &["--jobs"],
+        );
+    }
+    // Good values pass the command line: `check` goes on to its (missing) disk, which is
+    // undetermined (125), not a usage error; the bisection's dry run succeeds.
+    let out = x
+        .command(&[&check[..], &["--repeat=100"]].concat())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    let out = x
+        .command(&[&bisect[..], &["--repeat=100"]].concat())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!results.exists());
+}
+
+const BISECT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../scenarios/bisect/edk2-on-qemu-5.2.toml"
+);
+
+/// Every number of a bisect file (`timeout_s`, `silence_s`, `repeat`, `smp`, `memory_mib`, and
+/// those of its `[upgrade]` scenario): a usage error naming the file, the line and the key.
+#[test]
+fn bisect_numbers_out_of_range_name_file_line_and_key() {
+    let x = Scratch::new();
+    let results = x.results();
+    let good = std::fs::read_to_string(BISECT).unwrap();
+    let bisect = |f: &Path| -> Vec<String> {
+        ["bisect", s(f), "--dry-run", "--results", s(&results)]
+            .map(String::from)
+            .to_vec()
+    };
+    for (key, extra) in [
+        ("timeout_s", &["604801"][..]),
+        ("silence_s", &["604801"][..]),
+        ("repeat", &["101", "1.5"][..]),
+        ("smp", &["513", "1.5"][..]),
+        ("memory_mib", &["15", "1048577"][..]),
+    ] {
+        for v in HOSTILE.iter().chain(extra) {
+            // After `image`, before the lists.
+            let body = good.replacen("\nqemu = ", &format!("\n{key} = {v}\nqemu = "), 1);
+            let f = x.write("b.toml", &body);
+            let line = line_of(&body, &format!("{key} = "));
+            let args = bisect(&f);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            x.refused(
+                &format!("{key} = {v}"),
+                &args,
+                &[&format!("{}:{line}:", f.display()), key],
+            );
+        }
+    }
+    // The `[upgrade]` scenario is checked with the file, its numbers too.
+    let up = x.write(
+        "up.toml",
+        "name = \"up\"\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\ntimeout = inf\n",
+    );
+    let body = format!("{good}\n[upgrade]\nscenario = \"up.toml\"\n");
+    let f = x.write("b.toml", &body);
+    let args = bisect(&f);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    x.refused(
+        "an upgrade scenario with timeout = inf",
+        &args,
+        &[
+            &format!(
+                "{}:{}: [upgrade] scenario",
+                f.display(),
+                line_of(&body, "scenario = ")
+            ),
+            &format!("{}:5: step 1: `timeout`", up.display()),
+        ],
+    );
+    // The file with good values at the ends of each range is accepted.
+    let body = good.replacen(
+        "\nqemu = ",
+        "\ntimeout_s = 604800\nsilence_s = 0.5\nrepeat = 100\nsmp = 512\nmemory_mib = 16\nqemu = ",
+        1,
+    );
+    let f = x.write("b.toml", &body);
+    let args = bisect(&f);
+    let out = x
+        .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!results.exists());
 }
 

@@ -161,7 +161,7 @@ fn local_debian_image_boots_to_login_and_accepts_the_cloud_init_user() {
     }
     local_image();
     let res = results_root();
-    let (code, r, err) = boot_to_login("debian-12-local", &res);
+    let (code, r, err) = boot_to_login("debian-12-local", &res, &["--keep-overlay"]);
     assert_eq!(code, 0, "{err}\n{}: {}", r["verdict"], r["reason"]);
     assert_eq!(r["verdict"], "reached");
     // Every stage of the chain is in the timeline, in order, with its time. shim prints
@@ -216,10 +216,44 @@ fn local_debian_image_boots_to_login_and_accepts_the_cloud_init_user() {
             .contains("console=ttyAMA0")
     );
     assert_eq!(r["provision"]["base_sha256"].as_str().unwrap().len(), 64);
-    assert!(
-        !std::path::Path::new(r["provision"]["overlay"].as_str().unwrap()).exists(),
-        "overlay removed"
+    // Private means private: the user's random password is kept only in `secrets.json` beside
+    // the kept disks, never in a record meant to be shared (nor on the terminal); the files
+    // that hold it or the guest's disk are their owner's only.
+    let dir = only_dir(res.path());
+    assert_eq!(
+        r["provision"]["secrets"], "secrets.json",
+        "{:#}",
+        r["provision"]
     );
+    let secrets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("secrets.json")).unwrap()).unwrap();
+    assert_eq!(secrets["user"].as_str(), Some(user));
+    let password = secrets["password"].as_str().unwrap();
+    assert!(password.len() >= 12, "a weak password: {password:?}");
+    for record in ["result.json", "case.json"] {
+        let text = std::fs::read_to_string(dir.join(record)).unwrap();
+        assert!(!text.contains(password), "the password is in {record}");
+    }
+    assert!(
+        !r.to_string().contains(password),
+        "the password is on stdout"
+    );
+    assert!(!err.contains(password), "the password is on stderr");
+    let overlay = PathBuf::from(r["provision"]["overlay"].as_str().unwrap());
+    assert_eq!(
+        overlay,
+        dir.join("overlay.qcow2"),
+        "kept in the case directory"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["overlay.qcow2", "secrets.json", "seed.img", "vars.fd"] {
+        let mode = std::fs::metadata(dir.join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{file} is {mode:o}");
+    }
 }
 
 /// qemu-img is needed for the overlay, found only after the run's directory exists: its absence
@@ -250,14 +284,7 @@ fn a_missing_qemu_img_is_recorded_as_a_harness_error() {
         "{}",
         r["error"]
     );
-    let dir = res
-        .path()
-        .read_dir()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let dir = only_dir(res.path());
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
     assert_eq!(on_disk["status"], "error");
@@ -288,24 +315,7 @@ fn base_image_is_unchanged_by_a_run_killed_mid_boot() {
         .spawn()
         .unwrap();
     // Kill it once the kernel is running and writing to its disk.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let log = walk(res.path())
-            .into_iter()
-            .find(|p| p.ends_with("console.log"));
-        let booted = log
-            .and_then(|l| std::fs::read_to_string(l).ok())
-            .is_some_and(|s| s.contains("systemd"));
-        if booted {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guest never reached userspace"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "bootwatch ended early");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_for_console(res.path(), &mut child, "systemd", Duration::from_secs(300));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -321,25 +331,35 @@ fn base_image_is_unchanged_by_a_run_killed_mid_boot() {
 }
 
 /// Boots a local image to login (one boot at a time), logs in and runs the login commands.
-fn boot_to_login(image: &str, res: &tempfile::TempDir) -> (i32, serde_json::Value, String) {
+fn boot_to_login(
+    image: &str,
+    res: &tempfile::TempDir,
+    extra: &[&str],
+) -> (i32, serde_json::Value, String) {
     let _one = both_cores();
-    boot_json(&[
-        "--image",
-        image,
-        "--until",
-        "login",
-        "--login",
-        "--smp",
-        "2",
-        "--memory",
-        "2048",
-        "--timeout",
-        "600",
-        "--silence",
-        "240",
-        "--results",
-        res.path().to_str().unwrap(),
-    ])
+    boot_json(
+        &[
+            extra,
+            &[
+                "--image",
+                image,
+                "--until",
+                "login",
+                "--login",
+                "--smp",
+                "2",
+                "--memory",
+                "2048",
+                "--timeout",
+                "600",
+                "--silence",
+                "240",
+                "--results",
+                res.path().to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    )
 }
 
 /// Builds (or finds cached) a local image; returns its manifest.
@@ -387,8 +407,18 @@ fn other_release_boots_to_login(name: &str, shim: &str, grub: &str, kernel: &str
         m["kernel_release"]
     );
     let res = results_root();
-    let (code, r, err) = boot_to_login(name, &res);
+    let (code, r, err) = boot_to_login(name, &res, &[]);
     assert_eq!(code, 0, "{name}: {err}\n{}: {}", r["verdict"], r["reason"]);
+    // Without --keep-overlay the disks lived in the private directory, gone with the run.
+    assert!(
+        !std::path::Path::new(r["provision"]["overlay"].as_str().unwrap()).exists(),
+        "{name}: overlay removed"
+    );
+    assert!(
+        r["provision"].get("secrets").is_none(),
+        "{:#}",
+        r["provision"]
+    );
     let login = r["timeline"]
         .as_array()
         .unwrap()

@@ -39,6 +39,9 @@ enum Needle {
     Ident(&'static str),
     /// A method call without arguments: `.name()`.
     Call0(&'static str),
+    /// A function call without arguments, not a method nor a definition: `name()`,
+    /// `io::name()`.
+    Fn0(&'static str),
 }
 
 impl std::fmt::Display for Needle {
@@ -48,6 +51,7 @@ impl std::fmt::Display for Needle {
             Needle::Macro(m) => write!(f, "`{m}!`"),
             Needle::Ident(i) => write!(f, "`{i}`"),
             Needle::Call0(m) => write!(f, "`.{m}()`"),
+            Needle::Fn0(m) => write!(f, "`{m}()`"),
         }
     }
 }
@@ -90,6 +94,11 @@ const PRINTING: Rule = Rule {
         Needle::Macro("print"),
         Needle::Macro("eprintln"),
         Needle::Macro("eprint"),
+        Needle::Macro("dbg"),
+        // `std::io::stdout()`, `io::stderr()`, tokio's, or either after a `use`: a handle to
+        // write to the terminal with.
+        Needle::Fn0("stdout"),
+        Needle::Fn0("stderr"),
         Needle::Ident("indicatif"),
     ],
 };
@@ -97,8 +106,9 @@ const PRINTING: Rule = Rule {
 const PURE_CORE: Rule = Rule {
     name: "the core is pure",
     why: "core/ (verdicts, argv, console normalization, classification) takes its inputs as \
-          values and returns values: no files, no runtime, no clock, no processes, no network, so \
-          it is tested on data alone and gives the same answer offline as live",
+          values and returns values: no files, no runtime, no clock, no environment, no \
+          processes, no network, so it is tested on data alone and gives the same answer offline \
+          as live",
     applies_to: &["core/"],
     allowed_in: &[],
     needles: &[
@@ -106,6 +116,11 @@ const PURE_CORE: Rule = Rule {
         Needle::Ident("tokio"),
         Needle::Path("Instant", "now"),
         Needle::Ident("SystemTime"),
+        // jiff's clock reads (`jiff::Timestamp::now()`, `Zoned::now()`).
+        Needle::Path("Timestamp", "now"),
+        Needle::Path("Zoned", "now"),
+        // Environment variables, the arguments, the working directory, the temp directory.
+        Needle::Path("std", "env"),
         Needle::Path("std", "process"),
         Needle::Path("std", "net"),
     ],
@@ -380,6 +395,14 @@ fn find(toks: &[(Tok, usize)], needle: Needle) -> Vec<usize> {
                     && matches!(at(2), Some((Tok::Open(Delimiter::Parenthesis), _)))
                     && matches!(at(3), Some((Tok::Close(Delimiter::Parenthesis), _)))
             }
+            Needle::Fn0(name) => {
+                let before = i.checked_sub(1).map(|k| &toks[k]);
+                !punct(before, '.')
+                    && !ident(before, "fn")
+                    && ident(at(0), name)
+                    && matches!(at(1), Some((Tok::Open(Delimiter::Parenthesis), _)))
+                    && matches!(at(2), Some((Tok::Close(Delimiter::Parenthesis), _)))
+            }
             Needle::Path(a, b) => {
                 ident(at(0), a)
                     && punct(at(1), ':')
@@ -570,7 +593,12 @@ fn f() {
     eprintln!("{s}");
     let t = std::time::Instant::now();
     thread::Builder::new().spawn(move || ());
+    let now = (jiff::Timestamp::now(), Zoned::now(), std::env::var("HOME"));
+    dbg!(now);
+    let _ = writeln!(std::io::stdout().lock(), "x");
+    let (o, e) = (stderr(), cmd.stderr());
 }
+fn stdout() -> u8 { 0 }
 #[cfg(test)]
 mod tests {
     fn g() { println!("a test may print"); let _ = std::fs::read("x"); }
@@ -584,6 +612,13 @@ mod tests {
     assert_eq!(lines_of(src, Needle::Macro("eprintln")), [9]);
     assert_eq!(lines_of(src, Needle::Path("Instant", "now")), [10]);
     assert_eq!(lines_of(src, Needle::Ident("tokio")), [8]);
+    assert_eq!(lines_of(src, Needle::Path("Timestamp", "now")), [12]);
+    assert_eq!(lines_of(src, Needle::Path("Zoned", "now")), [12]);
+    assert_eq!(lines_of(src, Needle::Path("std", "env")), [12]);
+    assert_eq!(lines_of(src, Needle::Macro("dbg")), [13]);
+    // A call, not a method call (`cmd.stderr()`) nor a definition (`fn stdout()`).
+    assert_eq!(lines_of(src, Needle::Fn0("stdout")), [14]);
+    assert_eq!(lines_of(src, Needle::Fn0("stderr")), [15]);
     // `io::Read` inside the group is not `std::Read`.
     assert_eq!(
         lines_of(src, Needle::Path("std", "Read")),
@@ -606,6 +641,12 @@ fn the_checker_applies_rules_by_place() {
         file("inputs/x.rs", "fn c() {\n println!();\n Command::new(p); }"),
         file("core/y.rs", "use std::net::TcpStream;"),
         file("engine/z.rs", "use std::net::TcpStream;"),
+        file("core/t.rs", "fn t() {\n let _ = std::env::var(\"X\");\n}"),
+        file(
+            "report/u.rs",
+            "fn u() { dbg!(1); let _ = std::io::stderr(); }",
+        ),
+        file("cli/v.rs", "fn v() { let _ = std::io::stderr(); }"),
     ];
     assert_eq!(
         breaches(&PROCESSES, &files),
@@ -613,11 +654,15 @@ fn the_checker_applies_rules_by_place() {
     );
     assert_eq!(
         breaches(&PRINTING, &files),
-        ["src/inputs/x.rs:2: `println!`"]
+        [
+            "src/inputs/x.rs:2: `println!`",
+            "src/report/u.rs:1: `dbg!`",
+            "src/report/u.rs:1: `stderr()`"
+        ]
     );
     assert_eq!(
         breaches(&PURE_CORE, &files),
-        ["src/core/y.rs:1: `std::net`"]
+        ["src/core/y.rs:1: `std::net`", "src/core/t.rs:2: `std::env`"]
     );
 
     let named = [file(

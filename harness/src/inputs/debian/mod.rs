@@ -8,7 +8,7 @@
 //! | `release.rs` | a verified Release file: index checksums, `Acquire-By-Hash`, `Valid-Until` |
 //! | `http.rs` | the HTTP client and its one retry policy for transient failures (`backon`) |
 //! | `archive.rs` | [`Archive`], the client: verified Release (once per suite per process), verified indexes, verified `.deb` downloads |
-//! | `packages.rs` | `Packages` stanzas and Debian versions (`deb822-fast`, `debian-control`, `debversion`) |
+//! | `packages.rs` | `Packages` stanzas, the dpkg status database and Debian versions (`deb822-fast`, `debian-control`, `debversion`) |
 //! | `plan.rs` | choosing the packages of an update with what they need (relations) |
 //! | `deb.rs` | reading and writing `.deb` members (`ar`, `tar`) |
 //! | `edk2.rs` | Debian's edk2 (`qemu-efi-aarch64`) fetched, unpacked and cached |

@@ -1,5 +1,6 @@
-//! `Packages` index stanzas and Debian versions: parsed by `deb822-fast` and
-//! `debian-control` (stanzas, relationship fields), ordered by `debversion` (dpkg's rules).
+//! `Packages` index stanzas, the dpkg status database and Debian versions: parsed by
+//! `deb822-fast` and `debian-control` (stanzas, relationship fields), ordered by `debversion`
+//! (dpkg's rules).
 
 use std::cmp::Ordering;
 
@@ -102,6 +103,38 @@ fn typed(p: &deb822_fast::Paragraph) -> Result<Package> {
     })
 }
 
+/// One package installed in a Debian tree, from its dpkg status database.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InstalledPackage {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+}
+
+/// The installed packages of a dpkg status database (`var/lib/dpkg/status`), sorted by name:
+/// the stanzas whose `Status` says `installed` (not `config-files`, `half-installed`...).
+pub fn parse_dpkg_status(text: &str) -> Result<Vec<InstalledPackage>> {
+    let doc: deb822_fast::Deb822 = text
+        .parse()
+        .map_err(|e| anyhow!("not a dpkg status file: {e}"))?;
+    let mut out: Vec<InstalledPackage> = doc
+        .iter()
+        .filter(|p| {
+            p.get("Status")
+                .is_some_and(|s| s.split_whitespace().nth(2) == Some("installed"))
+        })
+        .filter_map(|p| {
+            Some(InstalledPackage {
+                name: p.get("Package")?.trim().to_string(),
+                version: p.get("Version")?.trim().to_string(),
+                architecture: p.get("Architecture").unwrap_or_default().trim().to_string(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 pub(crate) fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -141,6 +174,48 @@ pub fn version_matches(request: &str, candidate: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dpkg_status_lists_installed_packages_only() {
+        let status = "Package: b\nStatus: install ok installed\nArchitecture: arm64\nVersion: 1.0-1\n\n\
+                      Package: a\nStatus: deinstall ok config-files\nVersion: 2\n\n\
+                      Package: c\nStatus: install ok installed\nArchitecture: all\nVersion: 1:2.3~rc1\nDescription: x\n y\n";
+        assert_eq!(
+            parse_dpkg_status(status).unwrap(),
+            vec![
+                InstalledPackage {
+                    name: "b".into(),
+                    version: "1.0-1".into(),
+                    architecture: "arm64".into()
+                },
+                InstalledPackage {
+                    name: "c".into(),
+                    version: "1:2.3~rc1".into(),
+                    architecture: "all".into()
+                },
+            ]
+        );
+    }
+
+    /// Continuation lines belong to their field, whatever they look like (a description that
+    /// quotes a stanza, a conffile list), and fields after them are still read.
+    #[test]
+    fn dpkg_status_continuation_lines_are_part_of_their_field() {
+        // dpkg writes Version and Architecture before Conffiles and Description.
+        let status = "Package: d\nStatus: install ok installed\nArchitecture: arm64\nVersion: 3-1\n\
+                      Conffiles:\n /etc/d.conf 0123\n /etc/d/other 4567 obsolete\n\
+                      Description: d\n Package: evil\n Version: 9\n Architecture: all\n .\n more\n\n\
+                      Package: half\nStatus: install reinstreq half-installed\nVersion: 1\n";
+        assert_eq!(
+            parse_dpkg_status(status).unwrap(),
+            [InstalledPackage {
+                name: "d".into(),
+                version: "3-1".into(),
+                architecture: "arm64".into()
+            }]
+        );
+        assert!(parse_dpkg_status(" leading continuation\n").is_err());
+    }
 
     const SHA_A: &str = "a00b2411a79c8aeafd95a7c868ac3cd1aab592f1af9fff965f02d81a625276ed";
     const SHA_B: &str = "30467a3593c099ea42bd6ff3c4590e4b205edf9a7b98844f4bed17cd8b05eb58";

@@ -509,13 +509,7 @@ pub struct BuildManifest {
     pub build_log: PathBuf,
 }
 
-/// One installed package.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstalledPackage {
-    pub name: String,
-    pub version: String,
-    pub architecture: String,
-}
+pub use crate::inputs::debian::packages::InstalledPackage;
 
 /// Wall time of one build phase.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1192,7 +1186,10 @@ fn check_tree(
         grub_cfg.contains(&format!("root=UUID={root_uuid}")),
         "/boot/grub/grub.cfg does not boot root=UUID={root_uuid}"
     );
-    let packages = parse_dpkg_status(&fs::read_to_string(tree.join("var/lib/dpkg/status"))?);
+    let status = tree.join("var/lib/dpkg/status");
+    let packages =
+        crate::inputs::debian::packages::parse_dpkg_status(&fs::read_to_string(&status)?)
+            .with_context(|| status.display().to_string())?;
     let boot_chain: BTreeMap<String, String> = packages
         .iter()
         .filter(|p| {
@@ -1616,37 +1613,6 @@ fn kernel_release(tree: &Path) -> Result<String> {
         [] => bail!("no kernel in /boot"),
         many => bail!("several kernels in /boot: {many:?}"),
     }
-}
-
-/// Installed packages from a dpkg status file, sorted by name.
-pub fn parse_dpkg_status(text: &str) -> Vec<InstalledPackage> {
-    let mut out = Vec::new();
-    for stanza in text.split("\n\n") {
-        let mut name = None;
-        let mut version = None;
-        let mut arch = None;
-        let mut installed = false;
-        for line in stanza.lines() {
-            if let Some(v) = line.strip_prefix("Package: ") {
-                name = Some(v.trim());
-            } else if let Some(v) = line.strip_prefix("Version: ") {
-                version = Some(v.trim());
-            } else if let Some(v) = line.strip_prefix("Architecture: ") {
-                arch = Some(v.trim());
-            } else if let Some(v) = line.strip_prefix("Status: ") {
-                installed = v.trim().ends_with(" installed");
-            }
-        }
-        if let (true, Some(n), Some(v)) = (installed, name, version) {
-            out.push(InstalledPackage {
-                name: n.into(),
-                version: v.into(),
-                architecture: arch.unwrap_or("").into(),
-            });
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2173,28 +2139,6 @@ mod tests {
         );
         assert!(args.contains(&"--essential-hook=/h/essential.sh".to_string()));
         assert!(args.contains(&"--mode=unshare".to_string()));
-    }
-
-    #[test]
-    fn dpkg_status_lists_installed_packages_only() {
-        let status = "Package: b\nStatus: install ok installed\nArchitecture: arm64\nVersion: 1.0-1\n\n\
-                      Package: a\nStatus: deinstall ok config-files\nVersion: 2\n\n\
-                      Package: c\nStatus: install ok installed\nArchitecture: all\nVersion: 1:2.3~rc1\nDescription: x\n y\n";
-        assert_eq!(
-            parse_dpkg_status(status),
-            vec![
-                InstalledPackage {
-                    name: "b".into(),
-                    version: "1.0-1".into(),
-                    architecture: "arm64".into()
-                },
-                InstalledPackage {
-                    name: "c".into(),
-                    version: "1:2.3~rc1".into(),
-                    architecture: "all".into()
-                },
-            ]
-        );
     }
 
     #[test]

@@ -599,27 +599,16 @@ async fn build_in(
         .ok_or_else(|| anyhow!("{} is incomplete after the build", final_dir.display()))
 }
 
-/// A package's version from the tree's dpkg status database.
+/// An installed package's version from the tree's dpkg status database.
 pub fn installed_version(root: &Path, package: &str) -> Result<String> {
     let path = root.join("var/lib/dpkg/status");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    for stanza in text.split("\n\n") {
-        let mut name = None;
-        let mut version = None;
-        for line in stanza.lines() {
-            if let Some(v) = line.strip_prefix("Package:") {
-                name = Some(v.trim());
-            } else if let Some(v) = line.strip_prefix("Version:") {
-                version = Some(v.trim());
-            }
-        }
-        if name == Some(package)
-            && let Some(v) = version
-        {
-            return Ok(v.to_owned());
-        }
-    }
-    bail!("{package} is not installed in {}", root.display())
+    crate::inputs::debian::packages::parse_dpkg_status(&text)
+        .with_context(|| path.display().to_string())?
+        .into_iter()
+        .find(|p| p.name == package)
+        .map(|p| p.version)
+        .ok_or_else(|| anyhow!("{package} is not installed in {}", root.display()))
 }
 
 fn tree_size(root: &Path) -> u64 {
@@ -788,8 +777,9 @@ mod tests {
         fs::create_dir_all(tmp.path().join("var/lib/dpkg")).unwrap();
         fs::write(
             tmp.path().join("var/lib/dpkg/status"),
-            "Package: qemu-system-armhf\nVersion: 9\n\nPackage: qemu-system-arm\nStatus: install ok \
-             installed\nVersion: 1:5.2+dfsg-11+deb11u3\nDepends: x\n\n",
+            "Package: qemu-system-armhf\nVersion: 9\n\nPackage: qemu-system-arm\nStatus: deinstall ok \
+             config-files\nVersion: 1:5.0-1\n\nPackage: qemu-system-arm\nStatus: install ok \
+             installed\nVersion: 1:5.2+dfsg-11+deb11u3\nDepends: x,\n y\n\n",
         )
         .unwrap();
         assert_eq!(

@@ -64,6 +64,43 @@ pub fn results_root() -> tempfile::TempDir {
         .unwrap()
 }
 
+/// The only directory under `root` (a run's case directory under its results root).
+pub fn only_dir(root: &Path) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = root
+        .read_dir()
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.pop().unwrap()
+}
+
+/// Waits (at most `limit`) until the `console.log` of a run under `root` holds `needle`, while
+/// `child` (the bootwatch running it) goes on.
+pub fn wait_for_console(
+    root: &Path,
+    child: &mut std::process::Child,
+    needle: &str,
+    limit: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let seen = root.read_dir().unwrap().flatten().any(|d| {
+            std::fs::read_to_string(d.path().join("console.log")).is_ok_and(|t| t.contains(needle))
+        });
+        if seen {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} on the console within {limit:?}"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "bootwatch ended early");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Runs `bootwatch boot --json ...` and returns (exit code, result.json, stderr).
 pub fn boot_json(args: &[&str]) -> (i32, serde_json::Value, String) {
     let out = bin().arg("boot").arg("--json").args(args).output().unwrap();
