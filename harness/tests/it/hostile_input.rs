@@ -255,11 +255,6 @@ fn bisect_numbers_out_of_range_name_file_line_and_key() {
     let x = Scratch::new();
     let results = x.results();
     let good = std::fs::read_to_string(BISECT).unwrap();
-    let bisect = |f: &Path| -> Vec<String> {
-        ["bisect", s(f), "--dry-run", "--results", s(&results)]
-            .map(String::from)
-            .to_vec()
-    };
     for (key, extra) in [
         ("timeout_s", &["604801"][..]),
         ("silence_s", &["604801"][..]),
@@ -272,27 +267,47 @@ fn bisect_numbers_out_of_range_name_file_line_and_key() {
             let body = good.replacen("\nqemu = ", &format!("\n{key} = {v}\nqemu = "), 1);
             let f = x.write("b.toml", &body);
             let line = line_of(&body, &format!("{key} = "));
-            let args = bisect(&f);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             x.refused(
                 &format!("{key} = {v}"),
-                &args,
+                &dry_run("bisect", &f, &results),
                 &[&format!("{}:{line}:", f.display()), key],
             );
         }
     }
-    // The `[upgrade]` scenario is checked with the file, its numbers too.
+    upgrade_scenario_is_checked(&x, "bisect", &good, "", "inf");
+    // The file with good values at the ends of each range is accepted.
+    let body = good.replacen(
+        "\nqemu = ",
+        "\ntimeout_s = 604800\nsilence_s = 0.5\nrepeat = 100\nsmp = 512\nmemory_mib = 16\nqemu = ",
+        1,
+    );
+    let f = x.write("b.toml", &body);
+    let out = x
+        .command(&dry_run("bisect", &f, &results))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!results.exists());
+}
+
+/// `COMMAND FILE --dry-run --results RESULTS`: a matrix or bisect file checked without booting.
+fn dry_run<'a>(command: &'a str, file: &'a Path, results: &'a Path) -> [&'a str; 5] {
+    [command, s(file), "--dry-run", "--results", s(results)]
+}
+
+/// A matrix or bisect file (`good` with an `[upgrade]` table of `table` and a `scenario`) whose
+/// upgrade scenario's step has `timeout = v`: refused at the file's `scenario` line, naming the
+/// scenario's own line and key (the scenario is checked with the file).
+fn upgrade_scenario_is_checked(x: &Scratch, command: &str, good: &str, table: &str, v: &str) {
     let up = x.write(
         "up.toml",
-        "name = \"up\"\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\ntimeout = inf\n",
+        &format!("name = \"up\"\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\ntimeout = {v}\n"),
     );
-    let body = format!("{good}\n[upgrade]\nscenario = \"up.toml\"\n");
-    let f = x.write("b.toml", &body);
-    let args = bisect(&f);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let body = format!("{good}\n[upgrade]\n{table}scenario = \"up.toml\"\n");
+    let f = x.write("upgraded.toml", &body);
     x.refused(
-        "an upgrade scenario with timeout = inf",
-        &args,
+        &format!("{command}: an upgrade scenario with timeout = {v}"),
+        &dry_run(command, &f, &x.results()),
         &[
             &format!(
                 "{}:{}: [upgrade] scenario",
@@ -302,20 +317,6 @@ fn bisect_numbers_out_of_range_name_file_line_and_key() {
             &format!("{}:5: step 1: `timeout`", up.display()),
         ],
     );
-    // The file with good values at the ends of each range is accepted.
-    let body = good.replacen(
-        "\nqemu = ",
-        "\ntimeout_s = 604800\nsilence_s = 0.5\nrepeat = 100\nsmp = 512\nmemory_mib = 16\nqemu = ",
-        1,
-    );
-    let f = x.write("b.toml", &body);
-    let args = bisect(&f);
-    let out = x
-        .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(!results.exists());
 }
 
 #[test]
@@ -415,30 +416,12 @@ fn matrix_numbers_out_of_range_name_file_line_and_key() {
             let line = line_of(&body, &format!("{key} = "));
             x.refused(
                 &format!("{key} = {v}"),
-                &["matrix", s(&f), "--dry-run", "--results", s(&results)],
+                &dry_run("matrix", &f, &results),
                 &[&format!("{}:{line}:", f.display()), key],
             );
         }
     }
-    // The upgrade scenario is checked with the matrix, its numbers too.
-    let up = x.write(
-        "up.toml",
-        "name = \"up\"\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\ntimeout = 1e30\n",
-    );
-    let body = format!("{good}\n[upgrade]\nupdate = \"bad\"\nscenario = \"up.toml\"\n");
-    let f = x.write("m.toml", &body);
-    x.refused(
-        "an upgrade scenario with timeout = 1e30",
-        &["matrix", s(&f), "--dry-run", "--results", s(&results)],
-        &[
-            &format!(
-                "{}:{}: [upgrade] scenario",
-                f.display(),
-                line_of(&body, "scenario = ")
-            ),
-            &format!("{}:5: step 1: `timeout`", up.display()),
-        ],
-    );
+    upgrade_scenario_is_checked(&x, "matrix", &good, "update = \"bad\"\n", "1e30");
 }
 
 #[test]
