@@ -17,7 +17,6 @@
 
 use crate::common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -272,17 +271,15 @@ fn a_firmware_list_is_bisected_to_its_known_boundary_even_around_a_missing_build
     assert!(md.contains("| skip"), "{md}");
 }
 
-/// The firmware-code input of a run's `case.json` in an unpacked bundle.
-fn firmware_of(files: &BTreeMap<String, Vec<u8>>, run: &str) -> serde_json::Value {
-    let case: serde_json::Value =
-        serde_json::from_slice(&files[&format!("{run}/case.json")]).unwrap();
-    case["inputs"]
+/// The input of `role` among a record's `inputs` (`case.json`, `bundle.json`).
+fn input(record: &serde_json::Value, role: &str) -> serde_json::Value {
+    record["inputs"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|i| i["role"] == "firmware-code")
+        .find(|i| i["role"] == role)
         .cloned()
-        .unwrap_or_else(|| panic!("no firmware-code in {run}: {case:#}"))
+        .unwrap_or_else(|| panic!("no {role} in {record:#}"))
 }
 
 /// `bootwatch bundle` of the bisection `res` (and of its first bad run with `--bisect res`): kind
@@ -298,16 +295,7 @@ fn bundle_the_bisection(tmp: &Path, res: &Path, builds: &[String], first_bad: us
         b["bisect"]["first_bad"]["build"].as_str(),
         Some(builds[first_bad].as_str())
     );
-    let role = |r: &str| {
-        b["inputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["role"] == r)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {r} in {b:#}"))
-    };
-    let (code, qemu) = (role("firmware-code"), role("qemu"));
+    let (code, qemu) = (input(&b, "firmware-code"), input(&b, "qemu"));
     assert_eq!(code["provider"].as_str(), Some(builds[first_bad].as_str()));
     assert_eq!(code["package"], "qemu-efi-aarch64", "{code:#}");
     assert!(
@@ -342,7 +330,9 @@ fn bundle_the_bisection(tmp: &Path, res: &Path, builds: &[String], first_bad: us
         b["primary_run"].as_str(),
         Some(run_of("first_bad").as_str())
     );
-    let good = firmware_of(&files, &run_of("last_good"));
+    let good_case: serde_json::Value =
+        serde_json::from_slice(&files[&format!("{}/case.json", run_of("last_good"))]).unwrap();
+    let good = input(&good_case, "firmware-code");
     assert_eq!(
         good["provider"].as_str(),
         Some(builds[first_bad - 1].as_str())

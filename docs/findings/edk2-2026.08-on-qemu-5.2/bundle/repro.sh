@@ -25,14 +25,14 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cp "${VARS_TEMPLATE}" "$WORK/vars.fd"
 exec \
-  "${HOME}"'/.cache/bootwatch/qemu/debian-bullseye-1%3a5.2+dfsg-11+deb11u3'"${HOME}"'/lib/x86_64-linux-gnu/ld-2.31.so' \
+  "${HOME}"'/.cache/bootwatch/qemu/debian-bullseye-1%3a5.2+dfsg-11+deb11u3/root/lib/x86_64-linux-gnu/ld-2.31.so' \
   '--library-path' \
-  "${HOME}"'/.cache/bootwatch/qemu/debian-bullseye-1%3a5.2+dfsg-11+deb11u3'"${HOME}"'/usr/lib/x86_64-linux-gnu:'"${HOME}"'/.cache/bootwatch/qemu/debian-bullseye-1%3a5.2+dfsg-11+deb11u3'"${HOME}"'/lib/x86_64-linux-gnu' \
+  "${HOME}"'/.cache/bootwatch/qemu/debian-bullseye-1%3a5.2+dfsg-11+deb11u3/root/usr/lib/x86_64-linux-gnu:'"${HOME}"'/.cache/bootwatch/qemu/debian-bullseye-1%3a5.2+dfsg-11+deb11u3/root/lib/x86_64-linux-gnu' \
   "${QEMU}" \
   '-name' \
   'bootwatch' \
   '-L' \
-  "${HOME}"'/.cache/bootwatch/qemu/debian-bullseye-1%3a5.2+dfsg-11+deb11u3'"${HOME}"'/usr/share/qemu' \
+  "${HOME}"'/.cache/bootwatch/qemu/debian-bullseye-1%3a5.2+dfsg-11+deb11u3/root/usr/share/qemu' \
   '-machine' \
   'virt,accel=tcg' \
   '-cpu' \
