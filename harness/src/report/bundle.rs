@@ -455,6 +455,7 @@ pub fn make_explained(
             "passwords and tokens (as <redacted>)".into(),
         ],
         explanation: explanation.map(|x| crate::plan::explain::Brief {
+            run: redactor.apply_str(&x.run),
             error: x.error.as_deref().map(|e| redactor.apply_str(e)),
             ..x.clone()
         }),

@@ -210,12 +210,14 @@ pub async fn brief(
         Err(e) => Err(e),
     };
     let secs = t.elapsed().as_secs_f64();
+    // The evidence's paths are canonical.
+    let base = base.canonicalize().unwrap_or_else(|_| base.to_path_buf());
     match &x {
         Ok((ev, x)) => (
-            Brief::of(base, &ev.dir, Ok(x), secs),
+            Brief::of(&base, &ev.dir, Ok(x), secs),
             Some(x.outcome.clone()),
         ),
-        Err(e) => (Brief::of(base, run, Err(format!("{e:#}")), secs), None),
+        Err(e) => (Brief::of(&base, run, Err(format!("{e:#}")), secs), None),
     }
 }
 
