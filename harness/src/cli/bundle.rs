@@ -40,7 +40,7 @@ pub struct ReplayArgs {
     json: bool,
 }
 
-pub fn bundle(args: BundleArgs) -> CliResult {
+pub async fn bundle(args: BundleArgs) -> CliResult {
     if !args.dir.is_dir() {
         return Err(CliError::usage(format!(
             "{} is not a directory",
@@ -78,8 +78,28 @@ pub fn bundle(args: BundleArgs) -> CliResult {
             .unwrap_or_else(|| "run".into());
         PathBuf::from(format!("bootwatch-{name}.tar.gz"))
     });
-    let rec = bundle::make(&args.dir, args.bisect.as_deref(), &out)
-        .map_err(|e| CliError::undetermined(format!("{e:#}")))?;
+    // The known bug behind a failed run or cell (a probe's facts only from the cache: it boots
+    // nothing); a bisection's bundle has none.
+    let explanation = match bundle::Kind::detect(&args.dir) {
+        Some(bundle::Kind::Run | bundle::Kind::Cell) => {
+            let cache = crate::sys::fsx::cache_root().map_err(CliError::undetermined)?;
+            crate::plan::explain::brief_of_failure(
+                &args.dir,
+                &cache,
+                &signal_token(),
+                &show::terminal(args.json),
+            )
+            .await
+        }
+        _ => None,
+    };
+    let rec = bundle::make_explained(
+        &args.dir,
+        args.bisect.as_deref(),
+        &out,
+        explanation.as_ref(),
+    )
+    .map_err(|e| CliError::undetermined(format!("{e:#}")))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rec).unwrap_or_default());
     } else {

@@ -244,7 +244,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Report { command } => matrix::report(command),
         Command::Inspect { command } => inspect::inspect(command).await,
         Command::Probe { command } => probe::probe(command).await,
-        Command::Bundle(args) => bundle::bundle(args),
+        Command::Bundle(args) => bundle::bundle(args).await,
         Command::Replay(args) => bundle::replay(args).await,
         Command::Explain(args) => explain::explain(*args).await,
     }

@@ -134,6 +134,9 @@ pub struct BundleRecord {
     pub files: BTreeMap<String, String>,
     /// What was redacted: kinds of rules, never the values.
     pub redacted: Vec<String>,
+    /// For a run or cell whose guest failed: the known bug `bootwatch explain` names, or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<crate::plan::explain::Brief>,
 }
 
 /// One run directory to include: where it is and its name in the bundle.
@@ -423,6 +426,16 @@ fn is_binary(name: &str) -> bool {
 /// `bisect.json` and `bisect.md`, the runs of the builds on each side of the change, and those
 /// builds in `REPORT.md` and `bundle.json`'s `bisect`.
 pub fn make(dir: &Path, bisect: Option<&Path>, out: &Path) -> Result<BundleRecord> {
+    make_explained(dir, bisect, out, None)
+}
+
+/// [`make`], with the explanation of the run's failure in `bundle.json` and `REPORT.md`.
+pub fn make_explained(
+    dir: &Path,
+    bisect: Option<&Path>,
+    out: &Path,
+    explanation: Option<&crate::plan::explain::Brief>,
+) -> Result<BundleRecord> {
     let mut c = collect(dir)?;
     if let Some(bdir) = bisect {
         if c.kind == Kind::Bisect {
@@ -496,7 +509,7 @@ pub fn make(dir: &Path, bisect: Option<&Path>, out: &Path) -> Result<BundleRecor
         redactor.apply(format!("{}\n", result.argv.join("\n")).as_bytes()),
     );
     let console = std::fs::read_to_string(primary.src.join("console.log")).unwrap_or_default();
-    let report = report_md(&c, &case, &result, &outcome, &title, &console);
+    let report = report_md(&c, &case, &result, &outcome, &title, &console, explanation);
     files.insert("REPORT.md".into(), redactor.apply(report.as_bytes()));
     files.insert(
         "repro.sh".into(),
@@ -547,6 +560,11 @@ pub fn make(dir: &Path, bisect: Option<&Path>, out: &Path) -> Result<BundleRecor
             "the host's name (as <host>)".into(),
             "passwords and tokens (as <redacted>)".into(),
         ],
+        explanation: explanation.map(|x| crate::plan::explain::Brief {
+            run: redactor.apply_str(&x.run),
+            error: x.error.as_deref().map(|e| redactor.apply_str(e)),
+            ..x.clone()
+        }),
     };
     record.files = files
         .iter()
@@ -852,6 +870,7 @@ fn report_md(
     o: &Outcome,
     title: &str,
     console: &str,
+    explanation: Option<&crate::plan::explain::Brief>,
 ) -> String {
     let mut m = String::new();
     let _ = writeln!(m, "# {}\n", cell(title));
@@ -1117,6 +1136,9 @@ fn report_md(
         }
         m.push('\n');
     }
+    if let Some(x) = explanation {
+        known_bug_md(&mut m, x);
+    }
     let _ = writeln!(m, "## Evidence in this bundle\n");
     let _ = writeln!(
         m,
@@ -1134,6 +1156,44 @@ fn report_md(
         env!("CARGO_PKG_VERSION")
     );
     m
+}
+
+/// What `bootwatch explain` names behind the failure: each matched family with its confidence,
+/// or none.
+fn known_bug_md(m: &mut String, x: &crate::plan::explain::Brief) {
+    let _ = writeln!(m, "## Known bug (`bootwatch explain`)\n");
+    if let Some(e) = &x.error {
+        let _ = writeln!(m, "Not explained: {}\n", e.trim());
+        return;
+    }
+    for f in &x.families {
+        let _ = writeln!(
+            m,
+            "- `{}`: {} (confidence {:.2}, {})",
+            f.id,
+            cell(&f.title),
+            f.confidence,
+            f.level
+        );
+    }
+    if x.families.is_empty() {
+        let _ = writeln!(m, "No known family matches the measured facts.");
+    }
+    if !x.undecided.is_empty() {
+        let _ = writeln!(
+            m,
+            "\nNot decided (facts not measured): {}.",
+            x.undecided
+                .iter()
+                .map(|u| format!("`{u}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let _ = writeln!(
+        m,
+        "\nRun `bootwatch explain` on this bundle for the facts that matched and did not, and the workarounds.\n"
+    );
 }
 
 /// A shell word: single quotes, except `${VAR}` references spliced in.

@@ -253,6 +253,8 @@ fn cell_view(
         "result": result,
         "runs": runs,
         "change": changes.get(c.id.as_str()).copied(),
+        "explanation": c.explanation.as_ref().map(|x| one_line(&x.text(), 300)),
+        "explanation_cell": c.explanation.as_ref().map(|x| one_line(&x.text(), 64)),
         "duration": format!("{:.1} s", c.duration_s),
     })
 }

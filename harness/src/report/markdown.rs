@@ -64,6 +64,7 @@ pub fn render(report: &MatrixReport) -> String {
     }
     out.push('\n');
     let _ = writeln!(out, "{}\n", summary_line(report));
+    explanations(&mut out, report);
 
     // The compact grid, when there is more than one column or row to lay out.
     if grid.cols.len() > 1 || grid.rows.len() > 1 {
@@ -118,6 +119,32 @@ pub fn render(report: &MatrixReport) -> String {
         }
     }
     out
+}
+
+/// The known bug `bootwatch explain` names for each failing cell (or none), one line a cell.
+fn explanations(out: &mut String, report: &MatrixReport) {
+    let explained: Vec<&CellRecord> = report
+        .cells
+        .iter()
+        .filter(|c| c.explanation.is_some())
+        .collect();
+    if explained.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Known bugs (`bootwatch explain` on each failing cell):\n"
+    );
+    for c in explained {
+        let x = c.explanation.as_ref().expect("filtered");
+        let _ = writeln!(
+            out,
+            "- {}: {}",
+            md(&c.axes.label(), 300),
+            md(&x.text(), 300)
+        );
+    }
+    out.push('\n');
 }
 
 /// "12 planned: 10 done (7 reached, 3 sync-exception), 1 error, 1 not run, 1 flaky."

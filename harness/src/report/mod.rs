@@ -35,7 +35,10 @@
 //!   `firmware_banner`, `verdict`, `stage`, `exit_code`, `before_grub`, `exception`, `reason`,
 //!   `repeat`, `crashed`, `flaky`, `runs` (`n`, `dir` relative to the results directory,
 //!   `verdict`, `stage`, `exit_code`, `time_to_verdict_s`, `duration_s`, `qemu_s`), `inputs`,
-//!   `duration_s`, `overhead_s`, `error`). A planned cell without a `cell.json` has status
+//!   `duration_s`, `overhead_s`, `error`, and for a done cell whose guest failed `explanation`:
+//!   `run` (the run explained, under the cell), `families` (`id`, `title`, `confidence`,
+//!   `level`; empty: no known family), `undecided` (ids), `error`, `explain_s`). A planned cell
+//!   without a `cell.json` has status
 //!   `not-run`, verdict `harness-error`, stage `none`, exit code 125, no runs and zero times.
 //!
 //! Text that comes from the guest (`exception`, `reason`) is untrusted: every report escapes it
@@ -145,7 +148,7 @@ pub fn render_html(report: &MatrixReport) -> anyhow::Result<String> {
 
 /// The cells-only view: the report as JSON without what depends on how it was executed
 /// (`executions`, `timing`, and the cells' and runs' `duration_s`, `overhead_s`, `qemu_s`,
-/// `time_to_verdict_s`, and the build paths in `inputs`). Shards merged and one unsharded run of the same cells compare equal.
+/// `time_to_verdict_s`, the explanations' `explain_s`, and the build paths in `inputs`). Shards merged and one unsharded run of the same cells compare equal.
 pub fn comparable(report: &MatrixReport) -> serde_json::Value {
     let mut v = serde_json::to_value(report).expect("a MatrixReport always serializes");
     if let Some(obj) = v.as_object_mut() {
@@ -157,6 +160,9 @@ pub fn comparable(report: &MatrixReport) -> serde_json::Value {
             cell.remove("duration_s");
             cell.remove("overhead_s");
             cell.remove("time_to_verdict_s");
+            if let Some(x) = cell.get_mut("explanation").and_then(|x| x.as_object_mut()) {
+                x.remove("explain_s");
+            }
             // Where the builds sit differs between machines; their hashes do not.
             if let Some(inputs) = cell.get_mut("inputs").and_then(|i| i.as_object_mut()) {
                 inputs.remove("qemu_binary");

@@ -445,3 +445,67 @@ fn the_host_vars_template_decodes() {
     let c = s.boot_config();
     assert!(c.boot_order.is_empty(), "{c:?}");
 }
+
+/// A failing run's bundle names the known bug behind it in bundle.json and REPORT.md: the
+/// project's finding (edk2 2026.08 on QEMU 5.2) booted as a plain run; a run that did not fail
+/// has none.
+#[test]
+fn a_failing_runs_bundle_names_its_known_bug() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let res = results_root();
+    let disk = fixtures().join("hello.img");
+    let (code, v, err) = boot_json(&[
+        "--snapshot",
+        "--qemu",
+        "debian:bullseye",
+        "--firmware",
+        "debian:2026.08/strictnx",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--results",
+        res.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{v:#} {err}");
+    let run = res.path().join(v["run_id"].as_str().unwrap());
+    let out = res.path().join("finding.tar.gz");
+    let b = bundle(&run, &out);
+    let x = &b["explanation"];
+    assert_eq!(x["run"], ".", "{b:#}");
+    assert_eq!(
+        x["families"][0]["id"], "edk2-smccc-hvc-on-qemu-5.2",
+        "{b:#}"
+    );
+    assert_eq!(x["families"].as_array().unwrap().len(), 1, "{b:#}");
+    let files = unpack(&out);
+    // bundle.json as packed says the same.
+    let packed: serde_json::Value = serde_json::from_slice(&files["bundle.json"]).unwrap();
+    assert_eq!(&packed["explanation"], x);
+    let md = String::from_utf8(files["REPORT.md"].clone()).unwrap();
+    let section = md
+        .split("## Known bug (`bootwatch explain`)")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no known-bug section: {md}"));
+    assert!(
+        section.contains("- `edk2-smccc-hvc-on-qemu-5.2`: A firmware driver issues an SMCCC hvc")
+            && section.contains("(confidence 0."),
+        "{md}"
+    );
+    assert_clean(&files, &[]);
+
+    // A run that reached its end: nothing to explain.
+    let (code, v, err) = boot_json(&[
+        "--snapshot",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--results",
+        res.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{v:#} {err}");
+    let run = res.path().join(v["run_id"].as_str().unwrap());
+    let b = bundle(&run, &res.path().join("hello.tar.gz"));
+    assert_eq!(b.get("explanation"), None, "{b:#}");
+    let files = unpack(&res.path().join("hello.tar.gz"));
+    assert!(!String::from_utf8_lossy(&files["REPORT.md"]).contains("## Known bug"));
+}

@@ -143,10 +143,14 @@ fn matrix_of_two_qemu_suites_two_firmwares_two_images() {
                     "{:?}",
                     c.exception
                 );
+                // Explained: the crash fixture is no known bug.
+                let x = c.explanation.as_ref().expect("a failing cell is explained");
+                assert_eq!((x.families.len(), &x.error), (0, &None), "{x:?}");
             }
             "fixture:hello" => {
                 assert_eq!(c.outcome.verdict.as_str(), "qemu-exited");
                 assert_eq!(c.outcome.exit_code, 0);
+                assert_eq!(c.explanation, None);
             }
             other => panic!("unexpected image {other}"),
         }
@@ -171,6 +175,7 @@ fn matrix_of_two_qemu_suites_two_firmwares_two_images() {
     for c in &r.cells {
         assert!(md.contains(&c.id) || md.contains(&c.axes.image), "{md}");
     }
+    assert_eq!(md.matches(": no known family").count(), 4, "{md}");
     // The real page in headless Chromium: every cell rendered with its verdict; a filter from
     // the URL fragment leaves the matching half.
     let html = whole.join("matrix.html");
@@ -319,6 +324,55 @@ fn repeated_cells_report_how_many_runs_crashed() {
     assert_eq!(c.outcome.verdict.as_str(), "sync-exception");
     assert_eq!(c.firmware_version.as_deref(), Some("2022.11"));
     assert_ne!(c.runs[0].dir, c.runs[1].dir);
+}
+
+/// A failing cell carries what `bootwatch explain` says of its first failing run into
+/// matrix.json, matrix.md and matrix.html: the project's finding (edk2 2026.08 on QEMU 5.2,
+/// the cell its bundle was made from) names its family, with its confidence.
+#[test]
+fn a_failing_cell_carries_its_explanation_into_every_report() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    let root = results_root();
+    let dir = root.path().join("r");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/findings/edk2-2026.08-on-qemu-5.2/bundle.toml");
+    let out = matrix(&[file.to_str().unwrap(), "--results", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = read_report(&dir);
+    let c = &r.cells[0];
+    assert_eq!(c.outcome.verdict.as_str(), "sync-exception");
+    let x = c
+        .explanation
+        .as_ref()
+        .unwrap_or_else(|| panic!("no explanation: {c:#?}"));
+    assert_eq!(x.run, "run-1");
+    let ids: Vec<&str> = x.families.iter().map(|f| f.id.as_str()).collect();
+    assert_eq!(ids, ["edk2-smccc-hvc-on-qemu-5.2"], "{x:?}");
+    assert!(x.families[0].confidence > 0.5, "{x:?}");
+    // What explaining took (after the cell, beside the next ones), recorded.
+    assert!(x.explain_s > 0.0, "{x:?}");
+    eprintln!(
+        "explaining the failing cell took {:.3} s (the cell: {:.3} s, {:.3} s outside QEMU)",
+        x.explain_s, c.duration_s, c.overhead_s
+    );
+    let text = x.text();
+    assert!(
+        text.starts_with("edk2-smccc-hvc-on-qemu-5.2 (confidence 0."),
+        "{text}"
+    );
+    let md = std::fs::read_to_string(dir.join("matrix.md")).unwrap();
+    assert!(md.contains("Known bugs (`bootwatch explain`"), "{md}");
+    assert!(
+        md.contains(&bootwatch::report::md(&text, 300)),
+        "{text} not in {md}"
+    );
+    let html = std::fs::read_to_string(dir.join("matrix.html")).unwrap();
+    assert!(
+        html.contains(&format!("known bug (bootwatch explain): {text}")),
+        "{html}"
+    );
 }
 
 /// Live child processes of `parent` (QEMU runs as bootwatch's child).

@@ -196,6 +196,7 @@ fn record(p: &PlannedCell, outcome: Outcome, repeat: u32) -> CellRecord {
         duration_s: 20.0,
         overhead_s: 2.5,
         error,
+        explanation: None,
     }
 }
 

@@ -81,6 +81,146 @@ impl Explanation {
     }
 }
 
+/// A matched family as the reports name it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BriefFamily {
+    pub id: String,
+    pub title: String,
+    pub confidence: f64,
+    /// `high`, `medium` or `low`.
+    pub level: String,
+}
+
+/// What a report carries of an explanation (`explanation` in `cell.json`, `matrix.json` and
+/// `bundle.json`): the matched families or none, with their confidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Brief {
+    /// The run explained, as a path under the cell or bundle (`run-1`, `runs/run-2`).
+    pub run: String,
+    /// The families every requirement of which holds, most confident first; none: no known
+    /// family matches.
+    pub families: Vec<BriefFamily>,
+    /// Families no measured fact rules out, with requirements nobody measured (ids).
+    pub undecided: Vec<String>,
+    /// Why there is no explanation (the evidence could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The wall time the explanation took.
+    pub explain_s: f64,
+}
+
+impl Brief {
+    /// The brief of an explanation of the run at `run`, relative to `base`, that took `secs`.
+    pub fn of(base: &Path, run: &Path, x: Result<&Explanation, String>, secs: f64) -> Brief {
+        let run = match run.strip_prefix(base).unwrap_or(run).to_string_lossy() {
+            r if r.is_empty() => ".".to_string(),
+            r => r.into_owned(),
+        };
+        let explain_s = crate::engine::qmp::round_ms(secs);
+        match x {
+            Ok(x) => Brief {
+                run,
+                families: x
+                    .families
+                    .iter()
+                    .map(|f| BriefFamily {
+                        id: f.id.clone(),
+                        title: f.title.clone(),
+                        confidence: f.confidence,
+                        level: f.level.clone(),
+                    })
+                    .collect(),
+                undecided: x.undecided.iter().map(|f| f.id.clone()).collect(),
+                error: None,
+                explain_s,
+            },
+            Err(e) => Brief {
+                run,
+                families: Vec::new(),
+                undecided: Vec::new(),
+                error: Some(e),
+                explain_s,
+            },
+        }
+    }
+
+    /// One line: `edk2-smccc-hvc-on-qemu-5.2 (confidence 0.75, medium)`, `no known family`
+    /// (`..., undecided: T1`), or why it could not be explained.
+    pub fn text(&self) -> String {
+        if let Some(e) = &self.error {
+            return format!("not explained: {e}");
+        }
+        let mut s = if self.families.is_empty() {
+            "no known family".to_string()
+        } else {
+            self.families
+                .iter()
+                .map(|f| format!("{} (confidence {:.2}, {})", f.id, f.confidence, f.level))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        if self.families.is_empty() && !self.undecided.is_empty() {
+            s.push_str(&format!(" (undecided: {})", self.undecided.join(", ")));
+        }
+        s
+    }
+}
+
+/// The brief explanation of what `dir` holds (a run or a matrix cell) when its guest failed
+/// (exit code 1), for a bundle.
+pub async fn brief_of_failure(
+    dir: &Path,
+    cache_root: &Path,
+    cancel: &CancellationToken,
+    sink: &EventSink,
+) -> Option<Brief> {
+    let (b, outcome) = brief(dir, dir, None, cache_root, cancel, sink).await;
+    match outcome {
+        Some(o) if o.exit_code != crate::core::verdict::exit_code::BAD => None,
+        _ => Some(b),
+    }
+}
+
+/// The brief explanation of a run for a report (a matrix cell's first failing run, a bundle's),
+/// with the outcome it explains: a firmware probe only from the cache and nothing fetched
+/// ([`ProbePolicy::Cached`]), so it costs no boot. `cell` is the record of the cell the run
+/// belongs to, when there is one; the run is named relative to `base`.
+pub async fn brief(
+    run: &Path,
+    base: &Path,
+    cell: Option<crate::plan::matrix::model::CellRecord>,
+    cache_root: &Path,
+    cancel: &CancellationToken,
+    sink: &EventSink,
+) -> (Brief, Option<Outcome>) {
+    let t = std::time::Instant::now();
+    let opts = ExplainOptions {
+        probe: ProbePolicy::Cached,
+        cache_root: cache_root.to_path_buf(),
+        mirror: None,
+    };
+    let p = run.to_path_buf();
+    let x = match crate::engine::disk::blocking(move || evidence::load(&p)).await {
+        Ok(mut ev) => {
+            if cell.is_some() {
+                ev.cell = cell;
+            }
+            explain_evidence(ev, &opts, cancel, sink).await
+        }
+        Err(e) => Err(e),
+    };
+    let secs = t.elapsed().as_secs_f64();
+    // The evidence's paths are canonical.
+    let base = base.canonicalize().unwrap_or_else(|_| base.to_path_buf());
+    match &x {
+        Ok((ev, x)) => (
+            Brief::of(&base, &ev.dir, Ok(x), secs),
+            Some(x.outcome.clone()),
+        ),
+        Err(e) => (Brief::of(&base, run, Err(format!("{e:#}")), secs), None),
+    }
+}
+
 /// Whether `explain` may boot the firmware probe, and fetch inputs to do it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbePolicy {
@@ -397,6 +537,17 @@ pub async fn explain(
 ) -> Result<(Evidence, Explanation)> {
     let p = path.to_path_buf();
     let ev = crate::engine::disk::blocking(move || evidence::load(&p)).await?;
+    explain_evidence(ev, opts, cancel, sink).await
+}
+
+/// Measures and matches evidence already read.
+pub async fn explain_evidence(
+    ev: Evidence,
+    opts: &ExplainOptions,
+    cancel: &CancellationToken,
+    sink: &EventSink,
+) -> Result<(Evidence, Explanation)> {
+    let t = std::time::Instant::now();
     let mut notes = Vec::new();
     let mut facts = run_facts(&ev);
     let chain = match chain_of_run(&ev).await {
@@ -440,8 +591,15 @@ pub async fn explain(
             );
         }
     }
+    let chain_s = t.elapsed().as_secs_f64();
     inspect_run_firmware(&ev, opts, cancel, &mut facts, &mut notes).await;
+    let image_s = t.elapsed().as_secs_f64() - chain_s;
     let probe = probe_run(&ev, opts, cancel, sink, &mut facts, &mut notes).await;
+    tracing::debug!(
+        "explain {}: chain {chain_s:.3} s, firmware image {image_s:.3} s, probe {:.3} s",
+        ev.dir.display(),
+        t.elapsed().as_secs_f64() - chain_s - image_s
+    );
     let results = KnownBugs::embedded().explain(&facts);
     let (mut families, mut undecided, mut ruled_out) = (Vec::new(), Vec::new(), Vec::new());
     let mut ruled_out_by = BTreeMap::new();

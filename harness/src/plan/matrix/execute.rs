@@ -1,6 +1,7 @@
 //! Runs a plan's cells: providers and images resolved once, then each cell as an ordinary case
 //! (`engine::case`) in its own results directory, at most `concurrency` VMs at a time. Cells
-//! write `cells/<id>/cell.json` when they end; the reports are rebuilt on a blocking thread at
+//! write `cells/<id>/cell.json` when they end (a failing cell again once `explain` has named the
+//! known bug behind it, in a task beside the running cells); the reports are rebuilt on a blocking thread at
 //! most every [`REPORT_EVERY`] while cells finish and once at the end, and exist from the start,
 //! so a matrix stopped at any point leaves a valid partial report. A finished cell with the same
 //! inputs is not run again (resume).
@@ -137,9 +138,27 @@ pub async fn run_matrix(
 
     let mut finished = 0;
     let mut harness_failures = Vec::new();
+    // Failing cells being explained, beside the cells still running.
+    let mut explaining = tokio::task::JoinSet::new();
+    let explain = |record: &CellRecord, explaining: &mut tokio::task::JoinSet<_>| {
+        if wants_explanation(record) {
+            explaining.spawn(explain_cell(
+                dir.clone(),
+                record.clone(),
+                opts.cache_root.clone(),
+                cancel.clone(),
+                sink.scoped(&record.id),
+            ));
+        }
+    };
     loop {
         let next = tokio::select! {
             next = results.next() => next,
+            Some(done) = explaining.join_next(), if !explaining.is_empty() => {
+                explained(done, &mut harness_failures);
+                reports.dirty = true;
+                continue;
+            }
             r = reports.due() => {
                 r?;
                 reports.start_write(&execution);
@@ -151,6 +170,7 @@ pub async fn run_matrix(
             Ok(CellOutcome::Ran(record)) => {
                 finished += 1;
                 sink.emit(cell_finished(&record, finished, total));
+                explain(&record, &mut explaining);
             }
             Ok(CellOutcome::Resumed(record)) => {
                 finished += 1;
@@ -161,12 +181,17 @@ pub async fn run_matrix(
                     resumed: true,
                 });
                 sink.emit(cell_finished(&record, finished, total));
+                // A cell kept from before explanations were recorded gets one now.
+                explain(&record, &mut explaining);
             }
             Ok(CellOutcome::NotStarted) => {}
             Err(e) => harness_failures.push(format!("cell {}: {e:#}", cell.id)),
         }
         execution.interrupted = cancel.is_cancelled();
         reports.dirty = true;
+    }
+    while let Some(done) = explaining.join_next().await {
+        explained(done, &mut harness_failures);
     }
     execution.interrupted = cancel.is_cancelled();
     let report = reports.write_now(&execution).await?;
@@ -178,6 +203,15 @@ pub async fn run_matrix(
         );
     }
     Ok(report)
+}
+
+/// An explanation task's end: one that could not write its cell's record is a harness failure.
+fn explained(done: Result<anyhow::Result<()>, tokio::task::JoinError>, failures: &mut Vec<String>) {
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => failures.push(format!("{e:#}")),
+        Err(e) => failures.push(format!("explaining a cell: {e}")),
+    }
 }
 
 fn cell_finished(r: &CellRecord, finished: usize, total: usize) -> Event {
@@ -649,6 +683,47 @@ async fn run_cell(
     let (path, rec) = (cell_json.clone(), record.clone());
     crate::engine::disk::blocking(move || Ok(write_json_atomic(&path, &rec)?)).await?;
     Ok(CellOutcome::Ran(Box::new(record)))
+}
+
+/// Whether a cell's record still wants the known bug behind it: its guest failed.
+fn wants_explanation(r: &CellRecord) -> bool {
+    r.status == CellStatus::Done && r.outcome.exit_code == exit_code::BAD && r.explanation.is_none()
+}
+
+/// The known bug behind a failing cell: `bootwatch explain` on its first failing run, with the
+/// probe's facts only from the cache (it boots nothing), added to its `cell.json`. Run as a
+/// task of its own once the cell has ended, so the cell's VM slot goes to the next cell at
+/// once; its reading (records, the disk's ESP, the firmware image, hashes) runs on blocking
+/// threads and in `qemu-img`. Its time is `explanation.explain_s`.
+async fn explain_cell(
+    results: PathBuf,
+    mut record: CellRecord,
+    cache_root: PathBuf,
+    cancel: CancellationToken,
+    sink: EventSink,
+) -> anyhow::Result<()> {
+    let cell_dir = results.join("cells").join(&record.id);
+    let n = record
+        .runs
+        .iter()
+        .find(|r| r.outcome.exit_code == exit_code::BAD)
+        .map_or(1, |r| r.n);
+    let brief = crate::plan::explain::brief(
+        &cell_dir.join(format!("run-{n}")),
+        &cell_dir,
+        Some(record.clone()),
+        &cache_root,
+        &cancel,
+        &sink,
+    )
+    .await
+    .0;
+    record.explanation = Some(brief);
+    let path = cell_dir.join("cell.json");
+    let id = record.id.clone();
+    crate::engine::disk::blocking(move || Ok(write_json_atomic(&path, &record)?))
+        .await
+        .with_context(|| format!("cell {id}: writing its explanation"))
 }
 
 /// A cell's run as a case: boot to the matrix's target (a fixture through `snapshot=on`, an

@@ -198,6 +198,11 @@ pub struct CellRecord {
     pub overhead_s: f64,
     /// Set when `status` is `error`.
     pub error: Option<String>,
+    /// For a cell whose guest failed: the known bug `bootwatch explain` names for its first
+    /// failing run, or none (added to `bootwatch.cell/1` without a new version: older records
+    /// have no such field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<crate::plan::explain::Brief>,
 }
 
 impl CellRecord {
@@ -226,6 +231,7 @@ impl CellRecord {
             duration_s: 0.0,
             overhead_s: 0.0,
             error: None,
+            explanation: None,
         }
     }
 
