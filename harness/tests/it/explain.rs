@@ -181,6 +181,7 @@ fn explain_names_the_findings_family_from_the_firmware_image() {
     }
     let res = results_root();
     let (code, v, stderr) = common::boot_json(&[
+        "--snapshot",
         "--qemu",
         "debian:bullseye",
         "--firmware",

@@ -670,7 +670,8 @@ fn upgraded_image_state_is_made_once_and_booted_with_either_vars_store() {
 
 /// An update that leaves the guest unable to boot (the built-in bad update) still makes an
 /// upgraded state: the cells boot it and are judged (`sync-exception` before GRUB, status done),
-/// never `error`: a bricked guest is what these cells exist to show.
+/// never `error`: a bricked guest is what these cells exist to show; each is explained as the
+/// replaced boot loader.
 #[test]
 fn an_upgraded_state_that_does_not_boot_is_judged_in_its_cells() {
     if !qemu_tests_enabled() {
@@ -703,6 +704,11 @@ fn an_upgraded_state_that_does_not_boot_is_judged_in_its_cells() {
         );
         assert!(c.outcome.before_grub, "{}", c.outcome.reason);
         assert_eq!(c.outcome.exit_code, 1);
+        // Explained from the cell's disk and the upgrade that made it: the update replaced the
+        // boot loader the firmware starts, with either store.
+        let x = c.explanation.as_ref().expect("a failing cell is explained");
+        let ids: Vec<&str> = x.families.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(ids, ["replaced-boot-loader"], "{}: {x:?}", c.axes.vars);
     }
 }
 

@@ -28,6 +28,9 @@ pub struct Evidence {
     pub vars: Option<PathBuf>,
     /// Disks booted as they are (not through an image overlay): fixtures, `--disk` images.
     pub raw_disks: Vec<PathBuf>,
+    /// The case that made the image the run booted, when it is a matrix's `@upgraded` state
+    /// (its `upgraded.json` beside the disk): the upgrade's package diff and log.
+    pub upgrade: Option<CaseRecord>,
     /// Where the run is, as the user named it (for a bundle's archive: `BUNDLE.tar.gz/runs/run-1`;
     /// `dir` is then in a private directory the archive was unpacked into).
     pub shown: PathBuf,
@@ -300,9 +303,18 @@ fn load_run(dir: &Path, cell: Option<CellRecord>) -> Result<Evidence> {
             base = Some(img);
         }
     }
+    // An `@upgraded` image (a matrix cell's): the case that upgraded it is beside it.
+    let upgrade = provision
+        .as_ref()
+        .and_then(|p| p.base.parent())
+        .map(|d| d.join("upgraded.json"))
+        .filter(|p| p.is_file())
+        .and_then(|p| read::<crate::plan::matrix::upgrade::UpgradedImage>(&p).ok())
+        .and_then(|u| read::<CaseRecord>(&u.case_dir.join("case.json")).ok());
     Ok(Evidence {
         dir: dir.to_path_buf(),
         shown: dir.to_path_buf(),
+        upgrade,
         from_bundle: false,
         unpacked: None,
         case,

@@ -790,21 +790,31 @@ pub fn run_facts(ev: &Evidence) -> Facts {
             f.set("run.update", u.clone());
         }
         f.set("run.suspects", c.suspects.clone());
-        if !c.packages.is_empty() {
-            let boot_chain: Vec<String> = c
-                .package_diff
-                .iter()
-                .filter(|p| crate::engine::guest::is_boot_chain_package(&p.name))
-                .map(|p| p.name.clone())
-                .collect();
-            f.set("run.changed_boot_packages", boot_chain);
-            f.set(
-                "run.changed_packages",
-                c.package_diff.iter().map(change_text).collect::<Vec<_>>(),
-            );
-        }
+    }
+    if let Some(c) = upgrading_case(ev) {
+        let boot_chain: Vec<String> = c
+            .package_diff
+            .iter()
+            .filter(|p| crate::engine::guest::is_boot_chain_package(&p.name))
+            .map(|p| p.name.clone())
+            .collect();
+        f.set("run.changed_boot_packages", boot_chain);
+        f.set(
+            "run.changed_packages",
+            c.package_diff.iter().map(change_text).collect::<Vec<_>>(),
+        );
     }
     f
+}
+
+/// The case whose upgrade changed the run's disk: the run's own (a scenario that upgrades),
+/// else the one that made the `@upgraded` image it booted.
+fn upgrading_case(ev: &Evidence) -> Option<&crate::engine::record::CaseRecord> {
+    ev.case
+        .as_ref()
+        .filter(|c| !c.packages.is_empty())
+        .or(ev.upgrade.as_ref())
+        .filter(|c| !c.packages.is_empty())
 }
 
 fn change_text(p: &crate::engine::record::PackageChange) -> String {
@@ -836,9 +846,7 @@ fn add_fault_facts(f: &mut Facts, c: &Chain) {
 
 /// Which changed packages put each changed boot-path binary there.
 fn attribute(ev: &Evidence, c: &Chain) -> Vec<Replaced> {
-    let changes: Vec<&crate::engine::record::PackageChange> = ev
-        .case
-        .as_ref()
+    let changes: Vec<&crate::engine::record::PackageChange> = upgrading_case(ev)
         .map(|c| {
             c.package_diff
                 .iter()
@@ -846,9 +854,7 @@ fn attribute(ev: &Evidence, c: &Chain) -> Vec<Replaced> {
                 .collect()
         })
         .unwrap_or_default();
-    let log: String = ev
-        .case
-        .as_ref()
+    let log: String = upgrading_case(ev)
         .map(|c| {
             c.steps
                 .iter()
