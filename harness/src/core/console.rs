@@ -242,26 +242,52 @@ pub fn normalize_lines(block: &[u8], out: &mut String) {
 fn normalize_block(block: &[u8], line: &mut LineState, out: &mut String) {
     out.reserve(block.len());
     let text = std::str::from_utf8(block).ok();
-    // The next byte at or after `pos` that needs more than a copy (`block.len()`: none), once
-    // searched.
-    let mut special = None::<usize>;
     let mut pos = 0;
-    for end in memchr::memchr_iter(b'\n', block) {
-        if special.is_none_or(|s| s < pos) {
-            special = Some(first_control(&block[pos..]).map_or(block.len(), |i| pos + i));
+    while pos < block.len() {
+        // The next byte that needs more than a copy (`block.len()`: none).
+        let special = first_control(&block[pos..]).map_or(block.len(), |i| pos + i);
+        // Every whole line before it is plain text: copied as a run, without the CR of each
+        // CRLF (a lone CR is special, so each CR in the run ends a line).
+        if let Some(t) = text
+            && let Some(last_lf) = memchr::memrchr(b'\n', &block[pos..special])
+        {
+            let run_end = pos + last_lf + 1;
+            copy_plain_run(&t[pos..run_end], line, out);
+            pos = run_end;
         }
-        let raw = &block[pos..end];
-        let line_text = text.map(|t| &t[pos..end]);
-        match line_text {
-            Some(t) if special.is_some_and(|s| s > end) && raw.len() <= MAX_LINE => {
-                out.push_str(t.strip_suffix('\r').unwrap_or(t));
-                out.push('\n');
-            }
-            _ => normalize_line(raw, line_text, line, out),
+        if pos == block.len() {
+            break;
         }
+        // The line holding the special byte (every line when the block is not UTF-8).
+        let end = memchr::memchr(b'\n', &block[pos..]).map_or(block.len(), |i| pos + i);
+        normalize_line(&block[pos..end], text.map(|t| &t[pos..end]), line, out);
         pos = end + 1;
     }
-    debug_assert_eq!(pos, block.len(), "a block ends with a line break");
+    debug_assert!(pos >= block.len(), "a block ends with a line break");
+}
+
+/// Appends `run` (whole lines of plain text: no control bytes but tabs, line feeds and the CR
+/// of a CRLF) without its CRs. A stretch of more than `MAX_LINE` bytes between two CRs may hold
+/// a line that must be cut: its lines take the line-by-line path.
+fn copy_plain_run(run: &str, line: &mut LineState, out: &mut String) {
+    let raw = run.as_bytes();
+    let mut from = 0;
+    for cr in memchr::memchr_iter(b'\r', raw).chain(std::iter::once(raw.len())) {
+        if cr - from <= MAX_LINE {
+            out.push_str(&run[from..cr]);
+            from = cr + 1;
+            continue;
+        }
+        // Line by line up to the end of the CR's line (its '\n' follows it) or of the run. A
+        // piece that is only '\n' ends the line the copy before it left open.
+        let end = (cr + 2).min(raw.len());
+        for l in run[from..end].split_inclusive('\n') {
+            let l = l.strip_suffix('\n').unwrap_or(l);
+            let l = l.strip_suffix('\r').unwrap_or(l);
+            normalize_line(l.as_bytes(), Some(l), line, out);
+        }
+        from = end;
+    }
 }
 
 /// The first byte that needs more than a copy: a C0 control other than tab and LF, or DEL, but
