@@ -27,12 +27,37 @@ pub async fn blocking<T: Send + 'static>(
 /// Its name carries the owner's pid: directories of processes that are gone (a harness killed
 /// with SIGKILL cannot clean up; its vars copy alone is 64 MiB) are removed first.
 pub fn private_dir() -> std::io::Result<tempfile::TempDir> {
+    private_dir_in(&std::env::temp_dir())
+}
+
+/// A private directory in memory for a case's throwaway vars copy: under `/dev/shm` when that is
+/// a tmpfs this user can write to, else `None` (the copy then goes into [`private_dir`]). QEMU
+/// maps the whole 64 MiB store as pflash and reads all of it at start: on a disk file system the
+/// holes of the sparse copy fill 64 MiB of page cache, which the harness then pays to drop when
+/// it removes the file; on tmpfs a hole reads as the shared zero page and nothing is dropped.
+/// Only the store's data (a few hundred KiB) takes memory. The overlay, which can grow by
+/// gigabytes, stays on disk.
+pub fn private_mem_dir() -> Option<tempfile::TempDir> {
+    let shm = Path::new(SHM_DIR);
+    let tmpfs = nix::sys::statfs::statfs(shm)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !tmpfs {
+        return None;
+    }
+    private_dir_in(shm)
+        .inspect_err(|e| tracing::debug!(error = %e, "no private directory in {SHM_DIR}"))
+        .ok()
+}
+
+const SHM_DIR: &str = "/dev/shm";
+
+fn private_dir_in(parent: &Path) -> std::io::Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
-    sweep_dead_private_dirs(&std::env::temp_dir());
+    sweep_dead_private_dirs(parent);
     let dir = tempfile::Builder::new()
         .prefix(&format!("{PRIVATE_PREFIX}{}-", std::process::id()))
         .permissions(std::fs::Permissions::from_mode(0o700))
-        .tempdir()?;
+        .tempdir_in(parent)?;
     // `permissions` is applied through the umask on some platforms: set it again, explicitly.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
     Ok(dir)
@@ -231,6 +256,32 @@ mod tests {
         let d = d.unwrap();
         let mode = std::fs::metadata(d.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    /// The vars copy's private directory in memory: on tmpfs, 0700 whatever the umask, named
+    /// for this process (so the sweep of dead owners covers it), removed when dropped.
+    #[test]
+    fn the_private_memory_directory_is_on_tmpfs_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(d) = private_mem_dir() else {
+            // No tmpfs at /dev/shm here: the copy stays in the private directory.
+            assert!(
+                !nix::sys::statfs::statfs(SHM_DIR)
+                    .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+            );
+            return;
+        };
+        let path = d.path().to_path_buf();
+        assert_eq!(path.parent().unwrap(), Path::new(SHM_DIR));
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with(&format!("{PRIVATE_PREFIX}{}-", std::process::id())),
+            "{name}"
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        drop(d);
+        assert!(!path.exists());
     }
 
     /// The sweep removes only this user's private directories whose owner process is gone:

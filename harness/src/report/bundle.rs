@@ -1274,6 +1274,15 @@ fn repro_sh(case: &CaseRecord, r: &RunResult, title: &str) -> String {
         .parent()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // The vars copy may have had a private directory of its own (in memory, see
+    // `engine::disk::private_mem_dir`): it becomes $WORK too.
+    let vars_dir = r.argv.iter().find_map(|a| {
+        a.split(',')
+            .find_map(|kv| kv.strip_prefix("file="))
+            .and_then(|f| f.strip_suffix("/vars.fd"))
+            .filter(|d| !d.is_empty() && *d != private)
+            .map(str::to_owned)
+    });
     let home = std::env::var("HOME").unwrap_or_default();
     let home_path = |p: &str| -> String {
         if !home.is_empty() && (p == home || p.starts_with(&format!("{home}/"))) {
@@ -1350,6 +1359,9 @@ fn repro_sh(case: &CaseRecord, r: &RunResult, title: &str) -> String {
         }
         if !private.is_empty() {
             subs.push((private.clone(), "WORK".into()));
+        }
+        if let Some(d) = &vars_dir {
+            subs.push((d.clone(), "WORK".into()));
         }
         if !home.is_empty() {
             subs.push((home.clone(), "HOME".into()));

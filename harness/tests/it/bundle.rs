@@ -240,7 +240,12 @@ fn a_crash_run_bundles_cleanly_and_replays_to_the_same_verdict() {
     );
     assert!(md.contains("qemu-efi-aarch64"), "{md}");
 
-    // repro.sh is a shell script sh accepts.
+    // repro.sh is a shell script sh accepts, with no path of the run's private directories
+    // (the sockets' under TMPDIR, the vars copy's in memory) left in it.
+    let script = String::from_utf8_lossy(&files["repro.sh"]);
+    let private = regex::Regex::new(r"/bootwatch-[0-9]+-").unwrap();
+    assert!(!private.is_match(&script), "{script}");
+    assert!(script.contains("file='\"${WORK}\"'/vars.fd"), "{script}");
     let repro = res.path().join("repro.sh");
     std::fs::write(&repro, &files["repro.sh"]).unwrap();
     let o = std::process::Command::new("sh")

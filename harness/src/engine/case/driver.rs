@@ -54,6 +54,8 @@ pub(super) struct Driver<'a> {
     pub(super) record: CaseRecord,
     pub(super) runs: Vec<RunResult>,
     private: Option<tempfile::TempDir>,
+    /// The throwaway vars copy's directory in memory, when there is one.
+    private_mem: Option<tempfile::TempDir>,
     vars: Option<VarsCopy>,
     overlay: Option<PathBuf>,
     seed: Option<PathBuf>,
@@ -119,6 +121,7 @@ impl<'a> Driver<'a> {
             record,
             runs: Vec::new(),
             private: None,
+            private_mem: None,
             vars: None,
             overlay: None,
             seed: None,
@@ -358,7 +361,13 @@ impl<'a> Driver<'a> {
             private.path().to_path_buf()
         };
         if let Some(t) = &self.case.vars_template {
-            self.vars = Some(VarsCopy::make(t, &scratch.join("vars.fd")).await?);
+            // A throwaway copy goes into memory when it can (see `disk::private_mem_dir`).
+            self.private_mem = if keep { None } else { disk::private_mem_dir() };
+            let dir = self
+                .private_mem
+                .as_ref()
+                .map_or(scratch.as_path(), |d| d.path());
+            self.vars = Some(VarsCopy::make(t, &dir.join("vars.fd")).await?);
             if keep {
                 self.record.vars = self.vars.as_ref().map(|v| v.path.clone());
             }
@@ -822,6 +831,10 @@ impl<'a> Driver<'a> {
                 r.outcome = self.record.outcome.clone();
             }
         }
+        // The private directories (sockets, throwaway disks and vars) go now, before the CPU
+        // is read: removing them is part of what the run cost.
+        drop(self.private.take());
+        drop(self.private_mem.take());
         let wall = round_ms(self.started.elapsed().as_secs_f64());
         self.record.duration_s = wall;
         let cpu = crate::sys::host::own_cpu_s().map(round_ms);
@@ -829,8 +842,6 @@ impl<'a> Driver<'a> {
             r.duration_s = wall;
             r.harness_cpu_s = cpu;
         }
-        // The private directory (sockets, throwaway disks) goes now.
-        drop(self.private.take());
     }
 }
 
