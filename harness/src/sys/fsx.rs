@@ -304,6 +304,11 @@ impl StatKey {
         }
     }
 
+    /// The key as a file-name-safe word (the same file, unchanged, has the same stamp).
+    pub fn stamp(&self) -> String {
+        self.file_name()
+    }
+
     fn file_name(&self) -> String {
         format!(
             "{:x}-{:x}-{:x}-{:x}-{:x}",
