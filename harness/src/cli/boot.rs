@@ -284,7 +284,7 @@ pub async fn boot(args: BootArgs) -> CliResult {
     let done = case::run(checked, &cancel, &sink).await?;
     let first = done.runs.first().expect("a case has a first session");
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(first).unwrap_or_default()
         );

@@ -101,10 +101,10 @@ pub async fn bundle(args: BundleArgs) -> CliResult {
     )
     .map_err(|e| CliError::undetermined(format!("{e:#}")))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rec).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&rec).unwrap_or_default());
     } else {
-        println!("{}", show::one_line(&rec.title));
-        println!(
+        outln!("{}", show::one_line(&rec.title));
+        outln!(
             "  {} {}, verdict {}{}; {} files",
             rec.kind.as_str(),
             rec.name,
@@ -115,7 +115,7 @@ pub async fn bundle(args: BundleArgs) -> CliResult {
                 .unwrap_or_default(),
             rec.files.len() + 1
         );
-        println!("bundle: {}", out.display());
+        outln!("bundle: {}", out.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -146,9 +146,9 @@ pub async fn replay(args: ReplayArgs) -> CliResult {
                     "results": r.dir,
                     "inputs": r.found.iter().map(|(role, p)| serde_json::json!({"role": role, "path": p})).collect::<Vec<_>>(),
                 });
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!(
+                outln!(
                     "{}: {} (was {}, now {} at stage {})",
                     if r.same() {
                         "same verdict"
@@ -160,8 +160,8 @@ pub async fn replay(args: ReplayArgs) -> CliResult {
                     r.now.verdict,
                     r.now.stage
                 );
-                println!("  {}", show::one_line(&r.now.reason));
-                println!("results: {}", r.dir.display());
+                outln!("  {}", show::one_line(&r.now.reason));
+                outln!("results: {}", r.dir.display());
             }
             Ok(ExitCode::from(if r.same() {
                 exit_code::GOOD

@@ -52,7 +52,7 @@ pub enum FirmwareCommand {
 pub fn fixtures(out: &Path) -> CliResult {
     let paths = fx::write_all(out).map_err(|e| CliError::undetermined(format!("{e:#}")))?;
     for p in paths {
-        println!("{}", p.display());
+        outln!("{}", p.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -165,14 +165,15 @@ pub async fn firmware(command: FirmwareCommand) -> CliResult {
     if json {
         let v = serde_json::json!({ "debian_version": build.debian_version, "suite": build.suite,
             "variant": variant, "code": code, "vars": vars, "dir": build.dir });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        println!(
+        outln!(
             "edk2 {} ({}), variant {variant}",
-            build.debian_version, build.suite
+            build.debian_version,
+            build.suite
         );
-        println!("code: {}", code.display());
-        println!("vars: {}", vars.display());
+        outln!("code: {}", code.display());
+        outln!("vars: {}", vars.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -188,9 +188,9 @@ pub fn report(cmd: ReportCommand) -> CliResult {
             let h = history::history(&runs).map_err(CliError::usage)?;
             history::write(&out, &h)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&h).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&h).unwrap_or_default());
             } else {
-                println!(
+                outln!(
                     "{}: {} runs, {} cells, {} changed, {} regressed at the last run",
                     h.name,
                     h.runs.len(),
@@ -202,7 +202,7 @@ pub fn report(cmd: ReportCommand) -> CliResult {
                     for ch in &c.changes {
                         let inputs: Vec<String> =
                             ch.inputs.iter().map(|i| i.input.clone()).collect();
-                        println!(
+                        outln!(
                             "  run {}: {} {} -> {} ({}){}",
                             ch.run,
                             c.axes.label(),
@@ -217,7 +217,7 @@ pub fn report(cmd: ReportCommand) -> CliResult {
                         );
                     }
                 }
-                println!("reports: {}/history.{{json,md,html}}", out.display());
+                outln!("reports: {}/history.{{json,md,html}}", out.display());
             }
             let last = h.runs.len();
             let regressed: Vec<&str> = h
@@ -245,7 +245,7 @@ pub fn report(cmd: ReportCommand) -> CliResult {
 
 fn finish(report: &MatrixReport, dir: &std::path::Path, json: bool) {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(report).unwrap_or_default()
         );
@@ -257,7 +257,7 @@ fn finish(report: &MatrixReport, dir: &std::path::Path, json: bool) {
         .iter()
         .map(|(v, n)| format!("{v} {n}"))
         .collect();
-    println!(
+    outln!(
         "{}: {} of {} cells done ({}), {} errors, {} not run, {} flaky",
         report.name,
         s.done,
@@ -268,7 +268,7 @@ fn finish(report: &MatrixReport, dir: &std::path::Path, json: bool) {
         s.flaky
     );
     if let Some(c) = &report.comparison {
-        println!(
+        outln!(
             "against {}: {} regressions, {} fixes, {} other changes",
             c.baseline,
             c.regressions.len(),
@@ -276,5 +276,5 @@ fn finish(report: &MatrixReport, dir: &std::path::Path, json: bool) {
             c.changed.len()
         );
     }
-    println!("reports: {}/matrix.{{json,xml,md,html}}", dir.display());
+    outln!("reports: {}/matrix.{{json,xml,md,html}}", dir.display());
 }

@@ -3,6 +3,19 @@
 //! prints. Every command returns `Result<ExitCode, CliError>`; the error carries its exit code
 //! (2 for bad input, 125 when bootwatch could not run), see `core::verdict::exit_code`.
 
+/// `println!` that survives a standard output that went away (`bootwatch ... | head`): the rest
+/// of the output is dropped and the command goes on (a run still writes its records) to its
+/// usual exit code; `println!` would panic (exit 101). Any other write error is said once on
+/// standard error.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::stdout_failed(::std::io::Write::write_fmt(
+            &mut ::std::io::stdout().lock(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        ))
+    };
+}
+
 mod bisect;
 mod boot;
 mod bundle;
@@ -290,4 +303,15 @@ fn unknown_image(name: &str, registry: &crate::inputs::images::Registry) -> CliE
         "unknown image {name:?}; known: {}",
         registry.names().join(", ")
     ))
+}
+
+/// What [`outln!`] does with a write error: nothing for a closed pipe, a word on standard error
+/// (once) for anything else.
+pub(crate) fn stdout_failed(r: std::io::Result<()>) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    if let Err(e) = r
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        SAID.call_once(|| eprintln!("bootwatch: writing to standard output failed: {e}"));
+    }
 }

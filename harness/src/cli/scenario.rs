@@ -240,7 +240,7 @@ pub async fn run(a: RunArgs) -> CliResult {
     let done = case::run(checked, &cancel, &sink).await?;
     let r = &done.record;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
     } else {
         let mut out = std::io::stdout().lock();
         for st in &r.steps {

@@ -540,3 +540,48 @@ fn input_files_that_never_end_or_block_are_refused_at_once() {
         );
     }
 }
+
+/// A standard output that goes away (`bootwatch ... | head`) is not a panic (exit 101): the
+/// rest of the output is dropped and the command ends as it would have (here `fixtures`, whose
+/// files are all written); a full disk behind standard output is said once on stderr.
+#[test]
+fn a_closed_or_full_standard_output_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fx");
+    let mut child = bin()
+        .args(["fixtures", "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reading end closes before bootwatch writes its first line.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("panicked"),
+        "{}",
+        text(&o)
+    );
+    for f in ["crash.img", "hello.img", "silent.img"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = bin()
+        .args(["fixtures", "--out"])
+        .arg(&out)
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.matches("writing to standard output failed").count(),
+        1,
+        "{err}"
+    );
+}
