@@ -59,6 +59,10 @@ fn expect_err(end: ExpectEnd, what: &str, timeout: Duration, s: &Session) -> She
     }
 }
 
+/// How many times the login is tried (a refused password or a password prompt that never came:
+/// the user may not exist yet while cloud-init runs, a getty may be restarted under us).
+const LOGIN_ATTEMPTS: u32 = 3;
+
 impl Shell {
     /// Waits for the login prompt, logs in, and sets a plain prompt. `timeout` covers the wait
     /// for the prompt; each later step gets its own shorter bound.
@@ -86,6 +90,14 @@ impl Shell {
             let step = Duration::from_secs(60);
             match s.expect(pw, mark, step, cancel).await? {
                 ExpectEnd::Matched { .. } => {}
+                // The user name was lost (a getty that cloud-init or systemd restarted after it
+                // printed its prompt, or a guest too starved to answer): from the login prompt
+                // again, as a person would.
+                ExpectEnd::TimedOut if attempts < LOGIN_ATTEMPTS => {
+                    since = s.mark();
+                    s.send(b"\r").await?;
+                    continue;
+                }
                 end => return Err(expect_err(end, "password prompt", step, s)),
             }
             let mark = s.mark();
@@ -97,7 +109,7 @@ impl Shell {
                 {
                     break;
                 }
-                ExpectEnd::Matched { .. } if attempts < 3 => {
+                ExpectEnd::Matched { .. } if attempts < LOGIN_ATTEMPTS => {
                     // The user may not exist yet if cloud-init is still running: try again.
                     since = s.mark();
                     tokio::time::sleep(Duration::from_secs(5)).await;
