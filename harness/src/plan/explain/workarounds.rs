@@ -140,8 +140,21 @@ async fn try_one(
     };
     crate::engine::disk::make_overlay(&disk, format, &top).await?;
     let mut extra: Vec<std::ffi::OsString> = Vec::new();
-    let mut qemu = r.qemu.binary.clone();
-    let mut qemu_exec = crate::core::launch::QemuExec::default();
+    // The run's QEMU as it ran: a provider's build (a Debian tree runs through its own loader
+    // and libraries) is resolved again; a host or path binary runs as it is.
+    let provided = ev
+        .case
+        .as_ref()
+        .and_then(|c| c.inputs.iter().find(|i| i.role == "qemu"))
+        .and_then(|i| i.provider.clone())
+        .filter(|p| p != "host" && !p.starts_with("path:"));
+    let (mut qemu, mut qemu_exec) = match provided {
+        Some(spec) => resolve_qemu(&spec, cancel).await?,
+        None => (
+            r.qemu.binary.clone(),
+            crate::core::launch::QemuExec::default(),
+        ),
+    };
     let name = auto.replace([':', '/', '='], "-");
     if auto == "restore-bootloader" {
         let base = super::bottom_of_chain(&disk).await?;
@@ -159,15 +172,7 @@ async fn try_one(
         extra.push("-fw_cfg".into());
         extra.push(format!("name={k},string={v}").into());
     } else if let Some(spec) = auto.strip_prefix("qemu:") {
-        let p: crate::inputs::providers::QemuProvider =
-            spec.parse().map_err(|e: String| anyhow!(e))?;
-        let ctx = crate::inputs::providers::ProviderContext {
-            mirror: None,
-            cache_root: crate::sys::fsx::cache_root()?,
-        };
-        let q = crate::inputs::providers::resolve_qemu(&p, &ctx, cancel).await?;
-        qemu = q.binary;
-        qemu_exec = q.exec;
+        (qemu, qemu_exec) = resolve_qemu(spec, cancel).await?;
     } else {
         bail!("unknown workaround {auto:?}");
     }
@@ -209,4 +214,20 @@ fn disk_is_qcow2(p: &Path) -> Result<bool> {
         .and_then(|mut f| f.read_exact(&mut h))
         .with_context(|| format!("reading {}", p.display()))?;
     Ok(&h == b"QFI\xfb")
+}
+
+/// A QEMU provider spec resolved to the binary and how to run it.
+async fn resolve_qemu(
+    spec: &str,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(std::path::PathBuf, crate::core::launch::QemuExec)> {
+    let p: crate::inputs::providers::QemuProvider = spec.parse().map_err(|e: String| anyhow!(e))?;
+    let ctx = crate::inputs::providers::ProviderContext {
+        mirror: None,
+        cache_root: crate::sys::fsx::cache_root()?,
+    };
+    let q = crate::inputs::providers::resolve_qemu(&p, &ctx, cancel)
+        .await
+        .with_context(|| format!("resolving the QEMU {spec}"))?;
+    Ok((q.binary, q.exec))
 }
