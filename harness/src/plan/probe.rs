@@ -83,11 +83,22 @@ pub async fn probe_firmware(
     let vars_sha = match &firmware.vars_template {
         Some(v) => {
             let v = v.clone();
-            crate::engine::disk::blocking(move || Ok(fsx::hash_file(&v)?.sha256)).await?
+            crate::engine::disk::blocking(move || {
+                Ok(fsx::hash_file_cached(&v, fsx::hash_cache_dir().as_deref())?.sha256)
+            })
+            .await?
         }
         None => String::new(),
     };
-    let key = probe_key(&qemu.sha256, &firmware.code_sha256, &vars_sha, cpu);
+    // The accelerator the case will choose (what the probe measures differs under KVM and TCG).
+    let accel = crate::sys::host::host_facts().best_accel();
+    let key = probe_key(
+        &qemu.sha256,
+        &firmware.code_sha256,
+        &vars_sha,
+        cpu,
+        accel.as_str(),
+    );
     let root = cache_root.join("probe").join("results");
     let dir = root.join(&key);
     if reuse == Reuse::Cached
@@ -132,6 +143,7 @@ pub async fn probe_firmware(
     };
     req.disks = vec![image];
     req.snapshot = true;
+    req.accel = Some(accel);
     let checked = case::check(req)?;
     let accel = checked.accel.as_str().to_string();
     let done = case::run(checked, cancel, &sink.scoped("firmware-probe")).await?;
@@ -179,7 +191,13 @@ pub async fn probe_firmware(
 
 /// The key a probe's report is cached under: the content hashes of QEMU's binary, the code
 /// image and the vars template (empty: none), the CPU model, and the probe's source.
-pub fn probe_key(qemu_sha256: &str, code_sha256: &str, vars_sha256: &str, cpu: &str) -> String {
+pub fn probe_key(
+    qemu_sha256: &str,
+    code_sha256: &str,
+    vars_sha256: &str,
+    cpu: &str,
+    accel: &str,
+) -> String {
     let mut h = Sha256::new();
     for part in [
         PROBE_FORMAT,
@@ -188,6 +206,7 @@ pub fn probe_key(qemu_sha256: &str, code_sha256: &str, vars_sha256: &str, cpu: &
         code_sha256,
         vars_sha256,
         cpu,
+        accel,
     ] {
         h.update(part.as_bytes());
         h.update(b"\0");
@@ -259,4 +278,26 @@ pub async fn inspect_firmware(code: &Path) -> anyhow::Result<firmware::Inspectio
         Ok(ins)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each input the probe's facts depend on is in its key: the accelerator too (timings and
+    /// what the hypervisor answers differ under KVM and TCG).
+    #[test]
+    fn the_probe_key_changes_with_each_input() {
+        let base = probe_key("q", "c", "v", "max", "tcg");
+        assert_eq!(base, probe_key("q", "c", "v", "max", "tcg"));
+        for other in [
+            probe_key("Q", "c", "v", "max", "tcg"),
+            probe_key("q", "C", "v", "max", "tcg"),
+            probe_key("q", "c", "V", "max", "tcg"),
+            probe_key("q", "c", "v", "cortex-a72", "tcg"),
+            probe_key("q", "c", "v", "max", "kvm"),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
 }

@@ -418,7 +418,9 @@ async fn probe_run(
     let vi = role("vars-template");
     let vars_sha = vi.and_then(|v| v.sha256.clone()).unwrap_or_default();
     let cpu = ev.result.cpu.clone();
-    let key = crate::plan::probe::probe_key(&qemu_sha, &code_sha, &vars_sha, &cpu);
+    // The probe this host would boot (under its own accelerator, as `probe_firmware` does).
+    let accel = crate::sys::host::host_facts().best_accel();
+    let key = crate::plan::probe::probe_key(&qemu_sha, &code_sha, &vars_sha, &cpu, accel.as_str());
     let report = match crate::plan::probe::cached_report(&opts.cache_root, &key) {
         Some(r) => r,
         None if opts.probe == ProbePolicy::Cached => {
