@@ -59,6 +59,9 @@ fn expect_err(end: ExpectEnd, what: &str, timeout: Duration, s: &Session) -> She
     }
 }
 
+/// How long a login waits for cloud-init's first-boot stages to end.
+const CLOUD_INIT_SETTLE: Duration = Duration::from_secs(600);
+
 /// How many times the login is tried (a refused password or a password prompt that never came:
 /// the user may not exist yet while cloud-init runs, a getty may be restarted under us).
 const LOGIN_ATTEMPTS: u32 = 3;
@@ -135,6 +138,22 @@ impl Shell {
             "stty -echo; export TERM=dumb PAGER=cat SYSTEMD_PAGER=cat HISTFILE=/dev/null PS1='$ '";
         sh.run(s, "login", setup, Duration::from_secs(60), cancel)
             .await?;
+        // The login prompt comes before cloud-init's last stages end, and those stages run
+        // package tools (grub-dpkg's debconf, apt): an upgrade started beside them can find
+        // dpkg locked. Wait for the guest's own first-boot work to end, as a person would
+        // (bounded: a guest without cloud-init, or one whose cloud-init never settles, goes on).
+        let settle = format!(
+            "if command -v cloud-init >/dev/null 2>&1; then timeout {} cloud-init status --wait >/dev/null 2>&1; fi; true",
+            CLOUD_INIT_SETTLE.as_secs()
+        );
+        sh.run(
+            s,
+            "login",
+            &settle,
+            CLOUD_INIT_SETTLE + Duration::from_secs(60),
+            cancel,
+        )
+        .await?;
         Ok(sh)
     }
 
