@@ -1,21 +1,31 @@
 //! Package-set bisection on the local Debian guest: its bad update (a `shim-signed` whose EFI
-//! binary crashes the firmware on the next boot) extended with two harmless packages (each
-//! installing one text file) is three updated packages (two levels of delta debugging; five took
-//! 13 minutes of the suite for two more steps of the same code); `bootwatch bisect` with a `[packages]`
-//! table installs subsets of them on fresh overlays of the pre-upgrade image, reboots each, and
-//! names `shim-signed` alone. A step whose reboot fails another way than the whole update's
-//! (a hang where it crashed: a starved host) is undetermined, not bad. Generous timeouts: on a
-//! loaded 2-core host the firmware alone took minutes after a reboot. Needs the local image (built once, cached) and the hermetic repo
-//! server; several minutes under TCG.
+//! binary crashes the firmware on the next boot) extended with four harmless packages (each
+//! installing one text file; three sort before the culprit and one after, so it is the fourth
+//! of five) is five updated packages; `bootwatch bisect` with a `[packages]` table installs
+//! subsets of them on fresh overlays of the pre-upgrade image, reboots each, and names
+//! `shim-signed` alone. Four steps: the whole update (bad), none of it (good), the first half
+//! (three extras: good), then the culprit alone, the first half of the untested rest (bad). Any
+//! single culprit among five takes at most six (`search::steps_bound`); each step is a boot to
+//! login, an install, a reboot and a watch to GRUB. A step whose reboot fails another way than
+//! the whole update's (a hang where it crashed: a starved host) is undetermined, not bad.
+//! Generous timeouts: on a loaded 2-core host the firmware alone took minutes after a reboot.
+//! Needs the local image (built once, cached) and the hermetic repo server; several minutes
+//! under TCG.
 
 use crate::common;
 
 use common::*;
 
-const HARMLESS: [&str; 2] = ["bootwatch-extra-a", "bootwatch-extra-b"];
+/// Three before `shim-signed` in the update's (sorted) index, one after it.
+const HARMLESS: [&str; 4] = [
+    "bootwatch-extra-a",
+    "bootwatch-extra-b",
+    "bootwatch-extra-c",
+    "zz-bootwatch-extra-d",
+];
 
 #[test]
-fn the_culprit_package_of_a_three_package_update_is_named() {
+fn the_culprit_package_of_a_five_package_update_is_named() {
     if !qemu_tests_enabled() {
         return;
     }
@@ -39,13 +49,23 @@ fn the_culprit_package_of_a_three_package_update_is_named() {
         .unwrap();
     let repo =
         bootwatch::plan::bisect::packages::add_harmless_packages(&update, &HARMLESS).unwrap();
-    assert_eq!(repo.packages.len(), 3, "{:?}", repo.packages);
+    let names: Vec<&str> = repo.packages.iter().map(|p| p.package.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "bootwatch-extra-a",
+            "bootwatch-extra-b",
+            "bootwatch-extra-c",
+            "shim-signed",
+            "zz-bootwatch-extra-d"
+        ]
+    );
 
     let file = tmp.path().join("packages.toml");
     std::fs::write(
         &file,
         "name = \"bad-update-packages\"\n\
-         description = \"the bad update with two harmless packages beside the culprit\"\n\
+         description = \"the bad update with four harmless packages beside the culprit\"\n\
          image = \"debian-12-local\"\n\
          target = \"grub\"\n\
          timeout_s = 1800\n\
@@ -69,7 +89,7 @@ fn the_culprit_package_of_a_three_package_update_is_named() {
     assert_eq!(out.status.code(), Some(0), "{v:#}");
     assert_eq!(v["axis"], "packages");
     assert_eq!(v["status"], "found", "{v:#}");
-    assert_eq!(v["candidates"].as_array().unwrap().len(), 3, "{v:#}");
+    assert_eq!(v["candidates"].as_array().unwrap().len(), 5, "{v:#}");
     assert_eq!(
         v["result"]["culprits"],
         serde_json::json!(["shim-signed"]),
@@ -84,12 +104,39 @@ fn the_culprit_package_of_a_three_package_update_is_named() {
         "{v:#}"
     );
     let steps = v["steps"].as_array().unwrap();
-    assert_eq!(steps[0]["role"], "full");
-    assert_eq!(steps[0]["class"], "bad");
-    assert_eq!(steps[1]["role"], "empty");
-    assert_eq!(steps[1]["class"], "good");
-    // Full, empty, then halves: the culprit among three in at most two levels, not 2^3 sets.
-    assert!(steps.len() <= 6, "{} steps: {v:#}", steps.len());
+    let sets: Vec<(&str, &str, Vec<&str>)> = steps
+        .iter()
+        .map(|s| {
+            // Absent for the empty set.
+            let p = s["packages"].as_array().map_or(&[][..], Vec::as_slice);
+            (
+                s["role"].as_str().unwrap(),
+                s["class"].as_str().unwrap(),
+                p.iter().map(|x| x.as_str().unwrap()).collect(),
+            )
+        })
+        .collect();
+    // Full, empty, then halving: the first half passes, and the first half of the rest is the
+    // culprit alone (any single culprit among five: at most 2 + `search::steps_bound(5)` = 6).
+    assert_eq!(
+        sets,
+        vec![
+            ("full", "bad", names.clone()),
+            ("empty", "good", vec![]),
+            (
+                "subset",
+                "good",
+                vec![
+                    "bootwatch-extra-a",
+                    "bootwatch-extra-b",
+                    "bootwatch-extra-c"
+                ]
+            ),
+            ("subset", "bad", vec!["shim-signed"]),
+        ],
+        "{v:#}"
+    );
+    assert_eq!(v["boots"], 4, "one boot a step: {v:#}");
     let md = std::fs::read_to_string(results.join("bisect.md")).unwrap();
     assert!(md.contains("shim-signed"), "{md}");
 }

@@ -5,9 +5,10 @@
 //! - Over builds (`builds`): an ordered list of QEMU or firmware builds from any provider, the
 //!   other axis fixed. The ends first (they must differ), then a binary search that steps around
 //!   undetermined builds like `git bisect skip` (`search::Bisection`).
-//! - Over an update's packages (`packages`): delta debugging (`search::ddmin`) to the smallest
-//!   set of the update's packages whose installation makes the reboot fail, each subset applied
-//!   to a fresh overlay of the pre-upgrade image.
+//! - Over an update's packages (`packages`): halving, then delta debugging when one package
+//!   alone does not fail (`search::minimize`), to the smallest set of the update's packages
+//!   whose installation makes the reboot fail, each subset applied to a fresh overlay of the
+//!   pre-upgrade image.
 //!
 //! The answer and every step's evidence go to `bisect.json` (`record`) and `bisect.md`
 //! (`markdown`), rewritten after every step. `bootwatch check` is one step on its own

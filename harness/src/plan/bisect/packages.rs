@@ -4,8 +4,9 @@
 //! a fresh overlay of the pre-upgrade image, served the whole update as the only package source
 //! and asked to install exactly one subset (`apt-get install NAME=VERSION ...`: apt adds what
 //! the subset needs from the update, so every subset is installable). The whole update must
-//! fail and the empty set (the same steps installing nothing) must pass; then delta debugging
-//! (`search::ddmin`) shrinks the set.
+//! fail and the empty set (the same steps installing nothing) must pass; then `search::minimize`
+//! shrinks the set: halving for one culprit (at most `ceil(log2 n) + 1` more steps), delta
+//! debugging when it takes several packages together.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -197,7 +198,7 @@ pub(super) async fn run(
     write(dir, &mut rec, started).await?;
 
     let total = packages.len();
-    let estimate = 2 + search::ddmin_steps_estimate(total);
+    let estimate = 2 + search::steps_bound(total);
     let steps = package_steps(m);
     let mut progress = Progress::new();
     let mut smallest = total;
@@ -335,7 +336,7 @@ pub(super) async fn run(
             };
             test(s, role).await
         };
-        search::ddmin(total, &mut known, &mut role_test)
+        search::minimize(total, &mut known, &mut role_test)
             .await
             .map(Some)
     }

@@ -77,7 +77,7 @@ pub enum Role {
     Full,
     /// None of them: the pre-upgrade state through the same steps (must pass).
     Empty,
-    /// A chunk of the current set (delta debugging).
+    /// A chunk of a set: a half while halving, a finer chunk in delta debugging.
     Subset,
     /// The current set without a chunk (delta debugging).
     Complement,

@@ -1,6 +1,7 @@
 //! The two searches, without any IO: a binary search for the boundary in an ordered list of
-//! builds, with `git bisect skip`'s handling of undetermined steps ([`Bisection`]), and delta
-//! debugging of a set of packages to a 1-minimal failing subset ([`ddmin`]).
+//! builds, with `git bisect skip`'s handling of undetermined steps ([`Bisection`]), and the
+//! search of a set of packages for a 1-minimal failing subset: halving for one culprit, then delta
+//! debugging when the culprits are several ([`minimize`]).
 
 use std::collections::BTreeMap;
 
@@ -195,7 +196,8 @@ pub fn ceil_log2(n: usize) -> usize {
     }
 }
 
-/// What ddmin asks about: one chunk of its current set, or the set without one chunk.
+/// What the package search asks about: one chunk of a set (a half, or a finer chunk), or a set
+/// without one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
     Chunk,
@@ -215,34 +217,73 @@ fn split(items: &[usize], n: usize) -> Vec<Vec<usize>> {
     out
 }
 
-/// Delta debugging (Zeller and Hildebrandt, "Simplifying and Isolating Failure-Inducing
-/// Input", 2002): from the `n` items, all of which together fail and none of which pass
-/// (`known` holds those two results), a subset that fails and from which no single item can be
-/// left out without it passing or becoming undetermined (1-minimal). `test` is asked about
-/// subsets (indices, ascending; and whether the subset is a chunk or a complement) and answers
-/// with their class; [`Class::Skip`] counts as "does
-/// not fail", as ddmin's unresolved outcome does. No subset is asked twice: every answer,
-/// `known` included, is remembered. An `Err` from `test` (interrupted, for instance) ends the
-/// search with that error.
-pub async fn ddmin<E>(
+/// Whether `subset` fails: from `known` when it was asked before, else from `test` (and then
+/// remembered).
+async fn ask<E>(
+    subset: &[usize],
+    probe: Probe,
+    known: &mut BTreeMap<Vec<usize>, Class>,
+    test: &mut impl AsyncFnMut(&[usize], Probe) -> Result<Class, E>,
+) -> Result<bool, E> {
+    if let Some(c) = known.get(subset) {
+        return Ok(*c == Class::Bad);
+    }
+    let c = test(subset, probe).await?;
+    known.insert(subset.to_vec(), c);
+    Ok(c == Class::Bad)
+}
+
+/// From the `n` items, all of which together fail and none of which pass (`known` holds those
+/// two results), a subset that fails and from which no single item can be left out without it
+/// passing or becoming undetermined (1-minimal). `test` is asked about subsets (indices,
+/// ascending; and whether the subset is a chunk or a complement) and answers with their class;
+/// [`Class::Skip`] counts as "does not fail". No subset is asked twice: every answer, `known`
+/// included, is remembered. An `Err` from `test` (interrupted, for instance) ends the search
+/// with that error.
+///
+/// First a halving that bets on one culprit: of the range that would hold it, test the first
+/// half (the larger one); when it fails it is the new range, else the second half is, untested
+/// (one culprit in the range and not in its first half is in its second). The last item left
+/// is tested on its own unless it already was. For one culprit among `n` that is at most
+/// `ceil(log2 n) + 1` tests ([`steps_bound`]), and no search does better in the worst case
+/// while it sees the culprit fail on its own, as a 1-minimal answer needs (the unit tests
+/// compute that optimum): `ceil(log2 n)` tests tell the culprit apart, and when the last of
+/// them passed it was named by elimination only. When the bet does not hold (the last item
+/// passes: packages that fail only together, or undetermined tests), delta debugging (`ddmin`)
+/// goes on from the smallest set seen failing, with every answer so far remembered.
+pub async fn minimize<E>(
     n: usize,
     known: &mut BTreeMap<Vec<usize>, Class>,
     test: &mut impl AsyncFnMut(&[usize], Probe) -> Result<Class, E>,
 ) -> Result<Vec<usize>, E> {
-    async fn ask<E>(
-        subset: &[usize],
-        probe: Probe,
-        known: &mut BTreeMap<Vec<usize>, Class>,
-        test: &mut impl AsyncFnMut(&[usize], Probe) -> Result<Class, E>,
-    ) -> Result<bool, E> {
-        if let Some(c) = known.get(subset) {
-            return Ok(*c == Class::Bad);
+    // The smallest set known to fail, and where a single culprit would be.
+    let mut smallest: Vec<usize> = (0..n).collect();
+    let mut range = smallest.clone();
+    while range.len() >= 2 {
+        let halves = split(&range, 2);
+        if ask(&halves[0], Probe::Chunk, known, test).await? {
+            smallest = halves[0].clone();
+            range = smallest.clone();
+        } else {
+            range = halves[1].clone();
         }
-        let c = test(subset, probe).await?;
-        known.insert(subset.to_vec(), c);
-        Ok(c == Class::Bad)
     }
-    let mut c: Vec<usize> = (0..n).collect();
+    if range != smallest && ask(&range, Probe::Chunk, known, test).await? {
+        smallest = range;
+    }
+    ddmin(smallest, known, test).await
+}
+
+/// Delta debugging (Zeller and Hildebrandt, "Simplifying and Isolating Failure-Inducing
+/// Input", 2002) from `start`, a set known to fail, to a 1-minimal one (as [`minimize`]
+/// describes): chunks, then complements, then finer chunks. A set of one item is returned as
+/// it is (the empty set is known to pass).
+async fn ddmin<E>(
+    start: Vec<usize>,
+    known: &mut BTreeMap<Vec<usize>, Class>,
+    test: &mut impl AsyncFnMut(&[usize], Probe) -> Result<Class, E>,
+) -> Result<Vec<usize>, E> {
+    let mut c = start;
     let mut granularity = 2;
     while c.len() >= 2 {
         let chunks = split(&c, granularity.min(c.len()));
@@ -275,9 +316,10 @@ pub async fn ddmin<E>(
     Ok(c)
 }
 
-/// About how many tests [`ddmin`] needs on `n` items with one culprit: two halvings a level.
-pub fn ddmin_steps_estimate(n: usize) -> usize {
-    2 * ceil_log2(n)
+/// The most tests [`minimize`] needs to name one culprit among `n` items (besides the whole set
+/// and the empty one): `ceil(log2 n) + 1`, none for one item.
+pub fn steps_bound(n: usize) -> usize {
+    if n <= 1 { 0 } else { ceil_log2(n) + 1 }
 }
 
 #[cfg(test)]
@@ -414,14 +456,19 @@ mod tests {
         assert_eq!(ceil_log2(8), 3);
     }
 
-    /// ddmin against a predicate; returns the result and the subsets asked.
-    fn dd(n: usize, fails: impl Fn(&[usize]) -> Class) -> (Vec<usize>, Vec<Vec<usize>>) {
-        let mut known = BTreeMap::from([((0..n).collect(), B), (Vec::new(), G)]);
-        let mut asked = Vec::new();
-        let r = futures::executor::block_on(ddmin::<()>(
+    /// The package search against a predicate, with the whole set failing and the empty one
+    /// passing (as the bisection has them before it searches); returns the answer and the
+    /// subsets asked, in order. No subset is asked twice, nor either end.
+    fn search(n: usize, fails: impl Fn(&[usize]) -> Class) -> (Vec<usize>, Vec<Vec<usize>>) {
+        let all: Vec<usize> = (0..n).collect();
+        let mut known = BTreeMap::from([(all.clone(), B), (Vec::new(), G)]);
+        let mut asked: Vec<Vec<usize>> = Vec::new();
+        let r = futures::executor::block_on(minimize::<()>(
             n,
             &mut known,
             &mut async |s: &[usize], _: Probe| {
+                assert!(!asked.iter().any(|a| a == s), "{s:?} asked twice");
+                assert!(!s.is_empty() && s != all, "an end asked again: {s:?}");
                 asked.push(s.to_vec());
                 Ok(fails(s))
             },
@@ -430,49 +477,150 @@ mod tests {
         (r, asked)
     }
 
+    /// A single culprit `k`.
+    fn culprit(k: usize) -> impl Fn(&[usize]) -> Class {
+        move |s: &[usize]| if s.contains(&k) { B } else { G }
+    }
+
+    /// Whether `r` fails and leaving out any one of its items does not.
+    fn one_minimal(r: &[usize], fails: &impl Fn(&[usize]) -> Class) -> bool {
+        fails(r) == B
+            && r.iter().all(|x| {
+                let rest: Vec<usize> = r.iter().copied().filter(|y| y != x).collect();
+                fails(&rest) != B
+            })
+    }
+
+    /// The fewest tests any search needs, in the worst case, to name one culprit among `n`
+    /// and see it fail on its own: `known[m]` with the `m` candidates' set known to fail,
+    /// `unknown[m]` with it not tested (the other half of a range whose first half passed).
+    fn optimal(n: usize) -> usize {
+        let (mut known, mut unknown) = (vec![0, 0], vec![0, 1]);
+        for m in 2..=n {
+            let split = (1..m)
+                .map(|k| known[k].max(unknown[m - k]))
+                .min()
+                .expect("m >= 2");
+            // Testing the untested range whole first would be one more test, never fewer.
+            known.push(1 + split);
+            unknown.push(1 + split);
+        }
+        known[n]
+    }
+
     #[test]
-    fn ddmin_finds_one_culprit_in_few_tests() {
-        // The CI case: five packages, the culprit last (shim-signed sorts after the extras).
-        let (r, asked) = dd(5, |s| if s.contains(&4) { B } else { G });
-        assert_eq!(r, vec![4]);
+    fn one_culprit_is_found_by_halving() {
+        // The CI case: five packages, the culprit fourth: the first half passes, so the
+        // culprit is in the second half, whose first half is the culprit alone.
         assert_eq!(
-            asked,
-            vec![vec![0, 1, 2], vec![3, 4], vec![3], vec![4]],
-            "{asked:?}"
+            search(5, culprit(3)),
+            (vec![3], vec![vec![0, 1, 2], vec![3]])
         );
-        for n in 1..=16 {
-            for culprit in 0..n {
-                let (r, asked) = dd(n, |s| if s.contains(&culprit) { B } else { G });
-                assert_eq!(r, vec![culprit], "n={n}");
-                assert!(asked.len() <= ddmin_steps_estimate(n), "n={n}: {asked:?}");
+        // Last: the second half's first half passes too, and the last one is tested alone.
+        assert_eq!(
+            search(5, culprit(4)),
+            (vec![4], vec![vec![0, 1, 2], vec![3], vec![4]])
+        );
+        assert_eq!(
+            search(5, culprit(0)),
+            (vec![0], vec![vec![0, 1, 2], vec![0, 1], vec![0]])
+        );
+        // The worst place among five: named by elimination after three tests, then seen alone.
+        assert_eq!(
+            search(5, culprit(1)),
+            (vec![1], vec![vec![0, 1, 2], vec![0, 1], vec![0], vec![1]])
+        );
+        assert_eq!(steps_bound(5), 4);
+        for n in 1..=40 {
+            let mut worst = 0;
+            for k in 0..n {
+                let (r, asked) = search(n, culprit(k));
+                assert_eq!(r, vec![k], "n={n}");
+                assert!(asked.len() <= steps_bound(n), "n={n} k={k}: {asked:?}");
+                worst = worst.max(asked.len());
+            }
+            // The bound is reached, and no search does better in the worst case.
+            assert_eq!(worst, steps_bound(n), "n={n}");
+            assert_eq!(optimal(n), steps_bound(n), "n={n}");
+        }
+    }
+
+    #[test]
+    fn packages_that_fail_only_together_are_kept_together() {
+        for n in 2..=9 {
+            for i in 0..n {
+                for j in i + 1..n {
+                    let both = |s: &[usize]| {
+                        if s.contains(&i) && s.contains(&j) {
+                            B
+                        } else {
+                            G
+                        }
+                    };
+                    let (r, _) = search(n, both);
+                    assert_eq!(r, vec![i, j], "n={n}");
+                    assert!(one_minimal(&r, &both));
+                    // Either of two failing on its own: one of them, as fast as one culprit.
+                    let either = |s: &[usize]| {
+                        if s.contains(&i) || s.contains(&j) {
+                            B
+                        } else {
+                            G
+                        }
+                    };
+                    let (r, asked) = search(n, either);
+                    assert!(r == vec![i] || r == vec![j], "n={n} {i} {j}: {r:?}");
+                    assert!(asked.len() <= steps_bound(n), "n={n}: {asked:?}");
+                }
+            }
+        }
+        for n in 3..=7 {
+            for t in (0..n)
+                .flat_map(|i| (i + 1..n).flat_map(move |j| (j + 1..n).map(move |k| [i, j, k])))
+            {
+                let all3 = |s: &[usize]| {
+                    if t.iter().all(|x| s.contains(x)) {
+                        B
+                    } else {
+                        G
+                    }
+                };
+                assert_eq!(search(n, all3).0, t.to_vec(), "n={n}");
             }
         }
     }
 
     #[test]
-    fn ddmin_keeps_interacting_packages_together() {
-        // Fails only when 1 and 6 are both in: neither alone suffices.
-        let (r, _) = dd(8, |s| {
-            if s.contains(&1) && s.contains(&6) {
-                B
-            } else {
-                G
-            }
-        });
-        assert_eq!(r, vec![1, 6]);
-        // Undetermined subsets are not failures: the result still fails on its own.
-        let (r, _) = dd(6, |s| match (s.contains(&2), s.len()) {
+    fn undetermined_tests_are_not_failures() {
+        // The CI case with its first half undetermined (a starved host): the same tests, the
+        // same answer.
+        let first_half_skipped = |s: &[usize]| if s == [0, 1, 2] { S } else { culprit(3)(s) };
+        assert_eq!(
+            search(5, first_half_skipped),
+            (vec![3], vec![vec![0, 1, 2], vec![3]])
+        );
+        // The culprit's own test undetermined: it cannot be named alone. Delta debugging goes
+        // on from the whole set, and the answer is the smallest set seen failing whose every
+        // one-smaller subset passed or was undetermined.
+        let alone_skipped = |s: &[usize]| if s == [4] { S } else { culprit(4)(s) };
+        let (r, asked) = search(5, alone_skipped);
+        assert_eq!(r, vec![3, 4]);
+        assert_eq!(asked, vec![vec![0, 1, 2], vec![3], vec![4], vec![3, 4]]);
+        assert!(one_minimal(&r, &alone_skipped));
+        // Every set of three undetermined: the culprit still fails on its own.
+        let threes_skipped = |s: &[usize]| match (s.contains(&2), s.len()) {
             (_, 3) => S,
             (true, _) => B,
             _ => G,
-        });
+        };
+        let (r, _) = search(6, threes_skipped);
         assert_eq!(r, vec![2]);
     }
 
     #[test]
-    fn ddmin_stops_on_an_error() {
+    fn the_search_stops_on_an_error() {
         let mut known = BTreeMap::new();
-        let r = futures::executor::block_on(ddmin(
+        let r = futures::executor::block_on(minimize(
             4,
             &mut known,
             &mut async |_: &[usize], _: Probe| Err::<Class, _>("interrupted"),
