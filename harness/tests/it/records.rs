@@ -149,8 +149,20 @@ fn result_json_and_case_json_of_a_crash() {
         .expect("a pflash boot records its vars store")
         .to_string();
     let private = Path::new(&vars).parent().unwrap();
+    // The sockets' private directory (the vars copy may have one of its own in memory).
+    let sockets = result["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|a| {
+            a.as_str()?
+                .strip_prefix("socket,id=serial0,server=on,wait=off,path=")
+        })
+        .map(|p| Path::new(p).parent().unwrap().to_path_buf())
+        .expect("the serial socket in the argv");
     let places = [
         (private, "[private]"),
+        (sockets.as_path(), "[private]"),
         (fixtures(), "[fixtures]"),
         (results.path(), "[results]"),
         (qemu.as_path(), "[qemu]"),
