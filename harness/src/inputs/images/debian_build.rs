@@ -28,10 +28,21 @@
 //!    - after the Essential set: debconf answers (`grub2/force_efi_extra_removable=true` so a
 //!      later in-guest upgrade of `grub-efi-arm64` refreshes `EFI/BOOT` too), `/etc/fstab`,
 //!      `/etc/default/grub.d/50-bootwatch.cfg`, `/etc/cloud/cloud.cfg.d/90_bootwatch.cfg`, and
-//!      a local `dpkg-divert` of `update-initramfs` so the kernel's postinst does not run
-//!      `mkinitramfs` under emulation with `MODULES=most`;
-//!    - after all packages: the diversion is removed (the real `update-initramfs` is back and
-//!      enabled), the initramfs is made once by Debian's own `update-initramfs -c` with
+//!      build-only stand-ins (local `dpkg-divert`s) for what would cost minutes under emulation:
+//!      `update-initramfs` (the kernel's postinst would run `mkinitramfs` with `MODULES=most`),
+//!      `update-ca-certificates` (ca-certificates' postinst and trigger run it twice, a shell
+//!      loop forking `basename`, `sed` and `ln` per certificate: about a third of the packages'
+//!      time) and `/usr/share/i18n/SUPPORTED` (empty, so locales' postinst does not run `grep`
+//!      once per supported locale to list it in `/etc/locale.gen`);
+//!    - after all packages: the diversions are removed (the real files are back), and what the
+//!      stand-ins skipped is done once with the host's tools ([`FINISH_PACKAGES`]): the image's
+//!      own `update-ca-certificates` run by the host's shell on the tree's directories, as the
+//!      postinst runs it, its links then pointed at the certificates' paths in the guest
+//!      (checked by [`check_certificates`]: the links and `ca-certificates.crt` are what a normal
+//!      install makes), and `/etc/locale.gen` completed with every supported locale commented
+//!      out, as the postinst writes it when no locale is selected ([`check_locale_gen`];
+//!      nothing is generated either way, cloud-init is told `C.UTF-8`). Then the initramfs is
+//!      made once by Debian's own `update-initramfs -c` with
 //!      `MODULES=list` plus a build-only hook adding the virtio/SCSI/NVMe disk modules (udev,
 //!      kmod, busybox, fsck are in it as usual; both build-only files are removed again, so the
 //!      next `update-initramfs` in the guest uses `MODULES=most`), `/boot/grub` gets the modules,
@@ -63,7 +74,8 @@
 //! Root (mmdebstrap's chroot, and file ownership for `mke2fs -d`) with the right to create a
 //! mount namespace (mmdebstrap's unshare mode; a container without `CAP_SYS_ADMIN` cannot), and
 //! the Debian packages in [`HOST_PACKAGES`] with binfmt for qemu-aarch64 enabled (see
-//! [`preflight`]). `qemu-user-static` does not touch the host's `qemu-system-*`/`qemu-utils`.
+//! [`preflight`]; `openssl` makes the certificates' hash links). `qemu-user-static` does not
+//! touch the host's `qemu-system-*`/`qemu-utils`.
 //!
 //! # How it was checked
 //!
@@ -99,7 +111,7 @@ use crate::sys::proc::Tool;
 
 /// Changes whenever the builder would make a different image from the same recipe; part of the
 /// recipe hash.
-pub const BUILDER_VERSION: &str = "debian-build/3";
+pub const BUILDER_VERSION: &str = "debian-build/4";
 /// Format of `manifest.json`.
 pub const MANIFEST_FORMAT: u32 = 1;
 /// Kernel metapackage used unless the recipe names another. Debian's cloud flavour: made for
@@ -132,6 +144,7 @@ pub const HOST_PACKAGES: &[&str] = &[
     "arch-test",
     "e2fsprogs",
     "qemu-utils",
+    "openssl",
 ];
 /// Modules put into the build's initramfs (`MODULES=list`): disks QEMU can give the guest.
 /// Their dependencies (virtio, virtio_ring, scsi_mod, ...) come along.
@@ -805,7 +818,7 @@ pub fn preflight() -> Result<()> {
         nix::unistd::geteuid().is_root(),
         "building a Debian image needs root (mmdebstrap's chroot, and file ownership for mke2fs -d)"
     );
-    for tool in ["mmdebstrap", "mke2fs", "qemu-img"] {
+    for tool in ["mmdebstrap", "mke2fs", "qemu-img", "openssl"] {
         which::which(tool).with_context(|| format!("{tool} not found; install it: {install}"))?;
     }
     let binfmt = Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64");
@@ -1181,6 +1194,8 @@ fn check_tree(
     ] {
         ensure!(tree.join(&f).is_file(), "the tree has no /{f}");
     }
+    check_certificates(tree)?;
+    check_locale_gen(tree)?;
     let grub_cfg = fs::read_to_string(tree.join("boot/grub/grub.cfg"))?;
     ensure!(
         grub_cfg.contains(&format!("root=UUID={root_uuid}")),
@@ -1211,6 +1226,108 @@ fn check_tree(
         );
     }
     Ok((kernel_release, packages, boot_chain))
+}
+
+/// `/etc/ssl/certs` as `update-ca-certificates` leaves it in a normal install (the build runs it
+/// on the host, see [`FINISH_PACKAGES`]): every certificate `/etc/ca-certificates.conf` enables is
+/// linked by its path in the guest under the name the script gives it, every link resolves inside
+/// the tree, and `ca-certificates.crt` holds each enabled certificate once. Nothing to check
+/// without ca-certificates.
+pub fn check_certificates(tree: &Path) -> Result<()> {
+    let Ok(conf) = fs::read_to_string(tree.join("etc/ca-certificates.conf")) else {
+        return Ok(());
+    };
+    let certs = tree.join("etc/ssl/certs");
+    let mut bundle = String::new();
+    let mut enabled = 0;
+    for crt in conf
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('!'))
+    {
+        let stem = crt.rsplit('/').next().unwrap_or(crt);
+        let stem = stem.strip_suffix(".crt").unwrap_or(stem);
+        let pem: String = stem
+            .chars()
+            .map(|c| match c {
+                ' ' | ',' => '_',
+                '(' | ')' => '=',
+                c => c,
+            })
+            .collect();
+        let link = certs.join(format!("{pem}.pem"));
+        let target = fs::read_link(&link)
+            .with_context(|| format!("/etc/ssl/certs/{pem}.pem ({crt} is enabled)"))?;
+        ensure!(
+            target == Path::new("/usr/share/ca-certificates").join(crt),
+            "/etc/ssl/certs/{pem}.pem points at {}",
+            target.display()
+        );
+        let text = fs::read_to_string(tree.join("usr/share/ca-certificates").join(crt))
+            .with_context(|| format!("reading the certificate {crt}"))?;
+        bundle.push_str(&text);
+        if !text.ends_with('\n') {
+            bundle.push('\n');
+        }
+        enabled += 1;
+    }
+    for e in fs::read_dir(&certs).with_context(|| format!("reading {}", certs.display()))? {
+        let e = e?;
+        if !e.file_type()?.is_symlink() {
+            continue;
+        }
+        let target = fs::read_link(e.path())?;
+        let resolved = match target.strip_prefix("/") {
+            Ok(rel) => tree.join(rel),
+            Err(_) => certs.join(&target),
+        };
+        ensure!(
+            !target.starts_with(tree) && fs::symlink_metadata(&resolved).is_ok(),
+            "/etc/ssl/certs/{} points at {}, which is not in the image",
+            e.file_name().to_string_lossy(),
+            target.display()
+        );
+    }
+    let built = fs::read_to_string(certs.join("ca-certificates.crt"))
+        .context("reading /etc/ssl/certs/ca-certificates.crt")?;
+    // Certificates the local administrator added would follow; an image has none.
+    ensure!(
+        built == bundle,
+        "/etc/ssl/certs/ca-certificates.crt is not the {enabled} enabled certificates in order"
+    );
+    Ok(())
+}
+
+/// `/etc/locale.gen` as locales' postinst leaves it when no locale is selected (the build
+/// completes it on the host, see [`FINISH_PACKAGES`]): every supported locale listed, commented
+/// out, none selected. Nothing to check without locales.
+pub fn check_locale_gen(tree: &Path) -> Result<()> {
+    let (Ok(supported), Ok(locale_gen)) = (
+        fs::read_to_string(tree.join("usr/share/i18n/SUPPORTED")),
+        fs::read_to_string(tree.join("etc/locale.gen")),
+    ) else {
+        return Ok(());
+    };
+    let listed: std::collections::BTreeSet<&str> = locale_gen
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .collect();
+    for locale in supported
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_alphabetic()))
+    {
+        let locale = locale.trim_end_matches(' ');
+        ensure!(
+            listed.contains(locale),
+            "/etc/locale.gen does not list the supported locale {locale:?}"
+        );
+    }
+    ensure!(
+        !locale_gen.lines().any(|l| l
+            .trim_start()
+            .starts_with(|c: char| c.is_ascii_alphabetic())),
+        "/etc/locale.gen selects a locale; the build generates none"
+    );
+    Ok(())
 }
 
 fn local_images_dir(cache_root: &Path) -> PathBuf {
@@ -1351,11 +1468,23 @@ hooks="$(dirname "$0")"
 echo "bootstrap-essential $(( $(date +%s%N) / 1000000 ))" >> "$hooks/marks"
 chroot "$root" debconf-set-selections < "$hooks/debconf-selections"
 cp -R --no-preserve=ownership "$hooks/overlay/." "$root/"
-# The kernel's postinst would run mkinitramfs (MODULES=most) under emulation; the customize hook
-# makes the initramfs once instead, and removes this diversion again.
-chroot "$root" dpkg-divert --local --rename --divert /usr/sbin/update-initramfs.bootwatch-build --add /usr/sbin/update-initramfs
+# Build-only stand-ins (local diversions; the customize hook removes every one of them again and
+# does the real work once, see there). Each is a cost under emulation:
+divert() { chroot "$root" dpkg-divert --local --rename --divert "$1.bootwatch-build" --add "$1"; }
+# - the kernel's postinst would run mkinitramfs (MODULES=most);
+divert /usr/sbin/update-initramfs
 printf '#!/bin/sh\necho "update-initramfs: deferred by the bootwatch image build" >&2\nexit 0\n' > "$root/usr/sbin/update-initramfs"
 chmod 755 "$root/usr/sbin/update-initramfs"
+# - ca-certificates' postinst and then its trigger each run update-ca-certificates, a shell loop
+#   forking basename, sed and ln for every certificate (about a third of the packages' time);
+divert /usr/sbin/update-ca-certificates
+printf '#!/bin/sh\nexit 0\n' > "$root/usr/sbin/update-ca-certificates"
+chmod 755 "$root/usr/sbin/update-ca-certificates"
+# - locales' postinst lists every supported locale in /etc/locale.gen, running grep once per line
+#   of /usr/share/i18n/SUPPORTED (about 500); here it reads an empty list.
+divert /usr/share/i18n/SUPPORTED
+mkdir -p "$root/usr/share/i18n"
+: > "$root/usr/share/i18n/SUPPORTED"
 "#;
 
 const CUSTOMIZE_HOOK: &str = r#"#!/bin/sh
@@ -1365,11 +1494,17 @@ root="$1"
 hooks="$(dirname "$0")"
 root_uuid="@ROOT_UUID@"
 mark() { echo "$1 $(( $(date +%s%N) / 1000000 ))" >> "$hooks/marks"; }
-mark install-packages
 cp "$root/var/log/dpkg.log" "$hooks/dpkg.log" || true
 
-rm -f "$root/usr/sbin/update-initramfs"
-chroot "$root" dpkg-divert --local --rename --remove /usr/sbin/update-initramfs
+# The essential hook's stand-ins go, the real files come back.
+undivert() { rm -f "$root$1"; chroot "$root" dpkg-divert --local --rename --remove "$1"; }
+undivert /usr/sbin/update-initramfs
+undivert /usr/sbin/update-ca-certificates
+undivert /usr/share/i18n/SUPPORTED
+
+# What the stand-ins left undone, once, with the host's tools.
+sh "$hooks/finish-packages.sh" "$root"
+mark install-packages
 
 # The initramfs, by Debian's own update-initramfs, once, with the module list narrowed to the
 # disks QEMU gives a guest, and the root's type given (blkid cannot see the image's disk here);
@@ -1403,6 +1538,51 @@ rm -f "$root/usr/sbin/grub-probe"
 chroot "$root" dpkg-divert --local --rename --remove /usr/sbin/grub-probe
 mark grub
 "#;
+
+/// Run by the customize hook (on the host, with the tree as its argument) after the essential
+/// hook's stand-ins are gone: what ca-certificates' and locales' maintainer scripts would have
+/// done under emulation, done once with the host's tools.
+const FINISH_PACKAGES: &str = r##"#!/bin/sh
+set -eu
+root="$1"
+
+# /etc/ssl/certs by the image's own update-ca-certificates, run once as ca-certificates' postinst
+# runs it (without hooks), by the host's shell and tools (openssl for the hash links) on the
+# tree's directories; the links it makes name the certificates by their host path, so they are
+# pointed at the same files' path in the guest.
+if [ -f "$root/usr/sbin/update-ca-certificates" ] && [ -f "$root/etc/ca-certificates.conf" ]; then
+  certs="$root/etc/ssl/certs"
+  sh -e "$root/usr/sbin/update-ca-certificates" --hooksdir "" \
+    --certsconf "$root/etc/ca-certificates.conf" \
+    --certsdir "$root/usr/share/ca-certificates" \
+    --localcertsdir "$root/usr/local/share/ca-certificates" \
+    --etccertsdir "$certs"
+  find "$certs" -maxdepth 1 -type l | while read -r link; do
+    target="$(readlink "$link")"
+    case "$target" in "$root"/*) ln -sfn "${target#"$root"}" "$link" ;; esac
+  done
+  # The trigger's second run adds nothing; it would only run the hooks packages put here.
+  if [ -n "$(ls -A "$root/etc/ca-certificates/update.d" 2>/dev/null)" ]; then
+    chroot "$root" update-ca-certificates
+  fi
+fi
+
+# /etc/locale.gen completed as locales' postinst does it (every supported locale listed,
+# commented out), with the host's grep. Nothing is selected, so locale-gen had nothing to make.
+if [ -f "$root/usr/share/i18n/SUPPORTED" ] && [ -f "$root/etc/locale.gen" ]; then
+  lg="$root/etc/locale.gen"
+  if grep -q '^ *[a-zA-Z]' "$lg"; then
+    echo "bootwatch build: $lg selects locales, which this build does not generate" >&2
+    exit 1
+  fi
+  sed -e '/^[a-zA-Z]/!d' -e 's/ *$//g' "$root/usr/share/i18n/SUPPORTED" | LC_ALL=C sort -u |
+    while read locale; do
+      if ! LC_ALL=C grep -q "^[# ]*$locale *\$" "$lg"; then
+        echo "# $locale" >> "$lg"
+      fi
+    done
+fi
+"##;
 
 const INITRAMFS_HOOK: &str = r#"#!/bin/sh
 # bootwatch image build only: disk drivers for MODULES=list (removed after the build).
@@ -1439,6 +1619,11 @@ esac
 fn write_hooks(hooks: &Path, recipe: &DebianRecipe, root_uuid: &str, esp_uuid: &str) -> Result<()> {
     let files: Vec<(PathBuf, String, u32)> = vec![
         (hooks.join("essential.sh"), ESSENTIAL_HOOK.into(), 0o755),
+        (
+            hooks.join("finish-packages.sh"),
+            FINISH_PACKAGES.into(),
+            0o755,
+        ),
         (
             hooks.join("customize.sh"),
             CUSTOMIZE_HOOK.replace("@ROOT_UUID@", root_uuid),
@@ -1918,7 +2103,7 @@ mod tests {
         assert_eq!(a.hash(), b.hash());
         // A fixed value: if this changes, every cached image is rebuilt; bump BUILDER_VERSION
         // on purpose instead of by accident.
-        assert_eq!(r.hash(), "e8d1cd8402e6c62f");
+        assert_eq!(r.hash(), "b2e901f25c1c7d44");
     }
 
     #[test]
@@ -2115,7 +2300,178 @@ mod tests {
         assert!(hook.contains("manual_add_modules virtio_pci virtio_mmio virtio_blk"));
         let customize = fs::read_to_string(dir.path().join("customize.sh")).unwrap();
         assert!(!customize.contains('@'));
+        assert!(dir.path().join("finish-packages.sh").is_file());
         assert!(dir.path().join("overlay/etc/fstab").is_file());
+    }
+
+    /// A tree with two enabled certificates (one without a final newline, one whose name
+    /// `update-ca-certificates` rewrites) and one disabled, linked and bundled as the script does.
+    fn cert_tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        fs::create_dir_all(t.join("usr/share/ca-certificates/mozilla")).unwrap();
+        fs::create_dir_all(t.join("etc/ssl/certs")).unwrap();
+        let a = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let b = "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----";
+        fs::write(t.join("usr/share/ca-certificates/mozilla/A_Root.crt"), a).unwrap();
+        fs::write(t.join("usr/share/ca-certificates/mozilla/B (1), x.crt"), b).unwrap();
+        fs::write(t.join("usr/share/ca-certificates/mozilla/Old.crt"), a).unwrap();
+        fs::write(
+            t.join("etc/ca-certificates.conf"),
+            "# comment\nmozilla/A_Root.crt\nmozilla/B (1), x.crt\n!mozilla/Old.crt\n",
+        )
+        .unwrap();
+        let certs = t.join("etc/ssl/certs");
+        std::os::unix::fs::symlink(
+            "/usr/share/ca-certificates/mozilla/A_Root.crt",
+            certs.join("A_Root.pem"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "/usr/share/ca-certificates/mozilla/B (1), x.crt",
+            certs.join("B_=1=__x.pem"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("A_Root.pem", certs.join("0a1b2c3d.0")).unwrap();
+        fs::write(certs.join("ca-certificates.crt"), format!("{a}{b}\n")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn certificates_are_checked_against_the_configuration() {
+        let dir = cert_tree();
+        let t = dir.path();
+        check_certificates(t).unwrap();
+        let certs = t.join("etc/ssl/certs");
+        // A link that names the certificate by its path on the build host.
+        fs::remove_file(certs.join("A_Root.pem")).unwrap();
+        let host_path = t.join("usr/share/ca-certificates/mozilla/A_Root.crt");
+        std::os::unix::fs::symlink(&host_path, certs.join("A_Root.pem")).unwrap();
+        let e = check_certificates(t).unwrap_err().to_string();
+        assert!(e.contains("A_Root.pem points at"), "{e}");
+        // The right link, but a bundle without the second certificate.
+        fs::remove_file(certs.join("A_Root.pem")).unwrap();
+        std::os::unix::fs::symlink(
+            "/usr/share/ca-certificates/mozilla/A_Root.crt",
+            certs.join("A_Root.pem"),
+        )
+        .unwrap();
+        check_certificates(t).unwrap();
+        let bundle = fs::read_to_string(certs.join("ca-certificates.crt")).unwrap();
+        fs::write(
+            certs.join("ca-certificates.crt"),
+            &bundle[..bundle.find("-----BEGIN CERTIFICATE-----\nBBBB").unwrap()],
+        )
+        .unwrap();
+        let e = check_certificates(t).unwrap_err().to_string();
+        assert!(e.contains("not the 2 enabled certificates"), "{e}");
+        // A hash link to nothing.
+        fs::write(certs.join("ca-certificates.crt"), bundle).unwrap();
+        std::os::unix::fs::symlink("Gone.pem", certs.join("deadbeef.0")).unwrap();
+        let e = check_certificates(t).unwrap_err().to_string();
+        assert!(e.contains("deadbeef.0 points at Gone.pem"), "{e}");
+        // An enabled certificate without its link.
+        fs::remove_file(certs.join("deadbeef.0")).unwrap();
+        fs::remove_file(certs.join("B_=1=__x.pem")).unwrap();
+        let e = format!("{:#}", check_certificates(t).unwrap_err());
+        assert!(e.contains("B_=1=__x.pem"), "{e}");
+    }
+
+    /// Runs [`FINISH_PACKAGES`] on the tree `t`, as the customize hook does.
+    fn run_finish_packages(t: &Path) -> std::process::Output {
+        let hook = t.join("finish-packages.sh");
+        fs::write(&hook, FINISH_PACKAGES).unwrap();
+        std::process::Command::new("sh")
+            .arg(&hook)
+            .arg(t)
+            .output()
+            .unwrap()
+    }
+
+    /// The build's finish step with this host's own `update-ca-certificates` and certificates
+    /// (where ca-certificates is installed, as `.ci/install-deps` does): the links are the ones a
+    /// normal install made in the host's `/etc/ssl/certs`, and the bundle is the enabled
+    /// certificates.
+    #[test]
+    fn finish_packages_links_the_certificates_as_a_normal_install_does() {
+        let script = Path::new("/usr/sbin/update-ca-certificates");
+        if !script.is_file() || which::which("openssl").is_err() {
+            eprintln!("skipped: no ca-certificates or openssl on this host");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        for d in [
+            "usr/sbin",
+            "usr/share",
+            "etc/ssl/certs",
+            "etc/ca-certificates/update.d",
+        ] {
+            fs::create_dir_all(t.join(d)).unwrap();
+        }
+        fs::copy(script, t.join("usr/sbin/update-ca-certificates")).unwrap();
+        fs::copy(
+            "/etc/ca-certificates.conf",
+            t.join("etc/ca-certificates.conf"),
+        )
+        .unwrap();
+        let st = std::process::Command::new("cp")
+            .args(["-r", "/usr/share/ca-certificates"])
+            .arg(t.join("usr/share/"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = run_finish_packages(t);
+        assert!(out.status.success(), "{out:?}");
+        check_certificates(t).unwrap();
+        let mut links = 0;
+        for e in fs::read_dir(t.join("etc/ssl/certs")).unwrap() {
+            let e = e.unwrap();
+            if !e.file_type().unwrap().is_symlink() {
+                continue;
+            }
+            let name = e.file_name();
+            assert_eq!(
+                fs::read_link(e.path()).unwrap(),
+                fs::read_link(Path::new("/etc/ssl/certs").join(&name)).unwrap(),
+                "{name:?}"
+            );
+            links += 1;
+        }
+        assert!(links > 200, "only {links} links");
+    }
+
+    #[test]
+    fn locale_gen_lists_every_supported_locale_and_selects_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        fs::create_dir_all(t.join("usr/share/i18n")).unwrap();
+        fs::create_dir_all(t.join("etc")).unwrap();
+        fs::write(
+            t.join("usr/share/i18n/SUPPORTED"),
+            "# comment\nen_US.UTF-8 UTF-8\nC.UTF-8 UTF-8  \naa_DJ ISO-8859-1\n",
+        )
+        .unwrap();
+        // As locales' postinst writes it with an empty SUPPORTED (its first "#" line blanked by
+        // the step that uncomments the selected locales, of which there is none).
+        let header = "# This file lists locales that you wish to have built.\n\n\n";
+        fs::write(t.join("etc/locale.gen"), header).unwrap();
+        assert!(check_locale_gen(t).is_err());
+        let out = run_finish_packages(t);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            fs::read_to_string(t.join("etc/locale.gen")).unwrap(),
+            format!("{header}# C.UTF-8 UTF-8\n# aa_DJ ISO-8859-1\n# en_US.UTF-8 UTF-8\n")
+        );
+        check_locale_gen(t).unwrap();
+        // A selected locale would have needed locale-gen: the step refuses it.
+        fs::write(
+            t.join("etc/locale.gen"),
+            format!("{header}en_US.UTF-8 UTF-8\n"),
+        )
+        .unwrap();
+        assert!(!run_finish_packages(t).status.success());
+        assert!(check_locale_gen(t).is_err());
     }
 
     #[test]
