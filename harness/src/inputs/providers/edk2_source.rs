@@ -704,6 +704,30 @@ pub fn find_fv(ws: &Path, build_type: BuildType, toolchain: &str) -> Option<Path
     found.pop()
 }
 
+/// Removes the firmware images (`QEMU_EFI.fd`, `QEMU_VARS.fd`) of every `Build/*/TYPE_TOOLCHAIN/FV`
+/// in the workspace: what [`find_fv`] finds after a build is then that build's.
+fn remove_fv_images(ws: &Path, build_type: BuildType, toolchain: &str) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(ws.join("Build")) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let fv = e
+            .path()
+            .join(format!("{}_{toolchain}", build_type.as_str()))
+            .join("FV");
+        for name in ["QEMU_EFI.fd", "QEMU_VARS.fd"] {
+            let f = fv.join(name);
+            match std::fs::remove_file(&f) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(err).with_context(|| format!("removing {}", f.display()));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes `WORKSPACE/Conf` from the tree's templates (what `edksetup.sh --reconfig` does).
 fn write_conf(tree: &Path, ws: &Path) -> Result<()> {
     let conf = ws.join("Conf");
@@ -925,7 +949,11 @@ async fn build_with(
     };
     let log_path = ws.join(LOG_NAME);
     std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    for step in plan(&input) {
+    // The workspace keeps every platform directory an earlier commit's build made (its name
+    // changed case between releases: `ArmVirtQemu-AARCH64`, `-AArch64`): their images go first,
+    // so that the one found below is this build's.
+    remove_fv_images(&ws, options.build_type, toolchain)?;
+    let run = async |step: &Step| -> Result<()> {
         let mut tool = Tool::new(&step.program)
             .args(&step.args)
             .current_dir(&step.cwd)
@@ -938,6 +966,26 @@ async fn build_with(
         tool.run()
             .await
             .with_context(|| format!("building ArmVirtQemu from {}", tree.display()))?;
+        Ok(())
+    };
+    for step in plan(&input) {
+        match run(&step).await {
+            Ok(()) => {}
+            // BaseTools' incremental make keeps the dependency files of the commit it last
+            // built, which can name a header this commit does not have (seen: `Acpi66.h` in
+            // `GenFw.d`): once more from clean before the step counts as failed.
+            Err(e) if step.program == "make" && !cancel.is_cancelled() => {
+                tracing::warn!(error = %format!("{e:#}"), "BaseTools did not build incrementally: from clean");
+                let mut clean = step.clone();
+                clean
+                    .args
+                    .retain(|a| !a.to_string_lossy().starts_with("-j"));
+                clean.args.push("clean".into());
+                run(&clean).await?;
+                run(&step).await?;
+            }
+            Err(e) => return Err(e),
+        }
     }
     let Some(fv) = find_fv(&ws, options.build_type, toolchain) else {
         bail!(
@@ -1272,6 +1320,38 @@ mod tests {
             format!("{err:#}").contains("more than the 100-byte"),
             "{err:#}"
         );
+    }
+
+    /// A workspace that built both spellings of the platform directory (a bisect across the
+    /// release that renamed it): before a build every image goes, so the one found after it is
+    /// the new build's, not the other spelling's stale one (which sorts last).
+    #[test]
+    fn stale_images_of_another_platform_directory_are_removed_before_a_build() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = tmp.path().join("Build/ArmVirtQemu-AArch64/RELEASE_GCC/FV");
+        let new = tmp.path().join("Build/ArmVirtQemu-AARCH64/RELEASE_GCC/FV");
+        let debug = tmp.path().join("Build/ArmVirtQemu-AArch64/DEBUG_GCC/FV");
+        for d in [&old, &new, &debug] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("QEMU_EFI.fd"), b"x").unwrap();
+            std::fs::write(d.join("QEMU_VARS.fd"), b"x").unwrap();
+        }
+        std::fs::write(old.join("OTHER.fv"), b"x").unwrap();
+        assert_eq!(
+            find_fv(tmp.path(), BuildType::Release, "GCC"),
+            Some(old.clone())
+        );
+        remove_fv_images(tmp.path(), BuildType::Release, "GCC").unwrap();
+        assert_eq!(find_fv(tmp.path(), BuildType::Release, "GCC"), None);
+        assert!(old.join("OTHER.fv").is_file(), "only the images go");
+        assert!(
+            debug.join("QEMU_EFI.fd").is_file(),
+            "another build type's stay"
+        );
+        // The build writes its own: found.
+        std::fs::write(new.join("QEMU_EFI.fd"), b"y").unwrap();
+        assert_eq!(find_fv(tmp.path(), BuildType::Release, "GCC"), Some(new));
+        remove_fv_images(&tmp.path().join("none"), BuildType::Release, "GCC").unwrap();
     }
 
     #[test]
