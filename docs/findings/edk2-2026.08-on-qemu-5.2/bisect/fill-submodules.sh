@@ -2,7 +2,7 @@
 # Fill the edk2 tree's submodules that ArmVirtQemu needs, by the tree's pinned gitlinks.
 # Sources: Debian's edk2 2025.02 orig tarball (openssl 98acb6b=3.4.0, libfdt, mipisyst),
 # Debian trixie's openssl 3.5.7 orig tarball (for 3.4.1/3.5.x pins: nearest available),
-# google/brotli snapshot (exact pins).
+# google/brotli snapshot (exact pins; c/ and LICENSE).
 set -euo pipefail
 T=${1:?tree}; cd "$T"
 S=/work/edk2-work/debsrc
@@ -28,6 +28,12 @@ fill SecurityPkg/DeviceSecurity/SpdmLib/libspdm $S/sub-2025.02/SecurityPkg/Devic
 fill CryptoPkg/Library/MbedTlsLib/mbedtls $S/sub-2025.02/CryptoPkg/Library/MbedTlsLib/mbedtls
 for p in BaseTools/Source/C/BrotliCompress/brotli MdeModulePkg/Library/BrotliCustomDecompressLib/brotli; do
   c=$(pin $p); d=$S/brotli-$c
-  if [ ! -d "$d" ]; then mkdir -p "$d"; git --git-dir=/work/.mirror/google+brotli/repo archive "$c" | tar x -C "$d"; fi
+  if [ ! -d "$d" ]; then
+    # Only c/ and LICENSE (all edk2 reads); the snapshot lacks some of brotli's big test files,
+    # and a git archive of the whole tree stops at the first one, leaving a partial copy.
+    rm -rf "$d.tmp"; mkdir -p "$d.tmp"
+    git --git-dir=/work/.mirror/google+brotli/repo archive "$c" -- c LICENSE > "$d.tar"
+    tar xf "$d.tar" -C "$d.tmp"; rm -f "$d.tar"; mv "$d.tmp" "$d"
+  fi
   fill $p "$d"
 done
