@@ -429,6 +429,18 @@ pub struct SourceBuild {
 }
 
 impl SourceBuild {
+    /// The version records name: `git describe`, with `-dirty` for a tree that differs from its
+    /// commit (`None`: not a git checkout).
+    pub fn version(&self) -> Option<String> {
+        self.describe.as_ref().map(|d| {
+            if self.dirty {
+                format!("{d}-dirty")
+            } else {
+                d.clone()
+            }
+        })
+    }
+
     /// One line for records: `edk2 edk2-stable202502-12-gabcdef0 (abcdef0123…, dirty) RELEASE
     /// GCC no-secboot`.
     pub fn summary(&self) -> String {

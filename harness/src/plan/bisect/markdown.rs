@@ -197,7 +197,11 @@ fn point_line(p: &Point) -> String {
         p.run
             .firmware_version
             .as_ref()
-            .map(|v| format!("edk2 {}", md(v, 40))),
+            // A source build's `git describe` names edk2 already (`edk2-stable202502-…`).
+            .map(|v| match v.starts_with("edk2") {
+                true => md(v, 40),
+                false => format!("edk2 {}", md(v, 40)),
+            }),
     ]
     .into_iter()
     .flatten()

@@ -411,6 +411,19 @@ pub async fn run_step(
     out
 }
 
+/// A step's firmware version for the records: the release its banner names, else for a
+/// `source:` build its `git describe` (not the build's one-line summary: read as a Debian version
+/// it lost everything after its last `-`), else the upstream part of its Debian package version.
+fn firmware_version(
+    banner_release: Option<String>,
+    source_describe: Option<String>,
+    package: Option<&str>,
+) -> Option<String> {
+    banner_release
+        .or(source_describe)
+        .or_else(|| package.map(providers::upstream_version))
+}
+
 /// A finished case as a run of a step.
 fn evidence(
     n: u32,
@@ -437,13 +450,14 @@ fn evidence(
         exception: finding.map(|f| f.text.trim_end().to_string()),
         evidence_line: finding.map(|f| f.line),
         qemu_version: last.and_then(|s| s.qemu.version.clone()),
-        firmware_version: banner
-            .as_deref()
-            .and_then(|v| crate::core::classify::PatternSet::builtin().edk2_release(v))
-            .or_else(|| {
-                f.and_then(|f| f.package.as_deref())
-                    .map(providers::upstream_version)
-            }),
+        firmware_version: firmware_version(
+            banner
+                .as_deref()
+                .and_then(|v| crate::core::classify::PatternSet::builtin().edk2_release(v)),
+            f.and_then(|f| f.source_build.as_ref())
+                .and_then(|b| b.version()),
+            f.and_then(|f| f.package.as_deref()),
+        ),
         duration_s: crate::engine::qmp::round_ms(wall.as_secs_f64()),
     }
 }
@@ -471,6 +485,29 @@ pub fn dir_label(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_builds_version_is_its_describe_and_a_packages_its_upstream_version() {
+        let summary = "edk2 edk2-stable202502-328-gb2db39cefe (b2db39cefe13) ArmVirtQemu RELEASE GCC no-secboot";
+        assert_eq!(
+            firmware_version(
+                None,
+                Some("edk2-stable202502-328-gb2db39cefe".into()),
+                Some(summary)
+            )
+            .as_deref(),
+            Some("edk2-stable202502-328-gb2db39cefe")
+        );
+        assert_eq!(
+            firmware_version(None, None, Some("2025.02-8+deb13u1")).as_deref(),
+            Some("2025.02")
+        );
+        assert_eq!(
+            firmware_version(Some("2026.08".into()), None, Some("2025.02-8")).as_deref(),
+            Some("2026.08")
+        );
+        assert_eq!(firmware_version(None, None, None), None);
+    }
 
     #[test]
     fn labels_are_safe_directory_names() {
