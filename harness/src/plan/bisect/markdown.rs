@@ -198,9 +198,12 @@ fn point_line(p: &Point) -> String {
             .firmware_version
             .as_ref()
             // A source build's `git describe` names edk2 already (`edk2-stable202502-…`).
-            .map(|v| match v.starts_with("edk2") {
-                true => md(v, 40),
-                false => format!("edk2 {}", md(v, 40)),
+            .map(|v| {
+                if v.starts_with("edk2") {
+                    md(v, 40)
+                } else {
+                    format!("edk2 {}", md(v, 40))
+                }
             }),
     ]
     .into_iter()
