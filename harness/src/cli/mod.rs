@@ -45,6 +45,12 @@ use crate::core::verdict::exit_code;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Start every case that boots an image to its login prompt and logs in from a saved state
+    /// of that prompt (QEMU's migration of the same image, QEMU, firmware and machine, made by
+    /// the first such boot and cached in CACHE/login-states/): seconds instead of a first boot.
+    /// The case's record names the state and the case that booted it.
+    #[arg(long, global = true)]
+    saved_login: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -243,6 +249,7 @@ fn signal_token() -> CancellationToken {
 }
 
 async fn dispatch(cli: Cli) -> CliResult {
+    crate::engine::login_state::set_default(cli.saved_login);
     match cli.command {
         Command::Boot(args) => boot::boot(*args).await,
         Command::Check(args) => bisect::check(*args).await,

@@ -8,6 +8,7 @@ pub mod disk;
 pub mod gdb;
 pub mod guest;
 pub mod limits;
+pub mod login_state;
 pub mod qmp;
 pub mod record;
 pub mod session;

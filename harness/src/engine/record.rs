@@ -355,6 +355,9 @@ pub struct CaseRecord {
     /// `BootOrder`), and what changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vars_change: Option<crate::core::varstore::VarsChange>,
+    /// Whether the case saved its login prompt for later cases or started from a saved one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_state: Option<crate::engine::login_state::LoginStateRecord>,
     pub host: HostInfo,
     pub started_at: String,
     pub duration_s: f64,

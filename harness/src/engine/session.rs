@@ -280,6 +280,7 @@ impl Session {
         timings: Timings,
         index: usize,
         sink: EventSink,
+        incoming: Option<&Path>,
     ) -> Result<Session, StartError> {
         let (program, args) = launch::program_and_args(vm);
         let err = |m: String| StartError { message: m };
@@ -323,6 +324,7 @@ impl Session {
             timings,
             index,
             sink,
+            incoming,
         )
         .await?;
         s.gdb_socket = Some(vm.qmp_socket.with_file_name("gdb.sock"));
@@ -330,7 +332,8 @@ impl Session {
     }
 
     /// Attaches to a started VM's process, console and QMP streams (QEMU paused, as `-S`
-    /// leaves it): negotiates QMP, records the version, opens the record files, continues it.
+    /// leaves it): negotiates QMP, records the version, opens the record files, loads a saved
+    /// state into a QEMU started with `-incoming defer` (`incoming`), continues it.
     #[allow(clippy::too_many_arguments)]
     pub async fn attach(
         mut process: VmProcess,
@@ -341,6 +344,7 @@ impl Session {
         timings: Timings,
         index: usize,
         sink: EventSink,
+        incoming: Option<&Path>,
     ) -> Result<Session, StartError> {
         let err = |m: String| StartError { message: m };
         let transcript = Transcript::create(&paths.qmp_jsonl, zero)
@@ -372,6 +376,11 @@ impl Session {
         };
         let raw = open(&paths.serial_raw)?;
         let log = open(&paths.console_log)?;
+        if let Some(state) = incoming {
+            crate::engine::login_state::load(&qmp, state)
+                .await
+                .map_err(|e| err(format!("{e:#}")))?;
+        }
         qmp.execute(qapi::qmp::cont {})
             .await
             .map_err(|e| err(e.to_string()))?;

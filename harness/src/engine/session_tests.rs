@@ -290,6 +290,7 @@ async fn rig_with(script: Vec<(f64, Act)>, timings: Timings, exits_on_quit: bool
         timings,
         1,
         sink,
+        None,
     )
     .await
     .expect("the session attaches to the fake QEMU");

@@ -78,6 +78,7 @@ fn the_culprit_package_of_a_five_package_update_is_named() {
     let out = bin()
         .arg("bisect")
         .arg(&file)
+        .arg("--saved-login")
         .arg("--results")
         .arg(&results)
         .arg("--json")

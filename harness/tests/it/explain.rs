@@ -372,7 +372,13 @@ async fn explain_names_the_bad_updates_replaced_binary_and_its_package_and_resto
     let out = bin()
         .arg("run")
         .arg(&scenario)
-        .args(["--image", "debian-12-local", "--json", "--update"])
+        .args([
+            "--image",
+            "debian-12-local",
+            "--saved-login",
+            "--json",
+            "--update",
+        ])
         .arg(&repo.dir)
         .arg("--results")
         .arg(res.path())

@@ -212,7 +212,13 @@ fn a_command_that_never_returns_times_out_as_a_step_error_and_the_vm_is_cleaned_
     let out = bin()
         .arg("run")
         .arg(&f)
-        .args(["--image", "debian-12-local", "--json", "--results"])
+        .args([
+            "--image",
+            "debian-12-local",
+            "--saved-login",
+            "--json",
+            "--results",
+        ])
         .arg(res.path())
         .env("TMPDIR", tmp.path())
         .output()
@@ -234,6 +240,115 @@ fn a_command_that_never_returns_times_out_as_a_step_error_and_the_vm_is_cleaned_
     );
 }
 
+/// `--saved-login`: the first case of a machine boots and saves its login prompt; a later case
+/// starts from it (nothing but the prompt in its first boot), logs in with the saved
+/// credentials, gets the host's time, and its reboot goes through the firmware to login again.
+/// The machine (`--memory 1536`) is this test's own, so removing its state disturbs no other.
+#[test]
+fn a_saved_login_prompt_is_resumed_with_the_clock_set_and_reboots_through_the_firmware() {
+    if !qemu_tests_enabled() {
+        return;
+    }
+    ensure_image();
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("save.toml");
+    std::fs::write(
+        &save,
+        "name = \"save\"\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\n[[step]]\ndo = \"login\"\n",
+    )
+    .unwrap();
+    let resume = dir.path().join("resume.toml");
+    std::fs::write(
+        &resume,
+        "name = \"resume\"\n[[step]]\ndo = \"boot\"\nuntil = \"login\"\n[[step]]\ndo = \"login\"\n\
+         [[step]]\ndo = \"run\"\ncommand = \"date -u +%s\"\ntimeout = 60\n\
+         [[step]]\ndo = \"reboot\"\n[[step]]\ndo = \"watch\"\nuntil = \"login\"\ntimeout = 900\n",
+    )
+    .unwrap();
+    let res = results_root();
+    let run = |f: &std::path::Path| -> serde_json::Value {
+        let out = bin()
+            .arg("run")
+            .arg(f)
+            .args(["--image", "debian-12-local", "--memory", "1536"])
+            .args(["--saved-login", "--json", "--results"])
+            .arg(res.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let mut first = run(&save);
+    if first["login_state"]["action"] == "resumed" {
+        // Saved by an earlier test run: gone, the next case saves it again.
+        std::fs::remove_dir_all(first["login_state"]["dir"].as_str().unwrap()).unwrap();
+        first = run(&save);
+    }
+    let saved = &first["login_state"];
+    assert_eq!(saved["action"], "saved", "{first:#}");
+    assert!(
+        first["steps"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("saved"),
+        "{first:#}"
+    );
+    let state = std::path::PathBuf::from(saved["dir"].as_str().unwrap());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        for f in ["state", "disk.qcow2", "vars.fd", "seed.img", "secrets.json"] {
+            assert_eq!(mode(&state.join(f)), 0o600, "{f}");
+        }
+    }
+    let secrets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("secrets.json")).unwrap()).unwrap();
+    let password = secrets["password"].as_str().unwrap();
+    assert!(password.len() >= 12);
+
+    let before = jiff::Timestamp::now().as_second();
+    let second = run(&resume);
+    let after = jiff::Timestamp::now().as_second();
+    let ls = &second["login_state"];
+    assert_eq!(ls["action"], "resumed", "{second:#}");
+    assert_eq!(ls["key"], saved["key"]);
+    assert_eq!(ls["saved_by"], saved["saved_by"]);
+    assert_eq!(second["verdict"], "reached", "{second:#}");
+    assert!(
+        !serde_json::to_string(&second).unwrap().contains(password),
+        "the saved password is in the record"
+    );
+    // Session 1: the resumed boot shows only the prompt; the reboot is a whole boot.
+    let boots = second["boots"].as_array().unwrap();
+    let stages = |b: &serde_json::Value| -> Vec<String> {
+        b["boot"]["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["stage"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(boots.len(), 2, "{second:#}");
+    assert_eq!(stages(&boots[0]), ["login"], "{second:#}");
+    let reboot = stages(&boots[1]);
+    for st in ["firmware", "grub", "kernel", "login"] {
+        assert!(reboot.iter().any(|s| s == st), "{st} not in {reboot:?}");
+    }
+    assert_eq!(boots[1]["verdict"], "reached", "{second:#}");
+    // The guest's clock was set at login: `date` is the host's time, not the save's.
+    let guest_now: i64 = second["steps"][2]["commands"][0]["output"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (before - 5..=after + 5).contains(&guest_now),
+        "guest clock {guest_now}, host between {before} and {after}"
+    );
+}
+
 #[test]
 fn demo_good_update_reaches_login_bad_update_crashes_before_grub_restore_recovers() {
     if !qemu_tests_enabled() {
@@ -243,7 +358,7 @@ fn demo_good_update_reaches_login_bad_update_crashes_before_grub_restore_recover
     let res = results_root();
     let started = Instant::now();
     let out = bin()
-        .args(["demo", "--json", "--results"])
+        .args(["demo", "--saved-login", "--json", "--results"])
         .arg(res.path())
         .output()
         .unwrap();
@@ -341,7 +456,12 @@ fn exclude_bootloader_holds_only_the_installed_boot_chain_and_upgrades_the_rest(
         .arg(&f)
         .args(["--image", "debian-12-local", "--update"])
         .arg(&repo_dir)
-        .args(["--exclude-bootloader", "--json", "--results"])
+        .args([
+            "--exclude-bootloader",
+            "--saved-login",
+            "--json",
+            "--results",
+        ])
         .arg(res.path())
         .output()
         .unwrap();
@@ -431,6 +551,7 @@ fn demo_on_the_dnf_guest_through_rpm_packages() {
             "demo",
             "--guest",
             "debian-12-dnf-local",
+            "--saved-login",
             "--json",
             "--results",
         ])

@@ -15,6 +15,7 @@ use crate::core::launch::{self, VmConfig};
 use crate::core::verdict::{Outcome, Stage, Target, Verdict, exit_code};
 use crate::engine::disk::{self, VarsCopy};
 use crate::engine::guest;
+use crate::engine::login_state;
 use crate::engine::qmp::round_ms;
 use crate::engine::record::{
     BootVerdict, CASE_SCHEMA, CaseRecord, FileInfo, Files, FirmwareInfo, HostInfo, InputRecord,
@@ -68,6 +69,10 @@ pub(super) struct Driver<'a> {
     hashing: Option<tokio::task::JoinHandle<Vec<Option<FileInfo>>>>,
     /// The variable store as it was before the upgrade step (else the template is "before").
     vars_before: Option<crate::core::varstore::VarStore>,
+    /// The saved login state session 1 starts from.
+    resume: Option<login_state::Saved>,
+    /// The login state this case saves at its first login prompt (its key's lock held).
+    saving: Option<(String, PathBuf, crate::sys::fsx::FileLock)>,
 }
 
 impl<'a> Driver<'a> {
@@ -106,6 +111,7 @@ impl<'a> Driver<'a> {
             vars: None,
             inputs: req.inputs.clone(),
             vars_change: None,
+            login_state: None,
             host: HostInfo::probe(),
             started_at: jiff::Timestamp::now().to_string(),
             duration_s: 0.0,
@@ -132,6 +138,8 @@ impl<'a> Driver<'a> {
             login: None,
             hashing: None,
             vars_before: None,
+            resume: None,
+            saving: None,
         };
         let first = d.new_run(1);
         d.runs.push(first);
@@ -360,7 +368,19 @@ impl<'a> Driver<'a> {
         } else {
             private.path().to_path_buf()
         };
-        if let Some(t) = &self.case.vars_template {
+        match login_state::plan(self.case, self.cancel).await {
+            Ok(login_state::Plan::Off) => {}
+            Ok(login_state::Plan::Resume(saved)) => self.resume = Some(saved),
+            Ok(login_state::Plan::Save { key, dir, lock }) => self.saving = Some((key, dir, lock)),
+            // Only a saving of time is lost: the case boots as without `--saved-login`.
+            Err(e) => tracing::warn!("saved login states not used: {e:#}"),
+        }
+        let vars_from = self
+            .resume
+            .as_ref()
+            .map(login_state::Saved::vars)
+            .or_else(|| self.case.vars_template.clone());
+        if let Some(t) = &vars_from {
             // A throwaway copy goes into memory when it can (see `disk::private_mem_dir`).
             self.private_mem = if keep { None } else { disk::private_mem_dir() };
             let dir = self
@@ -374,25 +394,38 @@ impl<'a> Driver<'a> {
         }
         if let Some(img) = &req.image {
             let ov = scratch.join("overlay.qcow2");
-            disk::make_overlay(&img.base, img.format, &ov).await?;
-            let cfg = SeedConfig::new(&img.guest.login_user, "bootwatch", &req.name)?;
             let seed = scratch.join("seed.img");
-            disk::write_seed(&seed, &cfg).await?;
-            let secrets = crate::engine::record::Secrets {
-                user: cfg.user.clone(),
-                password: cfg.password.clone(),
+            let secrets = if let Some(saved) = &self.resume {
+                // The saved guest's disk, seed and credentials (cloud-init made its user then).
+                use crate::inputs::images::catalog::ImageFormat;
+                disk::make_overlay(&saved.disk(), ImageFormat::Qcow2, &ov).await?;
+                let (from, to) = (saved.seed(), seed.clone());
+                disk::blocking(move || {
+                    crate::sys::fsx::sparse_copy(&from, &to)
+                        .with_context(|| format!("copying {} to {}", from.display(), to.display()))
+                })
+                .await?;
+                saved.secrets.clone()
+            } else {
+                disk::make_overlay(&img.base, img.format, &ov).await?;
+                let cfg = SeedConfig::new(&img.guest.login_user, "bootwatch", &req.name)?;
+                disk::write_seed(&seed, &cfg).await?;
+                crate::engine::record::Secrets {
+                    user: cfg.user.clone(),
+                    password: cfg.password.clone(),
+                }
             };
             if keep {
                 let (path, bytes) = (self.dir.join("secrets.json"), json_bytes(&secrets)?);
                 disk::blocking(move || Ok(fsx::write_atomic_mode(&path, &bytes, 0o600)?)).await?;
             }
-            self.login = Some(secrets);
+            self.login = Some(secrets.clone());
             let p = Provision {
                 image: img.name.clone(),
                 base: img.base.clone(),
                 base_sha256: img.base_sha256.clone(),
                 overlay: ov.clone(),
-                user: cfg.user,
+                user: secrets.user.clone(),
                 secrets: keep.then(|| PathBuf::from("secrets.json")),
                 source: img.source.clone(),
             };
@@ -411,12 +444,11 @@ impl<'a> Driver<'a> {
             private.path(),
         );
         self.private = Some(private);
-        let (program, args) = launch::program_and_args(&vm);
-        let argv: Vec<String> = std::iter::once(program.as_os_str())
-            .chain(args.iter().map(|a| a.as_os_str()))
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let line = launch::vm_command_line(&vm);
+        if let Some(saved) = &self.resume {
+            self.record.login_state = Some(saved.record("resumed", 0.0));
+        }
+        let first = self.vm_of_session(&vm, 1);
+        let (argv, line) = (argv_strings(&first), launch::vm_command_line(&first));
         let run = self.run_mut();
         run.argv = argv;
         run.command_line = line;
@@ -434,15 +466,18 @@ impl<'a> Driver<'a> {
 
     /// Starts session `n` (the first boot, or a boot after a workaround).
     async fn start_session(&mut self, n: usize) -> anyhow::Result<()> {
-        let vm = self.vm.clone().expect("prepared");
+        let vm = self.vm_of_session(self.vm.as_ref().expect("prepared"), n);
         let sdir = self.session_dir(n);
         std::fs::create_dir_all(&sdir)?;
         if n > 1 {
             let mut run = self.new_run(n);
-            run.argv = self.runs[0].argv.clone();
-            run.command_line = self.runs[0].command_line.clone();
+            run.argv = argv_strings(&vm);
+            run.command_line = launch::vm_command_line(&vm);
             self.runs.push(run);
         }
+        let incoming = (n == 1)
+            .then(|| self.resume.as_ref().map(login_state::Saved::state_file))
+            .flatten();
         self.record.sessions.push(SessionRecord {
             dir: if n == 1 {
                 PathBuf::from(".")
@@ -459,6 +494,7 @@ impl<'a> Driver<'a> {
             self.case.req.timings,
             n,
             self.sink.clone(),
+            incoming.as_deref(),
         )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -467,6 +503,71 @@ impl<'a> Driver<'a> {
         rec.qemu_package = s.qemu_package.clone();
         self.session = Some(s);
         Ok(())
+    }
+
+    /// The VM session `n` starts: session 1 of a case that resumes a saved login state waits
+    /// for that state (`-incoming defer`); every other session boots.
+    fn vm_of_session(&self, vm: &VmConfig, n: usize) -> VmConfig {
+        let mut vm = vm.clone();
+        if n == 1 && self.resume.is_some() {
+            vm.extra_args.extend(["-incoming".into(), "defer".into()]);
+        }
+        vm
+    }
+
+    /// Saves the guest at its first login prompt for the cases that come later (the case goes
+    /// on either way; a failed save is said in `login_state.error`).
+    async fn save_login_state(&mut self, rec: &mut StepRecord) {
+        let Some((key, dir, lock)) = self.saving.take() else {
+            return;
+        };
+        let (Some(s), Some(ov), Some(vars), Some(seed), Some(secrets)) = (
+            self.session.as_ref(),
+            self.overlay.as_deref(),
+            self.vars.as_ref().map(|v| v.path.as_path()),
+            self.seed.as_deref(),
+            self.login.as_ref(),
+        ) else {
+            return;
+        };
+        let t0 = std::time::Instant::now();
+        let meta = login_state::StateMeta::new(
+            &key,
+            &std::path::absolute(&self.dir)
+                .unwrap_or_else(|_| self.dir.clone())
+                .display()
+                .to_string(),
+            s.now_s(),
+            super::dry_run_command_line(self.case),
+        );
+        let disks = login_state::CaseDisks {
+            overlay: ov,
+            vars,
+            seed,
+            secrets,
+        };
+        let r = login_state::save(s, &dir, disks, meta.clone()).await;
+        let secs = round_ms(t0.elapsed().as_secs_f64());
+        drop(lock);
+        self.record.login_state = Some(match r {
+            Ok(saved) => {
+                rec.detail = format!("login state {key} saved in {secs:.1} s");
+                saved.record("saved", secs)
+            }
+            Err(e) => {
+                tracing::warn!("saving the login state: {e:#}");
+                login_state::LoginStateRecord {
+                    action: "save-failed".into(),
+                    key,
+                    dir,
+                    saved_by: meta.saved_by,
+                    saved_at: meta.saved_at,
+                    boot_s: meta.boot_s,
+                    seconds: secs,
+                    error: Some(format!("{e:#}")),
+                }
+            }
+        });
     }
 
     async fn step(
@@ -484,9 +585,24 @@ impl<'a> Driver<'a> {
             } => {
                 if self.session.is_none() {
                     self.start_session(1).await?;
+                    if let Some(saved) = &self.resume {
+                        // The guest sits at its login prompt: Enter makes getty print it again.
+                        rec.detail = format!(
+                            "resumed login state {} (saved by {})",
+                            saved.meta.key, saved.meta.saved_by
+                        );
+                        let s = self.session.as_mut().expect("started");
+                        let loaded = s.now_s();
+                        if let Some(r) = self.record.login_state.as_mut() {
+                            r.seconds = loaded;
+                        }
+                        s.send(b"\r").await?;
+                    }
                 }
                 self.watch(until.map(Target::stage), *timeout, *silence, 0)
-                    .await
+                    .await?;
+                self.save_login_state(rec).await;
+                Ok(())
             }
             Step::Watch {
                 until,
@@ -500,6 +616,24 @@ impl<'a> Driver<'a> {
                 let p = self.login.clone().expect("checked: login needs an image");
                 let s = self.session.as_mut().expect("a session after boot");
                 self.shell = Some(Shell::login(s, &p.user, &p.password, *timeout, cancel).await?);
+                // Still the resumed boot (session 1, no reboot yet): its clock stopped at the
+                // save, so it is set to now. (After a reboot the guest reads the RTC, which QEMU
+                // keeps on the host's time across a migration.)
+                let resumed_boot = s.index() == 1 && s.classifier.boots_started() == 1;
+                if self.resume.is_some() && resumed_boot {
+                    let now = jiff::Timestamp::now().as_second();
+                    let cmd = format!("sudo date -u -s @{now} >/dev/null");
+                    let r = self
+                        .shell_run("clock", &cmd, Duration::from_secs(60))
+                        .await?;
+                    let code = r.exit_code;
+                    rec.commands.push(r);
+                    if code != 0 {
+                        return Err(StepFailure::Command(format!(
+                            "setting the resumed guest's clock exited with {code}"
+                        )));
+                    }
+                }
                 Ok(())
             }
             Step::Run {
@@ -949,6 +1083,15 @@ fn vars_change(
     );
     c.errors = errors;
     Some(c)
+}
+
+/// The argv QEMU is started with for `vm`, program first, as text (for the record).
+fn argv_strings(vm: &VmConfig) -> Vec<String> {
+    let (program, args) = launch::program_and_args(vm);
+    std::iter::once(program.as_os_str())
+        .chain(args.iter().map(|a| a.as_os_str()))
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// A record as the bytes of its file: pretty JSON and a final newline.

@@ -108,6 +108,9 @@ pub struct CaseRequest {
     /// Where the inputs came from (providers, packages, URLs, commits), as the caller resolved
     /// them: copied into `case.json`'s `inputs` and completed there with hashes.
     pub inputs: Vec<crate::engine::record::InputRecord>,
+    /// Start from a saved login prompt of the same machine when there is one, else boot and
+    /// save one (see `engine::login_state`).
+    pub saved_login: bool,
 }
 
 impl CaseRequest {
@@ -140,6 +143,7 @@ impl CaseRequest {
             restore_bootloader: false,
             timings: Timings::default(),
             inputs: Vec::new(),
+            saved_login: crate::engine::login_state::default_on(),
         }
     }
 }
