@@ -585,6 +585,7 @@ fn upgraded_image_state_is_made_once_and_booted_with_either_vars_store() {
     let dir = root.path().join("r");
     let out = matrix(&[
         data("upgraded.toml").to_str().unwrap(),
+        "--saved-login",
         "--results",
         dir.to_str().unwrap(),
     ]);
@@ -666,6 +667,18 @@ fn upgraded_image_state_is_made_once_and_booted_with_either_vars_store() {
         .find(|p| p.is_file() && sha(p) == up)
         .expect("a cached upgraded disk with the hash the cells recorded");
     assert!(std::fs::metadata(&disk).unwrap().permissions().readonly());
+    // Made with `--saved-login`, and still an overlay of the base image alone.
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        Path::new(info["backing-filename"].as_str().unwrap()),
+        std::fs::canonicalize(local_image_path("debian-12-local")).unwrap(),
+        "{info:#}"
+    );
 }
 
 /// An update that leaves the guest unable to boot (the built-in bad update) still makes an
@@ -682,6 +695,7 @@ fn an_upgraded_state_that_does_not_boot_is_judged_in_its_cells() {
     let dir = root.path().join("r");
     let out = matrix(&[
         data("upgraded-bad.toml").to_str().unwrap(),
+        "--saved-login",
         "--results",
         dir.to_str().unwrap(),
     ]);

@@ -22,6 +22,28 @@ pub async fn create_overlay(
     format: ImageFormat,
     overlay: &Path,
 ) -> anyhow::Result<()> {
+    set_backing(qemu_img, "create", overlay, base, format).await
+}
+
+/// Makes `overlay` an overlay of `base` directly, whatever chain it had (`qemu-img rebase` in
+/// its safe mode: what the old chain held that `base` does not is copied into `overlay`).
+pub async fn rebase(
+    qemu_img: &Path,
+    overlay: &Path,
+    base: &Path,
+    format: ImageFormat,
+) -> anyhow::Result<()> {
+    set_backing(qemu_img, "rebase", overlay, base, format).await
+}
+
+/// `qemu-img create|rebase -f qcow2 -F FMT -b BASE OVERLAY`, the base named by its absolute path.
+async fn set_backing(
+    qemu_img: &Path,
+    verb: &str,
+    overlay: &Path,
+    base: &Path,
+    format: ImageFormat,
+) -> anyhow::Result<()> {
     let base =
         std::fs::canonicalize(base).with_context(|| format!("base image {}", base.display()))?;
     let fmt = match format {
@@ -29,7 +51,7 @@ pub async fn create_overlay(
         ImageFormat::Raw => "raw",
     };
     Tool::new(qemu_img)
-        .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
+        .args([verb, "-q", "-f", "qcow2", "-F", fmt, "-b"])
         .arg(&base)
         .arg(overlay)
         .timeout(QEMU_IMG_TIMEOUT)
@@ -80,5 +102,50 @@ mod tests {
             .await
             .unwrap_err();
         assert!(format!("{err:#}").contains("missing"), "{err:#}");
+    }
+
+    /// An overlay of an overlay, rebased onto the base: the middle's data is copied in, its own
+    /// kept, and only the base is left behind it.
+    #[tokio::test]
+    async fn a_rebased_overlay_keeps_its_chains_content_on_the_base_alone() {
+        let qi = qemu_img().expect("qemu-img (qemu-utils)");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let base = d.join("base.raw");
+        std::fs::write(&base, vec![7u8; 1 << 20]).unwrap();
+        let (mid, top) = (d.join("mid.qcow2"), d.join("top.qcow2"));
+        create_overlay(&qi, &base, ImageFormat::Raw, &mid)
+            .await
+            .unwrap();
+        let write = |img: &Path, pattern: &str, at: &str| {
+            let st = std::process::Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c", &format!("write -P {pattern} {at} 64k")])
+                .arg(img)
+                .output()
+                .unwrap();
+            assert!(st.status.success(), "{st:?}");
+        };
+        write(&mid, "0x55", "0");
+        create_overlay(&qi, &mid, ImageFormat::Qcow2, &top)
+            .await
+            .unwrap();
+        write(&top, "0x66", "128k");
+        rebase(&qi, &top, &base, ImageFormat::Raw).await.unwrap();
+        std::fs::remove_file(&mid).unwrap();
+        let v = info(&qi, &top).await.unwrap();
+        assert_eq!(v["backing-filename"], base.to_str().unwrap());
+        let flat = d.join("flat.raw");
+        let st = std::process::Command::new(&qi)
+            .args(["convert", "-O", "raw"])
+            .arg(&top)
+            .arg(&flat)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{st:?}");
+        let bytes = std::fs::read(&flat).unwrap();
+        assert!(bytes[..64 << 10].iter().all(|&b| b == 0x55));
+        assert!(bytes[64 << 10..128 << 10].iter().all(|&b| b == 7));
+        assert!(bytes[128 << 10..192 << 10].iter().all(|&b| b == 0x66));
+        assert!(bytes[192 << 10..].iter().all(|&b| b == 7));
     }
 }

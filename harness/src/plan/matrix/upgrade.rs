@@ -222,6 +222,23 @@ pub async fn prepare(
                 .collect()
         })
         .unwrap_or_default();
+    if r.login_state
+        .as_ref()
+        .is_some_and(|l| l.action == "resumed")
+    {
+        // Started from a saved login state: its disk is the overlay's backing file. The upgraded
+        // disk becomes an input of its own, an overlay of the base image alone.
+        let qi = crate::inputs::images::overlay::qemu_img()?;
+        crate::inputs::images::overlay::rebase(&qi, &overlay, &base.path, base.format)
+            .await
+            .with_context(|| {
+                format!(
+                    "rebasing {} onto {}",
+                    overlay.display(),
+                    base.path.display()
+                )
+            })?;
+    }
     // Files move into the final directory's temporary twin, then one rename publishes it.
     let staging = tmp.path().join("final");
     std::fs::create_dir_all(&staging)?;
