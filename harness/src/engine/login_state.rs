@@ -301,7 +301,7 @@ async fn save_stopped(
         .execute_raw("migrate", json!({ "uri": uri }))
         .await
         .context("saving the guest (QMP migrate)")?;
-    wait_for_migration(s, "saving the guest").await?;
+    poll_migration(&s.qmp, "saving the guest").await?;
     let files = [
         (disks.overlay.to_path_buf(), staging.join(DISK)),
         (disks.vars.to_path_buf(), staging.join(VARS)),
@@ -360,10 +360,6 @@ pub async fn load(qmp: &super::qmp::Qmp, state: &Path) -> anyhow::Result<()> {
         .await
         .context("loading the saved login state (QMP migrate-incoming)")?;
     poll_migration(qmp, "loading the saved login state").await
-}
-
-async fn wait_for_migration(s: &Session, what: &str) -> anyhow::Result<()> {
-    poll_migration(&s.qmp, what).await
 }
 
 /// Polls `query-migrate` until the migration completed; failed or too slow is an error.
